@@ -1,0 +1,5 @@
+import sys
+
+from fcnseg.cli import main
+
+sys.exit(main())

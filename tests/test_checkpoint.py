@@ -1,0 +1,65 @@
+import os
+
+import pytest
+import torch
+
+from fcnseg.engine.checkpoint import atomic_save, load_checkpoint, save_checkpoint
+from fcnseg.errors import FcnsegError
+
+
+def test_roundtrip(tmp_path):
+    p = tmp_path / "ckpt.pt"
+    save_checkpoint(p, {"w": torch.ones(2)}, {"model_name": "x", "model_kwargs": {}})
+    ckpt = load_checkpoint(p)
+    assert torch.equal(ckpt["model"]["w"], torch.ones(2))
+    assert ckpt["meta"]["model_name"] == "x"
+    assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
+
+
+def test_corrupt_and_foreign_files(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(FcnsegError, match="bad.pt"):
+        load_checkpoint(bad)
+    plain = tmp_path / "plain.pt"
+    torch.save({"w": torch.zeros(1)}, plain)
+    with pytest.raises(FcnsegError, match="not an fcnseg checkpoint"):
+        load_checkpoint(plain)
+    with pytest.raises(FcnsegError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_truncated_file(tmp_path):
+    p = tmp_path / "c.pt"
+    save_checkpoint(p, {"w": torch.randn(1000)}, {"model_name": "x", "model_kwargs": {}})
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(FcnsegError, match="corrupt or truncated"):
+        load_checkpoint(p)
+
+
+def test_code_is_never_executed(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    p = tmp_path / "evil.pt"
+    torch.save({"format": "fcnseg.checkpoint", "x": Evil()}, p)
+    with pytest.raises(FcnsegError, match="cannot be loaded safely"):
+        load_checkpoint(p)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
+    p = tmp_path / "c.pt"
+    atomic_save({"v": 1}, p)
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(FcnsegError, match="No space left"):
+        atomic_save({"v": 2}, p)
+    monkeypatch.undo()
+    assert torch.load(p, weights_only=True) == {"v": 1}
+    assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
