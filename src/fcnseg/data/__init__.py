@@ -1,0 +1,31 @@
+"""Datasets, transforms and loaders.
+
+    load_dataset(spec, split)            a dataset from a spec string (see fcnseg.data.base)
+    build_loader(dataset, ...)           a DataLoader that pads batches and reports bad files
+    class_frequencies, median_frequency_weights
+    TrainTransform, PadCollate           (fcnseg.data.transforms)
+    normalize, mean_pixel                (fcnseg.data.normalize)
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "load_dataset": "fcnseg.data.base",
+    "list_formats": "fcnseg.data.base",
+    "SegmentationDataset": "fcnseg.data.base",
+    "build_loader": "fcnseg.data.loader",
+    "class_frequencies": "fcnseg.data.stats",
+    "median_frequency_weights": "fcnseg.data.stats",
+    "TrainTransform": "fcnseg.data.transforms",
+    "PadCollate": "fcnseg.data.transforms",
+    "normalize": "fcnseg.data.normalize",
+    "mean_pixel": "fcnseg.data.normalize",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'fcnseg.data' has no attribute {name!r}")

@@ -1,0 +1,122 @@
+"""The dataset contract shared by every format, and `load_dataset(spec, split)`.
+
+A dataset is a ``torch.utils.data.Dataset`` whose item ``i`` is ``(image, mask)``:
+
+* ``image``: uint8 tensor (3, H, W), RGB;
+* ``mask``: int64 tensor (H, W) of class ids, ``ignore_index`` (255) where the label is void.
+
+It also knows ``class_names``, ``palette`` (one (r, g, b) per class), ``num_classes``,
+``ignore_index`` and ``sample_name(i)`` (the file path or id to quote in messages). A sample that
+cannot be read raises FcnsegError naming the file.
+
+Spec strings say which dataset: ``shapes`` (built in), ``voc:PATH``, ``sbd:PATH``,
+``voc-aug:VOC_PATH,SBD_PATH``, ``cityscapes:PATH``, ``folder:PATH``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fcnseg.errors import FcnsegError
+
+IGNORE_INDEX = 255
+
+
+class SegmentationDataset(Dataset):
+    """Base class: subclasses set ``class_names``, ``palette``, ``split`` and implement
+    ``__len__``, ``sample_name`` and ``load_arrays`` (numpy HxWx3 uint8 image, HxW integer mask)."""
+
+    class_names: Sequence[str] = ()
+    palette: Sequence[tuple[int, int, int]] = ()
+    ignore_index: int = IGNORE_INDEX
+    split: str = ""
+    #: A string that identifies the data (format, root and split), used as a cache key.
+    identity: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def sample_name(self, index: int) -> str:
+        raise NotImplementedError
+
+    def load_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        index = index % len(self)
+        image, mask = self.load_arrays(index)
+        if image.shape[:2] != mask.shape:
+            raise FcnsegError(
+                f"{self.sample_name(index)}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                f"{image.shape[1]}x{image.shape[0]}; fix or remove this sample (`fcnseg data check` lists all)"
+            )
+        image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return image_t, torch.from_numpy(mask.astype(np.int64))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.identity or self.split!r}, {len(self)} samples, {self.num_classes} classes)"
+
+
+# name -> "module:function"; the function takes (argument after the colon, split) -> dataset.
+_FORMATS: dict[str, str] = {
+    "shapes": "fcnseg.data.shapes:open_shapes",
+    "voc": "fcnseg.data.voc:open_voc",
+    "sbd": "fcnseg.data.voc:open_sbd",
+    "voc-aug": "fcnseg.data.voc:open_voc_aug",
+    "cityscapes": "fcnseg.data.cityscapes:open_cityscapes",
+    "folder": "fcnseg.data.folder:open_folder",
+}
+
+
+def list_formats() -> list[str]:
+    """The dataset spec prefixes `load_dataset` understands."""
+    return list(_FORMATS)
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``"voc:/data/VOC2012"`` -> ``("voc", "/data/VOC2012")``; ``"shapes"`` -> ``("shapes", "")``."""
+    name, _, arg = str(spec).partition(":")
+    name = name.strip().lower()
+    if name not in _FORMATS:
+        raise FcnsegError(
+            f"unknown dataset {spec!r}; use one of: shapes, voc:PATH, sbd:PATH, voc-aug:VOC_PATH,SBD_PATH, "
+            "cityscapes:PATH, folder:PATH"
+        )
+    if name != "shapes" and not arg:
+        raise FcnsegError(f"dataset {spec!r} needs a path: write it as {name}:PATH")
+    return name, arg
+
+
+def load_dataset(spec: str, split: str = "train") -> SegmentationDataset:
+    """Open the dataset named by ``spec`` (see the module docstring) for ``split``."""
+    name, arg = parse_spec(spec)
+    module_name, func_name = _FORMATS[name].split(":")
+    opener: Callable[[str, str], SegmentationDataset] = getattr(importlib.import_module(module_name), func_name)
+    return opener(arg, split)
+
+
+def check_split(split: str, choices: Sequence[str], what: str) -> str:
+    """Raise a helpful FcnsegError when ``split`` is not one of ``choices``."""
+    if split not in choices:
+        raise FcnsegError(f"{what} has no split {split!r}; choose one of {', '.join(choices)}")
+    return split
+
+
+def require_dir(path: str | Path, what: str) -> Path:
+    """``path`` as a Path, or FcnsegError if it is not an existing directory."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise FcnsegError(f"{what}: directory {p} does not exist; check the path in the dataset spec")
+    return p

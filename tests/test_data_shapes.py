@@ -1,0 +1,56 @@
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from fcnseg.data import load_dataset
+from fcnseg.errors import FcnsegError
+
+
+def _digest(ds, indices):
+    h = hashlib.sha256()
+    for i in indices:
+        image, mask = ds[i]
+        h.update(image.numpy().tobytes())
+        h.update(mask.numpy().astype(np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def test_contract():
+    ds = load_dataset("shapes", "train")
+    assert len(ds) == 400 and len(load_dataset("shapes", "val")) == 100
+    assert ds.num_classes == len(ds.class_names) == len(ds.palette) == 6
+    assert ds.ignore_index == 255
+    image, mask = ds[0]
+    assert image.dtype == torch.uint8 and image.shape == (3, 96, 96)
+    assert mask.dtype == torch.int64 and mask.shape == (96, 96)
+    assert ds.sample_name(3) == "shapes/train/0003"
+    assert torch.equal(ds[-1][1], ds[399][1])
+    with pytest.raises(IndexError):
+        ds[400]
+
+
+def test_deterministic_and_pinned():
+    # Pinned: the same pixels on every machine. Change only on purpose (it changes every result).
+    assert _digest(load_dataset("shapes", "train"), (0, 1, 2, 399)) == (
+        "8fa8f7eca068e1053e0ddebd2efb5955b4c5ba507fa22999ed249b5973a11ca5")
+    assert _digest(load_dataset("shapes", "val"), (0, 99)) == (
+        "0d57b83e4a6bd763827a08481176889d70f329dd5b4458ff04ef23098faa3229")
+
+
+def test_every_class_appears_and_splits_differ():
+    ds = load_dataset("shapes", "train")
+    counts = sum(torch.bincount(ds[i][1].flatten(), minlength=6) for i in range(40))
+    assert (counts > 0).all()
+    assert counts[4] < counts[1]  # lines are thin
+    assert not torch.equal(ds[0][0], load_dataset("shapes", "val")[0][0])
+
+
+def test_bad_spec():
+    with pytest.raises(FcnsegError, match="no split 'test'"):
+        load_dataset("shapes", "test")
+    with pytest.raises(FcnsegError, match="unknown dataset"):
+        load_dataset("nope:/x", "train")
+    with pytest.raises(FcnsegError, match="needs a path"):
+        load_dataset("voc", "train")
