@@ -1,0 +1,118 @@
+"""`build_loader`: a DataLoader that pads batches and never lets a bad sample pass silently.
+
+A sample that cannot be read (its dataset raises FcnsegError naming the file) either stops the run
+with that one-line error, or, with ``skip_bad=True``, is left out of its batch with a warning
+naming the file; ``loader.skipped`` lists (name, reason) for every sample skipped so far, also
+when the samples were read in worker processes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from fcnseg.data.transforms import DEFAULT_PAD, PadCollate
+from fcnseg.errors import FcnsegError
+
+Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class _BadSample:
+    """What a worker returns instead of raising, so the main process can report it cleanly."""
+
+    def __init__(self, name: str, reason: str):
+        self.name, self.reason = name, reason
+
+
+class _Batch(tuple):
+    """(images, masks) plus the bad samples met while building it."""
+
+    bad: list[_BadSample]
+
+
+class _GuardedDataset(Dataset):
+    def __init__(self, dataset: Dataset, transform: Transform | None):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            image, mask = self.dataset[index]
+        except FcnsegError as exc:
+            name = self.dataset.sample_name(index) if hasattr(self.dataset, "sample_name") else str(index)
+            return _BadSample(name, str(exc))
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        return image, mask
+
+
+class _GuardedCollate:
+    def __init__(self, collate: PadCollate):
+        self.collate = collate
+
+    def __call__(self, samples: Sequence) -> _Batch:
+        good = [s for s in samples if not isinstance(s, _BadSample)]
+        batch = _Batch(self.collate(good))
+        batch.bad = [s for s in samples if isinstance(s, _BadSample)]
+        return batch
+
+
+def _worker_init(worker_id: int) -> None:
+    torch.set_num_threads(1)  # workers decode and augment; leave the cores' threads to the model
+
+
+class SegmentationLoader(DataLoader):
+    """A DataLoader yielding (images uint8 N,3,H,W; masks int64 N,H,W). See the module docstring."""
+
+    def __init__(self, dataset: Dataset, *, skip_bad: bool, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.skip_bad = skip_bad
+        self.skipped: list[tuple[str, str]] = []
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in super().__iter__():
+            for bad in batch.bad:
+                if not self.skip_bad:
+                    raise FcnsegError(bad.reason)
+                self.skipped.append((bad.name, bad.reason))
+                warnings.warn(f"skipped bad sample {bad.name} ({len(self.skipped)} skipped so far): {bad.reason}",
+                              stacklevel=2)
+            if len(batch[0]):
+                yield batch[0], batch[1]
+
+
+def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, transform: Transform | None = None,
+                 workers: int = 0, sampler: Sampler | None = None, seed: int = 0, skip_bad: bool = False,
+                 pad_value: Sequence[int] = DEFAULT_PAD, drop_last: bool = False) -> SegmentationLoader:
+    """A loader over ``dataset`` that applies ``transform`` to each (image, mask) and pads batches.
+
+    ``seed`` fixes the shuffling order and the augmentation randomness of the workers (each worker's
+    torch RNG is seeded from it). ``sampler`` (e.g. a DistributedSampler) replaces ``shuffle``.
+    """
+    if batch_size < 1:
+        raise FcnsegError(f"batch size must be at least 1 (got {batch_size})")
+    if workers < 0:
+        raise FcnsegError(f"workers must be 0 or more (got {workers})")
+    ignore_index = getattr(dataset, "ignore_index", 255)
+    return SegmentationLoader(
+        _GuardedDataset(dataset, transform),
+        skip_bad=skip_bad,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=_GuardedCollate(PadCollate(pad_value, ignore_index)),
+        generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_worker_init if workers > 0 else None,
+        persistent_workers=workers > 0,
+        drop_last=drop_last,
+    )
