@@ -1,0 +1,144 @@
+"""`fcnseg predict`: label images, folders and globs with a trained model.
+
+Writes, per input, ``NAME.png`` (palette PNG whose pixel values are class ids), with --overlay
+``NAME_overlay.jpg`` (colours blended over the photo) and with --probs ``NAME_probs.npy``
+(C x H x W float16). An input that cannot be read is reported on one line and skipped; the
+command exits 1 when any input failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fcnseg.errors import FcnsegError
+
+GLOB_CHARS = "*?["
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("predict", help="segment images, folders or globs with a checkpoint",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument("--checkpoint", required=True, help="a .pt checkpoint, .safetensors or .onnx export")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overlay", action="store_true", help="also write colour overlays (NAME_overlay.jpg)")
+    p.add_argument("--probs", action="store_true", help="also write probabilities (NAME_probs.npy, float16)")
+    p.add_argument("--tile", type=int, default=None,
+                   help="sliding-window tile size in pixels (default: whole image up to 2.25 MP, "
+                        "1024 tiles above; 0 = always whole image)")
+    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
+    p.add_argument("--tta-flip", action="store_true", help="average with the horizontally flipped image")
+    p.add_argument("--scales", default="1", help="test-time scales, e.g. 0.75,1,1.25 (default 1)")
+    p.add_argument("--shift-stitch", action="store_true",
+                   help="shift-and-stitch (paper Sec. 3.2) at the model's output stride; costs "
+                        "stride^2 forward passes")
+    p.add_argument("--stitch-factor", type=int, default=None, metavar="F",
+                   help="shift-and-stitch with stride F instead (implies --shift-stitch)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
+                   help="default: onnxruntime for .onnx files, torch otherwise")
+    p.add_argument("--no-fast", action="store_true", help="disable the bf16 fast path (fp32)")
+    p.add_argument("--max-pixels", type=float, default=100e6,
+                   help="refuse larger images (decompression-bomb guard; default 100e6)")
+    p.set_defaults(func=run)
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        scales = ()
+    if not scales or any(s <= 0 for s in scales):
+        raise FcnsegError(f"--scales {text!r} is not a list of positive numbers; e.g. 0.75,1,1.25")
+    return scales
+
+
+def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Expand files, folders and globs into image paths; returns (paths, one error line per bad input)."""
+    from fcnseg.inference.image_io import IMAGE_SUFFIXES, is_image_file
+
+    paths, errors = [], []
+    for item in inputs:
+        if any(c in item for c in GLOB_CHARS) and not Path(item).exists():
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if not found:
+                errors.append(f"{item}: the pattern matches no files")
+            paths.extend(found)
+        elif Path(item).is_dir():
+            found = sorted(p for p in Path(item).rglob("*") if is_image_file(p))
+            if not found:
+                errors.append(f"{item}: folder holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
+            paths.extend(found)
+        elif Path(item).exists():
+            paths.append(Path(item))
+        else:
+            errors.append(f"{item}: no such file or folder")
+    unique = list(dict.fromkeys(p.resolve() for p in paths))
+    return unique, errors
+
+
+def output_stems(paths: list[Path]) -> list[str]:
+    """Output base names: the file stem, made unique with a _2, _3 ... suffix where stems repeat."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        count = seen.get(path.stem, 0) + 1
+        seen[path.stem] = count
+        stems.append(path.stem if count == 1 else f"{path.stem}_{count}")
+    return stems
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from fcnseg.inference import Segmenter, load_image
+    from fcnseg.viz import overlay, save_index_png
+
+    scales = parse_scales(args.scales)
+    paths, errors = collect_inputs(args.inputs)
+    for line in errors:
+        print(f"fcnseg predict: error: {line}", file=sys.stderr)
+    seg = Segmenter.from_checkpoint(args.checkpoint, backend=args.backend,
+                                    fast=False if args.no_fast else None, tile=args.tile,
+                                    overlap=args.overlap, tta_flip=args.tta_flip, scales=scales,
+                                    shift_stitch=args.stitch_factor or args.shift_stitch or None,
+                                    max_pixels=int(args.max_pixels))
+    print(f"fcnseg predict: {seg.describe()}", file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    palette = seg.palette or _default_palette(seg.num_classes)
+    failed = len(errors)
+    done = 0
+    for path, stem in zip(tqdm(paths, desc="predict", unit="img", file=sys.stderr), output_stems(paths)):
+        try:
+            rgb = load_image(path, seg.max_pixels)
+            probs = (_probs_file(out / f"{stem}_probs.npy", (seg.num_classes, *rgb.shape[:2]))
+                     if args.probs else None)
+            mask, _ = seg.segment(rgb, probs_out=probs)
+            if probs is not None:
+                probs.flush()
+                del probs
+            save_index_png(mask, palette, out / f"{stem}.png")
+            if args.overlay:
+                Image.fromarray(overlay(rgb, mask, palette)).save(out / f"{stem}_overlay.jpg", quality=90)
+            done += 1
+        except FcnsegError as exc:
+            failed += 1
+            tqdm.write(f"fcnseg predict: error: {exc}", file=sys.stderr)
+    print(f"fcnseg predict: {done} image(s) written to {out}, {failed} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _probs_file(path: Path, shape: tuple[int, int, int]) -> np.memmap:
+    """A float16 .npy memmap, so probabilities stream to disk tile row by row."""
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+
+
+def _default_palette(n: int) -> list[tuple[int, int, int]]:
+    rng = np.random.default_rng(0)
+    return [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(n)]

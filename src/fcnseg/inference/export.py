@@ -1,0 +1,119 @@
+"""Export a trained model: ONNX (dynamic height and width) and safetensors (no pickle).
+
+Both formats carry the checkpoint's ``meta`` (model name and options, class names, palette,
+normalisation) as JSON: in the ONNX model's ``metadata_props`` under key "fcnseg", and in the
+safetensors header metadata under the same key. The ONNX graph takes a normalised float32 batch
+``image`` (N, 3, H, W) and returns the raw class scores ``scores`` (N, C, H, W).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fcnseg.errors import FcnsegError
+
+META_KEY = "fcnseg"
+ONNX_OPSET = 17
+
+
+def export_meta(model: nn.Module, meta: dict) -> dict:
+    """The checkpoint meta plus the model's output stride (needed by shift-and-stitch without torch)."""
+    stride = getattr(model, "output_stride", None)
+    return {**meta, "output_stride": int(stride)} if stride else dict(meta)
+
+
+def _encode_meta(meta: dict) -> str:
+    return json.dumps(meta, sort_keys=True)
+
+
+def _decode_meta(text: str | None, path: Path, fmt: str) -> dict:
+    try:
+        meta = json.loads(text) if text else None
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict) or "model_name" not in meta:
+        raise FcnsegError(f"{path} has no fcnseg metadata; it was not written by `fcnseg export "
+                          f"--format {fmt}`, export it again")
+    return meta
+
+
+def onnx_bytes(model: nn.Module, meta: dict, sample_size: tuple[int, int] = (64, 64)) -> bytes:
+    """The model as a serialised ONNX ModelProto with dynamic batch, height and width."""
+    import onnx
+
+    model = model.eval().float().to(memory_format=torch.contiguous_format)
+    sample = torch.zeros(1, 3, *sample_size)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic are expected
+        torch.onnx.export(model, (sample,), buffer, dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=["image"], output_names=["scores"],
+                          dynamic_axes={"image": axes, "scores": axes})
+    proto = onnx.load_from_string(buffer.getvalue())
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, _encode_meta(export_meta(model, meta))
+    return proto.SerializeToString()
+
+
+def export_onnx(model: nn.Module, meta: dict, path: str | os.PathLike) -> Path:
+    """Write the model as ONNX (metadata embedded) to ``path``."""
+    return _write_bytes(onnx_bytes(model, meta), Path(path))
+
+
+def onnx_meta(model_bytes: bytes, path: Path) -> dict:
+    """Read the fcnseg metadata embedded in ONNX model bytes."""
+    import onnx
+
+    try:
+        proto = onnx.load_from_string(model_bytes)
+    except Exception:  # onnx raises DecodeError from protobuf, which has no common base
+        raise FcnsegError(f"{path} is not a valid ONNX model; export it again with `fcnseg export`") from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    return _decode_meta(props.get(META_KEY), path, "onnx")
+
+
+def export_safetensors(model: nn.Module, meta: dict, path: str | os.PathLike) -> Path:
+    """Write the weights as safetensors with the metadata as JSON in the header."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().float().contiguous().clone() if v.is_floating_point() else v.detach().clone()
+             for k, v in model.state_dict().items()}
+    return _write_bytes(save(state, metadata={META_KEY: _encode_meta(export_meta(model, meta))}), Path(path))
+
+
+def load_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
+    """Read (state_dict, meta) from a file written by :func:`export_safetensors` (no pickle involved)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FcnsegError(f"weights file {path} does not exist; check the path")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta_text = (f.metadata() or {}).get(META_KEY)
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FcnsegError(f"{path} is not a readable safetensors file ({str(exc)[:100]}); export it "
+                          "again") from None
+    return state, _decode_meta(meta_text, path, "safetensors")
+
+
+def _write_bytes(data: bytes, path: Path) -> Path:
+    """Write ``data`` atomically (temporary file + rename)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise FcnsegError(f"cannot write {path}: {exc.strerror}; choose a writable location") from None
+    return path

@@ -1,0 +1,112 @@
+"""Reading images for prediction: any file Pillow opens, PIL images and numpy arrays -> HxWx3 uint8 RGB.
+
+Handles EXIF orientation (phone photos), grayscale, palette, RGBA (alpha dropped), 16-bit and float
+inputs. Files whose header announces more than ``max_pixels`` pixels are refused before decoding
+(decompression bombs); empty, truncated and non-image files raise FcnsegError naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fcnseg.errors import FcnsegError
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels (a 4000x3000 photo is 12)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """Scale an integer or float array to uint8: 16-bit by /257, floats in [0, 1] by *255."""
+    array = np.asarray(array)
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.integer):
+        top = 65535 if array.max(initial=0) > 255 else 255
+        return np.clip(array.astype(np.float32) * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
+    array = np.nan_to_num(array.astype(np.float32))
+    scale = 255.0 if array.max(initial=0.0) <= 1.0 else 1.0
+    return np.clip(array * scale + 0.5, 0, 255).astype(np.uint8)
+
+
+def to_rgb(array: np.ndarray) -> np.ndarray:
+    """HxW, HxWx1, HxWx3 or HxWx4 array (any numeric dtype) -> HxWx3 uint8 (alpha dropped)."""
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or 0 in array.shape[:2]:
+        raise FcnsegError(f"image array has shape {array.shape}; pass HxW, HxWx3 or HxWx4")
+    array = to_uint8(array[..., :3])
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    array = np.ascontiguousarray(array)
+    return array if array.flags.writeable else array.copy()  # PIL hands out read-only views
+
+
+def pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """A PIL image in any mode -> HxWx3 uint8 RGB, after applying its EXIF orientation."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return to_rgb(np.asarray(img))  # 16/32-bit grayscale: scale, don't clip
+    if img.mode != "RGB":
+        img = img.convert("RGBA" if "A" in img.mode or img.mode == "P" else "RGB")
+    return to_rgb(np.asarray(img))
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file into HxWx3 uint8 RGB; every failure is one FcnsegError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FcnsegError(f"{path}: no such file; check the path")
+    if path.stat().st_size == 0:
+        raise FcnsegError(f"{path}: file is empty; re-copy or remove it")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise FcnsegError(_too_big(path, width, height, max_pixels))
+                img.load()
+                return pil_to_rgb(img)
+        except Image.DecompressionBombError:
+            raise FcnsegError(f"{path}: image is too large to decode safely (decompression bomb "
+                              f"guard); raise --max-pixels only if you trust the file") from None
+        except UnidentifiedImageError:
+            raise FcnsegError(f"{path}: not an image Pillow can read; convert it to PNG or JPEG") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+            raise FcnsegError(f"{path}: cannot decode image ({reason}); the file is truncated or "
+                              "corrupt, re-copy it") from None
+
+
+def _too_big(path: Path, width: int, height: int, max_pixels: int) -> str:
+    return (f"{path}: {width}x{height} = {width * height / 1e6:.0f} megapixels exceeds the limit of "
+            f"{max_pixels / 1e6:.0f} (decompression bomb guard); raise --max-pixels if the file is trusted")
+
+
+def load_image(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A path, PIL image or numpy array -> HxWx3 uint8 RGB numpy array."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image, max_pixels)
+    if isinstance(image, Image.Image):
+        if image.width * image.height > max_pixels:
+            raise FcnsegError(_too_big(Path("<PIL image>"), image.width, image.height, max_pixels))
+        return pil_to_rgb(image)
+    if isinstance(image, np.ndarray):
+        return to_rgb(image)
+    raise FcnsegError(f"cannot predict on a {type(image).__name__}; pass a file path, PIL image or "
+                      "numpy array")
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES

@@ -1,0 +1,83 @@
+"""Segmenter on a stand-in model: shapes, probabilities, tiling, TTA, fast path, description."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from fcnseg.errors import FcnsegError
+from fcnseg.inference import Segmenter
+from fcnseg.inference.fastpath import fast_path_supported
+
+META = {"model_name": "standin", "model_kwargs": {"num_classes": 3}, "class_names": ["a", "b", "c"],
+        "palette": [[0, 0, 0], [255, 0, 0], [0, 255, 0]], "normalization": "imagenet"}
+
+
+class StandIn(nn.Module):
+    """Full-resolution scores from a small conv net (like an FCN: N,3,H,W -> N,C,H,W)."""
+
+    output_stride = 2
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def make(**options):
+    return Segmenter(StandIn(), META, **options)
+
+
+def test_predict_shapes_types_and_inputs(tmp_path):
+    seg = make(fast=False)
+    rgb = np.random.default_rng(0).integers(0, 255, (21, 34, 3), np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "x.png")
+    mask = seg.predict(rgb)
+    assert mask.shape == (21, 34) and np.issubdtype(mask.dtype, np.integer) and mask.max() < 3
+    assert (seg.predict(Image.fromarray(rgb)) == mask).all()
+    assert (seg.predict(tmp_path / "x.png") == mask).all()
+    assert (seg.predict(str(tmp_path / "x.png")) == mask).all()
+    probs = seg.predict_proba(rgb)
+    assert probs.shape == (3, 21, 34) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(0), 1, atol=1e-5)
+    assert (probs.argmax(0) == mask).all()
+
+
+def test_tiles_and_tta_keep_size_and_stay_close_to_whole_image():
+    rgb = np.random.default_rng(1).integers(0, 255, (50, 70, 3), np.uint8)
+    model = StandIn()
+    whole = Segmenter(model, META, fast=False, tile=0).predict_proba(rgb)
+    tiled = Segmenter(model, META, fast=False, tile=24, overlap=0.5).predict_proba(rgb)
+    assert tiled.shape == whole.shape
+    assert np.abs(tiled - whole).mean() < 0.01
+    aug = Segmenter(model, META, fast=False, tta_flip=True, scales=(0.75, 1.0, 1.25))
+    assert aug.predict(rgb).shape == (50, 70)
+    assert "flip=on" in aug.describe() and "0.75,1,1.25" in aug.describe()
+
+
+def test_shift_and_stitch_option_uses_the_model_stride():
+    seg = make(fast=False, shift_stitch=True)
+    assert seg.shift_stitch == 2 and "shift-and-stitch x2" in seg.describe()
+    assert seg.predict(np.zeros((9, 11, 3), np.uint8)).shape == (9, 11)
+
+
+def test_fast_path_agrees_with_fp32_and_says_so():
+    rgb = np.random.default_rng(2).integers(0, 255, (32, 40, 3), np.uint8)
+    model = StandIn()
+    fp32 = Segmenter(model, META, fast=False).predict_proba(rgb)
+    fast = Segmenter(model, META, fast=True)
+    assert "bf16 autocast + channels_last" in fast.describe()
+    assert np.abs(fast.predict_proba(rgb) - fp32).max() < 0.05
+    auto = Segmenter(StandIn(), META)
+    assert auto.fast == fast_path_supported()
+    assert ("bf16" in auto.describe()) == auto.fast
+
+
+@pytest.mark.parametrize("options", [{"backend": "tensorflow"}, {"tile": -1}, {"overlap": 1.0},
+                                     {"scales": (0.0,)}, {"shift_stitch": -2}])
+def test_bad_options_raise_fcnseg_error(options):
+    with pytest.raises(FcnsegError):
+        make(**options)
