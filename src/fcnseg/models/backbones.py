@@ -1,0 +1,172 @@
+"""Classification trunks made fully convolutional: VGG16 and AlexNet, with torchvision's key names.
+
+A trunk is ``features`` (convolutions, ReLUs and poolings at torchvision's indices) followed by
+``classifier`` whose fully connected layers are convolutions: fc6 takes the whole pool5 window
+(7x7 for VGG16, 6x6 for AlexNet), fc7 (and the optional fc8) are 1x1. The state-dict keys are
+torchvision's (``features.0.weight``, ``classifier.0.weight``, ...); only the classifier weights
+have a different shape, which fcnseg.models.surgery reshapes when loading torchvision files.
+
+Trunk geometries (how every layer is padded):
+    "caffe"  the FCN reference: the first convolution is padded by 100 pixels and pooling rounds up
+             (ceil mode), so any input, even 1x1, yields at least one fc7 cell; the FCN head then
+             crops the upsampled scores back to the input.
+    "same"   every layer is padded to keep ceil(size / stride) cells and inputs are padded to a
+             multiple of the output stride; cells line up with input pixels without the large pad
+             (about 40% fewer FLOPs for VGG16 at 500x500).
+    "valid"  torchvision's classifier geometry (fc6 unpadded, floor pooling): on a 224x224 input
+             VGG16 gives one cell equal to the torchvision classifier's logits. Used for checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from fcnseg.models.layers import scaled
+
+
+@dataclass(frozen=True)
+class TrunkGeometry:
+    """How a trunk pads its layers (see the module docstring)."""
+
+    first_padding: int | None  # padding of the first convolution; None = the usual one
+    ceil_mode: bool
+    same: bool  # pad each layer by (kernel - stride + 1) // 2 and the input to a stride multiple
+
+
+TRUNK_GEOMETRIES = {
+    "caffe": TrunkGeometry(first_padding=100, ceil_mode=True, same=False),
+    "same": TrunkGeometry(first_padding=None, ceil_mode=False, same=True),
+    "valid": TrunkGeometry(first_padding=None, ceil_mode=False, same=False),
+}
+
+
+@dataclass(frozen=True)
+class Conv:
+    channels: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+
+
+@dataclass(frozen=True)
+class Pool:
+    kernel: int
+    stride: int
+
+
+def _same_padding(kernel: int, stride: int) -> int:
+    return (kernel - stride + 1) // 2
+
+
+class ClassifierTrunk(nn.Module):
+    """A classification net as a fully convolutional trunk (torchvision layout; see module docstring).
+
+    Taps: "pool1".."poolN" (outputs of the pooling layers, in order) and "fc7" (the classifier
+    output before fc8). ``forward`` returns fc8 scores if ``num_classes`` was given, else fc7.
+    """
+
+    def __init__(self, features: list, fc6_kernel: int, dropout_first: bool, width: float,
+                 geometry: str, num_classes: int | None = None) -> None:
+        super().__init__()
+        geo = TRUNK_GEOMETRIES[geometry]
+        self.geometry = geometry
+        self.feature_taps: dict[str, int] = {}
+        self.channels: dict[str, int] = {}
+        layers: list[nn.Module] = []
+        in_channels = 3
+        for spec in features:
+            if isinstance(spec, Conv):
+                padding = _same_padding(spec.kernel, spec.stride) if geo.same else spec.padding
+                if not layers and geo.first_padding is not None:
+                    padding = geo.first_padding
+                out_channels = scaled(spec.channels, width)
+                layers += [nn.Conv2d(in_channels, out_channels, spec.kernel, spec.stride, padding),
+                           nn.ReLU(inplace=True)]
+                in_channels = out_channels
+            else:
+                padding = _same_padding(spec.kernel, spec.stride) if geo.same else 0
+                layers.append(nn.MaxPool2d(spec.kernel, spec.stride, padding, ceil_mode=geo.ceil_mode))
+                name = f"pool{len(self.feature_taps) + 1}"
+                self.feature_taps[name] = len(layers) - 1
+                self.channels[name] = in_channels
+        self.features = nn.Sequential(*layers)
+
+        hidden = scaled(4096, width)
+        fc6 = nn.Conv2d(in_channels, hidden, fc6_kernel, padding=fc6_kernel // 2 if geo.same else 0)
+        fc7 = nn.Conv2d(hidden, hidden, 1)
+        # torchvision: VGG is [fc6, relu, drop, fc7, relu, drop, fc8], AlexNet [drop, fc6, relu, drop,
+        # fc7, relu, fc8]; keeping the indices keeps the state-dict keys.
+        if dropout_first:
+            head = [nn.Dropout(), fc6, nn.ReLU(inplace=True), nn.Dropout(), fc7, nn.ReLU(inplace=True)]
+        else:
+            head = [fc6, nn.ReLU(inplace=True), nn.Dropout(), fc7, nn.ReLU(inplace=True), nn.Dropout()]
+        if num_classes is not None:
+            head.append(nn.Conv2d(hidden, num_classes, 1))
+        self.classifier = nn.Sequential(*head)
+        self.channels["fc7"] = hidden
+        self.output_stride = 1
+        for spec in features:
+            self.output_stride *= spec.stride
+        self.input_multiple = self.output_stride if geo.same else 1
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """torchvision's initialisation: He for convolutions, N(0, 0.01) for the fc layers."""
+        for module in self.features:
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+        for module in self.classifier:
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, 0, 0.01)
+                nn.init.zeros_(module.bias)
+
+    def layers_to(self, tap: str) -> list[nn.Module]:
+        """The layers from the input to ``tap``, in order (for coordinate mapping)."""
+        if tap == "fc7":
+            return [*self.features, *self.classifier[:6]]
+        return list(self.features[: self.feature_taps[tap] + 1])
+
+    def forward_taps(self, x: Tensor, taps: tuple[str, ...]) -> dict[str, Tensor]:
+        """Run the trunk up to fc7 and return the requested intermediate maps by name."""
+        wanted = {self.feature_taps[name]: name for name in taps if name != "fc7"}
+        out: dict[str, Tensor] = {}
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index in wanted:
+                out[wanted[index]] = x
+        out["fc7"] = self.classifier[:6](x)
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+VGG16_FEATURES = [
+    Conv(64, 3, 1, 1), Conv(64, 3, 1, 1), Pool(2, 2),
+    Conv(128, 3, 1, 1), Conv(128, 3, 1, 1), Pool(2, 2),
+    Conv(256, 3, 1, 1), Conv(256, 3, 1, 1), Conv(256, 3, 1, 1), Pool(2, 2),
+    Conv(512, 3, 1, 1), Conv(512, 3, 1, 1), Conv(512, 3, 1, 1), Pool(2, 2),
+    Conv(512, 3, 1, 1), Conv(512, 3, 1, 1), Conv(512, 3, 1, 1), Pool(2, 2),
+]
+
+ALEXNET_FEATURES = [
+    Conv(64, 11, 4, 2), Pool(3, 2),
+    Conv(192, 5, 1, 2), Pool(3, 2),
+    Conv(384, 3, 1, 1), Conv(256, 3, 1, 1), Conv(256, 3, 1, 1), Pool(3, 2),
+]
+
+
+def vgg16(width: float = 1.0, geometry: str = "valid", num_classes: int | None = None) -> ClassifierTrunk:
+    """VGG16 (configuration D) as a convolutional trunk; keys as torchvision's ``vgg16``."""
+    return ClassifierTrunk(VGG16_FEATURES, 7, False, width, geometry, num_classes)
+
+
+def alexnet(width: float = 1.0, geometry: str = "valid", num_classes: int | None = None) -> ClassifierTrunk:
+    """AlexNet (torchvision's single-tower variant) as a convolutional trunk; keys as torchvision's."""
+    return ClassifierTrunk(ALEXNET_FEATURES, 6, True, width, geometry, num_classes)
+
+
+TRUNKS = {"vgg16": vgg16, "alexnet": alexnet}

@@ -1,0 +1,91 @@
+"""Small building blocks shared by the models: bilinear upsampling, score layers, crops and padding."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def scaled(channels: int, width: float) -> int:
+    """A channel count multiplied by the width multiplier (at least 1)."""
+    return max(1, int(round(channels * width)))
+
+
+def bilinear_kernel(kernel_size: int) -> Tensor:
+    """A (k, k) filter that, used in a transposed convolution with stride ceil(k/2), interpolates bilinearly.
+
+    For k = 2 * factor this is the reference's upsampling filter: weights
+    (1 - |i - c| / factor) * (1 - |j - c| / factor) around the centre c.
+    """
+    factor = (kernel_size + 1) // 2
+    centre = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+    ramp = 1 - (torch.arange(kernel_size, dtype=torch.float64) - centre).abs() / factor
+    return torch.outer(ramp, ramp).float()
+
+
+class BilinearUpsample(nn.Module):
+    """Transposed convolution by ``factor`` (kernel 2*factor, no padding, no bias), bilinear-initialised.
+
+    The weight has shape (C, C, k, k) with a bilinear filter on the diagonal (class c upsamples into
+    class c only), as in the reference. With ``learnable=False`` the weight is a buffer: it stays
+    bilinear whatever the optimiser does, and is still saved in the state dict under the same key.
+    The output has (n - 1) * factor + 2 * factor cells; the crop that aligns it is computed by
+    fcnseg.models.geometry from ``kernel_size``, ``stride`` and ``padding``.
+    """
+
+    transposed = True
+
+    def __init__(self, channels: int, factor: int, learnable: bool) -> None:
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = 2 * factor, factor, 0
+        self.learnable = learnable
+        weight = torch.zeros(channels, channels, self.kernel_size, self.kernel_size)
+        index = torch.arange(channels)
+        weight[index, index] = bilinear_kernel(self.kernel_size)
+        if learnable:
+            self.weight = nn.Parameter(weight)
+        else:
+            self.register_buffer("weight", weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv_transpose2d(x, self.weight, stride=self.stride)
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight.shape[0]}, factor={self.stride}, "
+                f"{'learned' if self.learnable else 'fixed'}")
+
+
+def score_layer(in_channels: int, num_classes: int) -> nn.Conv2d:
+    """A 1x1 convolution to class scores, zero-initialised (weights and bias) as in the reference."""
+    conv = nn.Conv2d(in_channels, num_classes, kernel_size=1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def crop_like(x: Tensor, offset: int, like: Tensor) -> Tensor:
+    """``x`` cropped to ``like``'s height and width, starting ``offset`` cells from its top-left.
+
+    Uses tensor sizes (not Python ints taken early), so tracing and ONNX export keep H and W dynamic.
+    """
+    return x[:, :, offset:offset + like.shape[-2], offset:offset + like.shape[-1]]
+
+
+def fuse(upsampled: Tensor, skip: Tensor, offset: int) -> Tensor:
+    """Sum two score maps of equal stride; the one that starts earlier is cropped to the other.
+
+    ``offset`` = crop_offset(skip, upsampled): positive crops ``skip`` (the reference's case),
+    negative crops ``upsampled`` (the "same" geometry, where the upsampler overhangs by a cell).
+    """
+    if offset >= 0:
+        return upsampled + crop_like(skip, offset, upsampled)
+    return crop_like(upsampled, -offset, skip) + skip
+
+
+def pad_to_multiple(x: Tensor, multiple: int, value: float = 0.0) -> Tensor:
+    """Pad the bottom and right of ``x`` so H and W are multiples of ``multiple`` (no-op for 1)."""
+    if multiple == 1:
+        return x
+    height, width = x.shape[-2], x.shape[-1]
+    return F.pad(x, (0, (-width) % multiple, 0, (-height) % multiple), value=value)
