@@ -1,0 +1,162 @@
+"""Reading images and label masks from disk, with one clear error per bad file.
+
+* ``read_image``: any Pillow-readable image -> (H, W, 3) uint8 RGB.
+* ``read_label_png``: a palette ('P') or greyscale PNG -> (H, W) uint8 class ids (the palette is
+  ignored: pixel values *are* the labels, as in PASCAL VOC's SegmentationClass).
+* ``decode_colors``: an RGB colour-coded mask -> class ids through a colour table, vectorised.
+* ``read_sbd_mat``: an SBD ``cls/*.mat`` file -> GTcls.Segmentation.
+* ``PairedFileDataset``: the dataset class shared by every on-disk format.
+
+Every reader raises FcnsegError naming the file when it is missing, unreadable or truncated.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from fcnseg.data.base import IGNORE_INDEX, SegmentationDataset
+from fcnseg.errors import FcnsegError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+
+
+def _open(path: str | os.PathLike, what: str) -> Image.Image:
+    """Open and fully decode an image file; FcnsegError (naming the file) if that fails."""
+    try:
+        img = Image.open(path)
+        img.load()  # decodes now, so a truncated file fails here and not later
+        return img
+    except FileNotFoundError:
+        raise FcnsegError(f"{path}: {what} not found; check the dataset directory (`fcnseg data check` lists all problems)") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL reports corrupt files as OSError/SyntaxError
+        raise FcnsegError(f"{path}: cannot read {what} ({exc}); re-download or remove this file") from None
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """(H, W, 3) uint8 RGB."""
+    img = _open(path, "image")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img)
+
+
+def read_label_png(path: str | os.PathLike) -> np.ndarray:
+    """Class ids of an index mask: 'P' and 'L' modes as they are; 16/32-bit greyscale checked to fit
+    in 0..255. Colour masks raise (they need a colour table: see ``decode_colors``)."""
+    img = _open(path, "mask")
+    if img.mode in ("P", "L"):
+        return np.asarray(img)
+    if img.mode in ("I", "I;16", "I;16B", "I;16L"):
+        labels = np.asarray(img)
+        if labels.size and (labels.min() < 0 or labels.max() > 255):
+            raise FcnsegError(f"{path}: mask values must be 0..255 (found {labels.min()}..{labels.max()})")
+        return labels.astype(np.uint8)
+    raise FcnsegError(f"{path}: mask has mode {img.mode}, not a single-channel index PNG; "
+                      "save masks as palette/greyscale PNGs of class ids, or give the colours in classes.json")
+
+
+def read_mask_image(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
+    """A mask file as (array, is_color): (H, W) ids for index masks, (H, W, 3) RGB for colour masks."""
+    img = _open(path, "mask")
+    if img.mode in ("RGB", "RGBA"):
+        return np.asarray(img.convert("RGB")), True
+    return read_label_png(path), False
+
+
+def color_codes(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 colours -> (...) int32 codes r*65536 + g*256 + b."""
+    rgb = rgb.astype(np.int32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def decode_colors(rgb: np.ndarray, colors: Sequence[Sequence[int]], labels: Sequence[int], path: str | os.PathLike) -> np.ndarray:
+    """Map every pixel's colour to its label (``colors[k]`` -> ``labels[k]``), vectorised with a
+    sorted lookup. A colour not in the table is an error naming the file and the colour."""
+    table = color_codes(np.asarray(colors, dtype=np.uint8).reshape(-1, 3))
+    order = np.argsort(table)
+    table, values = table[order], np.asarray(labels, dtype=np.uint8)[order]
+    codes = color_codes(rgb)
+    pos = np.minimum(np.searchsorted(table, codes), len(table) - 1)
+    unknown = table[pos] != codes
+    if unknown.any():
+        y, x = np.argwhere(unknown)[0]
+        raise FcnsegError(f"{path}: pixel ({x}, {y}) has colour {tuple(int(c) for c in rgb[y, x])}, which is no class "
+                          f"colour ({int(unknown.sum())} such pixels); fix the mask or add the colour to the class table")
+    return values[pos]
+
+
+def read_sbd_mat(path: str | os.PathLike) -> np.ndarray:
+    """The class segmentation of an SBD ``cls/<id>.mat`` file (struct GTcls, field Segmentation)."""
+    from scipy.io import loadmat  # scipy is slow to import; only SBD needs it
+
+    try:
+        mat = loadmat(path, variable_names=["GTcls"], squeeze_me=True, struct_as_record=False)
+        return np.asarray(mat["GTcls"].Segmentation, dtype=np.uint8)
+    except FileNotFoundError:
+        raise FcnsegError(f"{path}: SBD mask not found; check the SBD directory (`fcnseg data check` lists all problems)") from None
+    except (KeyError, AttributeError):
+        raise FcnsegError(f"{path}: not an SBD class file (no GTcls.Segmentation); use the files in SBD's cls/ folder") from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise FcnsegError(f"{path}: cannot read SBD mask ({exc}); re-download or remove this file") from None
+
+
+def read_id_list(path: Path, what: str) -> list[str]:
+    """Image ids, one per line (blank lines ignored)."""
+    try:
+        return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise FcnsegError(f"{path}: split list not found; {what}") from None
+
+
+class PairedFileDataset(SegmentationDataset):
+    """Samples given as (image path, mask path) pairs; ``mask_reader(path)`` gives the class ids."""
+
+    def __init__(self, samples: Sequence[tuple[Path, Path]], mask_reader: Callable[[Path], np.ndarray], *,
+                 class_names: Sequence[str], palette: Sequence[tuple[int, int, int]], split: str, identity: str,
+                 check_files: bool = True):
+        self.samples = list(samples)
+        self.mask_reader = mask_reader
+        self.class_names = tuple(class_names)
+        self.palette = tuple(tuple(int(v) for v in c) for c in palette)
+        self.split = split
+        self.identity = identity
+        self.orphans: list[tuple[str, str]] = []  # (path, problem) for files left unpaired
+        if not self.samples:
+            raise FcnsegError(f"{identity}: the {split!r} split has no samples; check the dataset directory and split name")
+        if check_files:
+            self._check_files_exist()
+
+    def _check_files_exist(self) -> None:
+        missing = [p for pair in self.samples for p in pair if not os.path.exists(p)]
+        if missing:
+            raise FcnsegError(f"{missing[0]} does not exist ({len(missing)} of {2 * len(self.samples)} files of "
+                              f"{self.identity} missing); run `fcnseg data check` to list them all")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def sample_name(self, index: int) -> str:
+        return str(self.samples[index][0])
+
+    def mask_path(self, index: int) -> Path:
+        return self.samples[index][1]
+
+    def read_mask(self, index: int) -> np.ndarray:
+        return self.mask_reader(self.samples[index][1])
+
+    def load_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image_path, mask_path = self.samples[index]
+        return read_image(image_path), self.mask_reader(mask_path)
+
+
+def ignore_lut(mapping: dict[int, int], ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """A 256-entry uint8 lookup table: ``mapping`` where given, ``ignore_index`` elsewhere."""
+    lut = np.full(256, ignore_index, dtype=np.uint8)
+    for src, dst in mapping.items():
+        lut[src] = dst
+    return lut
