@@ -78,8 +78,8 @@ def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
             paths.append(Path(item))
         else:
             errors.append(f"{item}: no such file or folder")
-    unique = list(dict.fromkeys(p.resolve() for p in paths))
-    return unique, errors
+    unique = {p.resolve(): p for p in reversed(paths)}  # first mention wins, as the user wrote it
+    return list(reversed(unique.values())), errors
 
 
 def output_stems(paths: list[Path]) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -104,6 +105,9 @@ class Segmenter:
             state, meta = export.load_safetensors(path)
             model, meta = model_from_checkpoint({"model": state, "meta": meta}, str(path))
         else:
+            if path.is_file() and not zipfile.is_zipfile(path):  # torch.save writes zip archives
+                raise FcnsegError(f"{path} is not an fcnseg checkpoint; pass a .pt file written by "
+                                  "`fcnseg train`, or a .safetensors/.onnx file from `fcnseg export`")
             model, meta = model_from_checkpoint(path)
         return cls(model, meta, backend=backend or "torch", **options)
 
