@@ -67,10 +67,11 @@ class ClassifierTrunk(nn.Module):
     output before fc8). ``forward`` returns fc8 scores if ``num_classes`` was given, else fc7.
     """
 
-    def __init__(self, features: list, fc6_kernel: int, dropout_first: bool, width: float,
+    def __init__(self, name: str, features: list, fc6_kernel: int, dropout_first: bool, width: float,
                  geometry: str, num_classes: int | None = None) -> None:
         super().__init__()
         geo = TRUNK_GEOMETRIES[geometry]
+        self.name = name
         self.geometry = geometry
         self.feature_taps: dict[str, int] = {}
         self.channels: dict[str, int] = {}
@@ -161,12 +162,20 @@ ALEXNET_FEATURES = [
 
 def vgg16(width: float = 1.0, geometry: str = "valid", num_classes: int | None = None) -> ClassifierTrunk:
     """VGG16 (configuration D) as a convolutional trunk; keys as torchvision's ``vgg16``."""
-    return ClassifierTrunk(VGG16_FEATURES, 7, False, width, geometry, num_classes)
+    return ClassifierTrunk("vgg16", VGG16_FEATURES, 7, False, width, geometry, num_classes)
 
 
 def alexnet(width: float = 1.0, geometry: str = "valid", num_classes: int | None = None) -> ClassifierTrunk:
     """AlexNet (torchvision's single-tower variant) as a convolutional trunk; keys as torchvision's."""
-    return ClassifierTrunk(ALEXNET_FEATURES, 6, True, width, geometry, num_classes)
+    return ClassifierTrunk("alexnet", ALEXNET_FEATURES, 6, True, width, geometry, num_classes)
 
 
 TRUNKS = {"vgg16": vgg16, "alexnet": alexnet}
+
+# What a weights file for each trunk must look like (for error messages).
+EXPECTED_FILES = {
+    "vgg16": "a torchvision vgg16 state dict (features.{0..28}.*, classifier.{0,3,6}.*, e.g. "
+             "vgg16-397923af.pth) and width=1",
+    "alexnet": "a torchvision alexnet state dict (features.{0,3,6,8,10}.*, classifier.{1,4,6}.*, e.g. "
+               "alexnet-owt-7be5be79.pth) and width=1",
+}

@@ -23,7 +23,7 @@ from fcnseg.models.backbones import TRUNKS, ClassifierTrunk
 from fcnseg.models.geometry import CoordMap, compose, crop_offset, integer_offset
 from fcnseg.models.layers import BilinearUpsample, fuse, pad_to_multiple, score_layer
 from fcnseg.models.registry import ModelEntry, register_model
-from fcnseg.models.surgery import WeightsSource, load_backbone_weights
+from fcnseg.models.surgery import WeightsSource, load_trunk_weights
 
 
 @dataclass(frozen=True)
@@ -92,20 +92,12 @@ class FCN(nn.Module):
         return offsets
 
 
-_EXPECTED_FILES = {
-    "vgg16": "a torchvision vgg16 state dict (features.{0..28}.*, classifier.{0,3,6}.*, e.g. "
-             "vgg16-397923af.pth) and width=1",
-    "alexnet": "a torchvision alexnet state dict (features.{0,3,6,8,10}.*, classifier.{1,4,6}.*, e.g. "
-               "alexnet-owt-7be5be79.pth) and width=1",
-}
-
 
 def build_trunk(backbone: str, geometry: str, width: float, weights: WeightsSource | None) -> ClassifierTrunk:
     """A VGG16/AlexNet trunk without fc8, optionally loaded from a torchvision file (fc8 is ignored)."""
     trunk = TRUNKS[backbone](width=width, geometry=geometry)
     if weights is not None:
-        load_backbone_weights(trunk, weights, what="backbone weights file", expected=_EXPECTED_FILES[backbone],
-                              ignore=("classifier.6.",), optional=("classifier.",))
+        load_trunk_weights(trunk, weights)
     return trunk
 
 

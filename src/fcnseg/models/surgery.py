@@ -71,7 +71,7 @@ def load_backbone_weights(module: nn.Module, source: WeightsSource, *, what: str
     optional_keys = [k for k in own if k.startswith(optional)] if optional else []
     if missing and len(missing) < len(optional_keys):
         raise FcnsegError(f"{what} {label} has only some of the fully connected layers (lacks "
-                          f"{missing[0]}); expected all of them or none (features only)")
+                          f"{missing[0]}); expected {expected}, with all fc layers or none (features only)")
     loaded = {}
     for key, target in own.items():
         if key not in state:
@@ -112,3 +112,17 @@ def load_matching(model: nn.Module, state_dict: WeightsSource) -> tuple[list[str
             else:
                 skipped.append(key)
     return loaded, skipped
+
+
+def load_trunk_weights(trunk: nn.Module, source: WeightsSource) -> list[str]:
+    """Load a torchvision VGG16/AlexNet file into a ClassifierTrunk (fc layers reshaped to convolutions).
+
+    fc8 (``classifier.6``, ImageNet's 1000 classes) is loaded only if the trunk has an fc8 of that
+    size, and ignored otherwise (FCNs replace it by a zero-initialised ``score_fr``). A
+    features-only file loads with a warning: fc6/fc7 keep their random initialisation.
+    """
+    from fcnseg.models.backbones import EXPECTED_FILES
+
+    has_fc8 = len(trunk.classifier) > 6
+    return load_backbone_weights(trunk, source, what="backbone weights file", expected=EXPECTED_FILES[trunk.name],
+                                 ignore=() if has_fc8 else ("classifier.6.",), optional=("classifier.",))
