@@ -80,9 +80,12 @@ _FORMATS: dict[str, str] = {
 }
 
 
+SPEC_FORMS = ("shapes", "voc:PATH", "sbd:PATH", "voc-aug:VOC_PATH,SBD_PATH", "cityscapes:PATH", "folder:PATH")
+
+
 def list_formats() -> list[str]:
-    """The dataset spec prefixes `load_dataset` understands."""
-    return list(_FORMATS)
+    """The forms of dataset spec `load_dataset` understands."""
+    return list(SPEC_FORMS)
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -90,21 +93,22 @@ def parse_spec(spec: str) -> tuple[str, str]:
     name, _, arg = str(spec).partition(":")
     name = name.strip().lower()
     if name not in _FORMATS:
-        raise FcnsegError(
-            f"unknown dataset {spec!r}; use one of: shapes, voc:PATH, sbd:PATH, voc-aug:VOC_PATH,SBD_PATH, "
-            "cityscapes:PATH, folder:PATH"
-        )
+        raise FcnsegError(f"unknown dataset {spec!r}; use one of: {', '.join(SPEC_FORMS)}")
     if name != "shapes" and not arg:
         raise FcnsegError(f"dataset {spec!r} needs a path: write it as {name}:PATH")
     return name, arg
 
 
-def load_dataset(spec: str, split: str = "train") -> SegmentationDataset:
-    """Open the dataset named by ``spec`` (see the module docstring) for ``split``."""
+def load_dataset(spec: str, split: str = "train", *, check_files: bool = True) -> SegmentationDataset:
+    """Open the dataset named by ``spec`` (see the module docstring) for ``split``.
+
+    With ``check_files`` (the default) a file-based dataset fails at once, naming the first missing
+    or unpaired file; ``fcnseg data check`` opens with ``check_files=False`` to list every problem.
+    """
     name, arg = parse_spec(spec)
     module_name, func_name = _FORMATS[name].split(":")
-    opener: Callable[[str, str], SegmentationDataset] = getattr(importlib.import_module(module_name), func_name)
-    return opener(arg, split)
+    opener: Callable[..., SegmentationDataset] = getattr(importlib.import_module(module_name), func_name)
+    return opener(arg, split, check_files=check_files)
 
 
 def check_split(split: str, choices: Sequence[str], what: str) -> str:

@@ -154,7 +154,7 @@ class ShapesDataset(SegmentationDataset):
         return render(self.first_seed + index, self.size)
 
 
-def open_shapes(arg: str, split: str) -> ShapesDataset:
+def open_shapes(arg: str, split: str, check_files: bool = True) -> ShapesDataset:
     if arg:
         raise FcnsegError(f"the shapes dataset takes no path (got 'shapes:{arg}'); write just 'shapes'")
     return ShapesDataset(split)

@@ -1,0 +1,71 @@
+"""`fcnseg data`: list dataset formats, download public datasets, check a dataset for problems.
+
+    fcnseg data list
+    fcnseg data download voc2012 --root ~/data         then use voc:~/data
+    fcnseg data check voc:~/data --split val --json report.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="list, download and check datasets",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    p = sub.add_parser("list", help="dataset formats and downloadable datasets")
+    p.set_defaults(func=run_list)
+
+    p = sub.add_parser("download", help="download and extract a public dataset (resumable, checksummed)")
+    p.add_argument("name", help="voc2012 or sbd (see `fcnseg data list`)")
+    p.add_argument("--root", required=True, type=Path, help="folder to download and extract into")
+    p.add_argument("--url", help="download from this address instead (a mirror, or a file:// URL)")
+    check = p.add_mutually_exclusive_group()
+    check.add_argument("--md5", help="expected MD5 of the archive (default: the published one)")
+    check.add_argument("--no-checksum", action="store_true", help="skip the checksum verification")
+    p.add_argument("--keep-archive", action="store_true", help="keep the archive after extracting it")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_download)
+
+    p = sub.add_parser("check", help="read every sample and report counts, sizes, class pixels and all problems")
+    p.add_argument("spec", help="dataset: shapes, voc:PATH, sbd:PATH, voc-aug:VOC,SBD, cityscapes:PATH, folder:PATH")
+    p.add_argument("--split", action="append", help="split to check (repeatable; default: the usual train/val pair)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the full report as JSON")
+    p.add_argument("--workers", type=int, default=2, help="reading threads (default 2)")
+    p.set_defaults(func=run_check)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from fcnseg.data.base import list_formats
+    from fcnseg.data.download import RESOURCES
+
+    print("dataset specs: " + ", ".join(list_formats()))
+    print("downloads (fcnseg data download NAME --root DIR):")
+    for name, r in RESOURCES.items():
+        print(f"  {name:8s} {r.about}; then use {r.spec}:DIR\n           {r.url}")
+    return 0
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from fcnseg.data.download import RESOURCES, download_dataset
+
+    md5 = None if args.no_checksum else (args.md5 or "registry")
+    target = download_dataset(args.name, args.root, url=args.url, md5=md5, keep_archive=args.keep_archive,
+                              progress=not args.no_progress)
+    print(f"{args.name} is in {target}; use it as {RESOURCES[args.name].spec}:{args.root}")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from fcnseg.data.check import check_dataset, format_report
+
+    report = check_dataset(args.spec, args.split, workers=args.workers)
+    print(format_report(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return 1 if report["num_problems"] else 0

@@ -1,0 +1,122 @@
+"""`fcnseg data check`: read every sample of a dataset and list every problem found.
+
+Problems: image without mask (and mask without image), missing, unreadable or truncated files,
+mask size differing from its image, label values that are neither a class id nor 255.
+The report also gives sample counts, image sizes and pixel counts per class.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fcnseg.data.base import SegmentationDataset, load_dataset, parse_spec
+from fcnseg.data.io import read_image
+from fcnseg.errors import FcnsegError
+
+
+def default_splits(spec: str) -> list[str]:
+    """The splits `check` looks at when none is named."""
+    name, arg = parse_spec(spec)
+    if name == "voc-aug":
+        return ["train_aug", "seg11valid"]
+    if name == "folder" and Path(arg).is_dir():
+        return sorted(p.name for p in Path(arg).iterdir() if (p / "images").is_dir()) or ["train"]
+    return ["train", "val"]
+
+
+def _problem(file: str, message: str) -> dict[str, str]:
+    """A problem entry; a message that starts with the file name does not repeat it."""
+    return {"file": file, "problem": message.removeprefix(f"{file}: ")}
+
+
+def _check_sample(dataset: SegmentationDataset, index: int) -> tuple[tuple[int, int] | None, np.ndarray | None, list[dict]]:
+    """(image (W, H) or None, per-label pixel counts (256,) or None, problems) for one sample."""
+    problems = []
+    image = mask = None
+    try:
+        if hasattr(dataset, "samples"):  # files: read image and mask separately to report both
+            image_path, mask_path = dataset.samples[index]
+            try:
+                image = read_image(image_path)
+            except FcnsegError as exc:
+                problems.append(_problem(str(image_path), str(exc)))
+            mask = dataset.read_mask(index)
+        else:
+            image, mask = dataset.load_arrays(index)
+    except FcnsegError as exc:
+        file = str(dataset.mask_path(index)) if hasattr(dataset, "mask_path") else dataset.sample_name(index)
+        problems.append(_problem(file, str(exc)))
+    size = (int(image.shape[1]), int(image.shape[0])) if image is not None else None
+    counts = None
+    if mask is not None:
+        name = str(dataset.mask_path(index)) if hasattr(dataset, "mask_path") else dataset.sample_name(index)
+        if image is not None and image.shape[:2] != mask.shape:
+            problems.append(_problem(name, f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                                           f"{image.shape[1]}x{image.shape[0]}"))
+        counts = np.bincount(mask.ravel().astype(np.int64).clip(0, 255), minlength=256)
+        bad = [v for v in np.flatnonzero(counts) if v >= dataset.num_classes and v != dataset.ignore_index]
+        if bad:
+            problems.append(_problem(name, f"labels {', '.join(map(str, bad))} are not classes "
+                                           f"(0..{dataset.num_classes - 1}) or {dataset.ignore_index}"))
+    return size, counts, problems
+
+
+def check_split(spec: str, split: str, workers: int = 2) -> dict[str, Any]:
+    """The report for one split (see the module docstring)."""
+    try:
+        dataset = load_dataset(spec, split, check_files=False)
+    except FcnsegError as exc:
+        return {"split": split, "samples": 0, "problems": [_problem(spec, str(exc))]}
+    problems = [_problem(path, problem) for path, problem in getattr(dataset, "orphans", [])]
+    sizes: Counter[str] = Counter()
+    counts = np.zeros(256, dtype=np.int64)
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # Pillow and zlib release the GIL while decoding
+        for size, sample_counts, sample_problems in pool.map(lambda i: _check_sample(dataset, i), range(len(dataset))):
+            if size is not None:
+                sizes[f"{size[0]}x{size[1]}"] += 1
+            if sample_counts is not None:
+                counts += sample_counts
+            problems += sample_problems
+    n = dataset.num_classes
+    return {
+        "split": split,
+        "samples": len(dataset),
+        "num_classes": n,
+        "image_sizes": dict(sizes.most_common()),
+        "class_pixels": {name: int(c) for name, c in zip(dataset.class_names, counts[:n])},
+        "ignore_pixels": int(counts[dataset.ignore_index]),
+        "problems": problems,
+    }
+
+
+def check_dataset(spec: str, splits: list[str] | None = None, workers: int = 2) -> dict[str, Any]:
+    """Reports for ``splits`` (default: see ``default_splits``) and the total number of problems."""
+    reports = [check_split(spec, s, workers) for s in (splits or default_splits(spec))]
+    return {"spec": spec, "splits": reports, "num_problems": sum(len(r["problems"]) for r in reports)}
+
+
+def format_report(report: dict[str, Any], max_problems: int = 50) -> str:
+    """Human-readable text of a `check_dataset` report."""
+    lines = [f"dataset {report['spec']}"]
+    for r in report["splits"]:
+        lines.append(f"  split {r['split']}: {r['samples']} samples, {len(r['problems'])} problems")
+        if r.get("image_sizes"):
+            sizes = list(r["image_sizes"].items())
+            shown = ", ".join(f"{s} ({c})" for s, c in sizes[:5]) + (f", ... {len(sizes) - 5} more" if len(sizes) > 5 else "")
+            lines.append(f"    image sizes: {shown}")
+        if r.get("class_pixels"):
+            total = sum(r["class_pixels"].values()) or 1
+            lines.append("    class pixels: " + ", ".join(f"{name} {c} ({100 * c / total:.1f}%)"
+                                                          for name, c in r["class_pixels"].items()))
+            lines.append(f"    ignore pixels: {r['ignore_pixels']}")
+        for p in r["problems"][:max_problems]:
+            lines.append(f"    PROBLEM {p['file']}: {p['problem']}")
+        if len(r["problems"]) > max_problems:
+            lines.append(f"    ... {len(r['problems']) - max_problems} more problems (all in --json FILE)")
+    lines.append("OK: no problems" if report["num_problems"] == 0 else f"FAILED: {report['num_problems']} problems")
+    return "\n".join(lines)
