@@ -52,6 +52,10 @@ class SegmentationDataset(Dataset):
     def load_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    def load_mask(self, index: int) -> np.ndarray:
+        """Only the label array of sample ``index`` (file formats skip decoding the image)."""
+        return self.load_arrays(index)[1]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")

@@ -45,7 +45,7 @@ def _check_sample(dataset: SegmentationDataset, index: int) -> tuple[tuple[int, 
                 image = read_image(image_path)
             except FcnsegError as exc:
                 problems.append(_problem(str(image_path), str(exc)))
-            mask = dataset.read_mask(index)
+            mask = dataset.load_mask(index)
         else:
             image, mask = dataset.load_arrays(index)
     except FcnsegError as exc:

@@ -146,7 +146,7 @@ class PairedFileDataset(SegmentationDataset):
     def mask_path(self, index: int) -> Path:
         return self.samples[index][1]
 
-    def read_mask(self, index: int) -> np.ndarray:
+    def load_mask(self, index: int) -> np.ndarray:
         return self.mask_reader(self.samples[index][1])
 
     def load_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:

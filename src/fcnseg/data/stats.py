@@ -23,7 +23,7 @@ def class_pixel_counts(dataset: SegmentationDataset) -> np.ndarray:
     n = dataset.num_classes
     counts = np.zeros(n, dtype=np.int64)
     for i in range(len(dataset)):
-        _, mask = dataset.load_arrays(i)
+        mask = dataset.load_mask(i)
         labels = mask[mask < n] if mask.dtype == np.uint8 else mask[(mask >= 0) & (mask < n)]
         counts += np.bincount(labels.astype(np.intp), minlength=n)
     return counts
