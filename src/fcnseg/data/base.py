@@ -52,9 +52,17 @@ class SegmentationDataset(Dataset):
     def load_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    def load_image(self, index: int) -> np.ndarray:
+        """Only the (H, W, 3) uint8 image of sample ``index``."""
+        return self.load_arrays(index)[0]
+
     def load_mask(self, index: int) -> np.ndarray:
         """Only the label array of sample ``index`` (file formats skip decoding the image)."""
         return self.load_arrays(index)[1]
+
+    def mask_name(self, index: int) -> str:
+        """The mask's file (or id), for messages about the mask."""
+        return self.sample_name(index)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not -len(self) <= index < len(self):

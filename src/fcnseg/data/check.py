@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from fcnseg.data.base import SegmentationDataset, load_dataset, parse_spec
-from fcnseg.data.io import read_image
 from fcnseg.errors import FcnsegError
 
 
@@ -37,29 +36,25 @@ def _problem(file: str, message: str) -> dict[str, str]:
 def _check_sample(dataset: SegmentationDataset, index: int) -> tuple[tuple[int, int] | None, np.ndarray | None, list[dict]]:
     """(image (W, H) or None, per-label pixel counts (256,) or None, problems) for one sample."""
     problems = []
-    image = mask = None
-    try:
-        if hasattr(dataset, "samples"):  # files: read image and mask separately to report both
-            image_path, mask_path = dataset.samples[index]
-            try:
-                image = read_image(image_path)
-            except FcnsegError as exc:
-                problems.append(_problem(str(image_path), str(exc)))
-            mask = dataset.load_mask(index)
-        else:
-            image, mask = dataset.load_arrays(index)
-    except FcnsegError as exc:
-        file = str(dataset.mask_path(index)) if hasattr(dataset, "mask_path") else dataset.sample_name(index)
-        problems.append(_problem(file, str(exc)))
+
+    def attempt(load, name: str):
+        try:
+            return load(index)
+        except FcnsegError as exc:
+            problems.append(_problem(name, str(exc)))
+            return None
+
+    image = attempt(dataset.load_image, dataset.sample_name(index))
+    mask = attempt(dataset.load_mask, dataset.mask_name(index))
     size = (int(image.shape[1]), int(image.shape[0])) if image is not None else None
     counts = None
     if mask is not None:
-        name = str(dataset.mask_path(index)) if hasattr(dataset, "mask_path") else dataset.sample_name(index)
+        name = dataset.mask_name(index)
         if image is not None and image.shape[:2] != mask.shape:
             problems.append(_problem(name, f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
                                            f"{image.shape[1]}x{image.shape[0]}"))
         counts = np.bincount(mask.ravel().astype(np.int64).clip(0, 255), minlength=256)
-        bad = [v for v in np.flatnonzero(counts) if v >= dataset.num_classes and v != dataset.ignore_index]
+        bad = [int(v) for v in np.flatnonzero(counts) if v >= dataset.num_classes and v != dataset.ignore_index]
         if bad:
             problems.append(_problem(name, f"labels {', '.join(map(str, bad))} are not classes "
                                            f"(0..{dataset.num_classes - 1}) or {dataset.ignore_index}"))

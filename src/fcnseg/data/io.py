@@ -143,15 +143,17 @@ class PairedFileDataset(SegmentationDataset):
     def sample_name(self, index: int) -> str:
         return str(self.samples[index][0])
 
-    def mask_path(self, index: int) -> Path:
-        return self.samples[index][1]
+    def mask_name(self, index: int) -> str:
+        return str(self.samples[index][1])
+
+    def load_image(self, index: int) -> np.ndarray:
+        return read_image(self.samples[index][0])
 
     def load_mask(self, index: int) -> np.ndarray:
         return self.mask_reader(self.samples[index][1])
 
     def load_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image_path, mask_path = self.samples[index]
-        return read_image(image_path), self.mask_reader(mask_path)
+        return self.load_image(index), self.load_mask(index)
 
 
 def ignore_lut(mapping: dict[int, int], ignore_index: int = IGNORE_INDEX) -> np.ndarray:
