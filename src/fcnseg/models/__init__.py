@@ -11,11 +11,12 @@ Every model's forward maps (N, 3, H, W) to (N, num_classes, H, W) for any H, W >
 ``output_stride`` attribute.
 """
 
-from fcnseg.models import fcn as _fcn  # noqa: F401  (registers the FCN variants)
+from fcnseg.models import fcn, resnet, unet  # noqa: F401  (importing registers the models)
 from fcnseg.models.fcn import FCN
+from fcnseg.models.flops import count_flops
 from fcnseg.models.layers import BilinearUpsample, bilinear_kernel
 from fcnseg.models.registry import create_model, list_models, model_entry
 from fcnseg.models.surgery import load_backbone_weights, load_matching
 
-__all__ = ["FCN", "BilinearUpsample", "bilinear_kernel", "create_model", "list_models", "model_entry",
+__all__ = ["FCN", "BilinearUpsample", "bilinear_kernel", "count_flops", "create_model", "list_models", "model_entry",
            "load_backbone_weights", "load_matching"]

@@ -1,0 +1,37 @@
+"""Counting FLOPs by running the model symbolically (no arithmetic is done, so it takes milliseconds)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_flops(model: nn.Module, size: tuple[int, int], batch: int = 1) -> int:
+    """FLOPs of one forward pass on a (batch, 3, H, W) input, counted by torch's FlopCounterMode.
+
+    A multiply-add counts as 2 FLOPs; convolutions, transposed convolutions and matmuls are counted
+    (elementwise ops, pooling and interpolation are not, as usual). The pass runs on fake tensors
+    (or on the meta device for a model built there), so it is fast and leaves the model untouched.
+    The model is in eval mode during the count, so BatchNorm statistics are not updated.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    height, width = size
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        counter = FlopCounterMode(display=False)
+        if device.type == "meta":
+            with torch.no_grad(), counter:
+                model(torch.empty(batch, 3, height, width, device="meta"))
+        else:
+            with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as fake, counter:
+                model(fake.from_tensor(torch.empty(batch, 3, height, width, device=device)))
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())

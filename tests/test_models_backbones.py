@@ -1,0 +1,116 @@
+"""AlexNet FCN, dilated-ResNet FCN and U-Net: torchvision layouts, weight import, shapes."""
+
+import pytest
+import torch
+from torch import nn
+
+from fcnseg.errors import FcnsegError
+from fcnseg.models import create_model
+from fcnseg.models.backbones import alexnet
+from fcnseg.models.layers import scaled
+from fcnseg.models.resnet import DEPTHS, DilatedResNet
+from fcnseg.models.surgery import load_trunk_weights
+
+TINY = 1 / 16
+
+
+def torchvision_alexnet(width: float) -> nn.Module:
+    """An independent reference in torchvision's AlexNet layout, with Linear classifier layers."""
+    c = [scaled(n, width) for n in (64, 192, 384, 256, 256)]
+    hidden = scaled(4096, width)
+    model = nn.Module()
+    model.features = nn.Sequential(
+        nn.Conv2d(3, c[0], 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(c[0], c[1], 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(c[1], c[2], 3, padding=1), nn.ReLU(), nn.Conv2d(c[2], c[3], 3, padding=1), nn.ReLU(),
+        nn.Conv2d(c[3], c[4], 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
+    model.avgpool = nn.AdaptiveAvgPool2d(6)
+    model.classifier = nn.Sequential(nn.Dropout(), nn.Linear(c[4] * 36, hidden), nn.ReLU(), nn.Dropout(),
+                                     nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1000))
+    model.forward = lambda x: model.classifier(torch.flatten(model.avgpool(model.features(x)), 1))
+    for layer in model.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    return model.eval()
+
+
+def test_alexnet_keys_and_classifier_logits():
+    reference = torchvision_alexnet(TINY)
+    keys = {k.rsplit(".", 1)[0] for k in reference.state_dict()}
+    assert keys == {f"features.{i}" for i in (0, 3, 6, 8, 10)} | {f"classifier.{i}" for i in (1, 4, 6)}
+    trunk = alexnet(width=TINY, geometry="valid", num_classes=1000).eval()
+    load_trunk_weights(trunk, reference.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        logits, dense = reference(x), trunk(x)
+    assert dense.shape == (2, 1000, 1, 1)
+    assert torch.allclose(dense[:, :, 0, 0], logits, rtol=1e-4, atol=1e-5 * logits.abs().max().item())
+    model = create_model("fcn32s", 5, backbone="alexnet", width=TINY, backbone_weights=reference.state_dict())
+    assert torch.equal(model.backbone.features[10].weight, reference.features[10].weight)
+
+
+def test_alexnet_weights_into_vgg_name_the_expected_file():
+    with pytest.raises(FcnsegError, match="unexpected keys \\(features.3.weight.*torchvision vgg16"):
+        create_model("fcn32s", 5, width=TINY, backbone_weights=torchvision_alexnet(TINY).state_dict())
+
+
+@pytest.mark.parametrize("depth, torchvision_params", [("resnet50", 35_322_218), ("resnet101", 54_314_346)])
+def test_fcn_resnet_matches_torchvision_layout(depth, torchvision_params):
+    with torch.device("meta"):
+        model = create_model(f"fcn-{depth}", 21)
+    # torchvision's fcn_resnet50/101 (21 classes) counts include an aux classifier on layer3:
+    # FCNHead(1024): 3x3 conv 1024->256 + BN(256) + 1x1 conv 256->21 with bias.
+    aux = 1024 * 256 * 9 + 2 * 256 + 256 * 21 + 21
+    assert sum(p.numel() for p in model.parameters()) == torchvision_params - aux
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes["backbone.conv1.weight"] == (64, 3, 7, 7)
+    assert shapes["backbone.layer3.0.downsample.0.weight"] == (1024, 512, 1, 1)
+    assert shapes["classifier.0.weight"] == (512, 2048, 3, 3)
+    assert shapes["classifier.1.running_var"] == (512,)
+    assert shapes["classifier.4.weight"] == (21, 512, 1, 1)
+    assert len([k for k in shapes if k.startswith(f"backbone.layer3.") and k.endswith("conv1.weight")]) == DEPTHS[depth][2]
+    # Dilated, not strided: layer3 dilation 2 (its first block keeps 1), layer4 dilation 4 (first block 2).
+    assert model.backbone.layer3[0].conv2.dilation == (1, 1) and model.backbone.layer3[1].conv2.dilation == (2, 2)
+    assert model.backbone.layer4[0].conv2.dilation == (2, 2) and model.backbone.layer4[-1].conv2.dilation == (4, 4)
+    assert model.backbone.layer4[0].conv2.stride == (1, 1) and model.output_stride == 8
+
+
+def test_fcn_resnet_output_stride_and_shapes():
+    model = create_model("fcn-resnet50", 4, width=TINY).eval()
+    with torch.no_grad():
+        assert model.backbone(torch.randn(1, 3, 64, 96)).shape[-2:] == (8, 12)
+        for size in [(1, 1), (37, 53)]:
+            assert model(torch.randn(1, 3, *size)).shape == (1, 4, *size)
+
+
+def test_fcn_resnet_loads_imagenet_and_segmentation_files(tmp_path):
+    source = DilatedResNet(DEPTHS["resnet50"], TINY)
+    with torch.no_grad():
+        source.layer4[2].bn3.running_mean.normal_()
+    imagenet = {**source.state_dict(), "fc.weight": torch.zeros(1000, 128), "fc.bias": torch.zeros(1000)}
+    path = tmp_path / "resnet50.pth"
+    torch.save(imagenet, path)
+    model = create_model("fcn-resnet50", 3, width=TINY, backbone_weights=path)
+    assert torch.equal(model.backbone.layer4[2].bn3.running_mean, source.layer4[2].bn3.running_mean)
+    segmentation = {f"backbone.{k}": v for k, v in source.state_dict().items()}
+    segmentation["aux_classifier.4.weight"] = torch.zeros(21, 16, 1, 1)
+    model = create_model("fcn-resnet50", 3, width=TINY, backbone_weights=segmentation)
+    assert torch.equal(model.backbone.conv1.weight, source.conv1.weight)
+    with pytest.raises(FcnsegError, match="lacks layer3.6.conv1.weight.*torchvision resnet101"):
+        create_model("fcn-resnet101", 3, width=TINY, backbone_weights=path)
+
+
+def test_unet_concatenates_skips_and_keeps_input_size():
+    model = create_model("unet", 3, width=TINY).eval()
+    top = model.decoder[-1]
+    assert top.conv[0].in_channels == 2 * top.up.out_channels  # skip features concatenated
+    assert model.output_stride == 16
+    with torch.no_grad():
+        for size in [(1, 1), (17, 45), (64, 64)]:
+            assert model(torch.randn(2, 3, *size)).shape == (2, 3, *size)
+    plain = create_model("unet", 3, width=TINY, batch_norm=False)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    with pytest.raises(FcnsegError, match="unet has no pretrained backbone"):
+        create_model("unet", 3, width=TINY, backbone_weights="x.pth")
+    with pytest.raises(FcnsegError, match="no geometry 'caffe'"):
+        create_model("unet", 3, geometry="caffe")
