@@ -1,0 +1,53 @@
+"""`fcnseg evaluate`: the paper's four metrics, per-class IoU, confusion matrix and loss of a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="evaluate a checkpoint on a dataset split",
+        description="Pixel accuracy, mean accuracy, mean IU, frequency-weighted IU, per-class IoU, confusion "
+                    "matrix and loss of a checkpoint. Multi-process: torchrun --nproc_per_node N -m fcnseg evaluate ...")
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint written by `fcnseg train`")
+    parser.add_argument("--data", required=True, metavar="SPEC", help="dataset spec, e.g. shapes or voc:PATH")
+    parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    parser.add_argument("--json", metavar="FILE", help="also write the metrics as JSON to FILE")
+    parser.add_argument("--plot", metavar="PNG",
+                        help="confusion-matrix plot (default: confusion_<split>.png next to the checkpoint)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--max-images", type=int, metavar="N", help="evaluate only the first N images")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (padded; default 1)")
+    parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fcnseg.data import load_dataset
+    from fcnseg.engine import evaluate
+    from fcnseg.engine.checkpoint import load_checkpoint
+    from fcnseg.engine.rundir import metrics_table, plot_confusion, write_text
+    from fcnseg.engine.runtime import current_dist, init_distributed, resolve_device
+
+    device = resolve_device(args.device)
+    init_distributed(device)
+    dataset = load_dataset(args.data, args.split)
+    ckpt = load_checkpoint(args.checkpoint)
+    metrics = evaluate(args.checkpoint, dataset, precision=args.precision, channels_last=args.channels_last,
+                       device=device, max_images=args.max_images, batch_size=args.batch_size, workers=args.workers)
+    if not current_dist().is_main:
+        return 0
+    plot = Path(args.plot) if args.plot else Path(args.checkpoint).parent / f"confusion_{args.split}.png"
+    plot_confusion(metrics["confusion"], ckpt["meta"]["class_names"], plot)
+    print(f"{args.checkpoint} on {args.data} ({args.split}, {metrics['images']} images)")
+    print(metrics_table(metrics, ckpt["meta"]["class_names"]))
+    print(f"confusion matrix: {plot}")
+    if args.json:
+        write_text(Path(args.json), json.dumps(metrics, indent=2))
+        print(f"metrics: {args.json}")
+    return 0

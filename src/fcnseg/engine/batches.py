@@ -1,0 +1,89 @@
+"""The stream of training batches, reproducible from (seed, iteration) alone.
+
+Epoch ``e`` visits the training images in an order that is a function of (seed, e) only, split
+across processes like a DistributedSampler; the augmentation of image ``i`` in epoch ``e`` is seeded
+by (seed, e, i). So a run resumed at iteration ``k`` sees exactly the batches an uninterrupted run
+sees from ``k`` on, whatever the number of loader workers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from fcnseg.data import build_loader
+from fcnseg.engine.rng import isolated_rng, mix_seed
+from fcnseg.errors import FcnsegError
+
+
+class EpochSampler(Sampler):
+    """Yields ``(epoch, index)`` pairs: this process's share of epoch ``epoch``'s permutation,
+    starting after the first ``skip`` of them (for resuming mid-epoch)."""
+
+    def __init__(self, size: int, *, seed: int, epoch: int, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1, skip: int = 0):
+        self.size, self.seed, self.epoch, self.shuffle = size, seed, epoch, shuffle
+        self.rank, self.world_size, self.skip = rank, world_size, skip
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        per_rank = self.size // self.world_size  # equal shares; the remainder waits for the next epoch
+        return order[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(self.epoch, i) for i in self.indices()[self.skip:]])
+
+    def __len__(self) -> int:
+        return max(0, self.size // self.world_size - self.skip)
+
+
+class SeededAugment(Dataset):
+    """Wraps a dataset; item ``(epoch, i)`` is sample ``i`` augmented under seed (seed, epoch, i)."""
+
+    def __init__(self, dataset: Dataset, transform: Callable | None, seed: int):
+        self.dataset, self.transform, self.seed = dataset, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def sample_name(self, key: tuple[int, int]) -> str:
+        return self.dataset.sample_name(key[1])
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        image, mask = self.dataset[index]
+        if self.transform is None:
+            return image, mask
+        with isolated_rng(mix_seed(self.seed, epoch, index)):
+            return self.transform(image, mask)
+
+
+def batches_per_epoch(dataset_size: int, batch_size: int, world_size: int) -> int:
+    """Full batches each process gets per epoch (a partial last batch is dropped)."""
+    per_epoch = dataset_size // world_size // batch_size
+    if per_epoch < 1:
+        raise FcnsegError(f"the training split has {dataset_size} images, fewer than batch_size ({batch_size}) "
+                          f"x processes ({world_size}); lower --batch-size or add data")
+    return per_epoch
+
+
+def training_batches(dataset: Dataset, *, transform: Callable | None, batch_size: int, seed: int,
+                     start_iteration: int, workers: int = 0, rank: int = 0, world_size: int = 1,
+                     pad_value=(124, 116, 104)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (images, masks) batches, the first one being the batch of ``start_iteration``."""
+    per_epoch = batches_per_epoch(len(dataset), batch_size, world_size)
+    epoch, done = divmod(start_iteration, per_epoch)
+    augmented = SeededAugment(dataset, transform, seed)
+    while True:
+        sampler = EpochSampler(len(dataset), seed=seed, epoch=epoch, rank=rank, world_size=world_size,
+                               skip=done * batch_size)
+        loader = build_loader(augmented, batch_size=batch_size, shuffle=False, sampler=sampler, workers=workers,
+                              seed=mix_seed(seed, epoch), pad_value=pad_value, drop_last=True)
+        yield from loader
+        epoch, done = epoch + 1, 0

@@ -1,0 +1,104 @@
+"""Evaluation: the paper's four metrics, per-class IoU and the validation loss over a dataset split."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from fcnseg.data import build_loader
+from fcnseg.data.normalize import mean_pixel
+from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from fcnseg.engine.losses import segmentation_loss
+from fcnseg.engine.metrics import ConfusionMatrix
+from fcnseg.engine.runtime import all_reduce_sum, autocast, current_dist, prepare_input, resolve_device, unwrap
+from fcnseg.errors import FcnsegError
+
+
+def check_compatible(meta: dict, dataset: Any, what: str) -> None:
+    """FcnsegError when the model's number of classes differs from the dataset's."""
+    model_classes = meta["model_kwargs"]["num_classes"]
+    if model_classes != dataset.num_classes:
+        raise FcnsegError(f"{what} predicts {model_classes} classes but dataset {dataset!r} has "
+                          f"{dataset.num_classes}; evaluate on the data it was trained for or retrain")
+
+
+def check_not_empty(dataset: Any, what: str) -> None:
+    if len(dataset) == 0:
+        raise FcnsegError(f"{what} {dataset!r} is empty; check the dataset path and split")
+
+
+def load_for_eval(checkpoint_or_model: nn.Module | dict | str | os.PathLike,
+                  meta: dict | None) -> tuple[nn.Module, dict, str]:
+    """(model, meta, description) from a checkpoint path/dict or a model plus its meta."""
+    if isinstance(checkpoint_or_model, nn.Module):
+        meta = meta or {"model_kwargs": {"num_classes": getattr(unwrap(checkpoint_or_model), "num_classes", None)},
+                        "normalization": "imagenet"}
+        return checkpoint_or_model, meta, "the model"
+    if isinstance(checkpoint_or_model, dict):
+        model, meta = model_from_checkpoint(checkpoint_or_model)
+        return model, meta, "the checkpoint"
+    path = str(checkpoint_or_model)
+    model, meta = model_from_checkpoint(load_checkpoint(path), path_hint=path)
+    return model, meta, f"checkpoint {path}"
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, *, normalization: str, device: torch.device,
+                   precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
+    """Scores (N, C, H, W) in fp32 for a uint8 batch."""
+    x = prepare_input(images, normalization, device, channels_last)
+    with autocast(device, precision):
+        return model(x).float()
+
+
+def evaluate(checkpoint_or_model: nn.Module | dict | str | os.PathLike, dataset: Any, *, meta: dict | None = None,
+             batch_size: int = 1, precision: str = "fp32", channels_last: bool = False, device: str = "auto",
+             max_images: int | None = None, workers: int = 0, class_weights: torch.Tensor | None = None,
+             ignore_index: int | None = None) -> dict:
+    """Evaluate a model (or checkpoint file/dict) on ``dataset``.
+
+    Returns ConfusionMatrix.compute()'s metrics (pixel_acc, mean_acc, mean_iu, fw_iu, per_class_iou,
+    per_class_acc, pixels) plus ``loss`` (cross-entropy per labelled pixel), ``images``,
+    ``confusion`` (rows truth, columns prediction) and ``class_names``. Inside an initialised process
+    group every process evaluates its share of the images and the results are summed across ranks.
+    """
+    model, meta, what = load_for_eval(checkpoint_or_model, meta)
+    check_not_empty(dataset, "evaluation split of")
+    if meta["model_kwargs"].get("num_classes") is not None:
+        check_compatible(meta, dataset, what)
+    ignore = dataset.ignore_index if ignore_index is None else ignore_index
+    dev = resolve_device(device) if isinstance(device, str) else device
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    if not isinstance(checkpoint_or_model, nn.Module):
+        net.to(dev)
+        if channels_last:
+            net.to(memory_format=torch.channels_last)
+    weight = class_weights.to(dev) if class_weights is not None else None
+
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    info = current_dist()
+    shard = list(range(info.rank, n, info.world_size))
+    loader = build_loader(dataset, batch_size=batch_size, shuffle=False, sampler=shard, workers=workers,
+                          pad_value=mean_pixel(meta.get("normalization", "imagenet")))
+    confusion = ConfusionMatrix(dataset.num_classes, ignore_index=ignore)
+    loss_sum, labelled = 0.0, 0.0
+    for images, masks in loader:
+        logits = predict_logits(net, images, normalization=meta.get("normalization", "imagenet"), device=dev,
+                                precision=precision, channels_last=channels_last)
+        masks = masks.to(dev)
+        loss_sum += float(segmentation_loss(logits, masks, ignore_index=ignore, weight=weight, reduction="sum"))
+        labelled += float((masks != ignore).sum())
+        confusion.update(logits.argmax(1), masks)
+    net.train(was_training)
+
+    confusion.all_reduce()
+    loss_sum, labelled, images_seen = all_reduce_sum([loss_sum, labelled, float(len(shard))])
+    result = confusion.compute()
+    result.update(loss=loss_sum / labelled if labelled else float("nan"), images=int(images_seen),
+                  confusion=confusion.mat.tolist(), class_names=list(getattr(dataset, "class_names", [])))
+    return result

@@ -1,0 +1,62 @@
+"""Random-number state: seeding, saving into checkpoints (weights_only-safe types) and restoring."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import Iterator
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def capture_rng() -> dict:
+    """The state of every generator the training loop draws from, as tensors, lists and numbers."""
+    version, mt_state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": version, "state": list(mt_state), "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    """Undo :func:`capture_rng`: the next random draws equal those after the capture."""
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def isolated_rng(seed: int | None = None) -> Iterator[None]:
+    """Run a block without disturbing the global generators; optionally seed them inside it."""
+    saved = capture_rng()
+    try:
+        if seed is not None:
+            seed_everything(seed)
+        yield
+    finally:
+        restore_rng(saved)
+
+
+def mix_seed(*parts: int) -> int:
+    """A well-spread 63-bit seed from several integers (e.g. run seed, epoch, sample index)."""
+    words = np.random.SeedSequence([int(p) % 2**32 for p in parts]).generate_state(1, np.uint64)
+    return int(words[0]) >> 1

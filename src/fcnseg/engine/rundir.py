@@ -1,0 +1,181 @@
+"""What a run leaves on disk, each in a small helper:
+
+    RUN/config.yaml          the resolved configuration
+    RUN/last.pt, best.pt     checkpoints (best by mean IU)
+    RUN/metrics.jsonl        one JSON record per log line: {"iteration", "kind": "train"|"val", ...}
+    RUN/plots/*.png          loss and mean-IU curves, confusion matrix
+    RUN/samples/*.png        val images as image | truth | prediction
+    RUN/summary.json         final metrics and where everything is
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from fcnseg.errors import FcnsegError
+
+
+def writable_error(path: Path, exc: OSError) -> FcnsegError:
+    return FcnsegError(f"cannot write {path}: {exc.strerror}; free disk space or choose a writable --out")
+
+
+def prepare_run_dir(out: str | os.PathLike, resuming: bool) -> Path:
+    """Create the run directory (or check the one being resumed) and prove it is writable."""
+    run = Path(out)
+    if not resuming and (run / "last.pt").exists():
+        raise FcnsegError(f"{run} already holds a run (last.pt); continue it with --resume {run} "
+                          "or choose another --out")
+    probe = run / ".write-test"
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise writable_error(run, exc) from None
+    return run
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a small text file through a temporary name (a crash never leaves half of it)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise writable_error(path, exc) from None
+
+
+class MetricsLog:
+    """Append-only JSONL log. On resume, records after the checkpoint's iteration are dropped, so a
+    resumed run's log equals an uninterrupted one's. A disabled log (ranks other than 0) writes nothing."""
+
+    def __init__(self, path: Path, resume_from: int | None = None, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        if resume_from is not None and path.exists():
+            kept = [r for r in read_metrics(path) if r["iteration"] <= resume_from]
+            write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        elif resume_from is None:
+            write_text(path, "")
+
+    def append(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise writable_error(self.path, exc) from None
+
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl file (a last line cut short by a kill is skipped)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return records
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
+    """loss.png (train and val loss) and mean_iu.png from the metrics log."""
+    plt = _pyplot()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train = [r for r in records if r["kind"] == "train"]
+    val = [r for r in records if r["kind"] == "val"]
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["iteration"] for r in train], [r["loss"] for r in train], label="train")
+    ax.plot([r["iteration"] for r in val], [r["loss"] for r in val], "o-", label="val")
+    ax.set(xlabel="iteration", ylabel="loss", title="loss")
+    if train and min(r["loss"] for r in train) > 0:
+        ax.set_yscale("log")
+    ax.legend()
+    paths.append(out_dir / "loss.png")
+    fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["iteration"] for r in val], [100 * r["mean_iu"] for r in val], "o-")
+    ax.set(xlabel="iteration", ylabel="mean IU (%)", title="validation mean IU")
+    paths.append(out_dir / "mean_iu.png")
+    fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: Path) -> Path:
+    """Row-normalised confusion matrix (rows truth, columns prediction) as a heat map."""
+    plt = _pyplot()
+    mat = np.asarray(confusion, dtype=np.float64)
+    rows = mat / np.maximum(mat.sum(1, keepdims=True), 1)
+    n = len(mat)
+    size = max(4.0, 0.45 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    names = list(class_names) or [str(i) for i in range(n)]
+    ax.set_xticks(range(n), names, rotation=90)
+    ax.set_yticks(range(n), names)
+    if n <= 25:
+        for i in range(n):
+            for j in range(n):
+                if rows[i, j] >= 0.005:
+                    ax.text(j, i, f"{rows[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if rows[i, j] > 0.5 else "black")
+    ax.set(xlabel="prediction", ylabel="truth", title="confusion (row-normalised)")
+    fig.colorbar(im, fraction=0.046)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def save_sample_strip(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette, path: Path) -> None:
+    """image | truth | prediction side by side (HxWx3 uint8 image, HxW label maps)."""
+    from PIL import Image
+
+    from fcnseg.viz import colorize
+
+    gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
+    strip = np.concatenate([image, gap, colorize(truth, palette), gap, colorize(pred, palette)], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(strip).save(path)
+
+
+def _pct(x: float) -> str:
+    return "  n/a" if x is None or math.isnan(x) else f"{100 * x:5.1f}"
+
+
+def metrics_table(metrics: dict, class_names: Sequence[str] = ()) -> str:
+    """A plain-text summary: the four metrics, the loss, and per-class IoU / accuracy."""
+    lines = [
+        f"pixel acc {_pct(metrics['pixel_acc'])}   mean acc {_pct(metrics['mean_acc'])}   "
+        f"mean IU {_pct(metrics['mean_iu'])}   f.w. IU {_pct(metrics['fw_iu'])}   "
+        f"loss {metrics.get('loss', float('nan')):.4f}",
+    ]
+    names = list(class_names) or [str(i) for i in range(len(metrics["per_class_iou"]))]
+    width = max(len("class"), *(len(n) for n in names))
+    lines.append(f"{'class':<{width}}    IoU    acc")
+    for name, iou, acc in zip(names, metrics["per_class_iou"], metrics["per_class_acc"]):
+        lines.append(f"{name:<{width}}  {_pct(iou)}  {_pct(acc)}")
+    return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""Device, precision and process-group plumbing shared by training and evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fcnseg.data.normalize import normalize
+from fcnseg.errors import FcnsegError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda if available else cpu; anything else must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FcnsegError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast to bf16/fp16 (a no-op for fp32)."""
+    if precision not in DTYPES:
+        raise FcnsegError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def prepare_input(images: torch.Tensor, mode: str, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 batch -> normalised float on ``device`` (channels_last if asked)."""
+    x = normalize(images.to(device, non_blocking=True), mode)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DistributedDataParallel and/or torch.compile wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+@dataclass
+class Dist:
+    """This process's place in the (possibly trivial) process group."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def current_dist() -> Dist:
+    """The already-initialised process group, or a single process."""
+    if dist.is_available() and dist.is_initialized():
+        return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return Dist()
+
+
+def init_distributed(device: torch.device) -> Dist:
+    """Join the process group torchrun describes (WORLD_SIZE > 1 in the environment); else single process."""
+    if dist.is_available() and dist.is_initialized():
+        return current_dist()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    info = current_dist()
+    if device.type == "cuda":
+        torch.cuda.set_device(info.local_rank)
+    return info
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Sum a few numbers over all processes (identity when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast_flag(flag: bool) -> bool:
+    """Rank 0's value of ``flag`` on every process (e.g. 'stop now')."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.broadcast(t, src=0)
+    return bool(t.item())

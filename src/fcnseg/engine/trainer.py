@@ -1,0 +1,338 @@
+"""The training loop. Read `train` top to bottom; everything else here is a small helper it calls.
+
+One iteration = one optimiser step on ``batch_size`` images per process. Evaluation, checkpoints and
+log lines happen every ``eval_every`` / ``checkpoint_every`` / ``log_every`` iterations and at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from fcnseg.config import TrainConfig, config_from_dict, save_config
+from fcnseg.data import TrainTransform, load_dataset
+from fcnseg.data.normalize import mean_pixel
+from fcnseg.engine.batches import training_batches
+from fcnseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from fcnseg.engine.evaluator import check_compatible, check_not_empty, evaluate, predict_logits
+from fcnseg.engine.losses import load_class_weights, segmentation_loss
+from fcnseg.engine.optim import build_optimizer, build_scheduler
+from fcnseg.engine.rng import capture_rng, mix_seed, restore_rng, seed_everything
+from fcnseg.engine.rundir import (MetricsLog, metrics_table, plot_confusion, plot_curves, prepare_run_dir,
+                                  read_metrics, save_sample_strip, write_text)
+from fcnseg.engine.runtime import (Dist, all_reduce_sum, autocast, barrier, init_distributed, prepare_input,
+                                   resolve_device, unwrap)
+from fcnseg.errors import FcnsegError
+
+
+def train(config: TrainConfig | dict) -> dict:
+    """Train as ``config`` says; returns the run summary (also written to RUN/summary.json).
+
+    To continue a stopped run: ``train(resume_config(run_dir))`` (see fcnseg.config).
+    """
+    cfg = config if isinstance(config, TrainConfig) else config_from_dict(config)
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    world = init_distributed(device)
+    resume = load_resume_checkpoint(cfg)
+    run = Path(cfg.out)
+    if world.is_main:
+        prepare_run_dir(run, resuming=resume is not None)
+        save_config(cfg, run / "config.yaml")
+    barrier()
+
+    # data, model, loss, optimiser
+    train_set, val_set = open_datasets(cfg)
+    seed_everything(cfg.seed)
+    model, meta = build_model(cfg, train_set)
+    weights = class_weights(cfg, train_set)
+    optimizer = build_optimizer(model, name=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, bias_lr_mult=cfg.bias_lr_mult, bias_decay=cfg.bias_decay)
+    scheduler = build_scheduler(optimizer, total=cfg.iterations, schedule=cfg.lr_schedule, power=cfg.poly_power,
+                                warmup=cfg.warmup_iters)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    state = {"iteration": 0, "best_mean_iu": -1.0, "best_iteration": 0}
+    if world.enabled:
+        seed_everything(mix_seed(cfg.seed, world.rank))  # different dropout / loss-sampling draws per process
+    if resume is not None:
+        restore_training(resume, model, optimizer, scheduler, scaler, state)
+    net = wrap_model(model, cfg, device, world)
+
+    log = MetricsLog(run / "metrics.jsonl", resume_from=state["iteration"] if resume else None, enabled=world.is_main)
+    batches = training_batches(train_set, transform=train_transform(cfg, meta), batch_size=cfg.batch_size,
+                               seed=cfg.seed, start_iteration=state["iteration"], workers=cfg.workers,
+                               rank=world.rank, world_size=world.world_size, pad_value=mean_pixel(meta["normalization"]))
+    checkpoint = lambda name: save_training_checkpoint(run / name, model, meta, optimizer, scheduler, scaler, state, cfg, world)  # noqa: E731
+    bar = tqdm(total=cfg.iterations, initial=state["iteration"], disable=not (cfg.progress and world.is_main),
+               dynamic_ncols=True, desc="train")
+    meter = ThroughputMeter()
+    val = None
+
+    # the loop
+    while state["iteration"] < cfg.iterations:
+        images, masks = next(batches)
+        loss = train_step(net, images, masks, cfg=cfg, meta=meta, device=device, weights=weights,
+                          optimizer=optimizer, scaler=scaler, world=world, iteration=state["iteration"], run=run)
+        scheduler.step()
+        state["iteration"] += 1
+        it = state["iteration"]
+        meter.add(len(images) * world.world_size, loss)
+        done = it == cfg.iterations
+
+        if due(it, cfg.log_every) or done:
+            record = {"iteration": it, "kind": "train", "loss": meter.mean_loss(), "lr": optimizer.param_groups[0]["lr"],
+                      "images_per_s": meter.rate()}
+            bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.3g}", img_s=f"{record['images_per_s']:.1f}")
+            log.append(record)
+            meter.reset()
+        bar.update(1)
+
+        if due(it, cfg.eval_every) or done:
+            val = evaluate(net, val_set, meta=meta, precision=cfg.precision, channels_last=cfg.channels_last,
+                           device=device, max_images=cfg.max_val_images, workers=cfg.workers, class_weights=weights)
+            log.append({"iteration": it, "kind": "val", **scalars(val)})
+            if not bar.disable:
+                bar.write(f"iteration {it}: val mean IU {100 * val['mean_iu']:.1f}  "
+                          f"pixel acc {100 * val['pixel_acc']:.1f}  loss {val['loss']:.4f}")
+            if val["mean_iu"] > state["best_mean_iu"]:
+                state["best_mean_iu"], state["best_iteration"] = val["mean_iu"], it
+                checkpoint("best.pt")
+            checkpoint("last.pt")
+        elif due(it, cfg.checkpoint_every):
+            checkpoint("last.pt")
+    bar.close()
+
+    if val is None:  # resumed a run that had already finished
+        val = evaluate(net, val_set, meta=meta, precision=cfg.precision, channels_last=cfg.channels_last,
+                       device=device, max_images=cfg.max_val_images, workers=cfg.workers, class_weights=weights)
+    summary = finish_run(run, cfg, model, meta, val, state, val_set, device, world, time.perf_counter() - started)
+    barrier()
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# one step
+
+
+def train_step(net: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, cfg: TrainConfig, meta: dict,
+               device: torch.device, weights: torch.Tensor | None, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, world: Dist, iteration: int, run: Path) -> float:
+    """Forward, loss, backward, update. Stops the run (FcnsegError) on a non-finite loss, before the update."""
+    x = prepare_input(images, meta["normalization"], device, cfg.channels_last)
+    with autocast(device, cfg.precision):
+        logits = net(x)
+    loss = segmentation_loss(logits, masks.to(device), ignore_index=cfg.ignore_index, weight=weights,
+                             reduction=cfg.loss_reduction, sample_prob=cfg.loss_sample_prob)
+    value = float(loss.detach())
+    if world.enabled:
+        value = all_reduce_sum([value])[0] / world.world_size
+    if not math.isfinite(value):
+        raise_diverged(run, iteration + 1, value)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return value
+
+
+def raise_diverged(run: Path, iteration: int, value: float | str) -> None:
+    kept = run / "last.pt"
+    where = f"the last good checkpoint {kept} is intact" if kept.exists() else "no checkpoint was written yet"
+    raise FcnsegError(f"training diverged: loss is {value} at iteration {iteration}; stopped ({where}); "
+                      "lower --lr, check the data, or use --precision fp32")
+
+
+def due(iteration: int, every: int) -> bool:
+    return every > 0 and iteration % every == 0
+
+
+class ThroughputMeter:
+    """Mean loss and images per second since the last reset."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.images, self.losses = time.perf_counter(), 0, []
+
+    def add(self, images: int, loss: float) -> None:
+        self.images += images
+        self.losses.append(loss)
+
+    def mean_loss(self) -> float:
+        return sum(self.losses) / max(1, len(self.losses))
+
+    def rate(self) -> float:
+        return self.images / max(1e-9, time.perf_counter() - self.start)
+
+
+def scalars(metrics: dict) -> dict:
+    """The per-run numbers of an evaluation (no per-class lists or matrices)."""
+    return {k: metrics[k] for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "loss")}
+
+
+# ---------------------------------------------------------------------------------------------
+# set-up helpers
+
+
+def open_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
+    if not cfg.data:
+        raise FcnsegError("no dataset given; pass --data SPEC (e.g. --data shapes or --data voc:PATH)")
+    train_set = load_dataset(cfg.data, cfg.train_split)
+    val_set = load_dataset(cfg.data, cfg.val_split)
+    check_not_empty(train_set, "training split of")
+    check_not_empty(val_set, "validation split of")
+    if train_set.num_classes != val_set.num_classes:
+        raise FcnsegError(f"splits {cfg.train_split!r} and {cfg.val_split!r} of {cfg.data} disagree on the number "
+                          "of classes; check the dataset")
+    return train_set, val_set
+
+
+def model_meta(cfg: TrainConfig, dataset: Any) -> dict:
+    """Everything a predictor needs to rebuild the model and read its output."""
+    kwargs = {"num_classes": dataset.num_classes, "backbone": cfg.backbone, "geometry": cfg.geometry,
+              "width": cfg.width, **cfg.model_options}
+    return {"model_name": cfg.model, "model_kwargs": kwargs, "class_names": list(dataset.class_names),
+            "palette": [list(c) for c in dataset.palette], "normalization": cfg.normalization}
+
+
+def build_model(cfg: TrainConfig, dataset: Any) -> tuple[nn.Module, dict]:
+    """create_model from the config (plus backbone weights), then matching layers from --init-from."""
+    from fcnseg.models import create_model, load_matching
+
+    meta = model_meta(cfg, dataset)
+    model = create_model(cfg.model, backbone_weights=cfg.backbone_weights, **meta["model_kwargs"])
+    if cfg.init_from:
+        source = load_checkpoint(cfg.init_from)
+        check_compatible(source["meta"], dataset, f"--init-from checkpoint {cfg.init_from}")
+        loaded, _skipped = load_matching(model, source["model"])
+        if not loaded:
+            raise FcnsegError(f"--init-from checkpoint {cfg.init_from} shares no layer with {cfg.model}; "
+                              "pass a checkpoint of a related model (e.g. fcn32s for fcn16s)")
+    return model, meta
+
+
+def class_weights(cfg: TrainConfig, dataset: Any) -> torch.Tensor | None:
+    if cfg.class_weights in (None, "none"):
+        return None
+    if cfg.class_weights == "median":
+        from fcnseg.data import class_frequencies, median_frequency_weights
+
+        return median_frequency_weights(class_frequencies(dataset)).float()
+    return load_class_weights(cfg.class_weights, dataset.num_classes)
+
+
+def train_transform(cfg: TrainConfig, meta: dict) -> TrainTransform | None:
+    if cfg.crop_size is None and cfg.scale_range is None and not cfg.hflip and cfg.jitter == 0:
+        return None
+    return TrainTransform(crop_size=cfg.crop_size, scale_range=cfg.scale_range, hflip=cfg.hflip, jitter=cfg.jitter,
+                          pad_value=mean_pixel(meta["normalization"]), ignore_index=cfg.ignore_index)
+
+
+def wrap_model(model: nn.Module, cfg: TrainConfig, device: torch.device, world: Dist) -> nn.Module:
+    """Device, memory format, DDP and torch.compile, in that order. ``unwrap`` undoes it."""
+    model.to(device).train()
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    net = model
+    if world.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    return net
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints and resume
+
+
+def load_resume_checkpoint(cfg: TrainConfig) -> dict | None:
+    if not cfg.resume:
+        return None
+    path = Path(cfg.resume) / "last.pt"
+    if not path.is_file():
+        raise FcnsegError(f"cannot resume: {path} does not exist (the run stopped before its first checkpoint); "
+                          "start it again without --resume")
+    ckpt = load_checkpoint(path)
+    if not ckpt.get("train_state"):
+        raise FcnsegError(f"cannot resume from {path}: it holds no training state; pass a run directory "
+                          "written by `fcnseg train`")
+    return ckpt
+
+
+def save_training_checkpoint(path: Path, model: nn.Module, meta: dict, optimizer, scheduler, scaler,
+                             state: dict, cfg: TrainConfig, world: Dist) -> None:
+    """Everything needed to continue exactly; written by rank 0 only, never with non-finite weights."""
+    if not world.is_main:
+        return
+    params = model.state_dict()
+    if not all(torch.isfinite(t).all() for t in params.values() if t.is_floating_point()):
+        raise_diverged(path.parent, state["iteration"], "finite but the weights are not")
+    train_state = {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                   "scaler": scaler.state_dict(), "rng": capture_rng(), "config": cfg.to_dict()}
+    save_checkpoint(path, params, meta, train_state)
+
+
+def restore_training(ckpt: dict, model: nn.Module, optimizer, scheduler, scaler, state: dict) -> None:
+    ts = ckpt["train_state"]
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ts["optimizer"])
+    scheduler.load_state_dict(ts["scheduler"])
+    if ts.get("scaler"):
+        scaler.load_state_dict(ts["scaler"])
+    for key in state:
+        state[key] = ts[key]
+    restore_rng(ts["rng"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the end of a run
+
+
+def finish_run(run: Path, cfg: TrainConfig, model: nn.Module, meta: dict, val: dict, state: dict, val_set: Any,
+               device: torch.device, world: Dist, seconds: float) -> dict:
+    """Plots, sample overlays, summary.json and the printed summary table (rank 0)."""
+    summary = {
+        "run_dir": str(run), "iterations": state["iteration"], "wall_time_s": round(seconds, 2),
+        "final": {**scalars(val), "per_class_iou": val["per_class_iou"]},
+        "best_mean_iu": state["best_mean_iu"], "best_iteration": state["best_iteration"],
+        "checkpoints": {"last": str(run / "last.pt"), "best": str(run / "best.pt")},
+        "metrics_log": str(run / "metrics.jsonl"), "config": str(run / "config.yaml"),
+    }
+    if not world.is_main:
+        return summary
+    records = read_metrics(run / "metrics.jsonl")
+    plots = plot_curves(records, run / "plots") + [plot_confusion(val["confusion"], meta["class_names"],
+                                                                  run / "plots" / "confusion.png")]
+    samples = save_samples(model, meta, val_set, cfg, device, run / "samples")
+    summary.update(plots=[str(p) for p in plots], samples=[str(p) for p in samples])
+    write_text(run / "summary.json", json.dumps(summary, indent=2))
+    if cfg.progress:
+        print(f"\n{cfg.model} on {cfg.data}: {state['iteration']} iterations in {seconds:.0f} s; "
+              f"best mean IU {100 * state['best_mean_iu']:.1f} at iteration {state['best_iteration']}")
+        print(metrics_table(val, meta["class_names"]))
+        print(f"run directory: {run}")
+    return summary
+
+
+def save_samples(model: nn.Module, meta: dict, dataset: Any, cfg: TrainConfig, device: torch.device,
+                 out_dir: Path) -> list[Path]:
+    """The first ``num_samples`` val images as image | truth | prediction PNGs."""
+    net = unwrap(model)
+    net.eval()
+    paths = []
+    for i in range(min(cfg.num_samples, len(dataset))):
+        image, mask = dataset[i]
+        pred = predict_logits(net, image[None], normalization=meta["normalization"], device=device,
+                              precision=cfg.precision, channels_last=cfg.channels_last).argmax(1)[0]
+        paths.append(out_dir / f"sample_{i:02d}.png")
+        save_sample_strip(image.permute(1, 2, 0).numpy(), mask.numpy(), pred.cpu().numpy(), meta["palette"], paths[-1])
+    net.train()
+    return paths
