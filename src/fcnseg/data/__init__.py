@@ -4,7 +4,8 @@
     build_loader(dataset, ...)           a DataLoader that pads batches and reports bad files
     class_frequencies, median_frequency_weights
     TrainTransform, PadCollate           (fcnseg.data.transforms)
-    normalize, mean_pixel                (fcnseg.data.normalize)
+    mean_pixel                           (fcnseg.data.normalize; normalize itself is
+                                         fcnseg.data.normalize.normalize: the module has its name)
 """
 
 from importlib import import_module
@@ -18,7 +19,6 @@ _EXPORTS = {
     "median_frequency_weights": "fcnseg.data.stats",
     "TrainTransform": "fcnseg.data.transforms",
     "PadCollate": "fcnseg.data.transforms",
-    "normalize": "fcnseg.data.normalize",
     "mean_pixel": "fcnseg.data.normalize",
 }
 
