@@ -18,8 +18,9 @@
       SBD train. VOC2011's val list (1111 images) is not part of VOC2012 and cannot be derived from
       it -- VOC2012 added images from the same 2007-2011 id range to both of its splits -- so the
       list is shipped as package data (fcnseg/data/splits/seg11valid.txt, the image ids published
-      with the FCN authors' code as data/pascal/seg11valid.txt). Images and masks come from VOC2012,
-      whose annotations of these images are the VOC2011 ones.
+      with the FCN authors' code as data/pascal/seg11valid.txt). Images and masks are read from the
+      VOC2012 folders, which hold every VOC2011 segmentation image (VOC2012's segmentation ids all
+      lie in 2007_000032..2011_003271); a missing one is reported by name.
     * ``val``: VOC2012 val (1449), and ``train``: VOC2012 train, for convenience.
 """
 
