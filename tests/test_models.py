@@ -155,3 +155,51 @@ def test_training_step_reaches_every_learned_layer():
 def test_bad_arguments_raise_one_clear_error(kwargs, words):
     with pytest.raises(FcnsegError, match=words):
         create_model(num_classes=3, **kwargs)
+
+
+def pointwise_positive(model: nn.Module) -> nn.Module:
+    """Every convolution keeps only its centre tap, set positive; biases zero. A bright pixel then
+    lights exactly the fc7 cell whose pooling block holds it, and the output is the final
+    upsampler's bilinear bump centred on that cell."""
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, nn.Conv2d):
+                k = layer.weight.shape[-1]
+                layer.weight.zero_()
+                layer.weight[:, :, k // 2, k // 2] = 1.0 / layer.weight.shape[1]
+                layer.bias.zero_()
+    return model
+
+
+@pytest.mark.parametrize("geometry, first_pixel", [("same", 0), ("caffe", -99)])
+@pytest.mark.parametrize("name, kept_score, stride", [
+    ("fcn32s", "score_fr", 32), ("fcn16s", "score_pool4", 16), ("fcn8s", "score_pool3", 8)])
+def test_output_is_aligned_to_the_input(geometry, first_pixel, name, kept_score, stride):
+    # Pooling blocks of `stride` pixels start at pixel 0 ("same") or -99 ("caffe": conv1_1's
+    # 100-pixel pad, less its 1-pixel reach). With only one score layer active, the output is a
+    # bilinear bump centred on the block holding the bright pixel, whatever crops lie between.
+    model = pointwise_positive(create_model(name, 1, geometry=geometry, width=TINY)).eval()
+    with torch.no_grad():
+        for scorer in ["score_fr", "score_pool4", "score_pool3"]:
+            if hasattr(model, scorer) and scorer != kept_score:
+                getattr(model, scorer).weight.zero_()
+    x = torch.zeros(1, 3, 96, 96)
+    x[:, :, 50, 70] = 1.0
+    with torch.no_grad():
+        out = model(x)[0, 0]
+    for profile, pixel in [(out.max(dim=1).values, 50), (out.max(dim=0).values, 70)]:
+        block_start = first_pixel + stride * ((pixel - first_pixel) // stride)
+        left, right = block_start + stride // 2 - 1, block_start + stride // 2  # the two middle pixels
+        assert profile.max() > 0
+        assert profile[left] == profile[right] == profile.max()
+        for d in range(1, stride // 2):  # symmetric bump around the block centre
+            assert torch.isclose(profile[left - d], profile[right + d])
+
+
+@pytest.mark.parametrize("name", ["fcn32s", "fcn8s", "fcn-resnet50", "unet"])
+def test_every_model_runs_in_bfloat16_channels_last(name):
+    model = randomise_scores(create_model(name, 3, geometry=None, width=TINY)).eval()
+    model = model.to(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(1, 3, 35, 50).to(memory_format=torch.channels_last))
+    assert out.shape == (1, 3, 35, 50) and torch.isfinite(out.float()).all()
