@@ -69,7 +69,9 @@ def test_fast_path_agrees_with_fp32_and_says_so():
     model = StandIn()
     fp32 = Segmenter(model, META, fast=False).predict_proba(rgb)
     fast = Segmenter(model, META, fast=True)
-    assert "bf16 autocast + channels_last" in fast.describe()
+    assert "bf16 weights" in fast.describe() and "channels_last" in fast.describe()
+    assert model.body[0].weight.dtype == torch.bfloat16      # the trunk runs in bf16 ...
+    assert model.body[2].weight.dtype == torch.float32       # ... the 3-class score layer in fp32
     assert np.abs(fast.predict_proba(rgb) - fp32).max() < 0.05
     auto = Segmenter(StandIn(), META)
     assert auto.fast == fast_path_supported()

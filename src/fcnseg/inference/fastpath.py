@@ -1,4 +1,4 @@
-"""The CPU fast path: bfloat16 + channels_last + inference_mode where the CPU computes bf16 natively.
+"""The CPU fast path: bfloat16 weights + channels_last + inference_mode where the CPU has native bf16.
 
 On CPUs with AVX512-BF16 or AMX (recent Xeon and EPYC) oneDNN runs bf16 convolutions several times
 faster than fp32. On other CPUs emulated bf16 is slower than fp32, so the fast path stays off there.
@@ -46,19 +46,41 @@ def fast_path_reason() -> str:
     return "CPU lacks native bf16 (amx_bf16/avx512_bf16)"
 
 
-def prepare_model(model: nn.Module, fast: bool) -> nn.Module:
-    """Put ``model`` in eval mode; for the fast path also in channels_last memory format."""
+def _is_score_module(module: nn.Module, num_classes: int) -> bool:
+    """A leaf layer that outputs class scores: score convolutions and score upsamplers."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or list(module.children()):
+        return False
+    out_dim = 1 if getattr(module, "transposed", False) else 0  # ConvTranspose weights are (in, out, k, k)
+    return weight.shape[out_dim] == num_classes
+
+
+def _inputs_to_float(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.float() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def prepare_model(model: nn.Module, fast: bool, num_classes: int | None = None) -> nn.Module:
+    """Put ``model`` (in place) in eval mode; for the fast path convert it to bf16 + channels_last.
+
+    The class-score layers (score convolutions, upsamplers, skip fusions) stay in fp32: they cost
+    almost nothing, and bf16's 8-bit mantissa there would turn close scores into argmax flips.
+    Converting the weights once beats autocast, which re-casts all weights on every forward.
+    """
     model.eval()
-    if fast:
-        model.to(memory_format=torch.channels_last)
+    if not fast:
+        return model
+    model.to(torch.bfloat16, memory_format=torch.channels_last)
+    if num_classes:
+        for module in model.modules():
+            if _is_score_module(module, num_classes):
+                module.float()
+                module.register_forward_pre_hook(_inputs_to_float)
     return model
 
 
 def run_model(model: nn.Module, x: torch.Tensor, fast: bool) -> torch.Tensor:
-    """Forward a normalised float batch; returns float32 scores. ``fast``: bf16 autocast + channels_last."""
+    """Forward a normalised float batch through a model from :func:`prepare_model`; float32 scores."""
     with torch.inference_mode():
-        if not fast:
-            return model(x).float()
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return model(x).float()
+        if fast:
+            x = x.to(torch.bfloat16, memory_format=torch.channels_last)
+        return model(x).float()

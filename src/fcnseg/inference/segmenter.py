@@ -37,7 +37,11 @@ AUTO_TILE_PIXELS = 2_250_000
 
 
 class Segmenter:
-    """Predict class masks and probabilities with a trained model (see the module docstring)."""
+    """Predict class masks and probabilities with a trained model (see the module docstring).
+
+    ``fast=None`` turns the bf16 fast path on where the CPU supports it; a model passed in
+    directly is then converted in place (bf16 weights, channels_last).
+    """
 
     def __init__(self, model: nn.Module | None, meta: dict, *, fast: bool | None = None,
                  backend: str = "torch", onnx_model: bytes | None = None, tile: int | None = None,
@@ -73,7 +77,7 @@ class Segmenter:
             if model is None:
                 raise FcnsegError("backend 'torch' needs a model; pass a .pt or .safetensors checkpoint")
             self.fast = fastpath.fast_path_supported() if fast is None else bool(fast)
-            self.model = fastpath.prepare_model(model, self.fast)
+            self.model = fastpath.prepare_model(model, self.fast, self.num_classes)
         else:
             self.model = model
             self._session = _ort_session(onnx_model if onnx_model is not None
@@ -178,7 +182,7 @@ class Segmenter:
         if self.backend == "onnxruntime":
             parts.append("onnxruntime CPU fp32")
         elif self.fast:
-            parts.append(f"torch fast path: bf16 autocast + channels_last + inference_mode "
+            parts.append(f"torch fast path: bf16 weights (fp32 score head) + channels_last + inference_mode "
                          f"({fastpath.fast_path_reason()})")
         else:
             reason = "disabled" if fastpath.fast_path_supported() else fastpath.fast_path_reason()

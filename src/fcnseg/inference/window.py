@@ -64,7 +64,7 @@ def sliding_window(probs_fn: ProbsFn, image: torch.Tensor, num_classes: int, til
             acc[:, :, x:x + tw].addcmul_(probs, weight)
             wsum[:, x:x + tw] += weight
         done = (ys[i + 1] if i + 1 < len(ys) else height) - y  # rows no later tile touches
-        sink(y, acc[:, :done] / wsum[:done])
+        sink(y, acc[:, :done].div_(wsum[:done]))  # finished rows: normalise in place, no copy
         keep = th - done
         acc[:, :keep] = acc[:, done:].clone()
         wsum[:keep] = wsum[done:].clone()
