@@ -23,7 +23,7 @@ def model_rows(num_classes: int = 21, size: tuple[int, int] = (500, 500), width:
     """One row per (model, backbone, geometry): params, GFLOPs at ``size``, output stride, summary."""
     import torch
 
-    from fcnseg.models import count_flops, create_model, list_models, model_entry
+    from fcnseg.models import count_flops, count_parameters, create_model, list_models, model_entry
 
     rows = []
     for name in list_models():
@@ -34,7 +34,7 @@ def model_rows(num_classes: int = 21, size: tuple[int, int] = (500, 500), width:
                     model = create_model(name, num_classes, backbone=backbone, geometry=geometry, width=width)
                 rows.append({
                     "model": name, "backbone": backbone, "geometry": geometry,
-                    "params": sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers()),
+                    "params": count_parameters(model),
                     "gflops": count_flops(model, size) / 1e9, "stride": model.output_stride,
                     "summary": entry.summary,
                 })
@@ -55,6 +55,6 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['model']:<14}{r['backbone']:<11}{r['geometry']:<10}{r['params'] / 1e6:>8.1f}M"
               f"{r['gflops']:>17.1f}{r['stride']:>8}  {r['summary']}")
-    print(f"\n{args.num_classes} classes, width {args.width:g}; params include fixed (buffer) upsamplers; "
+    print(f"\n{args.num_classes} classes, width {args.width:g}; params include fixed upsampling filters; "
           "FLOPs counted with torch.utils.flop_counter (multiply-add = 2).")
     return 0

@@ -115,6 +115,8 @@ class ClassifierTrunk(nn.Module):
 
     def _init_weights(self) -> None:
         """torchvision's initialisation: He for convolutions, N(0, 0.01) for the fc layers."""
+        if self.features[0].weight.is_meta:
+            return  # shapes only (built on the meta device, e.g. by `fcnseg models`): nothing to draw
         for module in self.features:
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

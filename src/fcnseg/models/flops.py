@@ -1,4 +1,4 @@
-"""Counting FLOPs by running the model symbolically (no arithmetic is done, so it takes milliseconds)."""
+"""Counting a model's FLOPs (run symbolically: no arithmetic, milliseconds) and its weights."""
 
 from __future__ import annotations
 
@@ -35,3 +35,14 @@ def count_flops(model: nn.Module, size: tuple[int, int], batch: int = 1) -> int:
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Learned parameters plus fixed upsampling filters (weights that a learned variant would train).
+
+    BatchNorm running statistics and other buffers are not counted, as in torchvision's tables.
+    """
+    from fcnseg.models.layers import BilinearUpsample
+
+    fixed = sum(m.weight.numel() for m in model.modules() if isinstance(m, BilinearUpsample) and not m.learnable)
+    return sum(p.numel() for p in model.parameters()) + fixed

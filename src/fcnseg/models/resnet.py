@@ -60,6 +60,8 @@ class DilatedResNet(nn.Module):
         self.layer3 = self._make_layer(scaled(256, width), depths[2], stride=2, dilate=True)
         self.layer4 = self._make_layer(scaled(512, width), depths[3], stride=2, dilate=True)
         self.out_channels = self.inplanes
+        if self.conv1.weight.is_meta:
+            return  # shapes only (built on the meta device, e.g. by `fcnseg models`): nothing to draw
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
