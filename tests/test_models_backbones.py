@@ -68,7 +68,8 @@ def test_fcn_resnet_matches_torchvision_layout(depth, torchvision_params):
     assert shapes["classifier.0.weight"] == (512, 2048, 3, 3)
     assert shapes["classifier.1.running_var"] == (512,)
     assert shapes["classifier.4.weight"] == (21, 512, 1, 1)
-    assert len([k for k in shapes if k.startswith(f"backbone.layer3.") and k.endswith("conv1.weight")]) == DEPTHS[depth][2]
+    layer3_blocks = [k for k in shapes if k.startswith("backbone.layer3.") and k.endswith(".conv1.weight")]
+    assert len(layer3_blocks) == DEPTHS[depth][2]
     # Dilated, not strided: layer3 dilation 2 (its first block keeps 1), layer4 dilation 4 (first block 2).
     assert model.backbone.layer3[0].conv2.dilation == (1, 1) and model.backbone.layer3[1].conv2.dilation == (2, 2)
     assert model.backbone.layer4[0].conv2.dilation == (2, 2) and model.backbone.layer4[-1].conv2.dilation == (4, 4)

@@ -107,7 +107,8 @@ def test_features_only_file_warns_that_fc_layers_start_fresh(reference, tmp_path
 
 
 @pytest.mark.parametrize("change, words", [
-    (lambda sd: {**sd, "features.0.weight": torch.zeros(64, 3, 3, 3)}, "features.0.weight has shape 64x3x3x3, expected 4x3x3x3"),
+    (lambda sd: {**sd, "features.0.weight": torch.zeros(64, 3, 3, 3)},
+     "features.0.weight has shape 64x3x3x3, expected 4x3x3x3"),
     (lambda sd: {k: v for k, v in sd.items() if k != "features.10.bias"}, "lacks features.10.bias"),
     (lambda sd: {**sd, "layer1.0.conv1.weight": torch.zeros(1)}, "unexpected keys \\(layer1.0.conv1.weight"),
     (lambda sd: {k: v for k, v in sd.items() if not k.startswith("classifier.3")}, "only some of the fully connected"),

@@ -39,8 +39,8 @@ class FCN(nn.Module):
     """A fully convolutional network: trunk + score layers + skip fusion + upsampling to the input.
 
     ``forward(x)`` takes (N, 3, H, W) and returns (N, num_classes, H, W) scores for any H, W >= 1.
-    ``output_stride`` is the trunk's coarsest stride (32): shifting an input by a multiple of it
-    shifts the output by the same amount.
+    ``output_stride`` is the trunk's coarsest stride (32 for VGG16 and AlexNet, whatever the skips):
+    the pooling grid repeats every ``output_stride`` pixels.
     """
 
     def __init__(self, backbone: ClassifierTrunk, num_classes: int, skips: tuple[str, ...] = (),
@@ -90,7 +90,6 @@ class FCN(nn.Module):
         offsets = {skip.scorer: skip.offset for skip in self._skips}
         offsets[self.final_name] = self.output_offset
         return offsets
-
 
 
 def build_trunk(backbone: str, geometry: str, width: float, weights: WeightsSource | None) -> ClassifierTrunk:

@@ -65,9 +65,8 @@ def load_backbone_weights(module: nn.Module, source: WeightsSource, *, what: str
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     missing_required = [k for k in missing if not k.startswith(optional)]
     if missing_required:
-        raise FcnsegError(f"{what} {label} lacks {missing_required[0]}"
-                          f"{f' and {len(missing_required) - 1} more keys' if len(missing_required) > 1 else ''}"
-                          f"; expected {expected}")
+        more = f" and {len(missing_required) - 1} more keys" if len(missing_required) > 1 else ""
+        raise FcnsegError(f"{what} {label} lacks {missing_required[0]}{more}; expected {expected}")
     optional_keys = [k for k in own if k.startswith(optional)] if optional else []
     if missing and len(missing) < len(optional_keys):
         raise FcnsegError(f"{what} {label} has only some of the fully connected layers (lacks "
@@ -89,8 +88,9 @@ def load_backbone_weights(module: nn.Module, source: WeightsSource, *, what: str
         for key, value in loaded.items():
             own[key].copy_(value)
     if missing:
-        warnings.warn(f"{what} {label} has no fully connected layers ({', '.join(sorted({k.rsplit('.', 1)[0] for k in missing}))}): "
-                      "fc6/fc7 start fresh (random init)", UserWarning, stacklevel=3)
+        layers = ", ".join(sorted({k.rsplit(".", 1)[0] for k in missing}))
+        warnings.warn(f"{what} {label} has no fully connected layers ({layers}): fc6/fc7 start fresh "
+                      "(random init)", UserWarning, stacklevel=3)
     return list(loaded)
 
 
