@@ -54,3 +54,21 @@ def test_bad_spec():
         load_dataset("nope:/x", "train")
     with pytest.raises(FcnsegError, match="needs a path"):
         load_dataset("voc", "train")
+
+
+def test_fine_strides_matter():
+    """The point of `shapes`: an ideal stride-32 prediction (area-averaged labels, upsampled
+    bilinearly) scores far below an ideal stride-8 one, so FCN-8s has room to beat FCN-32s."""
+    import torch.nn.functional as F
+
+    from fcnseg.engine.metrics import ConfusionMatrix
+
+    masks = torch.stack([m for _, m in load_dataset("shapes", "val")])
+    onehot = F.one_hot(masks, 6).permute(0, 3, 1, 2).float()
+    mean_iu = {}
+    for stride in (32, 8):
+        up = F.interpolate(F.avg_pool2d(onehot, stride), size=(96, 96), mode="bilinear", align_corners=False)
+        cm = ConfusionMatrix(6)
+        cm.update(up.argmax(1), masks)
+        mean_iu[stride] = cm.compute()["mean_iu"]
+    assert mean_iu[8] > mean_iu[32] + 0.25, mean_iu

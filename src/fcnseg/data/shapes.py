@@ -8,7 +8,8 @@ not the colour. Classes:
 
 Disks, rectangles and triangles come in sizes from a few pixels up to a third of the image, lines
 and rings are 1-2.5 pixels thick: a net that only sees stride-32 features (FCN-32s) loses them,
-skips at stride 16 and 8 recover them.
+skips at stride 16 and 8 recover them. Upper bounds on val (labels area-averaged over stride x stride
+cells, upsampled bilinearly, argmax): mean IU 0.18 at stride 32, 0.35 at 16, 0.53 at 8.
 
 Sample ``i`` of a split is drawn from ``numpy.random.default_rng(split_seed + i)`` using only
 uniform draws and exactly rounded arithmetic (+ - * / sqrt, no trigonometry), so the pixels are
@@ -30,6 +31,8 @@ PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200
 SPLITS = {"train": (0, 400), "val": (100_000, 100)}  # split -> (first seed, number of images)
 IMAGE_SIZE = 96
 
+LINE_WIDTH = (1.0, 2.2)  # pixels
+RING_WIDTH = (1.2, 2.5)
 DISK, RECTANGLE, TRIANGLE, LINE, RING = 1, 2, 3, 4, 5
 _SQRT3_2 = np.sqrt(3.0) / 2.0  # sin(120 degrees), exactly rounded
 
@@ -81,7 +84,7 @@ def _shape_mask(kind: int, rng: np.random.Generator, yy: np.ndarray, xx: np.ndar
         return d2 <= r * r
     if kind == RING:
         r = rng.uniform(4.0, 0.17 * size)
-        t = rng.uniform(1.2, 2.5)
+        t = rng.uniform(*RING_WIDTH)
         return (d2 <= r * r) & (d2 >= (r - t) * (r - t))
     if kind == RECTANGLE:
         u = _unit_vector(rng)
@@ -105,7 +108,7 @@ def _shape_mask(kind: int, rng: np.random.Generator, yy: np.ndarray, xx: np.ndar
         ex, ey = u * length
         t = np.clip((dx * ex + dy * ey) / (length * length), 0.0, 1.0)
         px, py = dx - t * ex, dy - t * ey
-        half = rng.uniform(1.0, 2.2) / 2
+        half = rng.uniform(*LINE_WIDTH) / 2
         return px * px + py * py <= half * half
     raise ValueError(f"unknown shape class {kind}")
 
