@@ -1,0 +1,78 @@
+"""Two CPU processes (gloo): distributed evaluation equals single-process evaluation; torchrun training."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from fcnseg.data import load_dataset
+from fcnseg.engine import evaluate
+from fcnseg.engine.checkpoint import load_checkpoint, save_checkpoint
+
+IMAGES = 5  # odd, so the two processes get different numbers of images
+
+
+def _tiny_checkpoint(path: Path) -> None:
+    from fcnseg.models import create_model
+
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 6, "width": 1 / 16, "geometry": "same"}
+    model = create_model("fcn8s", **kwargs)
+    with torch.no_grad():  # non-zero score layers, so the predictions are not all background
+        for name, p in model.named_parameters():
+            if "score" in name:
+                p.normal_(0, 0.5)
+    dataset = load_dataset("shapes", "val")
+    meta = {"model_name": "fcn8s", "model_kwargs": kwargs, "class_names": list(dataset.class_names),
+            "palette": [list(c) for c in dataset.palette], "normalization": "imagenet"}
+    save_checkpoint(path, model.state_dict(), meta)
+
+
+def _evaluate_worker(rank: int, world_size: int, tmp: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world_size)
+    try:
+        result = evaluate(f"{tmp}/model.pt", load_dataset("shapes", "val"), max_images=IMAGES, device="cpu")
+        if rank == 0:
+            Path(tmp, "distributed.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distributed_evaluation_equals_single_process(tmp_path):
+    _tiny_checkpoint(tmp_path / "model.pt")
+    mp.spawn(_evaluate_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    distributed = json.loads((tmp_path / "distributed.json").read_text())
+    single = evaluate(tmp_path / "model.pt", load_dataset("shapes", "val"), max_images=IMAGES, device="cpu")
+    assert distributed["confusion"] == single["confusion"]
+    assert distributed["images"] == single["images"] == IMAGES
+    assert 0 < single["mean_iu"] < 1
+    for key in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "loss"):
+        assert distributed[key] == pytest.approx(single[key], rel=1e-6), key  # loss: fp32 sums per process
+
+
+@pytest.mark.slow
+def test_torchrun_training_writes_one_run(tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fcnseg",
+           "train", "--data", "shapes", "--model", "fcn8s", "--width", "0.0625", "--geometry", "same",
+           "--iterations", "4", "--batch-size", "2", "--eval-every", "2", "--max-val-images", "3",
+           "--num-samples", "1", "--no-progress", "--out", str(run)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["train_state"]["iteration"] == 4
+    assert not any(k.startswith("module.") for k in ckpt["model"])  # the plain model, not the DDP wrapper
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records if r["kind"] == "val"] == [2, 4]  # written once, by rank 0
+    assert json.loads((run / "summary.json").read_text())["final"]["mean_iu"] >= 0
