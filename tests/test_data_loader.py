@@ -73,8 +73,9 @@ def test_loader_workers_report_bad_samples_and_are_seeded():
         loader = build_loader(Tiny(n=8, bad=3), batch_size=1, shuffle=True, workers=1, seed=5, skip_bad=True,
                               transform=TrainTransform(crop_size=4, hflip=True, jitter=0.2))
         with pytest.warns(UserWarning):
-            batches = [b[0] for b in loader]
-        return loader, batches
+            batches = list(loader)
+        assert all(masks.dtype == torch.int64 for _, masks in batches)  # uint8 between processes only
+        return loader, [images for images, _ in batches]
     a, batches_a = run()
     _, batches_b = run()
     assert a.skipped[0][0] == "/data/img3.png" and len(batches_a) == 7
