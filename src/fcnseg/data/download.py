@@ -159,6 +159,10 @@ def safe_extract(archive: str | os.PathLike, root: str | os.PathLike) -> None:
         raise FcnsegError(f"{archive}: cannot extract ({exc}); delete it and download again") from None
 
 
+def _url_filename(url: str) -> str:
+    return Path(urllib.parse.urlparse(url).path).name
+
+
 def download_dataset(name: str, root: str | os.PathLike, *, url: str | None = None, md5: str | None = "registry",
                      keep_archive: bool = False, progress: bool = True) -> Path:
     """Download and extract dataset ``name`` (see ``RESOURCES``) into ``root``; return its folder.
@@ -176,7 +180,7 @@ def download_dataset(name: str, root: str | os.PathLike, *, url: str | None = No
         return target
     root.mkdir(parents=True, exist_ok=True)
     url = url or resource.url
-    archive = root / Path(urllib.parse.urlparse(url).path).name
+    archive = root / (_url_filename(url) or _url_filename(resource.url))
     download_file(url, archive, resource.md5 if md5 == "registry" else md5, progress)
     safe_extract(archive, root)
     if not target.is_dir():
