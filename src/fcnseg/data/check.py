@@ -95,11 +95,15 @@ def check_dataset(spec: str, splits: list[str] | None = None, workers: int = 2) 
     return {"spec": spec, "splits": reports, "num_problems": sum(len(r["problems"]) for r in reports)}
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def format_report(report: dict[str, Any], max_problems: int = 50) -> str:
     """Human-readable text of a `check_dataset` report."""
     lines = [f"dataset {report['spec']}"]
     for r in report["splits"]:
-        lines.append(f"  split {r['split']}: {r['samples']} samples, {len(r['problems'])} problems")
+        lines.append(f"  split {r['split']}: {r['samples']} samples, {_plural(len(r['problems']), 'problem')}")
         if r.get("image_sizes"):
             sizes = list(r["image_sizes"].items())
             shown = ", ".join(f"{s} ({c})" for s, c in sizes[:5]) + (f", ... {len(sizes) - 5} more" if len(sizes) > 5 else "")
@@ -113,5 +117,5 @@ def format_report(report: dict[str, Any], max_problems: int = 50) -> str:
             lines.append(f"    PROBLEM {p['file']}: {p['problem']}")
         if len(r["problems"]) > max_problems:
             lines.append(f"    ... {len(r['problems']) - max_problems} more problems (all in --json FILE)")
-    lines.append("OK: no problems" if report["num_problems"] == 0 else f"FAILED: {report['num_problems']} problems")
+    lines.append("OK: no problems" if report["num_problems"] == 0 else f"FAILED: {_plural(report['num_problems'], 'problem')}")
     return "\n".join(lines)
