@@ -107,16 +107,8 @@ def onnxruntime(model: nn.Module) -> Forward:
 
 
 def compiled(model: nn.Module) -> Forward:
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True  # constant-fold and prepack weights, fuse conv + ReLU
-    fastpath.prepare_model(model, True, NUM_CLASSES)
-    compiled_model = torch.compile(model)
-
-    def run(x):
-        with torch.no_grad():
-            return compiled_model(x.to(torch.bfloat16, memory_format=torch.channels_last)).float()
-    return run
+    model = fastpath.Compiled(fastpath.prepare_model(model, True, NUM_CLASSES))
+    return lambda x: fastpath.run_model(model, x, True)
 
 
 VARIANTS = {"naive fp32": naive, "fast path": fast_path, "bf16 autocast": autocast,

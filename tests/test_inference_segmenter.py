@@ -83,3 +83,13 @@ def test_fast_path_agrees_with_fp32_and_says_so():
 def test_bad_options_raise_fcnseg_error(options):
     with pytest.raises(FcnsegError):
         make(**options)
+
+
+@pytest.mark.slow
+def test_compiled_fast_path_matches_eager_fast_path():
+    rgb = np.random.default_rng(3).integers(0, 255, (24, 24, 3), np.uint8)
+    model = StandIn()
+    eager = Segmenter(model, META, fast=True).predict_proba(rgb)
+    compiled = Segmenter(model, META, fast=True, compile=True)
+    assert "torch.compile" in compiled.describe()
+    np.testing.assert_allclose(compiled.predict_proba(rgb), eager, atol=1e-2)

@@ -43,6 +43,9 @@ def register(subparsers) -> None:
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
                    help="default: onnxruntime for .onnx files, torch otherwise")
     p.add_argument("--no-fast", action="store_true", help="disable the bf16 fast path (fp32)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (slow first call per image/tile shape; pays off "
+                        "with --tile or many same-size images)")
     p.add_argument("--max-pixels", type=float, default=100e6,
                    help="refuse larger images (decompression-bomb guard; default 100e6)")
     p.set_defaults(func=run)
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                                     fast=False if args.no_fast else None, tile=args.tile,
                                     overlap=args.overlap, tta_flip=args.tta_flip, scales=scales,
                                     shift_stitch=args.stitch_factor or args.shift_stitch or None,
-                                    max_pixels=int(args.max_pixels))
+                                    max_pixels=int(args.max_pixels), compile=args.compile)
     print(f"fcnseg predict: {seg.describe()}", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -72,10 +72,28 @@ def prepare_model(model: nn.Module, fast: bool, num_classes: int | None = None) 
     model.to(torch.bfloat16, memory_format=torch.channels_last)
     if num_classes:
         for module in model.modules():
-            if _is_score_module(module, num_classes):
+            if _is_score_module(module, num_classes) and not getattr(module, "_fp32_head", False):
                 module.float()
                 module.register_forward_pre_hook(_inputs_to_float)
+                module._fp32_head = True  # prepared once, even if prepare_model runs again
     return model
+
+
+class Compiled(nn.Module):
+    """``model`` through torch.compile with inductor weight freezing (prepacked weights, fused
+    conv + ReLU). The first call per input shape compiles (tens of seconds), so it pays off for
+    many same-size images or tiled large images, whose tiles all have the tile's shape."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.compiled = torch.compile(model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            return self.compiled(x)
 
 
 def run_model(model: nn.Module, x: torch.Tensor, fast: bool) -> torch.Tensor:
