@@ -72,10 +72,11 @@ def prepare_model(model: nn.Module, fast: bool, num_classes: int | None = None) 
     model.to(torch.bfloat16, memory_format=torch.channels_last)
     if num_classes:
         for module in model.modules():
-            if _is_score_module(module, num_classes) and not getattr(module, "_fp32_head", False):
+            if _is_score_module(module, num_classes):
                 module.float()
-                module.register_forward_pre_hook(_inputs_to_float)
-                module._fp32_head = True  # prepared once, even if prepare_model runs again
+                if not getattr(module, "_fp32_head", False):  # one hook, even if prepared twice
+                    module.register_forward_pre_hook(_inputs_to_float)
+                    module._fp32_head = True
     return model
 
 
