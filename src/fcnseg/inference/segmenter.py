@@ -60,8 +60,8 @@ class Segmenter:
         if shift_stitch is True:  # the model's own output stride
             shift_stitch = getattr(model, "output_stride", None) or meta.get("output_stride")
             if not shift_stitch:
-                raise FcnsegError("this model does not state its output stride; give --shift-stitch F")
-        if shift_stitch is not None and int(shift_stitch) < 1:
+                raise FcnsegError("this model does not state its output stride; give --stitch-factor F")
+        if shift_stitch not in (None, False) and int(shift_stitch) < 1:
             raise FcnsegError(f"--shift-stitch {shift_stitch} must be a positive stride")
         self.meta = meta
         self.num_classes = int(meta["model_kwargs"]["num_classes"])
