@@ -65,7 +65,8 @@ def test_run_directory_contents(tmp_path):
 
 
 def test_seed_makes_runs_repeatable(tmp_path):
-    options = dict(iterations=5, eval_every=5, log_every=1, hflip=True, loss_sample_prob=0.5, seed=7)
+    options = dict(iterations=5, eval_every=5, log_every=1, hflip=True, loss_sample_prob=0.5, seed=7,
+                   precision="bf16", channels_last=True, class_weights="median")
     a = train(tiny(tmp_path, "a", **options))
     b = train(tiny(tmp_path, "b", **options))
     c = train(tiny(tmp_path, "c", **{**options, "seed": 8}))
@@ -107,6 +108,16 @@ def test_resume_after_sigkill_reaches_the_same_metrics(tmp_path):
     assert final == expected
     assert val_records(killed) == val_records(reference)
     assert load_checkpoint(killed / "last.pt")["train_state"]["iteration"] == 60
+
+
+def test_staged_init_from_previous_stage(tmp_path):
+    train(tiny(tmp_path, "s32", model="fcn32s", iterations=3))
+    stage32 = load_checkpoint(tmp_path / "s32" / "best.pt")["model"]
+    train(tiny(tmp_path, "s16", model="fcn16s", iterations=1, lr=0.0, init_from=str(tmp_path / "s32" / "best.pt")))
+    stage16 = load_checkpoint(tmp_path / "s16" / "last.pt")["model"]
+    shared = [k for k in stage32 if k in stage16 and stage32[k].shape == stage16[k].shape]
+    assert "backbone.features.0.weight" in shared and "score_fr.weight" in shared
+    assert all(torch.equal(stage32[k], stage16[k]) for k in shared if stage32[k].is_floating_point())
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):

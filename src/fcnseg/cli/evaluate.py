@@ -30,22 +30,20 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from fcnseg.data import load_dataset
     from fcnseg.engine import evaluate
-    from fcnseg.engine.checkpoint import load_checkpoint
     from fcnseg.engine.rundir import metrics_table, plot_confusion, write_text
     from fcnseg.engine.runtime import current_dist, init_distributed, resolve_device
 
     device = resolve_device(args.device)
     init_distributed(device)
     dataset = load_dataset(args.data, args.split)
-    ckpt = load_checkpoint(args.checkpoint)
     metrics = evaluate(args.checkpoint, dataset, precision=args.precision, channels_last=args.channels_last,
                        device=device, max_images=args.max_images, batch_size=args.batch_size, workers=args.workers)
     if not current_dist().is_main:
         return 0
     plot = Path(args.plot) if args.plot else Path(args.checkpoint).parent / f"confusion_{args.split}.png"
-    plot_confusion(metrics["confusion"], ckpt["meta"]["class_names"], plot)
+    plot_confusion(metrics["confusion"], metrics["class_names"], plot)
     print(f"{args.checkpoint} on {args.data} ({args.split}, {metrics['images']} images)")
-    print(metrics_table(metrics, ckpt["meta"]["class_names"]))
+    print(metrics_table(metrics, metrics["class_names"]))
     print(f"confusion matrix: {plot}")
     if args.json:
         write_text(Path(args.json), json.dumps(metrics, indent=2))

@@ -69,7 +69,10 @@ def train(config: TrainConfig | dict) -> dict:
     batches = training_batches(train_set, transform=train_transform(cfg, meta), batch_size=cfg.batch_size,
                                seed=cfg.seed, start_iteration=state["iteration"], workers=cfg.workers,
                                rank=world.rank, world_size=world.world_size, pad_value=mean_pixel(meta["normalization"]))
-    checkpoint = lambda name: save_training_checkpoint(run / name, model, meta, optimizer, scheduler, scaler, state, cfg, world)  # noqa: E731
+
+    def checkpoint(name: str) -> None:
+        save_training_checkpoint(run / name, model, meta, optimizer, scheduler, scaler, state, cfg, world)
+
     bar = tqdm(total=cfg.iterations, initial=state["iteration"], disable=not (cfg.progress and world.is_main),
                dynamic_ncols=True, desc="train")
     meter = ThroughputMeter()
