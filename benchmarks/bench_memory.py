@@ -103,12 +103,9 @@ def main() -> None:
         print(f"{size:>10} {mp:5.1f} {tiles:5d} {tiled_mp:8.1f} {result['seconds']:8.1f} "
               f"{result['seconds'] / mp:6.2f} {result['seconds'] / tiled_mp:10.2f} "
               f"{result['rss_mb']:12.0f} {result['rss_mb'] - result['model_mb']:8.0f}", flush=True)
-    if len(rows) > 1:
-        slope = np.polyfit([r[0] for r in rows], [r[1] for r in rows], 1)
-        predicted = np.polyval(slope, [r[0] for r in rows])
-        worst = max(abs(p - r[1]) / r[1] for p, r in zip(predicted, rows))
-        print(f"\nlinear fit of seconds on tiled MP: {slope[0]:.2f} s/MP + {slope[1]:.1f} s; worst "
-              f"deviation {100 * worst:.0f}%")
+    per_mp = [seconds / tiled_mp for tiled_mp, seconds in rows]
+    print(f"\nseconds per tiled megapixel: {min(per_mp):.2f} .. {max(per_mp):.2f} "
+          "(flat = cost linear in pixels)")
 
 
 if __name__ == "__main__":

@@ -62,8 +62,8 @@ def test_options_tiles_tta_shift_stitch_glob(tmp_path, checkpoint):
     write_image(tmp_path / "p1.png", (50, 36))
     write_image(tmp_path / "p2.png", (20, 20))
     rc = main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "p*.png"), "--out",
-               str(tmp_path / "o"), "--tile", "24", "--overlap", "0.5", "--tta-flip", "--scales",
-               "0.75,1", "--stitch-factor", "2"])
+               str(tmp_path / "o"), "--tile", "32", "--overlap", "0.25", "--scales", "0.5,1",
+               "--stitch-factor", "2"])
     assert rc == 0
     assert Image.open(tmp_path / "o" / "p1.png").size == (50, 36)
     assert Image.open(tmp_path / "o" / "p2.png").size == (20, 20)
