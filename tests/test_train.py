@@ -228,3 +228,18 @@ def test_train_and_evaluate_commands(tmp_path, capsys):
     # extending a finished run by resuming with more iterations
     assert main(["train", "--resume", str(run), "--iterations", "6", "--no-progress"]) == 0
     assert load_checkpoint(run / "last.pt")["train_state"]["iteration"] == 6
+
+
+@pytest.mark.parametrize("preset", ["paper", "paper-atonce", "modern"])
+def test_presets_train(tmp_path, preset):
+    """Each preset's recipe runs end to end (shrunk: tiny width, 2 iterations, small crops)."""
+    from fcnseg.config import resolve_config
+
+    cfg = resolve_config(preset, None, {"data": "shapes", "width": 1 / 16, "iterations": 2, "max_val_images": 2,
+                                        "num_samples": 0, "progress": False, "out": str(tmp_path / preset),
+                                        "batch_size": min(2, resolve_config(preset).batch_size), "crop_size": None
+                                        if preset != "modern" else 64, "precision": "fp32", "channels_last": False})
+    summary = train(cfg)
+    ckpt = load_checkpoint(tmp_path / preset / "last.pt")
+    assert ckpt["train_state"]["config"]["loss_reduction"] == ("mean" if preset == "modern" else "sum")
+    assert summary["iterations"] == 2 and 0 <= summary["final"]["pixel_acc"] <= 1

@@ -75,7 +75,7 @@ class TrainConfig:
     ignore_index: int = _opt(255, "label ignored by loss and metrics")
     # augmentation
     crop_size: int | None = _opt(None, "random crop (square, pixels) after scaling; padded if smaller")
-    scale_range: list | None = _opt(None, "random rescale range, e.g. '[0.5, 2.0]'")
+    scale_range: list | None = _opt(None, "random rescale range, e.g. 0.5,2.0")
     hflip: bool = _opt(False, "random horizontal flips")
     jitter: float = _opt(0.0, "colour jitter strength")
     # evaluation, logging, checkpoints
@@ -144,7 +144,7 @@ def coerce(name: str, value: Any, where: str) -> Any:
             value = float(value)
         elif typ in (list, dict):
             if isinstance(value, str):
-                value = yaml.safe_load(value)
+                value = yaml.safe_load(f"[{value}]" if typ is list and "[" not in value else value)
             if typ is list and isinstance(value, tuple):
                 value = list(value)
             if not isinstance(value, typ):

@@ -31,14 +31,17 @@ def run(args: argparse.Namespace) -> int:
     from fcnseg.data import load_dataset
     from fcnseg.engine import evaluate
     from fcnseg.engine.rundir import metrics_table, plot_confusion, write_text
-    from fcnseg.engine.runtime import current_dist, init_distributed, resolve_device
+    from fcnseg.engine.runtime import init_distributed, resolve_device, shutdown_distributed
 
     device = resolve_device(args.device)
-    init_distributed(device)
+    world = init_distributed(device)
     dataset = load_dataset(args.data, args.split)
-    metrics = evaluate(args.checkpoint, dataset, precision=args.precision, channels_last=args.channels_last,
-                       device=device, max_images=args.max_images, batch_size=args.batch_size, workers=args.workers)
-    if not current_dist().is_main:
+    try:
+        metrics = evaluate(args.checkpoint, dataset, precision=args.precision, channels_last=args.channels_last,
+                           device=device, max_images=args.max_images, batch_size=args.batch_size, workers=args.workers)
+    finally:
+        shutdown_distributed()
+    if not world.is_main:
         return 0
     plot = Path(args.plot) if args.plot else Path(args.checkpoint).parent / f"confusion_{args.split}.png"
     plot_confusion(metrics["confusion"], metrics["class_names"], plot)

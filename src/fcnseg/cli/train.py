@@ -22,11 +22,15 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fcnseg.engine import train
+    from fcnseg.engine.runtime import shutdown_distributed
 
     overrides = overrides_from_args(args)
     if overrides.get("resume"):
         config = resume_config(overrides.pop("resume"), overrides)
     else:
         config = resolve_config(args.preset, args.config, overrides)
-    train(config)
+    try:
+        train(config)
+    finally:
+        shutdown_distributed()
     return 0

@@ -31,13 +31,12 @@ def prepare_run_dir(out: str | os.PathLike, resuming: bool) -> Path:
     if not resuming and (run / "last.pt").exists():
         raise FcnsegError(f"{run} already holds a run (last.pt); continue it with --resume {run} "
                           "or choose another --out")
-    probe = run / ".write-test"
     try:
         run.mkdir(parents=True, exist_ok=True)
-        probe.write_text("ok")
-        probe.unlink()
     except OSError as exc:
         raise writable_error(run, exc) from None
+    write_text(run / ".write-test", "ok")
+    (run / ".write-test").unlink()
     return run
 
 

@@ -91,6 +91,12 @@ def init_distributed(device: torch.device) -> Dist:
     return info
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group, if one was joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -27,8 +27,8 @@ from fcnseg.engine.optim import build_optimizer, build_scheduler
 from fcnseg.engine.rng import capture_rng, mix_seed, restore_rng, seed_everything
 from fcnseg.engine.rundir import (MetricsLog, metrics_table, plot_confusion, plot_curves, prepare_run_dir,
                                   read_metrics, save_sample_strip, write_text)
-from fcnseg.engine.runtime import (Dist, all_reduce_sum, autocast, barrier, init_distributed, prepare_input,
-                                   resolve_device, unwrap)
+from fcnseg.engine.runtime import (Dist, all_reduce_sum, autocast, barrier, broadcast_flag, init_distributed,
+                                   prepare_input, resolve_device, unwrap)
 from fcnseg.errors import FcnsegError
 
 
@@ -43,10 +43,7 @@ def train(config: TrainConfig | dict) -> dict:
     world = init_distributed(device)
     resume = load_resume_checkpoint(cfg)
     run = Path(cfg.out)
-    if world.is_main:
-        prepare_run_dir(run, resuming=resume is not None)
-        save_config(cfg, run / "config.yaml")
-    barrier()
+    setup_run_dir(run, cfg, resuming=resume is not None, world=world)
 
     # data, model, loss, optimiser
     train_set, val_set = open_datasets(cfg)
@@ -254,6 +251,19 @@ def wrap_model(model: nn.Module, cfg: TrainConfig, device: torch.device, world: 
 
 # ---------------------------------------------------------------------------------------------
 # checkpoints and resume
+
+
+def setup_run_dir(run: Path, cfg: TrainConfig, resuming: bool, world: Dist) -> None:
+    """Rank 0 creates the run directory and writes config.yaml; every rank learns if that failed."""
+    error = None
+    if world.is_main:
+        try:
+            prepare_run_dir(run, resuming=resuming)
+            save_config(cfg, run / "config.yaml")
+        except FcnsegError as exc:
+            error = exc
+    if broadcast_flag(error is not None):
+        raise error or FcnsegError(f"rank 0 could not prepare the run directory {run}; see its message")
 
 
 def load_resume_checkpoint(cfg: TrainConfig) -> dict | None:
