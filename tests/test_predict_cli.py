@@ -98,3 +98,8 @@ def test_not_a_checkpoint_and_wrong_model_exit_2(tmp_path, checkpoint, capsys):
                "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and "mislabelled.pt" in err and len(err.strip().splitlines()) == 1
+    save_checkpoint(tmp_path / "alien.pt", other.state_dict(), {**META, "model_name": "deeplabv3"})
+    rc = main(["predict", "--checkpoint", str(tmp_path / "alien.pt"), str(tmp_path / "x.png"),
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "alien.pt" in err and "deeplabv3" in err

@@ -111,12 +111,18 @@ class Segmenter:
                        **options)
         if suffix == ".safetensors":
             state, meta = export.load_safetensors(path)
-            model, meta = model_from_checkpoint({"model": state, "meta": meta}, str(path))
+            source = {"model": state, "meta": meta}
         else:
             if path.is_file() and not zipfile.is_zipfile(path):  # torch.save writes zip archives
                 raise FcnsegError(f"{path} is not an fcnseg checkpoint; pass a .pt file written by "
                                   "`fcnseg train`, or a .safetensors/.onnx file from `fcnseg export`")
-            model, meta = model_from_checkpoint(path)
+            source = path
+        try:
+            model, meta = model_from_checkpoint(source, str(path))
+        except FcnsegError as exc:  # e.g. "unknown model": say which file asked for it
+            if str(path) in str(exc):
+                raise
+            raise FcnsegError(f"checkpoint {path}: {exc}") from None
         return cls(model, meta, backend=backend or "torch", **options)
 
     # ----------------------------------------------------------------------------- prediction
