@@ -44,7 +44,8 @@ def sliding_window(probs_fn: ProbsFn, image: torch.Tensor, num_classes: int, til
                    overlap: float, sink: RowSink) -> None:
     """Run ``probs_fn`` over overlapping tiles of ``image`` (3 x H x W) and stream blended rows to ``sink``.
 
-    ``sink(y0, probs)`` receives consecutive bands (probs: C x rows x W float32) from top to bottom.
+    ``sink(y0, probs)`` receives consecutive bands (probs: C x rows x W float32) from top to bottom;
+    the band is a view into the working buffer, valid only during the call (copy what you keep).
     """
     if not 0 <= overlap < 1:
         raise ValueError("overlap must be in [0, 1)")
