@@ -254,3 +254,12 @@ def test_evaluate_matches_a_manual_confusion_matrix():
         evaluate(_ByIndex(), data, meta={"model_kwargs": {"num_classes": 21}, "normalization": "imagenet"})
     with pytest.raises(FcnsegError, match="is empty"):
         evaluate(_ByIndex(), _Toy(0), meta=meta)
+
+
+def test_auto_precision_follows_the_hardware():
+    from fcnseg.engine.runtime import fast_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if fast_bf16(cpu) else "fp32")
+    assert resolve_precision("fp16", cpu) == "fp16"
+    assert resolve_config("demo").precision == "auto"

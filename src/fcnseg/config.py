@@ -84,7 +84,8 @@ class TrainConfig:
     log_every: int = _opt(10, "log the training loss every N iterations")
     num_samples: int = _opt(4, "val images rendered as image | truth | prediction in samples/")
     # speed and reproducibility
-    precision: str = _opt("fp32", "autocast precision (bf16 is the fast path on CPUs with AMX/AVX-512)", ("fp32", "bf16", "fp16"))
+    precision: str = _opt("fp32", "autocast precision; 'auto' = bf16 where the CPU/GPU runs it fast "
+                                  "(AVX512-BF16/AMX), else fp32", ("fp32", "bf16", "fp16", "auto"))
     channels_last: bool = _opt(False, "channels_last memory format (faster with bf16 on CPU)")
     compile: bool = _opt(False, "torch.compile the model")
     device: str = _opt("auto", "'cpu', 'cuda', 'cuda:N' or 'auto'")

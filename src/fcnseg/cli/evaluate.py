@@ -18,7 +18,8 @@ def register(subparsers) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the metrics as JSON to FILE")
     parser.add_argument("--plot", metavar="PNG",
                         help="confusion-matrix plot (default: confusion_<split>.png next to the checkpoint)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "auto"),
+                        help="autocast precision; auto = bf16 where it is fast (default: fp32)")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--max-images", type=int, metavar="N", help="evaluate only the first N images")
@@ -31,13 +32,14 @@ def run(args: argparse.Namespace) -> int:
     from fcnseg.data import load_dataset
     from fcnseg.engine import evaluate
     from fcnseg.engine.rundir import metrics_table, plot_confusion, write_text
-    from fcnseg.engine.runtime import init_distributed, resolve_device, shutdown_distributed
+    from fcnseg.engine.runtime import init_distributed, resolve_device, resolve_precision, shutdown_distributed
 
     device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
     world = init_distributed(device)
     dataset = load_dataset(args.data, args.split)
     try:
-        metrics = evaluate(args.checkpoint, dataset, precision=args.precision, channels_last=args.channels_last,
+        metrics = evaluate(args.checkpoint, dataset, precision=precision, channels_last=args.channels_last,
                            device=device, max_images=args.max_images, batch_size=args.batch_size, workers=args.workers)
     finally:
         shutdown_distributed()

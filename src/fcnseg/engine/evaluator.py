@@ -13,7 +13,8 @@ from fcnseg.data.normalize import mean_pixel
 from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.engine.losses import segmentation_loss
 from fcnseg.engine.metrics import ConfusionMatrix
-from fcnseg.engine.runtime import all_reduce_sum, autocast, current_dist, prepare_input, resolve_device, unwrap
+from fcnseg.engine.runtime import (all_reduce_sum, autocast, current_dist, prepare_input, resolve_device,
+                                   resolve_precision, unwrap)
 from fcnseg.errors import FcnsegError
 
 
@@ -71,6 +72,7 @@ def evaluate(checkpoint_or_model: nn.Module | dict | str | os.PathLike, dataset:
         check_compatible(meta, dataset, what)
     ignore = dataset.ignore_index if ignore_index is None else ignore_index
     dev = resolve_device(device) if isinstance(device, str) else device
+    precision = resolve_precision(precision, dev)
     net = unwrap(model)
     was_training = net.training
     net.eval()

@@ -26,6 +26,25 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast is the fast path here: a GPU with bf16, or a CPU with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' where :func:`fast_bf16`, else 'fp32'; other values pass through."""
+    if precision == "auto":
+        return "bf16" if fast_bf16(device) else "fp32"
+    return precision
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Autocast to bf16/fp16 (a no-op for fp32)."""
     if precision not in DTYPES:

@@ -6,6 +6,7 @@ log lines happen every ``eval_every`` / ``checkpoint_every`` / ``log_every`` ite
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -28,7 +29,7 @@ from fcnseg.engine.rng import capture_rng, mix_seed, restore_rng, seed_everythin
 from fcnseg.engine.rundir import (MetricsLog, metrics_table, plot_confusion, plot_curves, prepare_run_dir,
                                   read_metrics, save_sample_strip, write_text)
 from fcnseg.engine.runtime import (Dist, all_reduce_sum, autocast, barrier, broadcast_flag, init_distributed,
-                                   prepare_input, resolve_device, unwrap)
+                                   prepare_input, resolve_device, resolve_precision, unwrap)
 from fcnseg.errors import FcnsegError
 
 
@@ -40,6 +41,7 @@ def train(config: TrainConfig | dict) -> dict:
     cfg = config if isinstance(config, TrainConfig) else config_from_dict(config)
     started = time.perf_counter()
     device = resolve_device(cfg.device)
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     world = init_distributed(device)
     resume = load_resume_checkpoint(cfg)
     run = Path(cfg.out)
@@ -70,6 +72,10 @@ def train(config: TrainConfig | dict) -> dict:
     def checkpoint(name: str) -> None:
         save_training_checkpoint(run / name, model, meta, optimizer, scheduler, scaler, state, cfg, world)
 
+    def validate() -> dict:
+        return evaluate(net, val_set, meta=meta, precision=cfg.precision, channels_last=cfg.channels_last,
+                        device=device, max_images=cfg.max_val_images, workers=cfg.workers, class_weights=weights)
+
     bar = tqdm(total=cfg.iterations, initial=state["iteration"], disable=not (cfg.progress and world.is_main),
                dynamic_ncols=True, desc="train")
     meter = ThroughputMeter()
@@ -95,8 +101,7 @@ def train(config: TrainConfig | dict) -> dict:
         bar.update(1)
 
         if due(it, cfg.eval_every) or done:
-            val = evaluate(net, val_set, meta=meta, precision=cfg.precision, channels_last=cfg.channels_last,
-                           device=device, max_images=cfg.max_val_images, workers=cfg.workers, class_weights=weights)
+            val = validate()
             log.append({"iteration": it, "kind": "val", **scalars(val)})
             if not bar.disable:
                 bar.write(f"iteration {it}: val mean IU {100 * val['mean_iu']:.1f}  "
@@ -110,8 +115,7 @@ def train(config: TrainConfig | dict) -> dict:
     bar.close()
 
     if val is None:  # resumed a run that had already finished
-        val = evaluate(net, val_set, meta=meta, precision=cfg.precision, channels_last=cfg.channels_last,
-                       device=device, max_images=cfg.max_val_images, workers=cfg.workers, class_weights=weights)
+        val = validate()
     summary = finish_run(run, cfg, model, meta, val, state, val_set, device, world, time.perf_counter() - started)
     barrier()
     return summary
