@@ -63,3 +63,19 @@ def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.load(p, weights_only=True) == {"v": 1}
     assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
+
+
+def test_other_file_format_is_named(tmp_path):
+    from PIL import Image
+
+    png = tmp_path / "photo.png"
+    Image.new("RGB", (4, 4)).save(png)
+    with pytest.raises(FcnsegError, match="photo.png is corrupt or truncated, or not a PyTorch file"):
+        load_checkpoint(png)
+
+
+def test_legacy_format_still_loads(tmp_path):
+    p = tmp_path / "old.pt"
+    torch.save({"format": "fcnseg.checkpoint", "version": 1, "model": {}, "meta": {}}, p,
+               _use_new_zipfile_serialization=False)
+    assert load_checkpoint(p)["version"] == 1

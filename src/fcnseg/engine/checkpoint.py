@@ -74,6 +74,9 @@ def safe_torch_load(path: str | os.PathLike, what: str = "weights file") -> Any:
     path = Path(path)
     if not path.is_file():
         raise FcnsegError(f"{what} {path} does not exist; check the path")
+    if not zipfile.is_zipfile(path) and not _is_legacy_torch_file(path):
+        raise FcnsegError(f"{what} {path} is corrupt or truncated, or not a PyTorch file at all; "
+                          "pass a .pt/.pth written by torch.save (download or save it again)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -84,6 +87,12 @@ def safe_torch_load(path: str | os.PathLike, what: str = "weights file") -> Any:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FcnsegError(f"{what} {path} is corrupt or truncated ({first[:120]}); "
                           "download or save it again") from None
+
+
+def _is_legacy_torch_file(path: Path) -> bool:
+    """Files from torch.save(..., _use_new_zipfile_serialization=False) start with a pickle protocol byte."""
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
