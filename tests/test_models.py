@@ -203,3 +203,28 @@ def test_every_model_runs_in_bfloat16_channels_last(name):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.randn(1, 3, 35, 50).to(memory_format=torch.channels_last))
     assert out.shape == (1, 3, 35, 50) and torch.isfinite(out.float()).all()
+
+
+def test_same_geometry_needs_no_input_padding_and_covers_the_edge_blocks():
+    # VGG16 "same" pools in ceil mode instead of padding the input to a multiple of 32: on a
+    # 100x90 image the last row and column blocks are partial (96..99, 64..89), yet full blocks
+    # stay aligned and the bright pixel in the bottom-right partial block still lights the corner.
+    model = pointwise_positive(create_model("fcn32s", 1, geometry="same", width=TINY)).eval()
+    assert model.backbone.input_multiple == 1
+    assert create_model("fcn32s", 1, backbone="alexnet", geometry="same", width=TINY).backbone.input_multiple == 32
+    x = torch.zeros(1, 3, 100, 90)
+    x[:, :, 50, 40] = 1.0  # block rows 32..63, columns 32..63: centre between pixels 47 and 48
+    with torch.no_grad():
+        out = model(x)[0, 0]
+    assert out.shape == (100, 90)
+    for profile in [out.max(dim=1).values, out.max(dim=0).values]:
+        assert profile[47] == profile[48] == profile.max() > 0
+        for d in range(1, 16):
+            assert torch.isclose(profile[47 - d], profile[48 + d])
+    x.zero_()
+    x[:, :, 99, 89] = 1.0
+    with torch.no_grad():
+        out = model(x)[0, 0]
+    rows, cols = out.max(dim=1).values, out.max(dim=0).values
+    assert rows[99] == rows.max() > 0 and (rows[96:].diff() > 0).all()  # bump centred past the edge
+    assert cols[79] == cols[80] == cols.max()  # column block 64..95 centred at 79.5

@@ -25,11 +25,11 @@ def test_count_flops_meta_equals_real_model():
     assert count_flops(real, (97, 131)) == count_flops(meta, (97, 131)) > 0
 
 
-def test_same_geometry_saves_about_40_percent_at_500():
+def test_same_geometry_saves_40_percent_at_500():
     with torch.device("meta"):
         caffe = count_flops(create_model("fcn8s", 21, geometry="caffe"), (500, 500))
         same = count_flops(create_model("fcn8s", 21, geometry="same"), (500, 500))
-    assert 0.35 < 1 - same / caffe < 0.45
+    assert 0.59 < same / caffe <= 0.6  # issue 5: at most 0.6; VGG16 "same" pads no input
     assert 340e9 < caffe < 380e9  # VGG16 on a 698x698 padded input plus fc6/fc7 on 16x16 cells
 
 
