@@ -7,7 +7,8 @@ Variants, timed side by side in one run (rounds interleave the variants, so load
 processes hits them alike):
 
   naive fp32     model(x) under torch.no_grad, NCHW fp32: what a plain PyTorch user runs
-  fast path      what Segmenter uses: bf16 weights (fp32 score head) + channels_last + inference_mode
+  fast path      what Segmenter uses: bf16 weights (fp32 score head) + channels_last + inference_mode,
+                 fc6/fc7 as im2col + one GEMM on a weight packed once (fastpath.GemmConv2d)
   bf16 autocast  the textbook recipe: torch.autocast(bfloat16) + channels_last + inference_mode
   onnxruntime    the ONNX export on onnxruntime's CPU provider (fp32)
   fast+compile   the fast path through torch.compile with inductor weight freezing

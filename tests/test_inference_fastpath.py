@@ -1,0 +1,85 @@
+"""The CPU fast path: GEMM form of large convolutions, model preparation, agreement with fp32."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from fcnseg.inference import fastpath
+from fcnseg.inference.fastpath import GemmConv2d, gemm_large_convs, prepare_model, run_model
+from fcnseg.models import create_model
+
+
+@pytest.mark.parametrize("kernel, padding, rows_per_chunk", [(7, 3, 32), (7, 3, 2), (1, 0, 3), (3, 0, 4)])
+def test_gemm_conv_equals_the_convolution(kernel, padding, rows_per_chunk):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, kernel, padding=padding)
+    x = torch.randn(2, 8, 11, 13)
+    gemm = GemmConv2d(conv, rows_per_chunk=rows_per_chunk)
+    with torch.no_grad():
+        expected, out = conv(x), gemm(x.contiguous(memory_format=torch.channels_last))
+    assert out.shape == expected.shape
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_only_plain_convolutions_with_large_weights_are_replaced():
+    big = nn.Conv2d(64, 64, 3, padding=1)  # 36864 weights
+    assert GemmConv2d.applies_to(big, min_weight=30000)
+    assert not GemmConv2d.applies_to(big)  # default threshold: 16M weights (fc6 / fc7 of VGG16)
+    for odd in [nn.Conv2d(64, 64, 3, stride=2), nn.Conv2d(64, 64, 3, groups=2), nn.Conv2d(64, 64, 3, dilation=2),
+                nn.Conv2d(64, 64, 3, padding=(1, 0)), nn.ConvTranspose2d(64, 64, 3)]:
+        assert not GemmConv2d.applies_to(odd, min_weight=1)
+
+
+def test_full_size_vgg_fcn_gets_gemm_fc6_fc7_only():
+    with torch.device("meta"):
+        model = prepare_model(create_model("fcn8s", 21), True, 21)
+    gemms = [name for name, m in model.named_modules() if isinstance(m, GemmConv2d)]
+    assert gemms == ["backbone.classifier.0", "backbone.classifier.3"]
+    assert model.score_fr.weight.dtype == torch.float32  # score head stays fp32
+    assert model.backbone.features[0].weight.dtype == torch.bfloat16
+
+
+def randomised(name: str = "fcn8s", geometry: str = "caffe") -> nn.Module:
+    torch.manual_seed(0)
+    model = create_model(name, 3, geometry=geometry, width=1 / 16).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("geometry", ["caffe", "same"])
+def test_gemm_everywhere_keeps_a_whole_fcn_exact_in_fp32(geometry):
+    model = randomised(geometry=geometry)
+    packed = copy.deepcopy(model)
+    gemm_large_convs(packed.backbone, min_weight=1)
+    assert sum(isinstance(m, GemmConv2d) for m in packed.modules()) == 15  # 13 VGG convs + fc6 + fc7
+    x = torch.randn(1, 3, 45, 70)
+    with torch.no_grad():
+        assert torch.allclose(packed(x), model(x), atol=1e-4)
+
+
+def test_fast_path_agrees_with_fp32_and_slow_path_is_untouched():
+    model = randomised(geometry="same")
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        reference = model(x)
+    slow = prepare_model(copy.deepcopy(model), False, 3)
+    assert not any(isinstance(m, GemmConv2d) for m in slow.modules())
+    assert torch.equal(run_model(slow, x, False), reference)
+    fast = prepare_model(copy.deepcopy(model), True, 3)
+    gemm_large_convs(fast.backbone, min_weight=1)  # every trunk conv as a GEMM, to test them all
+    out = run_model(fast, x, True)
+    assert out.dtype == torch.float32 and out.shape == reference.shape
+    assert torch.allclose(out, reference, atol=0.05 * reference.abs().max().item())
+    assert (out.argmax(1) == reference.argmax(1)).float().mean() > 0.95
+
+
+def test_fast_path_is_off_without_native_bf16(monkeypatch):
+    monkeypatch.setattr(fastpath, "cpu_bf16_flags", lambda: ())
+    assert not fastpath.fast_path_supported()
+    assert "lacks" in fastpath.fast_path_reason()
