@@ -39,7 +39,9 @@ def test_full_size_vgg_fcn_gets_gemm_fc6_fc7_only():
     gemms = [name for name, m in model.named_modules() if isinstance(m, GemmConv2d)]
     assert gemms == ["backbone.classifier.0", "backbone.classifier.3"]
     assert model.score_fr.weight.dtype == torch.float32  # score head stays fp32
-    assert model.backbone.features[0].weight.dtype == torch.bfloat16
+    assert model.backbone.features[0].weight.dtype == torch.float32  # the stem sees the fp32 image
+    assert model.backbone.features[2].weight.dtype == torch.bfloat16
+    assert model.fast_input_dtype == torch.float32
 
 
 def randomised(name: str = "fcn8s", geometry: str = "caffe") -> nn.Module:
@@ -72,14 +74,46 @@ def test_fast_path_agrees_with_fp32_and_slow_path_is_untouched():
     assert not any(isinstance(m, GemmConv2d) for m in slow.modules())
     assert torch.equal(run_model(slow, x, False), reference)
     fast = prepare_model(copy.deepcopy(model), True, 3)
-    gemm_large_convs(fast.backbone, min_weight=1)  # every trunk conv as a GEMM, to test them all
+    gemm_large_convs(fast.backbone, min_weight=144)  # every trunk conv but the fp32 stem (108 weights)
     out = run_model(fast, x, True)
     assert out.dtype == torch.float32 and out.shape == reference.shape
     assert torch.allclose(out, reference, atol=0.05 * reference.abs().max().item())
     assert (out.argmax(1) == reference.argmax(1)).float().mean() > 0.95
+    assert sum(isinstance(m, GemmConv2d) for m in fast.modules()) == 14
+
+
+@pytest.mark.parametrize("name", ["fcn32s", "fcn-resnet50", "unet"])
+def test_every_model_takes_the_fp32_image_through_its_stem(name):
+    model = create_model(name, 3, width=1 / 16).eval()
+    x = torch.randn(1, 3, 37, 52)
+    with torch.no_grad():
+        reference = model(x)
+    fast = prepare_model(copy.deepcopy(model), True, 3)
+    out = run_model(fast, x, True)
+    assert out.shape == reference.shape and torch.isfinite(out).all()
 
 
 def test_fast_path_is_off_without_native_bf16(monkeypatch):
     monkeypatch.setattr(fastpath, "cpu_bf16_flags", lambda: ())
     assert not fastpath.fast_path_supported()
     assert "lacks" in fastpath.fast_path_reason()
+
+
+def test_score_head_keeps_exact_fp32_weights_and_diagonal_upsamplers_go_per_class():
+    model = randomised()
+    with torch.no_grad():
+        model.score_fr.weight.add_(1e-4)  # not representable in bf16: must survive preparation
+        model.upscore2.weight.add_(1e-3)  # a learned upsampler that is no longer diagonal
+    score_fr, upscore2 = model.score_fr.weight.clone(), model.upscore2.weight.clone()
+    fast = prepare_model(copy.deepcopy(model), True, 3)
+    assert torch.equal(fast.score_fr.weight, score_fr) and torch.equal(fast.upscore2.weight, upscore2)
+    assert isinstance(fast.upscore8, fastpath.PerClassUpsample)  # fixed bilinear: diagonal
+    assert isinstance(fast.upscore_pool4, fastpath.PerClassUpsample)  # learned but still bilinear
+    assert not isinstance(fast.upscore2, fastpath.PerClassUpsample)
+    assert fast.upscore8.weight.dtype == torch.float32
+    x = torch.randn(1, 3, 50, 61)
+    with torch.no_grad():
+        reference = model(x)
+    packed = prepare_model(copy.deepcopy(model), False, 3)
+    fastpath._per_class_upsamplers(packed)  # exact in fp32
+    assert torch.allclose(run_model(packed, x, False), reference, atol=1e-5)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fcnseg.models.layers import BilinearUpsample
+
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
@@ -117,30 +119,77 @@ def gemm_large_convs(model: nn.Module, min_weight: int = 1 << 24) -> nn.Module:
     return model
 
 
+class PerClassUpsample(nn.Module):
+    """A transposed convolution whose (C, C, k, k) weight is diagonal (class c feeds class c only,
+    as every fixed bilinear upsampler's), run as C independent filters (groups=C): same result,
+    C times less arithmetic (the 8x upsampler of FCN-8s at 500x500: about half the time)."""
+
+    def __init__(self, upsampler: nn.Module) -> None:
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = upsampler.kernel_size, upsampler.stride, upsampler.padding
+        self.transposed = True
+        index = torch.arange(upsampler.weight.shape[0])
+        self.register_buffer("weight", upsampler.weight.detach()[index, index].unsqueeze(1).contiguous())
+
+    @staticmethod
+    def applies_to(module: nn.Module) -> bool:
+        """A fcnseg BilinearUpsample (stride = kernel / 2, no padding) with a diagonal weight."""
+        weight = getattr(module, "weight", None)
+        if type(module) is not BilinearUpsample or weight.is_meta:
+            return False
+        return bool((weight * (1 - torch.eye(weight.shape[0], dtype=weight.dtype)[:, :, None, None])).eq(0).all())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(x, self.weight, stride=self.stride, groups=self.weight.shape[0])
+
+
+def _per_class_upsamplers(model: nn.Module) -> None:
+    """Swap every :meth:`PerClassUpsample.applies_to` upsampler of ``model`` for its grouped form."""
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if PerClassUpsample.applies_to(child):
+                setattr(parent, name, PerClassUpsample(child))
+
+
 def _inputs_to_float(module: nn.Module, args: tuple) -> tuple:
     return tuple(a.float() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _output_to_bf16(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    return output.to(torch.bfloat16)
 
 
 def prepare_model(model: nn.Module, fast: bool, num_classes: int | None = None) -> nn.Module:
     """Put ``model`` (in place) in eval mode; for the fast path convert it to bf16 + channels_last.
 
     The class-score layers (score convolutions, upsamplers, skip fusions) stay in fp32: they cost
-    almost nothing, and bf16's 8-bit mantissa there would turn close scores into argmax flips.
+    almost nothing, and bf16's 8-bit mantissa there would turn close scores into argmax flips. So
+    does the first convolution, which sees the image (normalised 8-bit pixels do not fit bf16's
+    mantissa): it takes the fp32 image and hands bf16 on.
     Converting the weights once beats autocast, which re-casts all weights on every forward.
-    Convolutions with huge weights (VGG16's fc6 and fc7) become :class:`GemmConv2d` (packed weight).
+    Convolutions with huge weights (VGG16's fc6 and fc7) become :class:`GemmConv2d` (packed weight)
+    and upsamplers with a diagonal weight :class:`PerClassUpsample`.
     """
     model.eval()
     if not fast:
         return model
+    if num_classes:
+        _per_class_upsamplers(model)
+    head = [m for m in model.modules()
+            if num_classes and (_is_score_module(m, num_classes) or isinstance(m, PerClassUpsample))]
+    stem = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)  # the one that sees the image
+    fp32_states = {m: {k: v.clone() for k, v in m.state_dict().items()} for m in [*head, stem] if m is not None}
     model.to(torch.bfloat16, memory_format=torch.channels_last)
     gemm_large_convs(model)
-    if num_classes:
-        for module in model.modules():
-            if _is_score_module(module, num_classes):
-                module.float()
-                if not getattr(module, "_fp32_head", False):  # one hook, even if prepared twice
-                    module.register_forward_pre_hook(_inputs_to_float)
-                    module._fp32_head = True
+    for module, state in fp32_states.items():
+        module.float()
+        module.load_state_dict(state)  # the fp32 weights themselves, not their bf16 rounding
+        if not getattr(module, "_fp32_layer", False):  # hooks once, even if prepared twice
+            module.register_forward_pre_hook(_inputs_to_float)
+            if module is stem:
+                module.register_forward_hook(_output_to_bf16)
+            module._fp32_layer = True
+    model.fast_input_dtype = torch.float32 if stem is not None else torch.bfloat16
     return model
 
 
@@ -152,6 +201,7 @@ class Compiled(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.fast_input_dtype = getattr(model, "fast_input_dtype", torch.bfloat16)
         self.compiled = torch.compile(model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,5 +215,5 @@ def run_model(model: nn.Module, x: torch.Tensor, fast: bool) -> torch.Tensor:
     """Forward a normalised float batch through a model from :func:`prepare_model`; float32 scores."""
     with torch.inference_mode():
         if fast:
-            x = x.to(torch.bfloat16, memory_format=torch.channels_last)
+            x = x.to(getattr(model, "fast_input_dtype", torch.bfloat16), memory_format=torch.channels_last)
         return model(x).float()
