@@ -7,8 +7,9 @@ Variants, timed side by side in one run (rounds interleave the variants, so load
 processes hits them alike):
 
   naive fp32     model(x) under torch.no_grad, NCHW fp32: what a plain PyTorch user runs
-  fast path      what Segmenter uses: bf16 weights (fp32 score head) + channels_last + inference_mode,
-                 fc6/fc7 as im2col + one GEMM on a weight packed once (fastpath.GemmConv2d)
+  fast path      what Segmenter uses: bf16 weights + channels_last + inference_mode; exact fp32 score
+                 head (diagonal upsamplers per class), first conv split hi/lo bf16 on the fp32 image,
+                 fc6/fc7 as im2col + one GEMM on a weight packed once (see fcnseg.inference.fastpath)
   bf16 autocast  the textbook recipe: torch.autocast(bfloat16) + channels_last + inference_mode
   onnxruntime    the ONNX export on onnxruntime's CPU provider (fp32)
   fast+compile   the fast path through torch.compile with inductor weight freezing

@@ -39,7 +39,7 @@ def test_full_size_vgg_fcn_gets_gemm_fc6_fc7_only():
     gemms = [name for name, m in model.named_modules() if isinstance(m, GemmConv2d)]
     assert gemms == ["backbone.classifier.0", "backbone.classifier.3"]
     assert model.score_fr.weight.dtype == torch.float32  # score head stays fp32
-    assert model.backbone.features[0].weight.dtype == torch.float32  # the stem sees the fp32 image
+    assert isinstance(model.backbone.features[0], fastpath.SplitStemConv2d)  # sees the fp32 image
     assert model.backbone.features[2].weight.dtype == torch.bfloat16
     assert model.fast_input_dtype == torch.float32
 
@@ -74,7 +74,7 @@ def test_fast_path_agrees_with_fp32_and_slow_path_is_untouched():
     assert not any(isinstance(m, GemmConv2d) for m in slow.modules())
     assert torch.equal(run_model(slow, x, False), reference)
     fast = prepare_model(copy.deepcopy(model), True, 3)
-    gemm_large_convs(fast.backbone, min_weight=144)  # every trunk conv but the fp32 stem (108 weights)
+    gemm_large_convs(fast.backbone, min_weight=1)  # every other trunk conv as a GEMM, to test them all
     out = run_model(fast, x, True)
     assert out.dtype == torch.float32 and out.shape == reference.shape
     assert torch.allclose(out, reference, atol=0.05 * reference.abs().max().item())
@@ -117,3 +117,19 @@ def test_score_head_keeps_exact_fp32_weights_and_diagonal_upsamplers_go_per_clas
     packed = prepare_model(copy.deepcopy(model), False, 3)
     fastpath._per_class_upsamplers(packed)  # exact in fp32
     assert torch.allclose(run_model(packed, x, False), reference, atol=1e-5)
+
+
+def test_split_stem_is_far_closer_to_fp32_than_a_bf16_convolution():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 16, 3, padding=100)
+    x = torch.randn(1, 3, 20, 30) * 2
+    stem = fastpath.SplitStemConv2d(conv)
+    with torch.no_grad():
+        expected = conv(x)
+        split = stem(x).float()
+        plain = conv.to(torch.bfloat16)(x.to(torch.bfloat16)).float()
+    assert split.shape == expected.shape
+    rounded = expected.to(torch.bfloat16).float()  # the best any bf16 output can do
+    split_error, plain_error = (split - rounded).abs().mean(), (plain - rounded).abs().mean()
+    assert split_error < plain_error / 4
+    assert (split - expected).abs().max() <= 2 ** -8 * expected.abs().max()  # output rounding only

@@ -143,6 +143,48 @@ class PerClassUpsample(nn.Module):
         return F.conv_transpose2d(x, self.weight, stride=self.stride, groups=self.weight.shape[0])
 
 
+class SplitStemConv2d(nn.Module):
+    """The first convolution, which sees the fp32 image, at near-fp32 accuracy for bf16's cost.
+
+    Normalised 8-bit pixels do not fit bf16's 8-bit mantissa, so rounding the image loses about
+    a grey level. Instead the image and the weight are split into a bf16 value and a bf16 remainder
+    (x = x_hi + x_lo, w = w_hi + w_lo) and one bf16 convolution over the stacked channels
+    [x_hi, x_lo, x_hi] with weights [w_hi, w_hi, w_lo] sums x*w but for the tiny x_lo*w_lo term,
+    accumulating in fp32. The image has 3 channels, so this costs a few milliseconds, where an fp32
+    convolution would cost ten times more.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        weight = conv.weight.detach().float()
+        hi = weight.to(torch.bfloat16)
+        lo = (weight - hi.float()).to(torch.bfloat16)
+        self.register_buffer("weight", torch.cat([hi, hi, lo], dim=1).contiguous(memory_format=torch.channels_last))
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().to(torch.bfloat16))
+
+    @staticmethod
+    def applies_to(module: nn.Module) -> bool:
+        return type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        hi = x.to(torch.bfloat16)
+        lo = (x - hi.float()).to(torch.bfloat16)
+        return F.conv2d(torch.cat([hi, lo, hi], dim=1), self.weight, self.bias, self.stride, self.padding,
+                        self.dilation)
+
+
+def _split_stem(model: nn.Module) -> bool:
+    """Swap the first convolution (the one that sees the image) for a SplitStemConv2d; True if done."""
+    path, stem = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), ("", None))
+    if stem is None or not SplitStemConv2d.applies_to(stem):
+        return False
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent), name, SplitStemConv2d(stem))
+    return True
+
+
 def _per_class_upsamplers(model: nn.Module) -> None:
     """Swap every :meth:`PerClassUpsample.applies_to` upsampler of ``model`` for its grouped form."""
     for parent in list(model.modules()):
@@ -155,17 +197,12 @@ def _inputs_to_float(module: nn.Module, args: tuple) -> tuple:
     return tuple(a.float() if isinstance(a, torch.Tensor) else a for a in args)
 
 
-def _output_to_bf16(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-    return output.to(torch.bfloat16)
-
-
 def prepare_model(model: nn.Module, fast: bool, num_classes: int | None = None) -> nn.Module:
     """Put ``model`` (in place) in eval mode; for the fast path convert it to bf16 + channels_last.
 
     The class-score layers (score convolutions, upsamplers, skip fusions) stay in fp32: they cost
-    almost nothing, and bf16's 8-bit mantissa there would turn close scores into argmax flips. So
-    does the first convolution, which sees the image (normalised 8-bit pixels do not fit bf16's
-    mantissa): it takes the fp32 image and hands bf16 on.
+    almost nothing, and bf16's 8-bit mantissa there would turn close scores into argmax flips. The
+    first convolution takes the fp32 image at near-fp32 accuracy (:class:`SplitStemConv2d`).
     Converting the weights once beats autocast, which re-casts all weights on every forward.
     Convolutions with huge weights (VGG16's fc6 and fc7) become :class:`GemmConv2d` (packed weight)
     and upsamplers with a diagonal weight :class:`PerClassUpsample`.
@@ -177,19 +214,17 @@ def prepare_model(model: nn.Module, fast: bool, num_classes: int | None = None) 
         _per_class_upsamplers(model)
     head = [m for m in model.modules()
             if num_classes and (_is_score_module(m, num_classes) or isinstance(m, PerClassUpsample))]
-    stem = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)  # the one that sees the image
-    fp32_states = {m: {k: v.clone() for k, v in m.state_dict().items()} for m in [*head, stem] if m is not None}
+    fp32_states = {m: {k: v.clone() for k, v in m.state_dict().items()} for m in head}
+    if getattr(model, "fast_input_dtype", None) is None:  # not prepared before
+        model.fast_input_dtype = torch.float32 if _split_stem(model) else torch.bfloat16
     model.to(torch.bfloat16, memory_format=torch.channels_last)
     gemm_large_convs(model)
     for module, state in fp32_states.items():
         module.float()
         module.load_state_dict(state)  # the fp32 weights themselves, not their bf16 rounding
-        if not getattr(module, "_fp32_layer", False):  # hooks once, even if prepared twice
+        if not getattr(module, "_fp32_head", False):  # one hook, even if prepared twice
             module.register_forward_pre_hook(_inputs_to_float)
-            if module is stem:
-                module.register_forward_hook(_output_to_bf16)
-            module._fp32_layer = True
-    model.fast_input_dtype = torch.float32 if stem is not None else torch.bfloat16
+            module._fp32_head = True
     return model
 
 
