@@ -3,6 +3,11 @@ with the huge fc6/fc7 convolutions computed as one GEMM on a weight packed once.
 
 On CPUs with AVX512-BF16 or AMX (recent Xeon and EPYC) oneDNN runs bf16 convolutions several times
 faster than fp32. On other CPUs emulated bf16 is slower than fp32, so the fast path stays off there.
+
+Measured on FCN-8s VGG16, 500x500, batch 1, 2 EPYC cores with AVX512-BF16 (no AMX): 2.8x ("caffe")
+and 2.9x ("same") faster than the plain fp32 forward on an idle machine, 2.2-2.5x while another
+job shares the cores; 99.55% argmax agreement with fp32 (random weights, so many near-ties).
+:class:`Compiled` (opt-in) reaches 3.2-3.3x under load.
 """
 
 from __future__ import annotations
