@@ -52,7 +52,7 @@ def make_step(args, precision: str, channels_last: bool, images: torch.Tensor, m
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 

@@ -206,6 +206,10 @@ def test_training_batches_resume_mid_stream_identically():
     resumed = [next(it) for it in [stream(6)] for _ in range(4)]
     for (a_img, a_mask), (b_img, b_mask) in zip(full[6:], resumed):
         assert torch.equal(a_img, b_img) and torch.equal(a_mask, b_mask)
+    # loader worker processes see the same stream
+    with_workers = training_batches(_Toy(), transform=_noisy, batch_size=2, seed=5, start_iteration=6, workers=2)
+    for a_img, _ in resumed:
+        assert torch.equal(a_img, next(with_workers)[0])
     # the augmentation does not touch the global generator
     torch.manual_seed(0)
     before = torch.get_rng_state()
