@@ -11,7 +11,7 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, bias_lr_m
     """Two groups: weights at ``lr`` with decay; biases (and norm-layer parameters) at
     ``lr * bias_lr_mult`` without decay, as in the Caffe FCN solvers. Frozen parameters are left out."""
     weights, biases = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if not p.requires_grad:
             continue
         (biases if p.ndim <= 1 else weights).append(p)
