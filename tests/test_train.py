@@ -243,3 +243,30 @@ def test_presets_train(tmp_path, preset):
     ckpt = load_checkpoint(tmp_path / preset / "last.pt")
     assert ckpt["train_state"]["config"]["loss_reduction"] == ("mean" if preset == "modern" else "sum")
     assert summary["iterations"] == 2 and 0 <= summary["final"]["pixel_acc"] <= 1
+
+
+def _folder_with_one_truncated_image(root: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / split / "images" / f"im{i}.jpg")
+            Image.fromarray(rng.integers(0, 2, (32, 32), dtype=np.uint8)).save(root / split / "masks" / f"im{i}.png")
+    bad = root / "train" / "images" / "im2.jpg"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated JPEG
+    return bad
+
+
+def test_bad_training_sample_stops_with_its_name_or_is_skipped_when_asked(tmp_path):
+    _folder_with_one_truncated_image(tmp_path / "data")
+    spec = f"folder:{tmp_path / 'data'}"
+    with pytest.warns(UserWarning):  # classes.json is absent: the class count is inferred (and said)
+        with pytest.raises(FcnsegError, match="im2.jpg"):
+            train(tiny(tmp_path, "strict", data=spec, batch_size=1, iterations=4))
+    with pytest.warns(UserWarning, match="skipped bad sample .*im2.jpg"):
+        summary = train(tiny(tmp_path, "lenient", data=spec, batch_size=1, iterations=4, skip_bad=True))
+    assert (Path(summary["run_dir"]) / "last.pt").is_file()

@@ -44,15 +44,16 @@ class TrainConfig:
     data: str = _opt("", "dataset spec: shapes, voc:PATH, sbd:PATH, voc-aug:VOC,SBD, cityscapes:PATH, folder:PATH")
     train_split: str = _opt("train", "split to train on")
     val_split: str = _opt("val", "split to evaluate on")
-    max_val_images: int | None = _opt(None, "evaluate on at most this many val images (default: all)")
+    max_val_images: int | None = _opt(None, "evaluate on at most this many val images (None = all)")
     workers: int = _opt(0, "data-loading worker processes")
+    skip_bad: bool = _opt(False, "skip unreadable training samples with a warning naming each file, instead of stopping")
     # model
     model: str = _opt("fcn8s", "model name (see `fcnseg models`)")
     backbone: str | None = _opt(None, "backbone network (default: the model's own, e.g. vgg16)")
     geometry: str | None = _opt(None, "layer geometry: 'caffe' (the paper's 100-pixel pad and crops) or 'same' "
                                       "(default: the model's own)")
     width: float = _opt(1.0, "channel-width multiplier (e.g. 0.25 for a small fast model)")
-    model_options: dict = _opt({}, "extra keyword arguments for create_model, e.g. '{learn_upsample: false}'")
+    model_options: dict = _opt({}, "extra keyword arguments for create_model, e.g. '{learn_final_upsample: true}'")
     backbone_weights: str | None = _opt(None, "ImageNet weight file for the backbone (torchvision key names)")
     init_from: str | None = _opt(None, "checkpoint to initialise matching layers from (staged 32s -> 16s -> 8s)")
     normalization: str = _opt("imagenet", "input normalisation, stored in the checkpoint", ("imagenet", "caffe"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -20,6 +21,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--predict", type=int, default=4, help="how many val images to predict (default: 4)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     p.set_defaults(func=run)
+
+
+def set_aside_previous_demo(out: Path) -> None:
+    """A second `make demo` keeps the previous demo run as OUT.previous instead of refusing to start."""
+    if not (out / "last.pt").exists():
+        return
+    if not (out / "eval.json").exists():  # eval.json is written only by this command
+        raise FcnsegError(f"{out} holds a training run that `fcnseg demo` did not write; "
+                          "choose another --out")
+    previous = out.with_name(out.name + ".previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    out.rename(previous)
+    print(f"previous demo run moved to {previous}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["iterations"] = args.iterations
     cfg = resolve_config("demo", overrides=overrides)
     started = time.perf_counter()
+    set_aside_previous_demo(out)
 
     print(f"[1/3] training {cfg.model} on `{cfg.data}` for {cfg.iterations} iterations -> {out}")
     train(cfg)

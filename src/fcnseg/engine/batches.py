@@ -75,7 +75,7 @@ def batches_per_epoch(dataset_size: int, batch_size: int, world_size: int) -> in
 
 def training_batches(dataset: Dataset, *, transform: Callable | None, batch_size: int, seed: int,
                      start_iteration: int, workers: int = 0, rank: int = 0, world_size: int = 1,
-                     pad_value=(124, 116, 104)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                     pad_value=(124, 116, 104), skip_bad: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless (images, masks) batches, the first one being the batch of ``start_iteration``."""
     per_epoch = batches_per_epoch(len(dataset), batch_size, world_size)
     epoch, done = divmod(start_iteration, per_epoch)
@@ -84,6 +84,6 @@ def training_batches(dataset: Dataset, *, transform: Callable | None, batch_size
         sampler = EpochSampler(len(dataset), seed=seed, epoch=epoch, rank=rank, world_size=world_size,
                                skip=done * batch_size)
         loader = build_loader(augmented, batch_size=batch_size, shuffle=False, sampler=sampler, workers=workers,
-                              seed=mix_seed(seed, epoch), pad_value=pad_value, drop_last=True)
+                              seed=mix_seed(seed, epoch), pad_value=pad_value, drop_last=True, skip_bad=skip_bad)
         yield from loader
         epoch, done = epoch + 1, 0

@@ -67,7 +67,8 @@ def train(config: TrainConfig | dict) -> dict:
     log = MetricsLog(run / "metrics.jsonl", resume_from=state["iteration"] if resume else None, enabled=world.is_main)
     batches = training_batches(train_set, transform=train_transform(cfg, meta), batch_size=cfg.batch_size,
                                seed=cfg.seed, start_iteration=state["iteration"], workers=cfg.workers,
-                               rank=world.rank, world_size=world.world_size, pad_value=mean_pixel(meta["normalization"]))
+                               rank=world.rank, world_size=world.world_size, pad_value=mean_pixel(meta["normalization"]),
+                               skip_bad=cfg.skip_bad)
 
     def checkpoint(name: str) -> None:
         save_training_checkpoint(run / name, model, meta, optimizer, scheduler, scaler, state, cfg, world)
