@@ -11,7 +11,7 @@ The public API is small and imported lazily (importing fcnseg does not import to
     FcnsegError                    fcnseg.errors
 """
 
-from importlib import import_module
+from fcnseg._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -27,10 +27,4 @@ _EXPORTS = {
     "FcnsegError": "fcnseg.errors",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'fcnseg' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -8,7 +8,7 @@
                                          fcnseg.data.normalize.normalize: the module has its name)
 """
 
-from importlib import import_module
+from fcnseg._lazy import lazy_exports
 
 _EXPORTS = {
     "load_dataset": "fcnseg.data.base",
@@ -22,10 +22,4 @@ _EXPORTS = {
     "mean_pixel": "fcnseg.data.normalize",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'fcnseg.data' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -6,7 +6,7 @@
     save_checkpoint, load_checkpoint     fcnseg.engine.checkpoint
 """
 
-from importlib import import_module
+from fcnseg._lazy import lazy_exports
 
 _EXPORTS = {
     "train": "fcnseg.engine.trainer",
@@ -16,10 +16,4 @@ _EXPORTS = {
     "load_checkpoint": "fcnseg.engine.checkpoint",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'fcnseg.engine' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
