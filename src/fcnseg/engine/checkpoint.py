@@ -19,44 +19,18 @@ A checkpoint is a plain dict of tensors and Python primitives:
 from __future__ import annotations
 
 import os
-import pickle
-import tempfile
-import zipfile
-from pathlib import Path
 from typing import Any
 
-import torch
-
 from fcnseg.errors import FcnsegError
+from fcnseg.files import safe_torch_load, save_torch
 
 FORMAT = "fcnseg.checkpoint"
 VERSION = 1
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save ``obj`` to ``path`` through a temporary file in the same folder and a rename.
-
-    A crash, kill or full disk leaves either the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise FcnsegError(f"cannot write {path}: {exc.strerror}; choose a writable directory") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise FcnsegError(f"cannot write {path}: {exc.strerror}; free disk space or choose a "
-                          f"writable directory (the previous file, if any, is intact)") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save ``obj`` to ``path`` atomically (see ``fcnseg.files``)."""
+    save_torch(obj, path)
 
 
 def save_checkpoint(path: str | os.PathLike, model_state: dict, meta: dict,
@@ -67,32 +41,6 @@ def save_checkpoint(path: str | os.PathLike, model_state: dict, meta: dict,
     meta = {**meta, "fcnseg_version": __version__}
     atomic_save({"format": FORMAT, "version": VERSION, "model": model_state, "meta": meta,
                  "train_state": train_state}, path)
-
-
-def safe_torch_load(path: str | os.PathLike, what: str = "weights file") -> Any:
-    """torch.load with weights_only=True; every failure becomes one FcnsegError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FcnsegError(f"{what} {path} does not exist; check the path")
-    if not zipfile.is_zipfile(path) and not _is_legacy_torch_file(path):
-        raise FcnsegError(f"{what} {path} is corrupt or truncated, or not a PyTorch file at all; "
-                          "pass a .pt/.pth written by torch.save (download or save it again)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise FcnsegError(f"{what} {path} holds objects that cannot be loaded safely "
-                          f"(weights_only=True refused: {first}); re-save it as a plain state_dict") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FcnsegError(f"{what} {path} is corrupt or truncated ({first[:120]}); "
-                          "download or save it again") from None
-
-
-def _is_legacy_torch_file(path: Path) -> bool:
-    """Files from torch.save(..., _use_new_zipfile_serialization=False) start with a pickle protocol byte."""
-    with open(path, "rb") as f:
-        return f.read(1) == b"\x80"
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

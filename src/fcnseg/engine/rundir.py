@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from fcnseg.errors import FcnsegError
+from fcnseg.files import write_text  # noqa: F401  (re-exported: the run dir's writer)
 
 
 def writable_error(path: Path, exc: OSError) -> FcnsegError:
@@ -38,17 +39,6 @@ def prepare_run_dir(out: str | os.PathLike, resuming: bool) -> Path:
     write_text(run / ".write-test", "ok")
     (run / ".write-test").unlink()
     return run
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a small text file through a temporary name (a crash never leaves half of it)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise writable_error(path, exc) from None
 
 
 class MetricsLog:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from fcnseg.engine.checkpoint import safe_torch_load
+from fcnseg.files import safe_torch_load
 from fcnseg.errors import FcnsegError
 
 WeightsSource = str | os.PathLike | Mapping
