@@ -11,21 +11,14 @@ same archives. Mirrors can be given with ``url=``; the sum still applies (it ide
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tarfile
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
-
-from tqdm import tqdm
 
 from fcnseg.errors import FcnsegError
-
-CHUNK = 1 << 20
+from fcnseg.fetch import ChecksumError, FetchError, fetch, file_md5  # noqa: F401  (file_md5 re-exported)
 
 
 @dataclass(frozen=True)
@@ -53,66 +46,25 @@ RESOURCES: dict[str, Resource] = {
 }
 
 
-def file_md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _open_url(url: str, offset: int) -> tuple[BinaryIO, int | None, int]:
-    """(stream, total size or None, offset actually resumed from). A server that ignores the Range
-    header, or a source shorter than the partial file, restarts from 0."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme == "file":
-        path = urllib.request.url2pathname(parsed.path)
-        size = os.path.getsize(path)
-        offset = offset if offset <= size else 0
-        stream = open(path, "rb")
-        stream.seek(offset)
-        return stream, size, offset
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
-    try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:  # the partial file is already complete (or bigger): start over
-            return _open_url(url, 0)
-        raise
-    if offset and response.status != 206:
-        offset = 0
-    length = response.headers.get("Content-Length")
-    return response, (offset + int(length)) if length else None, offset
-
-
 def download_file(url: str, dest: str | os.PathLike, md5: str | None = None, progress: bool = True) -> Path:
     """Download ``url`` to ``dest`` (resuming ``dest.part``), check ``md5``, return ``dest``.
-    An existing ``dest`` with the right checksum is not downloaded again."""
+    An existing ``dest`` with the right checksum is not downloaded again (see ``fcnseg.fetch``)."""
     dest = Path(dest)
     if dest.is_file() and (md5 is None or file_md5(dest) == md5):
         return dest
-    part = dest.with_name(dest.name + ".part")
-    offset = part.stat().st_size if part.is_file() else 0
-    try:
-        stream, total, offset = _open_url(url, offset)
-        with stream, open(part, "ab" if offset else "wb") as out, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=dest.name, disable=not progress,
-        ) as bar:
-            while chunk := stream.read(CHUNK):
-                out.write(chunk)
-                bar.update(len(chunk))
-    except (urllib.error.URLError, OSError) as exc:
-        kept = f"; {part} is kept and the next run resumes it" if part.is_file() else ""
-        raise FcnsegError(f"cannot download {url} ({exc}); check the network or give a mirror with --url{kept}") from None
-    if md5 is not None:
+
+    def verify(part: Path) -> str | None:
         got = file_md5(part)
-        if got != md5.lower():
-            part.unlink()
-            raise FcnsegError(f"{dest}: checksum mismatch (MD5 {got}, expected {md5}); the download was removed, "
-                              "run the command again (or give another --url)")
-    os.replace(part, dest)
-    return dest
+        return None if md5 is None or got == md5.lower() else f"MD5 {got}, expected {md5}"
+
+    try:
+        return fetch(url, dest, verify=verify, progress=progress)
+    except FetchError as exc:
+        part = dest.with_name(dest.name + ".part")
+        kept = f"; {part} is kept and the next run resumes it" if part.is_file() else ""
+        raise FcnsegError(f"{exc}; check the network or give a mirror with --url{kept}") from None
+    except ChecksumError as exc:
+        raise FcnsegError(f"{exc}, run the command again (or give another --url)") from None
 
 
 def _inside(root: Path, relative: str) -> bool:

@@ -1,6 +1,7 @@
 """Segmenter: a trained FCN ready to label images of any size.
 
     seg = Segmenter.from_checkpoint("runs/voc/best.pt")     # or .safetensors / .onnx
+    seg = Segmenter.from_pretrained("fcn8s-voc")            # published weights, by name or file
     mask = seg.predict("photo.jpg")                          # H x W class ids at the photo's size
     probs = seg.predict_proba(image_array)                   # C x H x W probabilities
     print(seg.describe())
@@ -123,6 +124,18 @@ class Segmenter:
             if str(path) in str(exc):
                 raise
             raise FcnsegError(f"checkpoint {path}: {exc}") from None
+        return cls(model, meta, backend=backend or "torch", **options)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, backend: str | None = None,
+                        mirror: str | None = None, **options) -> "Segmenter":
+        """Published weights by name (downloaded and verified once; see `fcnseg weights list`), or
+        any weights file: .caffemodel, pytorch-fcn or torchvision .pth, fcnseg .pt/.safetensors/.onnx."""
+        from fcnseg.weights import is_registered, load
+
+        if not is_registered(name_or_path) and Path(name_or_path).suffix.lower() in (".onnx", ".safetensors"):
+            return cls.from_checkpoint(name_or_path, backend=backend, **options)
+        model, meta = load(name_or_path, mirror=mirror)
         return cls(model, meta, backend=backend or "torch", **options)
 
     # ----------------------------------------------------------------------------- prediction

@@ -1,0 +1,51 @@
+"""The fcnseg checkpoint format, below engine so that converters and the trainer write the same thing.
+
+A checkpoint is a plain dict of tensors and primitives (read with weights_only=True):
+``{"format": "fcnseg.checkpoint", "version": 1, "model": state_dict, "meta": {...},
+"train_state": {...} | None}``; see fcnseg.engine.checkpoint for the fields of ``meta``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fcnseg.errors import FcnsegError
+
+FORMAT = "fcnseg.checkpoint"
+VERSION = 1
+
+
+def payload(model_state: dict, meta: dict, train_state: dict | None = None) -> dict:
+    from fcnseg import __version__
+
+    return {"format": FORMAT, "version": VERSION, "model": model_state,
+            "meta": {**meta, "fcnseg_version": __version__}, "train_state": train_state}
+
+
+def is_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def check(obj: Any, path: str | os.PathLike) -> dict:
+    """``obj`` if it is a checkpoint this fcnseg understands, else FcnsegError naming ``path``."""
+    if not is_checkpoint(obj):
+        raise FcnsegError(f"{path} is not an fcnseg checkpoint (no '{FORMAT}' marker); pass a file "
+                          "written by `fcnseg train`, or see `fcnseg weights convert` for other formats")
+    if obj.get("version", 0) > VERSION:
+        raise FcnsegError(f"checkpoint {path} has format version {obj['version']}, newer than this "
+                          f"fcnseg understands ({VERSION}); upgrade fcnseg")
+    return obj
+
+
+def build_model(meta: dict, state: dict, label: str):
+    """The model ``meta`` describes, with ``state`` loaded strictly."""
+    from fcnseg.models import create_model
+
+    model = create_model(meta["model_name"], **meta["model_kwargs"])
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise FcnsegError(f"checkpoint {label} does not match model {meta['model_name']} "
+                          f"({str(exc).splitlines()[0][:160]})") from None
+    return model

@@ -1,0 +1,265 @@
+"""Loading any supported weights file into an fcnseg model, recognised by content.
+
+    .caffemodel           the FCN authors' Caffe models (fcn.berkeleyvision.org), ``layer`` or V1 ``layers``
+    pytorch-fcn .pth      wkentaro/pytorch-fcn's state dicts (conv1_1.weight, ..., score_fr, upscore8)
+    torchvision seg .pth  fcn_resnet50/101 (backbone.*, classifier.*; aux_classifier.* dropped)
+    fcnseg checkpoint     {"format": "fcnseg.checkpoint", ...}
+
+The Caffe and pytorch-fcn files use the reference's layer names, mapped here onto fcnseg's keys:
+conv1_1 ... conv5_3 -> ``backbone.features.<i>`` (torchvision's indices), fc6/fc7 ->
+``backbone.classifier.0/3``, score_fr / score_pool4 / score_pool3 / upscore2 / upscore_pool4 keep
+their names, and the final upsampler (``upscore`` in FCN-32s, ``upscore16``, ``upscore8``) is the
+model's ``upscore{32,16,8}``. The architecture, class count and width are read from the file; every
+layer of the model must be in the file with the same shape, and every layer with weights in the
+file must be used (or be a known extra, e.g. SIFT Flow's geometric head, which is dropped with a note).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fcnseg.errors import FcnsegError
+from fcnseg.files import safe_torch_load
+from fcnseg.weights import format as ckpt_format
+
+log = logging.getLogger(__name__)
+
+VGG16_CONVS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
+               "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3")
+HEAD_LAYERS = ("score_fr", "score_pool4", "score_pool3", "upscore2", "upscore_pool4")
+# The at-once net's fixed Scale layers: fcnseg's fcn8s-atonce applies the same constants.
+ATONCE_SCALES = {"scale_pool4": 1e-2, "scale_pool3": 1e-4}
+FIX = "pass the file with --model/--num-classes of the net it was trained as, or see `fcnseg weights list`"
+
+
+def reference_names(model: nn.Module) -> dict[str, str]:
+    """Reference layer name -> fcnseg parameter prefix, for an FCN on VGG16."""
+    trunk = model.backbone
+    convs = [i for i, m in enumerate(trunk.features) if isinstance(m, nn.Conv2d)]
+    fcs = [i for i, m in enumerate(trunk.classifier) if isinstance(m, nn.Conv2d)]
+    names = {ref: f"backbone.features.{i}" for ref, i in zip(VGG16_CONVS, convs)}
+    names.update(fc6=f"backbone.classifier.{fcs[0]}", fc7=f"backbone.classifier.{fcs[1]}")
+    names.update({ref: ref for ref in HEAD_LAYERS if hasattr(model, ref)})
+    names[model.final_name] = model.final_name
+    return names
+
+
+# ------------------------------------------------------------------------- reading the formats
+
+def detect(path: Path) -> tuple[str, Any]:
+    """(format, content): "caffe" -> {name: [arrays]}, "pytorch-fcn"/"torchvision-seg"/"torchvision"
+    /"state-dict" -> state dict, "checkpoint" -> the checkpoint dict."""
+    from fcnseg.weights.caffe import looks_like_caffemodel, read_caffemodel
+
+    if not path.is_file():
+        raise FcnsegError(f"weights file {path} does not exist; check the path")
+    if not zipfile.is_zipfile(path) and looks_like_caffemodel(path):
+        layers = read_caffemodel(path)
+        return "caffe", {name: layer.blobs for name, layer in layers.items()}
+    obj = safe_torch_load(path, "weights file")
+    if ckpt_format.is_checkpoint(obj):
+        return "checkpoint", ckpt_format.check(obj, path)
+    if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
+        raise FcnsegError(f"weights file {path} is neither an fcnseg checkpoint nor a state dict of "
+                          "tensors; pass a .caffemodel, a pytorch-fcn/torchvision .pth or an fcnseg .pt")
+    if "conv1_1.weight" in obj:
+        return "pytorch-fcn", obj
+    if "backbone.conv1.weight" in obj and "classifier.4.weight" in obj:
+        return "torchvision-seg", obj
+    if "features.0.weight" in obj or "conv1.weight" in obj:
+        return "torchvision", obj
+    return "state-dict", obj
+
+
+def _reference_layers_from_state(state: dict) -> dict[str, list[torch.Tensor]]:
+    """pytorch-fcn keys ("fc6.weight") grouped as reference layers {"fc6": [weight, bias]}."""
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        layer, _, kind = key.rpartition(".")
+        layers.setdefault(layer, {})[kind] = value
+    for name, params in layers.items():
+        if "weight" not in params:
+            raise FcnsegError(f"layer {name} has {', '.join(params)} but no weight")
+    return {name: [p[k] for k in ("weight", "bias") if k in p] for name, p in layers.items()}
+
+
+def _arch_from_reference(layers: dict, label: str) -> tuple[str, int, float, str]:
+    """(model name, num_classes, width, head suffix) read off the reference layer names."""
+    if "conv1_1" not in layers:
+        if "conv1" in layers and "fc6" in layers:
+            raise FcnsegError(f"{label} is an FCN-AlexNet (CaffeNet trunk with grouped convolutions and "
+                              "LRN); fcnseg's AlexNet is torchvision's single-tower net, so it cannot "
+                              "load this file; use an FCN-VGG16 model such as fcn8s-voc")
+        raise FcnsegError(f"{label} has no conv1_1 layer: it is not an FCN on VGG16 (layers: "
+                          f"{', '.join(list(layers)[:5])}, ...); {FIX}")
+    suffix = "" if "score_fr" in layers else "_sem" if "score_fr_sem" in layers else None
+    if suffix is None:
+        raise FcnsegError(f"{label} has no score_fr layer: it is a classification net (e.g. VGG16 "
+                          "ImageNet weights), not an FCN; pass it as --backbone-weights instead")
+    if "score_pool3" + suffix in layers:
+        name = "fcn8s-atonce" if "scale_pool4" in layers else "fcn8s"
+    elif "score_pool4" + suffix in layers:
+        name = "fcn16s"
+    else:
+        name = "fcn32s"
+    num_classes = int(layers["score_fr" + suffix][0].shape[0])
+    width = int(layers["conv1_1"][0].shape[0]) / 64
+    return name, num_classes, width, suffix
+
+
+def load_reference(model: nn.Module, layers: dict[str, list], label: str, suffix: str = "") -> None:
+    """Copy reference-named layers (Caffe blobs or pytorch-fcn tensors) into an fcnseg FCN."""
+    own = model.state_dict()
+    names = reference_names(model)
+    final = model.final_name
+    used = set()
+    loaded: dict[str, torch.Tensor] = {}
+    for ref, prefix in names.items():
+        candidates = [ref + suffix, ref] + (["upscore" + suffix, "upscore"] if ref == final else [])
+        source = next((c for c in candidates if c in layers), None)
+        if source is None:
+            raise FcnsegError(f"{label} lacks layer {ref} that {type(model).__name__} "
+                              f"{getattr(model, 'final_name', '')} needs; {FIX}")
+        used.add(source)
+        blobs = layers[source]
+        for kind, blob in zip(("weight", "bias"), blobs):
+            key = f"{prefix}.{kind}"
+            if key not in own:
+                if kind == "bias" and not np.any(np.asarray(blob)):
+                    continue
+                raise FcnsegError(f"{label}: layer {source} has a {kind} that fcnseg's {key.rsplit('.', 1)[0]} "
+                                  f"lacks; {FIX}")
+            loaded[key] = _fit(torch.as_tensor(np.array(blob, dtype=np.float32, copy=True))
+                               if not torch.is_tensor(blob) else blob.float(), own[key], f"{label}: {source}")
+    missing = [k for k in own if k not in loaded]
+    if missing:
+        raise FcnsegError(f"{label} has no weights for {missing[0]}; {FIX}")
+    extra = [n for n in layers if n not in used]
+    for name in extra:
+        if name in ATONCE_SCALES:
+            value = float(np.asarray(layers[name][0]).ravel()[0])
+            if not np.isclose(value, ATONCE_SCALES[name], rtol=1e-3):
+                raise FcnsegError(f"{label}: {name} is {value:g}, fcnseg's fcn8s-atonce uses "
+                                  f"{ATONCE_SCALES[name]:g}; this at-once variant is not supported")
+        elif suffix and name.endswith("_geo"):
+            continue
+        else:
+            raise FcnsegError(f"{label} has layers fcnseg's model does not ({', '.join(extra[:3])}); {FIX}")
+    if any(n.endswith("_geo") for n in extra):
+        log.info("%s: the geometric-class head (*_geo layers) is dropped; the semantic head is loaded", label)
+    with torch.no_grad():
+        for key, value in loaded.items():
+            own[key].copy_(value)
+
+
+def _fit(value: torch.Tensor, target: torch.Tensor, what: str) -> torch.Tensor:
+    shape = tuple(value.shape)
+    while len(shape) > target.dim() and shape[0] == 1:  # Caffe's legacy 4-D bias (1, 1, 1, N)
+        shape = shape[1:]
+    if shape == tuple(target.shape):
+        return value.reshape(shape)
+    if value.numel() == target.numel() and target.dim() == 4 and len(shape) <= 2:
+        return value.reshape(target.shape)  # fully connected -> convolution
+    raise FcnsegError(f"{what} has shape {'x'.join(map(str, value.shape))}, fcnseg expects "
+                      f"{'x'.join(map(str, target.shape))}; {FIX}")
+
+
+def _torchvision_seg(state: dict, label: str) -> tuple[str, dict, dict]:
+    blocks = {int(k.split(".")[2]) for k in state if k.startswith("backbone.layer3.")}
+    depth = {6: "resnet50", 23: "resnet101"}.get(len(blocks))
+    if depth is None:
+        raise FcnsegError(f"{label}: backbone.layer3 has {len(blocks)} blocks; expected a torchvision "
+                          "fcn_resnet50 (6) or fcn_resnet101 (23) file")
+    aux = [k for k in state if k.startswith("aux_classifier.")]
+    if aux:
+        log.info("%s: aux_classifier (the auxiliary training head, %d tensors) is dropped", label, len(aux))
+    state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
+    kwargs = {"num_classes": int(state["classifier.4.weight"].shape[0]), "backbone": depth,
+              "geometry": "same", "width": int(state["backbone.conv1.weight"].shape[0]) / 64}
+    return f"fcn-{depth}", kwargs, state
+
+
+def _default_meta(model_name: str, kwargs: dict, normalization: str) -> dict:
+    from fcnseg.data.voc import CLASS_NAMES, PALETTE
+
+    n = kwargs["num_classes"]
+    names, palette = (list(CLASS_NAMES), [list(c) for c in PALETTE]) if n == len(CLASS_NAMES) else ([], [])
+    return {"model_name": model_name, "model_kwargs": kwargs, "class_names": names, "palette": palette,
+            "normalization": normalization}
+
+
+def load_file(path: str | os.PathLike, *, model: str | None = None, meta: dict | None = None
+              ) -> tuple[nn.Module, dict]:
+    """(model, meta) from a weights file of any supported format (see the module docstring).
+
+    ``model`` (e.g. "fcn8s-atonce") names the architecture where the file cannot tell it apart;
+    ``meta`` (from the registry) supplies class names, palette and normalisation.
+    """
+    from fcnseg.models import create_model
+
+    path = Path(path)
+    label = str(path)
+    kind, content = detect(path)
+    if kind == "checkpoint":
+        found = content["meta"]
+        if model and model != found["model_name"]:
+            raise FcnsegError(f"{label} holds a {found['model_name']}, not a {model}; drop --model or pass "
+                              "the matching file")
+        return ckpt_format.build_model(found, content["model"], label), found
+    if kind in ("caffe", "pytorch-fcn"):
+        try:
+            layers = content if kind == "caffe" else _reference_layers_from_state(content)
+        except FcnsegError as exc:
+            raise FcnsegError(f"{label}: {exc}; {FIX}") from None
+        name, num_classes, width, suffix = _arch_from_reference(layers, label)
+        if model and model != name and {model, name} != {"fcn8s", "fcn8s-atonce"}:
+            raise FcnsegError(f"{label} holds an {name} ({kind} layer names), not a {model}; "
+                              f"pass --model {name} or the matching file")
+        name = model or name
+        kwargs = {"num_classes": num_classes, "backbone": "vgg16", "geometry": "caffe"}
+        if width != 1:
+            kwargs["width"] = width
+        net = create_model(name, **kwargs)
+        load_reference(net, layers, label, suffix)
+        normalization = "caffe"
+    elif kind == "torchvision-seg":
+        name, kwargs, state = _torchvision_seg(content, label)
+        if model and model != name:
+            raise FcnsegError(f"{label} holds a torchvision {name}, not a {model}; pass --model {name}")
+        if kwargs["width"] == 1:
+            del kwargs["width"]
+        net = create_model(name, **kwargs)
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        bad = [k for k in missing if not k.endswith("num_batches_tracked")] or unexpected
+        if bad:
+            what = "lacks" if [k for k in missing if not k.endswith("num_batches_tracked")] else "has unexpected"
+            raise FcnsegError(f"{label} {what} {bad[0]}{' and more' if len(bad) > 1 else ''}; "
+                              f"expected a torchvision {name} state dict")
+        normalization = "imagenet"
+    elif kind == "torchvision":
+        raise FcnsegError(f"{label} is an ImageNet backbone (torchvision classification weights), not a "
+                          "segmentation model; pass it as --backbone-weights / backbone_weights=")
+    else:
+        raise FcnsegError(f"{label} is a state dict whose keys fcnseg does not recognise "
+                          f"({', '.join(list(content)[:3])}, ...); save it as an fcnseg checkpoint "
+                          "(fcnseg train) or pass a .caffemodel / pytorch-fcn / torchvision file")
+    out_meta = _default_meta(name, dict(kwargs), normalization)
+    if meta:
+        out_meta.update({k: v for k, v in meta.items() if k not in ("model_name", "model_kwargs")})
+        if meta.get("model_kwargs", {}).get("num_classes", num_classes_of(out_meta)) != num_classes_of(out_meta):
+            raise FcnsegError(f"{label} has {num_classes_of(out_meta)} classes, the registry entry "
+                              f"{meta.get('source')} {meta['model_kwargs']['num_classes']}; the file is not "
+                              "the published one -- delete it and download again")
+    return net.eval(), out_meta
+
+
+def num_classes_of(meta: dict) -> int:
+    return int(meta["model_kwargs"]["num_classes"])

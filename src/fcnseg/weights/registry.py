@@ -1,0 +1,196 @@
+"""The registry of published weights: what each file is, where it comes from and how it was scored.
+
+Every entry names the publisher's address(es), tried in order, and the checksum the publisher
+gives: torchvision writes the first hex digits of the file's SHA-256 into its file names (checked
+as torch.hub does), pytorch-fcn gives MD5 sums in its model classes, and the FCN authors publish
+no checksum for their Caffe models (none is checked; the converter still checks every layer's
+name and shape). ``confirmed`` says where the URL and checksum were read.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from fcnseg.data.voc import CLASS_NAMES as VOC_CLASSES, voc_colormap
+from fcnseg.errors import FcnsegError
+
+TORCHVISION = "https://download.pytorch.org/models/"
+CAFFE = "http://dl.caffe.berkeleyvision.org/"
+FCN_REPO = "https://github.com/shelhamer/fcn.berkeleyvision.org"
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    name: str
+    kind: str                    # "model" (a trained segmenter) or "backbone" (ImageNet trunk)
+    format: str                  # "torchvision", "torchvision-seg", "caffe", "pytorch-fcn"
+    model: str                   # fcnseg model name ("fcn8s") or trunk name ("vgg16")
+    urls: tuple[str, ...]        # tried in order
+    checksum: str | None         # "sha256-prefix:397923af", "md5:<32 hex>", or None (none published)
+    size_mb: float | None        # MiB, as published (torchvision) or computed from the parameter count
+    result: str                  # the published result
+    published: str               # where the result (and file) are published
+    confirmed: str               # where the URL and checksum were read
+    model_kwargs: dict = field(default_factory=dict)
+    class_names: tuple[str, ...] = ()
+    palette: tuple[tuple[int, int, int], ...] = ()
+    normalization: str = "imagenet"
+    note: str = ""
+    runnable: bool = True        # False: downloadable, but fcnseg has no matching architecture yet
+
+    @property
+    def filename(self) -> str:
+        return self.urls[0].rsplit("/", 1)[-1].split("?")[0] if "drive.google" not in self.urls[0] \
+            else f"{self.name}.pth"
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(self.class_names) or None
+
+    def meta(self) -> dict:
+        """Checkpoint metadata for a model entry (see fcnseg.weights.format)."""
+        return {"model_name": self.model, "model_kwargs": dict(self.model_kwargs),
+                "class_names": list(self.class_names), "palette": [list(c) for c in self.palette],
+                "normalization": self.normalization, "source": self.name}
+
+
+def _palette(n: int) -> tuple[tuple[int, int, int], ...]:
+    return tuple(tuple(int(v) for v in c) for c in voc_colormap(n))
+
+
+SIFT_FLOW_CLASSES = (
+    "awning", "balcony", "bird", "boat", "bridge", "building", "bus", "car", "cow", "crosswalk", "desert",
+    "door", "fence", "field", "grass", "moon", "mountain", "person", "plant", "pole", "river", "road", "rock",
+    "sand", "sea", "sidewalk", "sign", "sky", "staircase", "streetlight", "sun", "tree", "window")
+NYUD_CLASSES = (
+    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture",
+    "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "floor mat", "clothes",
+    "ceiling", "books", "refridgerator", "television", "paper", "towel", "shower curtain", "box", "whiteboard",
+    "person", "night stand", "toilet", "sink", "lamp", "bathtub", "bag", "otherstructure", "otherfurniture",
+    "otherprop")
+CONTEXT_CLASSES = VOC_CLASSES + (
+    "bag", "bed", "bench", "book", "building", "cabinet", "ceiling", "clothes", "computer", "cup", "door",
+    "fence", "floor", "flower", "food", "grass", "ground", "keyboard", "light", "mountain", "mouse", "curtain",
+    "platform", "sign", "plate", "road", "rock", "shelves", "sidewalk", "sky", "snow", "bedcloth", "track",
+    "tree", "truck", "wall", "water", "window", "wood")
+
+_VOC = {"class_names": VOC_CLASSES, "palette": _palette(len(VOC_CLASSES))}
+_TV_CONFIRMED = "torchvision's model builders (torchvision/models/*.py: Weights url and _file_size)"
+_TV_RESULT = "ImageNet-1K top-1 {}"
+
+
+def _backbone(name: str, file: str, size: float, top1: str) -> WeightsEntry:
+    return WeightsEntry(
+        name=name, kind="backbone", format="torchvision", model=name, urls=(TORCHVISION + file,),
+        checksum="sha256-prefix:" + file.rsplit("-", 1)[1].split(".")[0], size_mb=size,
+        result=_TV_RESULT.format(top1), published="torchvision model docs", confirmed=_TV_CONFIRMED)
+
+
+def _tv_fcn(depth: str, file: str, size: float, miou: str, acc: str) -> WeightsEntry:
+    return WeightsEntry(
+        name=f"fcn-{depth}-coco", kind="model", format="torchvision-seg", model=f"fcn-{depth}",
+        urls=(TORCHVISION + file,), checksum="sha256-prefix:" + file.rsplit("-", 1)[1].split(".")[0],
+        size_mb=size, result=f"{miou} mean IU, {acc} pixel acc. (COCO val2017, VOC classes)",
+        published="torchvision model docs (FCN_ResNet*_Weights)", confirmed=_TV_CONFIRMED,
+        model_kwargs={"num_classes": 21, "backbone": depth, "geometry": "same"}, **_VOC,
+        note="trained on the COCO subset with the 20 VOC classes; its aux_classifier is dropped on load")
+
+
+def _caffe(name: str, file: str, model: str, size: float, result: str, repo_dir: str,
+           classes: tuple[str, ...] = VOC_CLASSES, note: str = "", runnable: bool = True,
+           backbone: str = "vgg16") -> WeightsEntry:
+    return WeightsEntry(
+        name=name, kind="model", format="caffe", model=model, urls=(CAFFE + file,), checksum=None,
+        size_mb=size, result=result, published=f"{FCN_REPO} ({repo_dir}, README)",
+        confirmed=f"{FCN_REPO}/blob/master/{repo_dir}/caffemodel-url (no checksum published)",
+        model_kwargs={"num_classes": len(classes), "backbone": backbone, "geometry": "caffe"},
+        class_names=classes, palette=_palette(len(classes)), normalization="caffe", note=note,
+        runnable=runnable)
+
+
+def _pytorch_fcn(name: str, model: str, drive_id: str, md5: str, result: str, size: float) -> WeightsEntry:
+    return WeightsEntry(
+        name=name, kind="model", format="pytorch-fcn", model=model,
+        urls=(f"https://drive.google.com/uc?id={drive_id}",), checksum=f"md5:{md5}", size_mb=size,
+        result=result + " (the Caffe model it was converted from)",
+        published="https://github.com/wkentaro/pytorch-fcn (README)",
+        confirmed="torchfcn/models/fcn32s.py, fcn16s.py, fcn8s.py (download(): url and md5)",
+        model_kwargs={"num_classes": 21, "backbone": "vgg16", "geometry": "caffe"}, **_VOC,
+        normalization="caffe",
+        note="Google Drive link; it has answered 404 for many users since 2021 -- the same weights "
+             "are in the authors' Caffe model (fcn*-voc)")
+
+
+# Sizes of the Caffe models: 4 bytes per parameter of the architecture (counted with fcnseg), in MiB.
+_ENTRIES = [
+    _backbone("vgg16", "vgg16-397923af.pth", 527.796, "71.592"),
+    _backbone("vgg16_bn", "vgg16_bn-6c64b313.pth", 527.866, "73.360"),
+    _backbone("alexnet", "alexnet-owt-7be5be79.pth", 233.087, "56.522"),
+    _backbone("resnet50", "resnet50-0676ba61.pth", 97.781, "76.130"),
+    _backbone("resnet101", "resnet101-63fe2227.pth", 170.511, "77.374"),
+    _tv_fcn("resnet50", "fcn_resnet50_coco-1167a1af.pth", 135.009, "60.5", "91.4"),
+    _tv_fcn("resnet101", "fcn_resnet101_coco-7ecb50ca.pth", 207.711, "63.7", "91.9"),
+    _caffe("fcn32s-voc", "fcn32s-heavy-pascal.caffemodel", "fcn32s", 519.4,
+           "63.6 mean IU, PASCAL VOC seg11valid", "voc-fcn32s"),
+    _caffe("fcn16s-voc", "fcn16s-heavy-pascal.caffemodel", "fcn16s", 519.4,
+           "65.0 mean IU, PASCAL VOC seg11valid", "voc-fcn16s"),
+    _caffe("fcn8s-voc", "fcn8s-heavy-pascal.caffemodel", "fcn8s", 519.5,
+           "65.5 mean IU seg11valid, 67.2 seg12test", "voc-fcn8s"),
+    _caffe("fcn8s-atonce-voc", "fcn8s-atonce-pascal.caffemodel", "fcn8s-atonce", 519.5,
+           "65.4 mean IU, PASCAL VOC seg11valid", "voc-fcn8s-atonce"),
+    _caffe("fcn-alexnet-voc", "fcn-alexnet-pascal.caffemodel", "fcn32s", 217.1,
+           "48.0 mean IU, PASCAL VOC seg11valid", "voc-fcn-alexnet", backbone="alexnet", runnable=False,
+           note="CaffeNet trunk (grouped convolutions, LRN, 63x63 upsampler): fcnseg's AlexNet is "
+                "torchvision's single-tower variant, so this file downloads but does not convert yet"),
+    _caffe("fcn32s-nyud-color", "nyud-fcn32s-color-heavy.caffemodel", "fcn32s", 519.7,
+           "none stated in the reference README (paper Table 4: 61.8 / 44.7 / 31.6 / 46.0 for RGB)",
+           "nyud-fcn32s-color", classes=NYUD_CLASSES,
+           note="trained with the NYUDv2 mean BGR (116.190, 97.203, 92.318); fcnseg's caffe mode "
+                "subtracts the PASCAL mean, so colours are shifted by up to 30 levels"),
+    _caffe("fcn32s-siftflow", "siftflow-fcn32s-heavy.caffemodel", "fcn32s", 519.5,
+           "none stated in the reference README", "siftflow-fcn32s", classes=SIFT_FLOW_CLASSES,
+           note="semantic head (33 classes); the geometric head is dropped. Trained with the mean "
+                "BGR (114.578, 115.294, 108.353)"),
+    _caffe("fcn16s-siftflow", "siftflow-fcn16s-heavy.caffemodel", "fcn16s", 519.6,
+           "paper Table 6 (FCN-16s): 85.2 pixel acc., 51.7 mean acc., 39.5 mean IU, 94.3 geom. acc.",
+           "siftflow-fcn16s", classes=SIFT_FLOW_CLASSES,
+           note="semantic head (33 classes); the geometric head is dropped"),
+    _caffe("fcn8s-siftflow", "siftflow-fcn8s-heavy.caffemodel", "fcn8s", 519.6,
+           "none stated in the reference README", "siftflow-fcn8s", classes=SIFT_FLOW_CLASSES,
+           note="semantic head (33 classes); the geometric head is dropped"),
+    _caffe("fcn32s-context", "pascalcontext-fcn32s-heavy.caffemodel", "fcn32s", 520.6,
+           "none stated in the reference README", "pascalcontext-fcn32s", classes=CONTEXT_CLASSES),
+    _caffe("fcn16s-context", "pascalcontext-fcn16s-heavy.caffemodel", "fcn16s", 520.7,
+           "none stated in the reference README", "pascalcontext-fcn16s", classes=CONTEXT_CLASSES),
+    _caffe("fcn8s-context", "pascalcontext-fcn8s-heavy.caffemodel", "fcn8s", 520.8,
+           "none stated in the reference README", "pascalcontext-fcn8s", classes=CONTEXT_CLASSES),
+    _pytorch_fcn("fcn32s-voc-torchfcn", "fcn32s", "0B9P1L--7Wd2vM2oya3k0Zlgtekk",
+                 "8acf386d722dc3484625964cbe2aba49", "63.6 mean IU, seg11valid", 519.4),
+    _pytorch_fcn("fcn16s-voc-torchfcn", "fcn16s", "0B9P1L--7Wd2vVGE3TkRMbWlNRms",
+                 "991ea45d30d632a01e5ec48002cac617", "65.0 mean IU, seg11valid", 519.4),
+    _pytorch_fcn("fcn8s-voc-torchfcn", "fcn8s", "0B9P1L--7Wd2vT0FtdThWREhjNkU",
+                 "dbd9bbb3829a3184913bccc74373afbb", "65.5 mean IU, seg11valid", 519.5),
+    _pytorch_fcn("fcn8s-atonce-voc-torchfcn", "fcn8s-atonce", "0B9P1L--7Wd2vblE1VUIxV1o2d2M",
+                 "bfed4437e941fef58932891217fe6464", "65.4 mean IU, seg11valid", 519.5),
+]
+
+REGISTRY: dict[str, WeightsEntry] = {e.name: e for e in _ENTRIES}
+
+
+def list_weights(kind: str | None = None) -> list[WeightsEntry]:
+    return [e for e in _ENTRIES if kind is None or e.kind == kind]
+
+
+def get_entry(name: str) -> WeightsEntry:
+    """The entry called ``name``; FcnsegError suggesting the closest names if there is none."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    raise FcnsegError(unknown_message(name))
+
+
+def unknown_message(name: str) -> str:
+    close = difflib.get_close_matches(name, list(REGISTRY), n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return (f"{name!r} is neither a registered weights name nor an existing file; {hint}"
+            "see `fcnseg weights list`, or check the path")
