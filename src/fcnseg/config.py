@@ -42,8 +42,8 @@ class TrainConfig:
 
     # data
     data: str = _opt("", "dataset spec: shapes, voc:PATH, sbd:PATH, voc-aug:VOC,SBD, cityscapes:PATH, folder:PATH")
-    train_split: str = _opt("train", "split to train on")
-    val_split: str = _opt("val", "split to evaluate on")
+    train_split: str = _opt("train", "split to train on (voc-aug: train_aug unless set)")
+    val_split: str = _opt("val", "split to evaluate on (voc-aug: seg11valid unless set)")
     max_val_images: int | None = _opt(None, "evaluate on at most this many val images (None = all)")
     workers: int = _opt(0, "data-loading worker processes")
     skip_bad: bool = _opt(False, "skip unreadable training samples with a warning naming each file, instead of stopping")
@@ -213,7 +213,19 @@ def resolve_config(preset: str | None = None, config_file: str | Path | None = N
     for mapping, where in layers:
         for key, value in mapping.items():
             values[key] = coerce(key, value, where)
+    for key, split in dataset_split_defaults(values.get("data", "")).items():
+        values.setdefault(key, split)
     return TrainConfig(**values)
+
+
+# Splits a dataset format trains and validates on unless told otherwise. VOC+SBD: the paper's
+# train_aug (VOC train + SBD, minus VOC val) and seg11valid (the 736 VOC 2011 val images outside SBD
+# train); VOC's own val overlaps SBD train, so validating on it would score training images.
+DATASET_SPLITS = {"voc-aug": {"train_split": "train_aug", "val_split": "seg11valid"}}
+
+
+def dataset_split_defaults(data: str) -> dict:
+    return dict(DATASET_SPLITS.get(str(data).split(":", 1)[0], {}))
 
 
 def config_from_dict(values: dict, where: str = "config") -> TrainConfig:

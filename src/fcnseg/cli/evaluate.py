@@ -12,7 +12,11 @@ def register(subparsers) -> None:
         "evaluate", help="evaluate a checkpoint on a dataset split",
         description="Pixel accuracy, mean accuracy, mean IU, frequency-weighted IU, per-class IoU, confusion "
                     "matrix and loss of a checkpoint. Multi-process: torchrun --nproc_per_node N -m fcnseg evaluate ...")
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint written by `fcnseg train`")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="CKPT", help="checkpoint written by `fcnseg train`")
+    source.add_argument("--weights", metavar="NAME_OR_FILE",
+                        help="published weights by name (e.g. fcn8s-voc; see `fcnseg weights list`) or a "
+                             ".caffemodel / pytorch-fcn / torchvision file")
     parser.add_argument("--data", required=True, metavar="SPEC", help="dataset spec, e.g. shapes or voc:PATH")
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
     parser.add_argument("--json", metavar="FILE", help="also write the metrics as JSON to FILE")
@@ -38,16 +42,24 @@ def run(args: argparse.Namespace) -> int:
     precision = resolve_precision(args.precision, device)
     world = init_distributed(device)
     dataset = load_dataset(args.data, args.split)
+    source, meta = args.checkpoint, None
+    if args.weights:
+        from fcnseg.weights import load
+
+        source, meta = load(args.weights)
+        source.to(device)
     try:
-        metrics = evaluate(args.checkpoint, dataset, precision=precision, channels_last=args.channels_last,
+        metrics = evaluate(source, dataset, meta=meta, precision=precision, channels_last=args.channels_last,
                            device=device, max_images=args.max_images, batch_size=args.batch_size, workers=args.workers)
     finally:
         shutdown_distributed()
     if not world.is_main:
         return 0
-    plot = Path(args.plot) if args.plot else Path(args.checkpoint).parent / f"confusion_{args.split}.png"
+    name = args.checkpoint or args.weights
+    folder = Path(args.checkpoint).parent if args.checkpoint else Path(".")
+    plot = Path(args.plot) if args.plot else folder / f"confusion_{args.split}.png"
     plot_confusion(metrics["confusion"], metrics["class_names"], plot)
-    print(f"{args.checkpoint} on {args.data} ({args.split}, {metrics['images']} images)")
+    print(f"{name} on {args.data} ({args.split}, {metrics['images']} images)")
     print(metrics_table(metrics, metrics["class_names"]))
     print(f"confusion matrix: {plot}")
     if args.json:

@@ -25,7 +25,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("predict", help="segment images, folders or globs with a checkpoint",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    p.add_argument("--checkpoint", required=True, help="a .pt checkpoint, .safetensors or .onnx export")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a .pt checkpoint, .safetensors or .onnx export")
+    source.add_argument("--weights", metavar="NAME_OR_FILE",
+                        help="published weights by name (e.g. fcn8s-voc; see `fcnseg weights list`), "
+                             "downloaded once, or a .caffemodel / pytorch-fcn / torchvision file")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overlay", action="store_true", help="also write colour overlays (NAME_overlay.jpg)")
     p.add_argument("--probs", action="store_true", help="also write probabilities (NAME_probs.npy, float16)")
@@ -106,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     paths, errors = collect_inputs(args.inputs)
     for line in errors:
         print(f"fcnseg predict: error: {line}", file=sys.stderr)
-    seg = Segmenter.from_checkpoint(args.checkpoint, backend=args.backend,
+    load = (Segmenter.from_checkpoint if args.checkpoint else Segmenter.from_pretrained)
+    seg = load(args.checkpoint or args.weights, backend=args.backend,
                                     fast=False if args.no_fast else None, tile=args.tile,
                                     overlap=args.overlap, tta_flip=args.tta_flip, scales=scales,
                                     shift_stitch=args.stitch_factor or args.shift_stitch or None,

@@ -16,6 +16,7 @@ whole digest. A file already in the cache is verified once and marked with a ``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import urllib.parse
@@ -97,11 +98,47 @@ def is_verified(path: Path, checksum: str | None) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    """Hold an advisory lock on ``.locks/<name>.lock`` beside ``path`` (POSIX), so that concurrent processes -- e.g. the ranks
+    of a torchrun job -- download a file once: the others wait and then find it in the cache."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    locks = path.parent / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / (path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def download(entry: WeightsEntry, *, mirror: str | None = None, progress: bool | None = None,
              offline: bool | None = None) -> Path:
     """The verified local file of ``entry``, downloaded into the cache if it is not there yet."""
     dest = cached_path(entry)
     if is_verified(dest, entry.checksum):
+        return dest
+    try:
+        lock = _exclusive(dest)
+        lock.__enter__()
+    except OSError as exc:
+        from fcnseg.files import write_error
+
+        raise write_error(dest, exc) from None
+    try:
+        return _download(entry, dest, mirror, progress, offline)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _download(entry: WeightsEntry, dest: Path, mirror: str | None, progress: bool | None,
+              offline: bool | None) -> Path:
+    if is_verified(dest, entry.checksum):  # another process fetched it while we waited
         return dest
     mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV) or None
     offline = offline if offline is not None else os.environ.get(OFFLINE_ENV, "") not in ("", "0")

@@ -179,7 +179,7 @@ REGISTRY: dict[str, WeightsEntry] = {e.name: e for e in _ENTRIES}
 
 
 def list_weights(kind: str | None = None) -> list[WeightsEntry]:
-    return [e for e in _ENTRIES if kind is None or e.kind == kind]
+    return [e for e in REGISTRY.values() if kind is None or e.kind == kind]
 
 
 def get_entry(name: str) -> WeightsEntry:

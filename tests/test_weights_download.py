@@ -1,0 +1,212 @@
+"""The weights cache offline: file:// URLs and a local HTTP server (cache hit, resume, checksum
+mismatch, sources in order, mirror, offline message), and the commands that take weights by name."""
+
+import dataclasses
+import hashlib
+import http.server
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fcnseg.cli import main
+from fcnseg.config import resolve_config
+from fcnseg.errors import FcnsegError
+from fcnseg.fetch import _drive_confirm_url, google_drive_id
+from fcnseg.weights import registry
+from fcnseg.weights.download import cache_dir, download
+from test_weights_convert import caffemodel_bytes, random_reference
+
+PAYLOAD = bytes(range(256)) * 300
+
+
+def entry(urls, checksum=None, name="tiny", **changes):
+    base = registry.get_entry("vgg16")
+    return dataclasses.replace(base, name=name, urls=tuple(urls), checksum=checksum, **changes)
+
+
+def sha_prefix(data):
+    return "sha256-prefix:" + hashlib.sha256(data).hexdigest()[:8]
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FCNSEG_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FCNSEG_MIRROR", raising=False)
+    monkeypatch.delenv("FCNSEG_OFFLINE", raising=False)
+    return tmp_path / "home"
+
+
+class Server(http.server.BaseHTTPRequestHandler):
+    files: dict = {}
+    ranges: list = []
+
+    def do_GET(self):
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        start = 0
+        if self.headers.get("Range"):
+            start = int(self.headers["Range"].split("=")[1].split("-")[0])
+            self.ranges.append(start)
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        self.wfile.write(body[start:])
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    Server.files, Server.ranges = {}, []
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Server)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+
+
+def test_cache_hit_needs_no_source(tmp_path, home):
+    src = tmp_path / "w-abc.pth"
+    src.write_bytes(PAYLOAD)
+    e = entry([src.as_uri()], sha_prefix(PAYLOAD))
+    path = download(e, progress=False)
+    assert path == home / "weights" / "w-abc.pth" and path.read_bytes() == PAYLOAD
+    src.unlink()  # the source is gone: the verified cache answers
+    assert download(e, progress=False) == path
+
+
+def test_resume_partial_download_over_http(server, home):
+    Server.files["/models/w.pth"] = PAYLOAD
+    e = entry([server + "/models/w.pth"], "md5:" + hashlib.md5(PAYLOAD).hexdigest())
+    part = home / "weights" / "w.pth.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(PAYLOAD[:20000])
+    assert download(e, progress=False).read_bytes() == PAYLOAD
+    assert Server.ranges == [20000] and not part.exists()
+
+
+def test_checksum_mismatch_is_removed_and_reported(server, home):
+    Server.files["/w.pth"] = PAYLOAD
+    e = entry([server + "/w.pth"], "sha256-prefix:00000000")
+    with pytest.raises(FcnsegError, match="checksum mismatch.*removed") as info:
+        download(e, progress=False)
+    assert len(str(info.value).splitlines()) == 1
+    assert not list((home / "weights").glob("w.pth*"))
+
+
+def test_corrupt_cached_file_is_removed_and_fetched_again(tmp_path, home, caplog):
+    src = tmp_path / "w.pth"
+    src.write_bytes(PAYLOAD)
+    e = entry([src.as_uri()], sha_prefix(PAYLOAD))
+    cached = home / "weights" / "w.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"garbage")
+    assert download(e, progress=False).read_bytes() == PAYLOAD
+    assert "checksum mismatch" in caplog.text
+
+
+def test_sources_tried_in_order_and_mirror(server, tmp_path, monkeypatch):
+    Server.files["/backup/w.pth"] = PAYLOAD
+    e = entry([server + "/gone/w.pth", server + "/backup/w.pth"], sha_prefix(PAYLOAD))
+    assert download(e, progress=False).read_bytes() == PAYLOAD
+    # the mirror replaces scheme and host and keeps the path
+    mirror = tmp_path / "mirror"
+    (mirror / "models").mkdir(parents=True)
+    (mirror / "models" / "m.pth").write_bytes(PAYLOAD)
+    monkeypatch.setenv("FCNSEG_MIRROR", mirror.as_uri())
+    m = entry(["https://download.example.invalid/models/m.pth"], sha_prefix(PAYLOAD), name="m")
+    assert download(m, progress=False).read_bytes() == PAYLOAD
+
+
+def test_offline_names_the_url_and_the_path(server, home, monkeypatch, capsys):
+    e = entry([server + "/nothing/w.pth"], None)
+    with pytest.raises(FcnsegError) as info:
+        download(e, progress=False)
+    message = str(info.value)
+    assert f"fetch {server}/nothing/w.pth by hand and put it at {home / 'weights' / 'w.pth'}" in message
+    assert len(message.splitlines()) == 1
+    monkeypatch.setenv("FCNSEG_OFFLINE", "1")
+    with pytest.raises(FcnsegError, match="not cached and FCNSEG_OFFLINE is set; fetch"):
+        download(e, progress=False)
+    # the published entries name the publisher's URL in the same way
+    monkeypatch.setattr(registry, "REGISTRY", dict(registry.REGISTRY))
+    assert main(["predict", "--weights", "fcn8s-voc", str(home), "--out", str(home / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "http://dl.caffe.berkeleyvision.org/fcn8s-heavy-pascal.caffemodel by hand" in err
+    assert str(cache_dir() / "fcn8s-heavy-pascal.caffemodel") in err
+
+
+def test_google_drive_links_and_confirm_page():
+    assert google_drive_id("https://drive.google.com/uc?id=0B9P1L--7Wd2vT0FtdThWREhjNkU") == \
+        "0B9P1L--7Wd2vT0FtdThWREhjNkU"
+    assert google_drive_id("https://download.pytorch.org/models/x.pth") is None
+    form = ('<form id="download-form" action="https://drive.usercontent.google.com/download" method="get">'
+            '<input type="hidden" name="id" value="ABC"><input type="hidden" name="export" value="download">'
+            '<input type="hidden" name="confirm" value="t"><input type="hidden" name="uuid" value="u-1"></form>')
+    url = _drive_confirm_url(form, "ABC")
+    assert url.startswith("https://drive.usercontent.google.com/download?") and "confirm=t" in url and "uuid=u-1" in url
+    assert "confirm=XyZ" in _drive_confirm_url('<a href="/uc?export=download&amp;confirm=XyZ&amp;id=ABC">', "ABC")
+    assert _drive_confirm_url("<html>Quota exceeded</html>", "ABC") is None
+
+
+# ----------------------------------------------------------------- commands taking weights by name
+
+@pytest.fixture
+def tiny_model_entry(tmp_path, monkeypatch):
+    data = caffemodel_bytes(random_reference("fcn8s", num_classes=6))
+    src = tmp_path / "tiny-fcn8s.caffemodel"
+    src.write_bytes(data)
+    e = entry([src.as_uri()], "md5:" + hashlib.md5(data).hexdigest(), name="tiny-fcn8s", kind="model",
+              format="caffe", model="fcn8s", normalization="caffe",
+              model_kwargs={"num_classes": 6, "backbone": "vgg16", "geometry": "caffe", "width": 0.125},
+              class_names=("bg", "disk", "rectangle", "triangle", "line", "ring"),
+              palette=tuple((i * 40, 0, 0) for i in range(6)))
+    monkeypatch.setitem(registry.REGISTRY, e.name, e)
+    return e
+
+
+def test_predict_and_evaluate_by_name(tmp_path, tiny_model_entry, capsys):
+    Image.fromarray(np.full((24, 32, 3), 90, np.uint8)).save(tmp_path / "photo.jpg")
+    assert main(["predict", "--weights", "tiny-fcn8s", str(tmp_path / "photo.jpg"), "--out", str(tmp_path / "p"),
+                 "--no-fast"]) == 0
+    assert np.array(Image.open(tmp_path / "p" / "photo.png")).shape == (24, 32)
+    assert main(["evaluate", "--weights", "tiny-fcn8s", "--data", "shapes", "--max-images", "2",
+                 "--plot", str(tmp_path / "c.png"), "--device", "cpu"]) == 0
+    assert "tiny-fcn8s on shapes" in capsys.readouterr().out
+    assert main(["weights", "list"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("tiny-fcn8s"))
+    assert " yes" in line
+    assert main(["evaluate", "--weights", "vgg16", "--data", "shapes"]) == 2
+    assert "backbone weights, not a segmentation model" in capsys.readouterr().err
+
+
+def test_train_backbone_weights_by_name(tmp_path, monkeypatch):
+    from fcnseg.models.backbones import vgg16
+
+    trunk = vgg16(width=0.0625)
+    state = {k: (v.flatten(1) if k == "classifier.0.weight" else v) for k, v in trunk.state_dict().items()}
+    path = tmp_path / "vgg16-tiny.pth"
+    torch.save(state, path)
+    e = entry([path.as_uri()], None, name="vgg16-tiny")
+    monkeypatch.setitem(registry.REGISTRY, e.name, e)
+    run = tmp_path / "run"
+    assert main(["train", "--data", "shapes", "--model", "fcn32s", "--width", "0.0625", "--geometry", "same",
+                 "--max-val-images", "2", "--num-samples", "1", "--iterations", "1", "--no-progress",
+                 "--backbone-weights", "vgg16-tiny", "--out", str(run)]) == 0
+    assert (cache_dir() / "vgg16-tiny.pth").is_file()
+    assert str(cache_dir() / "vgg16-tiny.pth") in (run / "config.yaml").read_text()
+
+
+def test_voc_aug_paper_presets_use_the_papers_splits():
+    for preset in ("paper", "paper-16s", "paper-8s", "paper-atonce"):
+        cfg = resolve_config(preset, None, {"data": "voc-aug:/d/VOC,/d/SBD"})
+        assert (cfg.train_split, cfg.val_split) == ("train_aug", "seg11valid"), preset
+    cfg = resolve_config("paper", None, {"data": "voc-aug:/d/VOC,/d/SBD", "val_split": "val"})
+    assert (cfg.train_split, cfg.val_split) == ("train_aug", "val")
+    cfg = resolve_config("paper", None, {"data": "voc:/d/VOC"})
+    assert (cfg.train_split, cfg.val_split) == ("train", "val")
