@@ -122,7 +122,9 @@ def _pytorch_fcn(name: str, model: str, drive_id: str, md5: str, result: str, si
              "are in the authors' Caffe model (fcn*-voc)")
 
 
-# Sizes of the Caffe models: 4 bytes per parameter of the architecture (counted with fcnseg), in MiB.
+# Sizes of the Caffe and pytorch-fcn files: 4 bytes per parameter of the architecture (counted with
+# fcnseg; the FCN-AlexNet trunk by hand), in MiB -- the publishers state none.
+_NO_RESULT = "no score published with this file (the paper reports its architecture's)"
 _ENTRIES = [
     _backbone("vgg16", "vgg16-397923af.pth", 527.796, "71.592"),
     _backbone("vgg16_bn", "vgg16_bn-6c64b313.pth", 527.866, "73.360"),
@@ -133,46 +135,46 @@ _ENTRIES = [
     _tv_fcn("resnet101", "fcn_resnet101_coco-7ecb50ca.pth", 207.711, "63.7", "91.9"),
     _caffe("fcn32s-voc", "fcn32s-heavy-pascal.caffemodel", "fcn32s", 519.4,
            "63.6 mean IU, PASCAL VOC seg11valid", "voc-fcn32s"),
-    _caffe("fcn16s-voc", "fcn16s-heavy-pascal.caffemodel", "fcn16s", 519.4,
+    _caffe("fcn16s-voc", "fcn16s-heavy-pascal.caffemodel", "fcn16s", 514.3,
            "65.0 mean IU, PASCAL VOC seg11valid", "voc-fcn16s"),
-    _caffe("fcn8s-voc", "fcn8s-heavy-pascal.caffemodel", "fcn8s", 519.5,
+    _caffe("fcn8s-voc", "fcn8s-heavy-pascal.caffemodel", "fcn8s", 513.0,
            "65.5 mean IU seg11valid, 67.2 seg12test", "voc-fcn8s"),
-    _caffe("fcn8s-atonce-voc", "fcn8s-atonce-pascal.caffemodel", "fcn8s-atonce", 519.5,
+    _caffe("fcn8s-atonce-voc", "fcn8s-atonce-pascal.caffemodel", "fcn8s-atonce", 513.0,
            "65.4 mean IU, PASCAL VOC seg11valid", "voc-fcn8s-atonce"),
-    _caffe("fcn-alexnet-voc", "fcn-alexnet-pascal.caffemodel", "fcn32s", 217.1,
+    _caffe("fcn-alexnet-voc", "fcn-alexnet-pascal.caffemodel", "fcn32s", 223.9,
            "48.0 mean IU, PASCAL VOC seg11valid", "voc-fcn-alexnet", backbone="alexnet", runnable=False,
            note="CaffeNet trunk (grouped convolutions, LRN, 63x63 upsampler): fcnseg's AlexNet is "
                 "torchvision's single-tower variant, so this file downloads but does not convert yet"),
-    _caffe("fcn32s-nyud-color", "nyud-fcn32s-color-heavy.caffemodel", "fcn32s", 519.7,
-           "none stated in the reference README (paper Table 4: 61.8 / 44.7 / 31.6 / 46.0 for RGB)",
+    _caffe("fcn32s-nyud-color", "nyud-fcn32s-color-heavy.caffemodel", "fcn32s", 537.8,
+           _NO_RESULT,
            "nyud-fcn32s-color", classes=NYUD_CLASSES,
            note="trained with the NYUDv2 mean BGR (116.190, 97.203, 92.318); fcnseg's caffe mode "
                 "subtracts the PASCAL mean, so colours are shifted by up to 30 levels"),
-    _caffe("fcn32s-siftflow", "siftflow-fcn32s-heavy.caffemodel", "fcn32s", 519.5,
-           "none stated in the reference README", "siftflow-fcn32s", classes=SIFT_FLOW_CLASSES,
+    _caffe("fcn32s-siftflow", "siftflow-fcn32s-heavy.caffemodel", "fcn32s", 529.7,
+           _NO_RESULT, "siftflow-fcn32s", classes=SIFT_FLOW_CLASSES,
            note="semantic head (33 classes); the geometric head is dropped. Trained with the mean "
                 "BGR (114.578, 115.294, 108.353)"),
-    _caffe("fcn16s-siftflow", "siftflow-fcn16s-heavy.caffemodel", "fcn16s", 519.6,
-           "paper Table 6 (FCN-16s): 85.2 pixel acc., 51.7 mean acc., 39.5 mean IU, 94.3 geom. acc.",
+    _caffe("fcn16s-siftflow", "siftflow-fcn16s-heavy.caffemodel", "fcn16s", 517.1,
+           _NO_RESULT,
            "siftflow-fcn16s", classes=SIFT_FLOW_CLASSES,
            note="semantic head (33 classes); the geometric head is dropped"),
-    _caffe("fcn8s-siftflow", "siftflow-fcn8s-heavy.caffemodel", "fcn8s", 519.6,
-           "none stated in the reference README", "siftflow-fcn8s", classes=SIFT_FLOW_CLASSES,
+    _caffe("fcn8s-siftflow", "siftflow-fcn8s-heavy.caffemodel", "fcn8s", 514.0,
+           _NO_RESULT, "siftflow-fcn8s", classes=SIFT_FLOW_CLASSES,
            note="semantic head (33 classes); the geometric head is dropped"),
-    _caffe("fcn32s-context", "pascalcontext-fcn32s-heavy.caffemodel", "fcn32s", 520.6,
-           "none stated in the reference README", "pascalcontext-fcn32s", classes=CONTEXT_CLASSES),
-    _caffe("fcn16s-context", "pascalcontext-fcn16s-heavy.caffemodel", "fcn16s", 520.7,
-           "none stated in the reference README", "pascalcontext-fcn16s", classes=CONTEXT_CLASSES),
-    _caffe("fcn8s-context", "pascalcontext-fcn8s-heavy.caffemodel", "fcn8s", 520.8,
-           "none stated in the reference README", "pascalcontext-fcn8s", classes=CONTEXT_CLASSES),
+    _caffe("fcn32s-context", "pascalcontext-fcn32s-heavy.caffemodel", "fcn32s", 569.4,
+           _NO_RESULT, "pascalcontext-fcn32s", classes=CONTEXT_CLASSES),
+    _caffe("fcn16s-context", "pascalcontext-fcn16s-heavy.caffemodel", "fcn16s", 527.5,
+           _NO_RESULT, "pascalcontext-fcn16s", classes=CONTEXT_CLASSES),
+    _caffe("fcn8s-context", "pascalcontext-fcn8s-heavy.caffemodel", "fcn8s", 517.2,
+           _NO_RESULT, "pascalcontext-fcn8s", classes=CONTEXT_CLASSES),
     _pytorch_fcn("fcn32s-voc-torchfcn", "fcn32s", "0B9P1L--7Wd2vM2oya3k0Zlgtekk",
                  "8acf386d722dc3484625964cbe2aba49", "63.6 mean IU, seg11valid", 519.4),
     _pytorch_fcn("fcn16s-voc-torchfcn", "fcn16s", "0B9P1L--7Wd2vVGE3TkRMbWlNRms",
-                 "991ea45d30d632a01e5ec48002cac617", "65.0 mean IU, seg11valid", 519.4),
+                 "991ea45d30d632a01e5ec48002cac617", "65.0 mean IU, seg11valid", 514.3),
     _pytorch_fcn("fcn8s-voc-torchfcn", "fcn8s", "0B9P1L--7Wd2vT0FtdThWREhjNkU",
-                 "dbd9bbb3829a3184913bccc74373afbb", "65.5 mean IU, seg11valid", 519.5),
+                 "dbd9bbb3829a3184913bccc74373afbb", "65.5 mean IU, seg11valid", 513.0),
     _pytorch_fcn("fcn8s-atonce-voc-torchfcn", "fcn8s-atonce", "0B9P1L--7Wd2vblE1VUIxV1o2d2M",
-                 "bfed4437e941fef58932891217fe6464", "65.4 mean IU, seg11valid", 519.5),
+                 "bfed4437e941fef58932891217fe6464", "65.4 mean IU, seg11valid", 513.0),
 ]
 
 REGISTRY: dict[str, WeightsEntry] = {e.name: e for e in _ENTRIES}
