@@ -47,6 +47,9 @@ def load(name_or_path: str | os.PathLike, *, model: str | None = None, mirror: s
     if entry is not None and not entry.runnable:
         raise FcnsegError(f"{entry.name!r} cannot be run by fcnseg yet: {entry.note}")
     path = resolve(name_or_path, mirror=mirror, progress=progress)
+    if entry is None:  # a published file under its published name: take its classes and palette
+        entry = next((e for e in REGISTRY.values() if e.kind == "model" and e.runnable
+                      and e.filename == path.name), None)
     return load_file(path, model=model or (entry.model if entry else None),
                      meta=entry.meta() if entry else None)
 
