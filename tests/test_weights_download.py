@@ -210,3 +210,18 @@ def test_voc_aug_paper_presets_use_the_papers_splits():
     assert (cfg.train_split, cfg.val_split) == ("train_aug", "val")
     cfg = resolve_config("paper", None, {"data": "voc:/d/VOC"})
     assert (cfg.train_split, cfg.val_split) == ("train", "val")
+
+
+def test_create_model_takes_a_registered_backbone_name(tmp_path, monkeypatch):
+    import fcnseg
+    from fcnseg.models.backbones import vgg16
+
+    trunk = vgg16(width=0.0625)
+    torch.nn.init.constant_(trunk.features[0].bias, 0.25)
+    path = tmp_path / "vgg16-tiny.pth"
+    torch.save(trunk.state_dict(), path)
+    monkeypatch.setitem(registry.REGISTRY, "vgg16-tiny", entry([path.as_uri()], None, name="vgg16-tiny"))
+    model = fcnseg.create_model("fcn32s", 3, width=0.0625, backbone_weights="vgg16-tiny")
+    assert torch.equal(model.backbone.features[0].bias, torch.full_like(model.backbone.features[0].bias, 0.25))
+    with pytest.raises(FcnsegError, match="not backbone weights"):
+        fcnseg.create_model("fcn32s", 3, backbone_weights="fcn8s-voc")
