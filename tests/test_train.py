@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import fcnseg.engine.checkpoint as checkpoint_module
 import fcnseg.engine.trainer as trainer
 from fcnseg.cli import main
 from fcnseg.config import TrainConfig
@@ -198,10 +197,10 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint_module.torch, "save", save_until_full)
+    monkeypatch.setattr(torch, "save", save_until_full)
     with pytest.raises(FcnsegError, match="No space left on device.*intact"):
         train(tiny(tmp_path, iterations=6, checkpoint_every=2))
-    monkeypatch.setattr(checkpoint_module.torch, "save", real_save)
+    monkeypatch.setattr(torch, "save", real_save)
     assert load_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["iteration"] == 2
     assert [p.name for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")] == []
 
