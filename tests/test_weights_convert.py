@@ -13,6 +13,7 @@ from fcnseg.cli import main
 from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.errors import FcnsegError
 from fcnseg.weights import load
+from fcnseg.data.normalize import mean_pixel, normalize, parse_mode
 from fcnseg.weights.caffe import parse_caffemodel
 
 WIDTH = 0.125
@@ -204,6 +205,96 @@ def test_two_headed_siftflow_model_loads_its_semantic_head(tmp_path, caplog):
         torch.testing.assert_close(model(x), reference_forward(layers, x, "fcn16s"), rtol=1e-4, atol=1e-4)
 
 
+# ----------------------------------------------------------------- FCN-AlexNet (CaffeNet trunk)
+
+# voc-fcn-alexnet/net.py: (name, channels, kernel, stride, pad, group); pool (3x3/2) + LRN after
+# conv1 and conv2, pool after conv5.
+CAFFENET = [("conv1", 96, 11, 4, 100, 1), ("conv2", 256, 5, 1, 2, 2), ("conv3", 384, 3, 1, 1, 1),
+            ("conv4", 384, 3, 1, 1, 2), ("conv5", 256, 3, 1, 1, 2)]
+
+
+def random_caffenet(num_classes=5, seed=0):
+    rng = np.random.default_rng(seed)
+    layers, cin = {}, 3
+    for name, c, k, _, _, group in CAFFENET:
+        c = int(c * WIDTH)
+        layers[name] = [rng.normal(0, (2 / (cin // group * k * k)) ** 0.5, (c, cin // group, k, k)).astype(np.float32),
+                        rng.normal(0, 0.1, c).astype(np.float32)]
+        cin = c
+    hidden = int(4096 * WIDTH)
+    for name, cout, c_in, k in (("fc6", hidden, cin, 6), ("fc7", hidden, hidden, 1),
+                                ("score_fr", num_classes, hidden, 1)):
+        layers[name] = [rng.normal(0, (2 / (c_in * k * k)) ** 0.5, (cout, c_in, k, k)).astype(np.float32),
+                        rng.normal(0, 0.1, cout).astype(np.float32)]
+    layers["upscore"] = [rng.normal(0, 0.05, (num_classes, num_classes, 63, 63)).astype(np.float32)]
+    return layers
+
+
+def caffe_lrn(x, size=5, alpha=1e-4, beta=0.75):
+    """Caffe's LRN (ACROSS_CHANNELS, k = 1): x / (1 + alpha / size * sum of x^2 over size channels)^beta."""
+    sq = F.pad(x * x, (0, 0, 0, 0, size // 2, size // 2))
+    window = sum(sq[:, i:i + x.shape[1]] for i in range(size))
+    return x / (1 + alpha / size * window) ** beta
+
+
+def caffenet_reference_forward(layers, x):
+    """The reference FCN-AlexNet written out: groups as split convolutions, Caffe's LRN, the
+    published crop (val.prototxt: offset 18)."""
+    t = {k: [torch.from_numpy(np.asarray(b)) for b in v] for k, v in layers.items()}
+    h = x
+    for name, _, _, stride, pad, group in CAFFENET:
+        w, b = t[name]
+        parts = zip(h.chunk(group, 1), w.chunk(group, 0), b.chunk(group, 0))
+        h = F.relu(torch.cat([F.conv2d(hi, wi, bi, stride, pad) for hi, wi, bi in parts], 1))
+        if name in ("conv1", "conv2", "conv5"):
+            h = F.max_pool2d(h, 3, 2, ceil_mode=True)
+        if name in ("conv1", "conv2"):
+            h = caffe_lrn(h)
+    h = F.relu(F.conv2d(h, *t["fc6"]))
+    h = F.relu(F.conv2d(h, *t["fc7"]))
+    h = F.conv_transpose2d(F.conv2d(h, *t["score_fr"]), t["upscore"][0], stride=32)
+    return h[:, :, 18:18 + x.shape[-2], 18:18 + x.shape[-1]]
+
+
+@pytest.mark.parametrize("v1", [False, True], ids=["layer", "V1-layers"])
+def test_fcn_alexnet_caffemodel_logits_equal_reference_forward(tmp_path, v1):
+    layers = random_caffenet(num_classes=21)
+    path = tmp_path / "fcn-alexnet-pascal.caffemodel"  # the published name: the registry's classes
+    path.write_bytes(caffemodel_bytes(layers, v1=v1))
+    model, meta = load(path)
+    assert meta["model_name"] == "fcn32s" and meta["normalization"] == "caffe"
+    assert meta["model_kwargs"] == {"num_classes": 21, "backbone": "caffenet", "geometry": "caffe", "width": WIDTH}
+    assert meta["class_names"][15] == "person" and model.crop_offsets() == {"upscore32": 18}
+    for x in (image(), image(64, 50, seed=2)):
+        with torch.no_grad():
+            ours, ref = model(x), caffenet_reference_forward(layers, x)
+        assert ours.shape == ref.shape == (1, 21, *x.shape[-2:])
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    net = fcnseg.create_model("fcn32s", backbone="caffenet", geometry="caffe", weights=str(path))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_per_model_mean_travels_with_the_converted_model(tmp_path):
+    """SIFT Flow's nets subtract their own BGR mean; the converted checkpoint says so and
+    normalize() subtracts it."""
+    layers = random_reference("fcn32s", num_classes=33)
+    heads = ("score_fr", "upscore")
+    two_headed = {**{k: v for k, v in layers.items() if k not in heads}, **{k + "_sem": layers[k] for k in heads},
+                  **{k + "_geo": random_reference("fcn32s", num_classes=3, seed=5)[k] for k in heads}}
+    src = tmp_path / "siftflow-fcn32s-heavy.caffemodel"
+    src.write_bytes(caffemodel_bytes(two_headed))
+    assert main(["weights", "convert", str(src), "--out", str(tmp_path / "siftflow.pt")]) == 0
+    mode = load_checkpoint(tmp_path / "siftflow.pt")["meta"]["normalization"]
+    assert parse_mode(mode) == ("caffe", (114.578, 115.294, 108.353))
+    rgb = torch.randint(0, 256, (2, 3, 5, 7), dtype=torch.uint8)
+    expected = rgb.flip(1).float() - torch.tensor([114.578, 115.294, 108.353]).view(3, 1, 1)
+    torch.testing.assert_close(normalize(rgb, mode), expected)
+    assert not torch.allclose(normalize(rgb, "caffe"), expected, atol=1)  # the PASCAL mean differs
+    assert mean_pixel(mode) == (108, 115, 115)
+    assert fcnseg.Segmenter.from_pretrained(str(tmp_path / "siftflow.pt"), fast=False).normalization == mode
+
+
 # ----------------------------------------------------------------- pytorch-fcn and torchvision
 
 def pytorch_fcn_state(layers):
@@ -293,7 +384,7 @@ def test_bad_weight_files_are_one_line_errors(tmp_path, capsys):
     layers = random_reference("fcn8s")
     truncated = tmp_path / "truncated.caffemodel"
     truncated.write_bytes(caffemodel_bytes(layers)[:-5000])
-    alexnet = tmp_path / "alexnet.caffemodel"
+    alexnet = tmp_path / "alexnet.caffemodel"  # AlexNet names, VGG shapes
     alexnet.write_bytes(caffemodel_bytes({"conv1": layers["conv1_1"], "fc6": layers["fc6"],
                                           "score_fr": layers["score_fr"]}))
     wrong = dict(layers, conv3_2=[np.zeros((7, 32, 3, 3), np.float32), np.zeros(7, np.float32)])
@@ -304,7 +395,7 @@ def test_bad_weight_files_are_one_line_errors(tmp_path, capsys):
     torch.save({k: v for k, v in state.items() if k != "fc7.bias"}, missing)
     extra = tmp_path / "extra.pth"
     torch.save({**state, "score_extra.weight": torch.zeros(5, 5, 1, 1)}, extra)
-    cases = {truncated: "truncated or corrupt", alexnet: "FCN-AlexNet", wrong_shape: "conv3_2 has shape",
+    cases = {truncated: "truncated or corrupt", alexnet: "conv1 has shape 8x3x3x3", wrong_shape: "conv3_2 has shape",
              missing: "no weights for backbone.classifier.3.bias", extra: "score_extra"}
     for path, expected in cases.items():
         out = tmp_path / f"{path.stem}.pt"

@@ -9,7 +9,7 @@ A checkpoint is a plain dict of tensors and Python primitives:
         "model_name": "fcn8s",
         "model_kwargs": {"num_classes": 21, "backbone": "vgg16", "geometry": "caffe", ...},
         "class_names": [...], "palette": [[r, g, b], ...],
-        "normalization": "imagenet" | "caffe",
+        "normalization": "imagenet" | "caffe" | "caffe:B,G,R" (fcnseg.data.normalize),
         "fcnseg_version": "0.1.0",
       },
       "train_state": {...} | None,   # optimiser, scheduler, iteration, RNG states, best metric, config

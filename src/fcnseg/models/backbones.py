@@ -1,4 +1,5 @@
-"""Classification trunks made fully convolutional: VGG16 and AlexNet, with torchvision's key names.
+"""Classification trunks made fully convolutional: VGG16 and AlexNet, with torchvision's key names,
+and CaffeNet (Caffe's two-tower AlexNet, the trunk of the reference FCN-AlexNet).
 
 A trunk is ``features`` (convolutions, ReLUs and poolings at torchvision's indices) followed by
 ``classifier`` whose fully connected layers are convolutions: fc6 takes the whole pool5 window
@@ -52,6 +53,17 @@ class Conv:
     kernel: int
     stride: int = 1
     padding: int = 0
+    groups: int = 1  # Caffe's two-tower AlexNet splits some convolutions into 2 groups
+
+
+@dataclass(frozen=True)
+class LRN:
+    """Caffe's cross-channel local response normalisation (k = 1)."""
+
+    size: int = 5
+    alpha: float = 1e-4
+    beta: float = 0.75
+    stride = 1  # not a field: it moves no cell
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,10 @@ class ClassifierTrunk(nn.Module):
 
     Taps: "pool1".."poolN" (outputs of the pooling layers, in order) and "fc7" (the classifier
     output before fc8). ``forward`` returns fc8 scores if ``num_classes`` was given, else fc7.
+    ``odd_upsampler``: an FCN on this trunk upsamples by a 2*factor - 1 kernel (CaffeNet: 63x63).
     """
+
+    odd_upsampler = False
 
     def __init__(self, name: str, features: list, fc6_kernel: int, dropout_first: bool, width: float,
                  geometry: str, num_classes: int | None = None) -> None:
@@ -92,13 +107,17 @@ class ClassifierTrunk(nn.Module):
         self.channels: dict[str, int] = {}
         layers: list[nn.Module] = []
         in_channels = 3
+        multiple = max(getattr(spec, "groups", 1) for spec in features)  # grouped convs split evenly
         for spec in features:
-            if isinstance(spec, Conv):
+            if isinstance(spec, LRN):
+                layers.append(nn.LocalResponseNorm(spec.size, spec.alpha, spec.beta, k=1.0))
+            elif isinstance(spec, Conv):
                 padding = _same_padding(spec.kernel, spec.stride) if geo.same else spec.padding
                 if not layers and geo.first_padding is not None:
                     padding = geo.first_padding
-                out_channels = scaled(spec.channels, width)
-                layers += [nn.Conv2d(in_channels, out_channels, spec.kernel, spec.stride, padding),
+                out_channels = -(-scaled(spec.channels, width) // multiple) * multiple
+                layers += [nn.Conv2d(in_channels, out_channels, spec.kernel, spec.stride, padding,
+                                     groups=spec.groups),
                            nn.ReLU(inplace=True)]
                 in_channels = out_channels
             else:
@@ -177,6 +196,14 @@ ALEXNET_FEATURES = [
     Conv(384, 3, 1, 1), Conv(256, 3, 1, 1), Conv(256, 3, 1, 1), Pool(3, 2),
 ]
 
+# The reference voc-fcn-alexnet/net.py trunk, layer for layer Caffe's bvlc_reference_caffenet: LRN
+# after each of the first two pools (bvlc_alexnet puts it before), conv2/4/5 in 2 groups.
+CAFFENET_FEATURES = [
+    Conv(96, 11, 4, 0), Pool(3, 2), LRN(),
+    Conv(256, 5, 1, 2, groups=2), Pool(3, 2), LRN(),
+    Conv(384, 3, 1, 1), Conv(384, 3, 1, 1, groups=2), Conv(256, 3, 1, 1, groups=2), Pool(3, 2),
+]
+
 
 def vgg16(width: float = 1.0, geometry: str = "valid", num_classes: int | None = None) -> ClassifierTrunk:
     """VGG16 (configuration D) as a convolutional trunk; keys as torchvision's ``vgg16``."""
@@ -188,7 +215,19 @@ def alexnet(width: float = 1.0, geometry: str = "valid", num_classes: int | None
     return ClassifierTrunk("alexnet", ALEXNET_FEATURES, 6, True, width, geometry, num_classes)
 
 
+def caffenet(width: float = 1.0, geometry: str = "valid", num_classes: int | None = None) -> ClassifierTrunk:
+    """Caffe's two-tower AlexNet (grouped convolutions, LRN), the reference FCN-AlexNet's trunk.
+
+    Keys follow the layer order (``features.0`` conv1, ``features.3`` norm1, ``features.4`` conv2, ...;
+    ``classifier.0/3`` fc6/fc7); weights come from the FCN-AlexNet caffemodel (fcn-alexnet-voc).
+    """
+    trunk = ClassifierTrunk("caffenet", CAFFENET_FEATURES, 6, False, width, geometry, num_classes)
+    trunk.odd_upsampler = True
+    return trunk
+
+
 TRUNKS = {"vgg16": vgg16, "alexnet": alexnet}
+TRUNKS["caffenet"] = caffenet
 
 # What a weights file for each trunk must look like (for error messages).
 EXPECTED_FILES = {
@@ -197,3 +236,5 @@ EXPECTED_FILES = {
     "alexnet": "a torchvision alexnet state dict (features.{0,3,6,8,10}.*, classifier.{1,4,6}.*, e.g. "
                "alexnet-owt-7be5be79.pth) and width=1",
 }
+EXPECTED_FILES["caffenet"] = ("no torchvision file (torchvision's alexnet is the single-tower net); load "
+                              "the reference FCN-AlexNet with weights='fcn-alexnet-voc' or its caffemodel")

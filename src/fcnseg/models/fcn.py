@@ -67,7 +67,8 @@ class FCN(nn.Module):
             previous = tap
         factor = int(scores.stride)
         self.final_name = f"upscore{factor}"
-        setattr(self, self.final_name, BilinearUpsample(num_classes, factor, learn_final_upsample))
+        kernel = 2 * factor - 1 if backbone.odd_upsampler else None  # FCN-AlexNet: 63x63, crop 18
+        setattr(self, self.final_name, BilinearUpsample(num_classes, factor, learn_final_upsample, kernel))
         output = scores.then(getattr(self, self.final_name))
         self.output_offset = integer_offset(crop_offset(output, CoordMap()))
         self._taps = ("fc7", *skips)
@@ -93,7 +94,7 @@ class FCN(nn.Module):
 
 
 def build_trunk(backbone: str, geometry: str, width: float, weights: WeightsSource | None) -> ClassifierTrunk:
-    """A VGG16/AlexNet trunk without fc8, optionally loaded from a torchvision file (fc8 is ignored)."""
+    """A VGG16/AlexNet/CaffeNet trunk without fc8, optionally loaded from a torchvision file (fc8 is ignored)."""
     trunk = TRUNKS[backbone](width=width, geometry=geometry)
     if weights is not None:
         load_trunk_weights(trunk, weights)
@@ -109,7 +110,7 @@ def _fcn_builder(skips: tuple[str, ...], skip_scales: dict[str, float] | None = 
 
 
 _GEOMETRIES = ("caffe", "same")
-register_model("fcn32s", ModelEntry(_fcn_builder(()), ("vgg16", "alexnet"), _GEOMETRIES,
+register_model("fcn32s", ModelEntry(_fcn_builder(()), ("vgg16", "alexnet", "caffenet"), _GEOMETRIES,
                                     "FCN-32s: fc7 scores upsampled 32x"))
 register_model("fcn16s", ModelEntry(_fcn_builder(("pool4",)), ("vgg16",), _GEOMETRIES,
                                     "FCN-16s: + pool4 scores, upsampled 16x"))

@@ -27,6 +27,8 @@ def bilinear_kernel(kernel_size: int) -> Tensor:
 class BilinearUpsample(nn.Module):
     """Transposed convolution by ``factor`` (kernel 2*factor, no padding, no bias), bilinear-initialised.
 
+    ``kernel_size`` overrides the kernel (the reference FCN-AlexNet's 63x63 upsampler by 32).
+
     The weight has shape (C, C, k, k) with a bilinear filter on the diagonal (class c upsamples into
     class c only), as in the reference. With ``learnable=False`` the weight is a buffer: it stays
     bilinear whatever the optimiser does, and is still saved in the state dict under the same key.
@@ -36,9 +38,9 @@ class BilinearUpsample(nn.Module):
 
     transposed = True
 
-    def __init__(self, channels: int, factor: int, learnable: bool) -> None:
+    def __init__(self, channels: int, factor: int, learnable: bool, kernel_size: int | None = None) -> None:
         super().__init__()
-        self.kernel_size, self.stride, self.padding = 2 * factor, factor, 0
+        self.kernel_size, self.stride, self.padding = kernel_size or 2 * factor, factor, 0
         self.learnable = learnable
         weight = torch.zeros(channels, channels, self.kernel_size, self.kernel_size)
         index = torch.arange(channels)

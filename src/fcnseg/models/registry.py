@@ -46,7 +46,8 @@ def create_model(name: str, num_classes: int, *, backbone: str | None = None, ge
     """Build a segmentation model. ``forward(x)``: (N, 3, H, W) float -> (N, num_classes, H, W) scores.
 
     Models (``backbone`` / ``geometry``: the first listed is the default; None picks it):
-        fcn32s        VGG16 or "alexnet" (the paper's Table 1); scores from fc7 upsampled 32x.
+        fcn32s        VGG16, "alexnet" (torchvision's) or "caffenet" (the reference FCN-AlexNet's
+                      two-tower trunk, 63x63 upsampler); scores from fc7 upsampled 32x.
         fcn16s        VGG16; + pool4 scores, upsampled 16x.
         fcn8s         VGG16; + pool3 scores, upsampled 8x.
         fcn8s-atonce  VGG16; FCN-8s trained in one stage: pool4 scaled by 0.01 and pool3 by 1e-4.

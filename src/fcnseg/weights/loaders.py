@@ -6,7 +6,8 @@
     fcnseg checkpoint     {"format": "fcnseg.checkpoint", ...}
 
 The Caffe and pytorch-fcn files use the reference's layer names, mapped here onto fcnseg's keys:
-conv1_1 ... conv5_3 -> ``backbone.features.<i>`` (torchvision's indices), fc6/fc7 ->
+conv1_1 ... conv5_3 (FCN-AlexNet: conv1 ... conv5, on the caffenet trunk) -> ``backbone.features.<i>``
+(torchvision's indices; CaffeNet's grouped blobs have PyTorch's grouped shape), fc6/fc7 ->
 ``backbone.classifier.0/3``, score_fr / score_pool4 / score_pool3 / upscore2 / upscore_pool4 keep
 their names, and the final upsampler (``upscore`` in FCN-32s, ``upscore16``, ``upscore8``) is the
 model's ``upscore{32,16,8}``. The architecture, class count and width are read from the file; every
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 VGG16_CONVS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
                "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3")
+CAFFENET_CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 HEAD_LAYERS = ("score_fr", "score_pool4", "score_pool3", "upscore2", "upscore_pool4")
 # The at-once net's fixed Scale layers: fcnseg's fcn8s-atonce applies the same constants.
 ATONCE_SCALES = {"scale_pool4": 1e-2, "scale_pool3": 1e-4}
@@ -41,11 +43,12 @@ FIX = "pass the file with --model/--num-classes of the net it was trained as, or
 
 
 def reference_names(model: nn.Module) -> dict[str, str]:
-    """Reference layer name -> fcnseg parameter prefix, for an FCN on VGG16."""
+    """Reference layer name -> fcnseg parameter prefix, for an FCN on VGG16 or CaffeNet."""
     trunk = model.backbone
+    conv_names = CAFFENET_CONVS if trunk.name == "caffenet" else VGG16_CONVS
     convs = [i for i, m in enumerate(trunk.features) if isinstance(m, nn.Conv2d)]
     fcs = [i for i, m in enumerate(trunk.classifier) if isinstance(m, nn.Conv2d)]
-    names = {ref: f"backbone.features.{i}" for ref, i in zip(VGG16_CONVS, convs)}
+    names = {ref: f"backbone.features.{i}" for ref, i in zip(conv_names, convs)}
     names.update(fc6=f"backbone.classifier.{fcs[0]}", fc7=f"backbone.classifier.{fcs[1]}")
     names.update({ref: ref for ref in HEAD_LAYERS if hasattr(model, ref)})
     names[model.final_name] = model.final_name
@@ -91,13 +94,15 @@ def _reference_layers_from_state(state: dict) -> dict[str, list[torch.Tensor]]:
     return {name: [p[k] for k in ("weight", "bias") if k in p] for name, p in layers.items()}
 
 
-def _arch_from_reference(layers: dict, label: str) -> tuple[str, int, float, str]:
-    """(model name, num_classes, width, head suffix) read off the reference layer names."""
+def _arch_from_reference(layers: dict, label: str) -> tuple[str, int, float, str, str]:
+    """(model name, num_classes, width, head suffix, backbone) read off the reference layer names."""
+    if "conv1" in layers and "fc6" in layers and "conv1_1" not in layers:  # FCN-AlexNet (CaffeNet trunk)
+        if "score_fr" not in layers or "score_pool4" in layers:
+            raise FcnsegError(f"{label} is an AlexNet but not the reference FCN-AlexNet (conv1..conv5, fc6, "
+                              f"fc7, score_fr, upscore); {FIX}")
+        num_classes = int(layers["score_fr"][0].shape[0])
+        return "fcn32s", num_classes, int(layers["conv1"][0].shape[0]) / 96, "", "caffenet"
     if "conv1_1" not in layers:
-        if "conv1" in layers and "fc6" in layers:
-            raise FcnsegError(f"{label} is an FCN-AlexNet (CaffeNet trunk with grouped convolutions and "
-                              "LRN); fcnseg's AlexNet is torchvision's single-tower net, so it cannot "
-                              "load this file; use an FCN-VGG16 model such as fcn8s-voc")
         raise FcnsegError(f"{label} has no conv1_1 layer: it is not an FCN on VGG16 (layers: "
                           f"{', '.join(list(layers)[:5])}, ...); {FIX}")
     suffix = "" if "score_fr" in layers else "_sem" if "score_fr_sem" in layers else None
@@ -112,7 +117,7 @@ def _arch_from_reference(layers: dict, label: str) -> tuple[str, int, float, str
         name = "fcn32s"
     num_classes = int(layers["score_fr" + suffix][0].shape[0])
     width = int(layers["conv1_1"][0].shape[0]) / 64
-    return name, num_classes, width, suffix
+    return name, num_classes, width, suffix, "vgg16"
 
 
 def load_reference(model: nn.Module, layers: dict[str, list], label: str, suffix: str = "") -> None:
@@ -219,12 +224,12 @@ def load_file(path: str | os.PathLike, *, model: str | None = None, meta: dict |
             layers = content if kind == "caffe" else _reference_layers_from_state(content)
         except FcnsegError as exc:
             raise FcnsegError(f"{label}: {exc}; {FIX}") from None
-        name, num_classes, width, suffix = _arch_from_reference(layers, label)
+        name, num_classes, width, suffix, backbone = _arch_from_reference(layers, label)
         if model and model != name and {model, name} != {"fcn8s", "fcn8s-atonce"}:
             raise FcnsegError(f"{label} holds an {name} ({kind} layer names), not a {model}; "
                               f"pass --model {name} or the matching file")
         name = model or name
-        kwargs = {"num_classes": num_classes, "backbone": "vgg16", "geometry": "caffe"}
+        kwargs = {"num_classes": num_classes, "backbone": backbone, "geometry": "caffe"}
         if width != 1:
             kwargs["width"] = width
         net = create_model(name, **kwargs)

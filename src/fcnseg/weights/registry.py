@@ -99,13 +99,13 @@ def _tv_fcn(depth: str, file: str, size: float, miou: str, acc: str) -> WeightsE
 
 def _caffe(name: str, file: str, model: str, size: float, result: str, repo_dir: str,
            classes: tuple[str, ...] = VOC_CLASSES, note: str = "", runnable: bool = True,
-           backbone: str = "vgg16") -> WeightsEntry:
+           backbone: str = "vgg16", normalization: str = "caffe") -> WeightsEntry:
     return WeightsEntry(
         name=name, kind="model", format="caffe", model=model, urls=(CAFFE + file,), checksum=None,
         size_mb=size, result=result, published=f"{FCN_REPO} ({repo_dir}, README)",
         confirmed=f"{FCN_REPO}/blob/master/{repo_dir}/caffemodel-url (no checksum published)",
         model_kwargs={"num_classes": len(classes), "backbone": backbone, "geometry": "caffe"},
-        class_names=classes, palette=_palette(len(classes)), normalization="caffe", note=note,
+        class_names=classes, palette=_palette(len(classes)), normalization=normalization, note=note,
         runnable=runnable)
 
 
@@ -122,8 +122,14 @@ def _pytorch_fcn(name: str, model: str, drive_id: str, md5: str, result: str, si
              "are in the authors' Caffe model (fcn*-voc)")
 
 
+# The Caffe models' input means (BGR), from the reference's data layers: PASCAL VOC and PASCAL-Context
+# (voc_layers.py, pascalcontext_layers.py) subtract the ImageNet VGG mean ("caffe"); NYUDv2 and SIFT
+# Flow subtract their own (nyud_layers.py mean_bgr, siftflow_layers.py mean).
+_NYUD = "caffe:116.190,97.203,92.318"
+_SIFT_FLOW = "caffe:114.578,115.294,108.353"
+
 # Sizes of the Caffe and pytorch-fcn files: 4 bytes per parameter of the architecture (counted with
-# fcnseg; the FCN-AlexNet trunk by hand), in MiB -- the publishers state none.
+# fcnseg, the fixed upsamplers included), in MiB -- the publishers state none.
 _NO_RESULT = "no score published with this file (the paper reports its architecture's)"
 _ENTRIES = [
     _backbone("vgg16", "vgg16-397923af.pth", 527.796, "71.592"),
@@ -142,24 +148,23 @@ _ENTRIES = [
     _caffe("fcn8s-atonce-voc", "fcn8s-atonce-pascal.caffemodel", "fcn8s-atonce", 513.0,
            "65.4 mean IU, PASCAL VOC seg11valid", "voc-fcn8s-atonce"),
     _caffe("fcn-alexnet-voc", "fcn-alexnet-pascal.caffemodel", "fcn32s", 223.9,
-           "48.0 mean IU, PASCAL VOC seg11valid", "voc-fcn-alexnet", backbone="alexnet", runnable=False,
-           note="CaffeNet trunk (grouped convolutions, LRN, 63x63 upsampler): fcnseg's AlexNet is "
-                "torchvision's single-tower variant, so this file downloads but does not convert yet"),
+           "48.0 mean IU, PASCAL VOC seg11valid", "voc-fcn-alexnet", backbone="caffenet",
+           note="CaffeNet trunk (grouped convolutions, LRN) and a 63x63 upsampler: fcnseg's "
+                "caffenet backbone, not torchvision's single-tower alexnet"),
     _caffe("fcn32s-nyud-color", "nyud-fcn32s-color-heavy.caffemodel", "fcn32s", 537.8,
            _NO_RESULT,
-           "nyud-fcn32s-color", classes=NYUD_CLASSES,
-           note="trained with the NYUDv2 mean BGR (116.190, 97.203, 92.318); fcnseg's caffe mode "
-                "subtracts the PASCAL mean, so colours are shifted by up to 30 levels"),
+           "nyud-fcn32s-color", classes=NYUD_CLASSES, normalization=_NYUD,
+           note="colour input only; subtracts the NYUDv2 mean BGR (116.190, 97.203, 92.318)"),
     _caffe("fcn32s-siftflow", "siftflow-fcn32s-heavy.caffemodel", "fcn32s", 529.7,
-           _NO_RESULT, "siftflow-fcn32s", classes=SIFT_FLOW_CLASSES,
-           note="semantic head (33 classes); the geometric head is dropped. Trained with the mean "
-                "BGR (114.578, 115.294, 108.353)"),
+           _NO_RESULT, "siftflow-fcn32s", classes=SIFT_FLOW_CLASSES, normalization=_SIFT_FLOW,
+           note="semantic head (33 classes); the geometric head is dropped. Subtracts the SIFT Flow "
+                "mean BGR (114.578, 115.294, 108.353)"),
     _caffe("fcn16s-siftflow", "siftflow-fcn16s-heavy.caffemodel", "fcn16s", 517.1,
            _NO_RESULT,
-           "siftflow-fcn16s", classes=SIFT_FLOW_CLASSES,
+           "siftflow-fcn16s", classes=SIFT_FLOW_CLASSES, normalization=_SIFT_FLOW,
            note="semantic head (33 classes); the geometric head is dropped"),
     _caffe("fcn8s-siftflow", "siftflow-fcn8s-heavy.caffemodel", "fcn8s", 514.0,
-           _NO_RESULT, "siftflow-fcn8s", classes=SIFT_FLOW_CLASSES,
+           _NO_RESULT, "siftflow-fcn8s", classes=SIFT_FLOW_CLASSES, normalization=_SIFT_FLOW,
            note="semantic head (33 classes); the geometric head is dropped"),
     _caffe("fcn32s-context", "pascalcontext-fcn32s-heavy.caffemodel", "fcn32s", 569.4,
            _NO_RESULT, "pascalcontext-fcn32s", classes=CONTEXT_CLASSES),
