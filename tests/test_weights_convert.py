@@ -273,6 +273,11 @@ def test_fcn_alexnet_caffemodel_logits_equal_reference_forward(tmp_path, v1):
     net = fcnseg.create_model("fcn32s", backbone="caffenet", geometry="caffe", weights=str(path))
     with torch.no_grad():
         torch.testing.assert_close(net(x), ref, rtol=1e-4, atol=1e-4)
+    if not v1:  # the bf16 fast path runs it too (LRN in float32: CPU avg_pool3d has no bf16 kernel)
+        from fcnseg.inference.fastpath import prepare_model, run_model
+
+        fast = run_model(prepare_model(net, True, 21), x, True)
+        assert fast.dtype == torch.float32 and (fast.argmax(1) == ref.argmax(1)).float().mean() > 0.95
 
 
 def test_per_model_mean_travels_with_the_converted_model(tmp_path):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from fcnseg.models.layers import scaled
+from fcnseg.models.layers import LocalResponseNorm, scaled
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class ClassifierTrunk(nn.Module):
         multiple = max(getattr(spec, "groups", 1) for spec in features)  # grouped convs split evenly
         for spec in features:
             if isinstance(spec, LRN):
-                layers.append(nn.LocalResponseNorm(spec.size, spec.alpha, spec.beta, k=1.0))
+                layers.append(LocalResponseNorm(spec.size, spec.alpha, spec.beta, k=1.0))
             elif isinstance(spec, Conv):
                 padding = _same_padding(spec.kernel, spec.stride) if geo.same else spec.padding
                 if not layers and geo.first_padding is not None:

@@ -91,3 +91,11 @@ def pad_to_multiple(x: Tensor, multiple: int, value: float = 0.0) -> Tensor:
         return x
     height, width = x.shape[-2], x.shape[-1]
     return F.pad(x, (0, (-width) % multiple, 0, (-height) % multiple), value=value)
+
+
+class LocalResponseNorm(nn.LocalResponseNorm):
+    """Caffe's cross-channel LRN, computed in float32 whatever the input's dtype (PyTorch's CPU
+    kernel has no bfloat16 form, and the sum of squares wants the precision); returns the input's dtype."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.float()).to(x.dtype)
