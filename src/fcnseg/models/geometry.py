@@ -10,6 +10,9 @@ reference derives its crop offsets (Caffe's ``coord_map``); here they are comput
 Example (the reference FCN-32s): conv1_1 pads 100, so its cell 0 is centred on pixel -99; each 2x2
 pool moves the start by half its input stride; fc6 (7x7) by 3 cells of stride 32; the 64x64 stride-32
 upsampler by -31.5 pixels. The output cell 0 sits at pixel -19, so the output is cropped by 19.
+The reference FCN-AlexNet (CaffeNet trunk): conv1 (11x11/4, pad 100) starts at -95, its three 3x3/2
+pools add 4, 8 and 16 (pool5 at -67), the 6x6 fc6 adds 2.5 cells of 32 (+80), and its 63x63 stride-32
+upsampler -31: cell 0 at pixel -18, the crop of its val.prototxt. LRN and grouping move no cell.
 """
 
 from __future__ import annotations
