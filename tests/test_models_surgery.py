@@ -98,11 +98,12 @@ def test_fcn_loads_torchvision_file_unchanged(reference, tmp_path):
     assert model.score_fr.weight.abs().sum() == 0  # fc8 discarded, score layer zero as in the reference
 
 
-def test_features_only_file_warns_that_fc_layers_start_fresh(reference, tmp_path):
+def test_features_only_file_warns_that_fc_layers_start_fresh(reference, tmp_path, caplog):
     path = tmp_path / "features.pth"
     torch.save({k: v for k, v in reference.state_dict().items() if k.startswith("features.")}, path)
-    with pytest.warns(UserWarning, match="fc6/fc7 start fresh"):
+    with caplog.at_level("WARNING", logger="fcnseg"):
         model = create_model("fcn32s", 4, width=TINY, backbone_weights=path)
+    assert any("fc6/fc7 start fresh" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
     assert torch.equal(model.backbone.features[0].weight, reference.features[0].weight)
 
 

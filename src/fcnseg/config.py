@@ -82,7 +82,8 @@ class TrainConfig:
     # evaluation, logging, checkpoints
     eval_every: int = _opt(0, "evaluate on the val split every N iterations (0 = only at the end)")
     checkpoint_every: int = _opt(0, "write last.pt every N iterations (0 = at evaluations and at the end)")
-    log_every: int = _opt(10, "log the training loss every N iterations")
+    log_every: int = _opt(10, "log the training loss (and, when stderr is not a terminal, a progress line) every N iterations")
+    tensorboard: bool = _opt(False, "also write TensorBoard scalars to RUN/tensorboard (needs the [tensorboard] extra)")
     num_samples: int = _opt(4, "val images rendered as image | truth | prediction in samples/")
     # speed and reproducibility
     precision: str = _opt("fp32", "autocast precision; 'auto' = bf16 where the CPU/GPU runs it fast "
@@ -94,7 +95,7 @@ class TrainConfig:
     # run directory
     out: str = _opt("runs/train", "run directory (config, checkpoints, metrics, plots, samples)")
     resume: str | None = _opt(None, "continue the run in this directory exactly where its last.pt left off")
-    progress: bool = _opt(True, "show a progress bar")
+    progress: bool = _opt(True, "show a progress bar when stderr is a terminal (--no-progress hides only the bar)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

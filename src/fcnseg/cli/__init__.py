@@ -3,7 +3,8 @@
 Every module in this package that defines ``register(subparsers)`` contributes one subcommand
 (models.py -> `fcnseg models`, train.py -> `fcnseg train`, ...). ``register`` adds its parser and
 sets ``func=<callable(args) -> int>``. Errors a user can cause are raised as FcnsegError and are
-printed here on one line, with exit status 2 and no traceback.
+printed here on one line, with exit status 2 and no traceback. Logging (progress lines, warnings,
+summaries: the "fcnseg" logger tree) is configured here, once: see fcnseg.logs.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from fcnseg.logs import configure
+
+    configure()
     try:
         return int(args.func(args) or 0)
     except FcnsegError as exc:

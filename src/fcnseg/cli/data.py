@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", action="append", help="split to check (repeatable; default: the usual train/val pair)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the full report as JSON")
     p.add_argument("--workers", type=int, default=2, help="reading threads (default 2)")
+    p.add_argument("--write-classes", action="store_true",
+                   help="folder datasets: first write the classes.json that binary 0/255 or RGB colour masks need "
+                        "(never replaces an existing one)")
     p.set_defaults(func=run_check)
 
 
@@ -63,9 +66,29 @@ def run_download(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     from fcnseg.data.check import check_dataset, format_report
 
+    if args.write_classes:
+        write_classes(args.spec)
     report = check_dataset(args.spec, args.split, workers=args.workers)
     print(format_report(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
     return 1 if report["num_problems"] else 0
+
+
+def write_classes(spec: str) -> None:
+    import logging
+
+    from fcnseg.data.base import parse_spec
+    from fcnseg.data.folder import write_suggested_classes
+    from fcnseg.errors import FcnsegError
+
+    name, root = parse_spec(spec)
+    if name != "folder":
+        raise FcnsegError(f"--write-classes is for folder:PATH datasets; {spec} defines its own classes")
+    written = write_suggested_classes(root)
+    log = logging.getLogger("fcnseg.cli.data")
+    if written is None:
+        log.info("%s: the masks are index masks that need no classes.json (one may still name the classes)", root)
+    else:
+        log.info("wrote %s with %d classes; rename them there as you like", written[0], len(written[1]["classes"]))

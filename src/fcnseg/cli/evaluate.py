@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "auto"),
                         help="autocast precision; auto = bf16 where it is fast (default: fp32)")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto = cuda where available (default)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     parser.add_argument("--max-images", type=int, metavar="N", help="evaluate only the first N images")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (padded; default 1)")
     parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         source.to(device)
     try:
         metrics = evaluate(source, dataset, meta=meta, precision=precision, channels_last=args.channels_last,
-                           device=device, max_images=args.max_images, batch_size=args.batch_size, workers=args.workers)
+                           device=device, max_images=args.max_images, batch_size=args.batch_size, workers=args.workers,
+                           progress=not args.no_progress)
     finally:
         shutdown_distributed()
     if not world.is_main:

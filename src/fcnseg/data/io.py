@@ -49,6 +49,8 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
     """Class ids of an index mask: 'P' and 'L' modes as they are; 16/32-bit greyscale checked to fit
     in 0..255. Colour masks raise (they need a colour table: see ``decode_colors``)."""
     img = _open(path, "mask")
+    if img.mode == "1":  # bilevel: 0/255, like a binary mask saved as greyscale
+        img = img.convert("L")
     if img.mode in ("P", "L"):
         return np.asarray(img)
     if img.mode in ("I", "I;16", "I;16B", "I;16L"):

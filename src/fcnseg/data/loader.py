@@ -8,7 +8,7 @@ when the samples were read in worker processes.
 
 from __future__ import annotations
 
-import warnings
+import logging
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fcnseg.data.transforms import DEFAULT_PAD, PadCollate
 from fcnseg.errors import FcnsegError
+
+log = logging.getLogger(__name__)
 
 Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -91,8 +93,7 @@ class SegmentationLoader(DataLoader):
                 if not self.skip_bad:
                     raise FcnsegError(bad.reason)
                 self.skipped.append((bad.name, bad.reason))
-                warnings.warn(f"skipped bad sample {bad.name} ({len(self.skipped)} skipped so far): {bad.reason}",
-                              stacklevel=2)
+                log.warning("skipped bad sample %s (%d skipped so far): %s", bad.name, len(self.skipped), bad.reason)
             images, masks = batch
             if len(images):
                 yield images, masks.long()

@@ -13,6 +13,7 @@ from fcnseg.data.normalize import mean_pixel
 from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.engine.losses import segmentation_loss
 from fcnseg.engine.metrics import ConfusionMatrix
+from fcnseg.engine.progress import track
 from fcnseg.engine.runtime import (all_reduce_sum, autocast, current_dist, prepare_input, resolve_device,
                                    resolve_precision, unwrap)
 from fcnseg.errors import FcnsegError
@@ -58,13 +59,14 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, normalization: str
 def evaluate(checkpoint_or_model: nn.Module | dict | str | os.PathLike, dataset: Any, *, meta: dict | None = None,
              batch_size: int = 1, precision: str = "fp32", channels_last: bool = False, device: str = "auto",
              max_images: int | None = None, workers: int = 0, class_weights: torch.Tensor | None = None,
-             ignore_index: int | None = None) -> dict:
+             ignore_index: int | None = None, progress: bool = False) -> dict:
     """Evaluate a model (or checkpoint file/dict) on ``dataset``.
 
     Returns ConfusionMatrix.compute()'s metrics (pixel_acc, mean_acc, mean_iu, fw_iu, per_class_iou,
     per_class_acc, pixels) plus ``loss`` (cross-entropy per labelled pixel), ``images``,
     ``confusion`` (rows truth, columns prediction) and ``class_names``. Inside an initialised process
     group every process evaluates its share of the images and the results are summed across ranks.
+    ``progress`` shows a bar on a terminal, else a log line at about every 10% (rank 0 only).
     """
     model, meta, what = load_for_eval(checkpoint_or_model, meta)
     check_not_empty(dataset, "evaluation split of")
@@ -89,7 +91,7 @@ def evaluate(checkpoint_or_model: nn.Module | dict | str | os.PathLike, dataset:
                           pad_value=mean_pixel(meta.get("normalization", "imagenet")))
     confusion = ConfusionMatrix(dataset.num_classes, ignore_index=ignore)
     loss_sum, labelled = 0.0, 0.0
-    for images, masks in loader:
+    for images, masks in track(loader, len(loader), "evaluate", enabled=progress and info.is_main, unit="batches"):
         logits = predict_logits(net, images, normalization=meta.get("normalization", "imagenet"), device=dev,
                                 precision=precision, channels_last=channels_last)
         masks = masks.to(dev)

@@ -9,13 +9,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from fcnseg.config import TrainConfig, config_from_dict, save_config
 from fcnseg.data import TrainTransform, load_dataset
@@ -26,11 +24,12 @@ from fcnseg.engine.evaluator import check_compatible, check_not_empty, evaluate,
 from fcnseg.engine.losses import load_class_weights, segmentation_loss
 from fcnseg.engine.optim import build_optimizer, build_scheduler
 from fcnseg.engine.rng import capture_rng, mix_seed, restore_rng, seed_everything
-from fcnseg.engine.rundir import (MetricsLog, metrics_table, plot_confusion, plot_curves, prepare_run_dir,
-                                  read_metrics, save_sample_strip, write_text)
+from fcnseg.engine.progress import TrainProgress, log_summary, scalars
+from fcnseg.engine.rundir import plot_confusion, plot_curves, prepare_run_dir, read_metrics, save_sample_strip, write_text
 from fcnseg.engine.runtime import (Dist, all_reduce_sum, autocast, barrier, broadcast_flag, init_distributed,
                                    prepare_input, resolve_device, resolve_precision, unwrap)
 from fcnseg.errors import FcnsegError
+from fcnseg.logs import configure_if_unset
 
 
 def train(config: TrainConfig | dict) -> dict:
@@ -39,7 +38,7 @@ def train(config: TrainConfig | dict) -> dict:
     To continue a stopped run: ``train(resume_config(run_dir))`` (see fcnseg.config).
     """
     cfg = config if isinstance(config, TrainConfig) else config_from_dict(config)
-    started = time.perf_counter()
+    configure_if_unset()  # progress lines and the summary are log records (fcnseg.logs)
     device = resolve_device(cfg.device)
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     world = init_distributed(device)
@@ -57,29 +56,30 @@ def train(config: TrainConfig | dict) -> dict:
     scheduler = build_scheduler(optimizer, total=cfg.iterations, schedule=cfg.lr_schedule, power=cfg.poly_power,
                                 warmup=cfg.warmup_iters)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    state = {"iteration": 0, "best_mean_iu": -1.0, "best_iteration": 0}
+    state = {"iteration": 0, "best_mean_iu": -1.0, "best_iteration": 0, "elapsed_s": 0.0}
     if world.enabled:
         seed_everything(mix_seed(cfg.seed, world.rank))  # different dropout / loss-sampling draws per process
     if resume is not None:
         restore_training(resume, model, optimizer, scheduler, scaler, state)
     net = wrap_model(model, cfg, device, world)
 
-    log = MetricsLog(run / "metrics.jsonl", resume_from=state["iteration"] if resume else None, enabled=world.is_main)
+    report = TrainProgress(run, cfg, is_main=world.is_main, start_iteration=state["iteration"],
+                           resumed=resume is not None, elapsed_before=state["elapsed_s"])
+    report.header(train_set, val_set, model, device, world.world_size, run)
     batches = training_batches(train_set, transform=train_transform(cfg, meta), batch_size=cfg.batch_size,
                                seed=cfg.seed, start_iteration=state["iteration"], workers=cfg.workers,
                                rank=world.rank, world_size=world.world_size, pad_value=mean_pixel(meta["normalization"]),
                                skip_bad=cfg.skip_bad)
 
     def checkpoint(name: str) -> None:
+        state["elapsed_s"] = report.total_seconds()
         save_training_checkpoint(run / name, model, meta, optimizer, scheduler, scaler, state, cfg, world)
 
     def validate() -> dict:
         return evaluate(net, val_set, meta=meta, precision=cfg.precision, channels_last=cfg.channels_last,
-                        device=device, max_images=cfg.max_val_images, workers=cfg.workers, class_weights=weights)
+                        device=device, max_images=cfg.max_val_images, workers=cfg.workers, class_weights=weights,
+                        progress=report.bar_on)
 
-    bar = tqdm(total=cfg.iterations, initial=state["iteration"], disable=not (cfg.progress and world.is_main),
-               dynamic_ncols=True, desc="train")
-    meter = ThroughputMeter()
     val = None
 
     # the loop
@@ -90,34 +90,23 @@ def train(config: TrainConfig | dict) -> dict:
         scheduler.step()
         state["iteration"] += 1
         it = state["iteration"]
-        meter.add(len(images) * world.world_size, loss)
         done = it == cfg.iterations
-
-        if due(it, cfg.log_every) or done:
-            record = {"iteration": it, "kind": "train", "loss": meter.mean_loss(), "lr": optimizer.param_groups[0]["lr"],
-                      "images_per_s": meter.rate()}
-            bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.3g}", img_s=f"{record['images_per_s']:.1f}")
-            log.append(record)
-            meter.reset()
-        bar.update(1)
+        report.step(it, len(images) * world.world_size, loss, optimizer.param_groups[0]["lr"])
 
         if due(it, cfg.eval_every) or done:
             val = validate()
-            log.append({"iteration": it, "kind": "val", **scalars(val)})
-            if not bar.disable:
-                bar.write(f"iteration {it}: val mean IU {100 * val['mean_iu']:.1f}  "
-                          f"pixel acc {100 * val['pixel_acc']:.1f}  loss {val['loss']:.4f}")
+            report.validation(it, val, best=val["mean_iu"] > state["best_mean_iu"])
             if val["mean_iu"] > state["best_mean_iu"]:
                 state["best_mean_iu"], state["best_iteration"] = val["mean_iu"], it
                 checkpoint("best.pt")
             checkpoint("last.pt")
         elif due(it, cfg.checkpoint_every):
             checkpoint("last.pt")
-    bar.close()
+    report.close()
 
     if val is None:  # resumed a run that had already finished
         val = validate()
-    summary = finish_run(run, cfg, model, meta, val, state, val_set, device, world, time.perf_counter() - started)
+    summary = finish_run(run, cfg, model, meta, val, state, val_set, device, world, report.total_seconds())
     barrier()
     return summary
 
@@ -156,31 +145,6 @@ def raise_diverged(run: Path, iteration: int, value: float | str) -> None:
 
 def due(iteration: int, every: int) -> bool:
     return every > 0 and iteration % every == 0
-
-
-class ThroughputMeter:
-    """Mean loss and images per second since the last reset."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        self.start, self.images, self.losses = time.perf_counter(), 0, []
-
-    def add(self, images: int, loss: float) -> None:
-        self.images += images
-        self.losses.append(loss)
-
-    def mean_loss(self) -> float:
-        return sum(self.losses) / max(1, len(self.losses))
-
-    def rate(self) -> float:
-        return self.images / max(1e-9, time.perf_counter() - self.start)
-
-
-def scalars(metrics: dict) -> dict:
-    """The per-run numbers of an evaluation (no per-class lists or matrices)."""
-    return {k: metrics[k] for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "loss")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,7 +270,7 @@ def restore_training(ckpt: dict, model: nn.Module, optimizer, scheduler, scaler,
     if ts.get("scaler"):
         scaler.load_state_dict(ts["scaler"])
     for key in state:
-        state[key] = ts[key]
+        state[key] = ts.get(key, state[key])
     restore_rng(ts["rng"])
 
 
@@ -332,11 +296,7 @@ def finish_run(run: Path, cfg: TrainConfig, model: nn.Module, meta: dict, val: d
     samples = save_samples(model, meta, val_set, cfg, device, run / "samples")
     summary.update(plots=[str(p) for p in plots], samples=[str(p) for p in samples])
     write_text(run / "summary.json", json.dumps(summary, indent=2))
-    if cfg.progress:
-        print(f"\n{cfg.model} on {cfg.data}: {state['iteration']} iterations in {seconds:.0f} s; "
-              f"best mean IU {100 * state['best_mean_iu']:.1f} at iteration {state['best_iteration']}")
-        print(metrics_table(val, meta["class_names"]))
-        print(f"run directory: {run}")
+    log_summary(cfg, state, val, meta["class_names"], run, seconds)
     return summary
 
 

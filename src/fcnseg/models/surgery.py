@@ -10,8 +10,8 @@ shape match from one model to another (FCN-32s -> FCN-16s -> FCN-8s).
 
 from __future__ import annotations
 
+import logging
 import os
-import warnings
 from collections.abc import Mapping
 
 import torch
@@ -19,6 +19,8 @@ from torch import nn
 
 from fcnseg.files import safe_torch_load
 from fcnseg.errors import FcnsegError
+
+log = logging.getLogger(__name__)
 
 WeightsSource = str | os.PathLike | Mapping
 
@@ -89,8 +91,7 @@ def load_backbone_weights(module: nn.Module, source: WeightsSource, *, what: str
             own[key].copy_(value)
     if missing:
         layers = ", ".join(sorted({k.rsplit(".", 1)[0] for k in missing}))
-        warnings.warn(f"{what} {label} has no fully connected layers ({layers}): fc6/fc7 start fresh "
-                      "(random init)", UserWarning, stacklevel=3)
+        log.warning("%s %s has no fully connected layers (%s): fc6/fc7 start fresh (random init)", what, label, layers)
     return list(loaded)
 
 
