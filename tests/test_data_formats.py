@@ -167,11 +167,12 @@ def make_folder(root, split="train", stems=("a", "b"), color=False):
             write_png(root / split / "masks" / f"{stem}.png", mask)
 
 
-def test_folder_index_masks_infer_classes(tmp_path):
+def test_folder_index_masks_infer_classes(tmp_path, caplog):
     make_folder(tmp_path)
     make_folder(tmp_path, "val", stems=("c",))
-    with pytest.warns(UserWarning, match="no classes.json; found labels 0..2 in 3 masks"):
+    with caplog.at_level("WARNING", logger="fcnseg"):
         ds = load_dataset(f"folder:{tmp_path}", "val")
+    assert "no classes.json; found labels 0..2 in 3 masks" in caplog.text
     assert ds.num_classes == 3 and ds.class_names == ("class_0", "class_1", "class_2") and len(ds) == 1
     write_jpg(tmp_path / "train" / "images" / "orphan.jpg")
     with pytest.raises(FcnsegError, match="orphan.jpg has no mask"):
