@@ -26,11 +26,62 @@ def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: i
     return palette_array(palette, ignore_index)[np.clip(mask, 0, 255).astype(np.uint8)]
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5) -> np.ndarray:
-    """Blend the colourised mask over an HxWx3 uint8 image."""
+def overlay(image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5,
+            background: int | None = 0) -> np.ndarray:
+    """Blend the colourised mask over an HxWx3 uint8 image. Pixels of class ``background`` keep the
+    photo as it is (its brightness and colours); ``background=None`` blends every class."""
+    photo = np.asarray(image)[..., :3]
     color = colorize(mask, palette).astype(np.float32)
-    out = (1 - alpha) * np.asarray(image, dtype=np.float32)[..., :3] + alpha * color
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    out = np.clip((1 - alpha) * photo.astype(np.float32) + alpha * color + 0.5, 0, 255).astype(np.uint8)
+    if background is not None:
+        keep = np.asarray(mask) == background
+        out[keep] = photo[keep]
+    return out
+
+
+def legend_entries(mask: np.ndarray, class_names: Sequence[str], palette: Sequence[Sequence[int]],
+                   background: int | None = 0) -> list[tuple[str, tuple[int, int, int]]]:
+    """(name, colour) of every class present in ``mask`` except ``background``, in class order."""
+    present = np.flatnonzero(np.bincount(np.asarray(mask).ravel().astype(np.int64).clip(0), minlength=len(palette)))
+    lut = palette_array(palette)
+    return [(str(class_names[k]) if k < len(class_names) else str(k), tuple(int(v) for v in lut[min(k, 255)]))
+            for k in present if k != background and k < max(len(class_names), len(palette))]
+
+
+def with_legend(image: np.ndarray, entries: Sequence[tuple[str, Sequence[int]]]) -> np.ndarray:
+    """The image with a white band below it: a colour swatch and the name of each entry, wrapped to
+    the image's width (``entries`` from :func:`legend_entries`; none: the band says so)."""
+    from PIL import ImageDraw, ImageFont
+
+    image = np.asarray(image)[..., :3]
+    width = image.shape[1]
+    size = max(10, min(32, width // 40))
+    try:
+        font = ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow < 10.1 or no FreeType: the small bitmap font
+        font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    pad, swatch = max(3, size // 3), size
+    items = entries or [("no class other than background", None)]
+    rows, x, y = [], pad, pad
+    for name, color in items:  # place every item, wrapping to a new row when the image is too narrow
+        text_width = int(measure.textlength(name, font=font))
+        item_width = (swatch + pad if color is not None else 0) + text_width + 2 * pad
+        if x > pad and x + item_width > width:
+            x, y = pad, y + swatch + pad
+        rows.append((x, y, name, color))
+        x += item_width
+    band = Image.new("RGB", (width, y + swatch + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(band)
+    for x, y, name, color in rows:
+        if color is not None:
+            draw.rectangle([x, y, x + swatch - 1, y + swatch - 1], fill=tuple(color), outline=(0, 0, 0))
+            x += swatch + pad
+        if isinstance(font, ImageFont.FreeTypeFont):
+            draw.text((x, y + swatch // 2), name, fill=(0, 0, 0), font=font, anchor="lm")
+        else:  # bitmap fonts take no anchor
+            draw.text((x, y), name, fill=(0, 0, 0), font=font)
+    return np.concatenate([image, np.asarray(band)], axis=0)
 
 
 def save_index_png(mask: np.ndarray, palette: Sequence[Sequence[int]], path: str | os.PathLike) -> None:

@@ -1,7 +1,8 @@
 """`fcnseg predict`: label images, folders and globs with a trained model.
 
 Writes, per input, ``NAME.png`` (palette PNG whose pixel values are class ids), with --overlay
-``NAME_overlay.jpg`` (colours blended over the photo) and with --probs ``NAME_probs.npy``
+``NAME_overlay.jpg`` (class colours blended over the photo, background left as it is, and a legend
+band below naming the classes found) and with --probs ``NAME_probs.npy``
 (C x H x W float16). An input that cannot be read is reported on one line and skipped; the
 command exits 1 when any input failed.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import glob
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from PIL import Image
 from fcnseg.errors import FcnsegError
 
 GLOB_CHARS = "*?["
+log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -52,6 +54,10 @@ def register(subparsers) -> None:
                         "with --tile or many same-size images)")
     p.add_argument("--max-pixels", type=float, default=100e6,
                    help="refuse larger images (decompression-bomb guard; default 100e6)")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N or auto = cuda where available (default); on a GPU prediction "
+                        "uses autocast and channels_last")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p.set_defaults(func=run)
 
 
@@ -101,28 +107,28 @@ def output_stems(paths: list[Path]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from fcnseg.engine.progress import track
+    from fcnseg.engine.runtime import resolve_device
     from fcnseg.inference import Segmenter, load_image
-    from fcnseg.viz import overlay, save_index_png
+    from fcnseg.viz import legend_entries, overlay, save_index_png, with_legend
 
     scales = parse_scales(args.scales)
+    resolve_device(args.device)  # a bad --device is one line before anything is loaded
     paths, errors = collect_inputs(args.inputs)
     for line in errors:
-        print(f"fcnseg predict: error: {line}", file=sys.stderr)
+        log.error("%s", line)
     load = (Segmenter.from_checkpoint if args.checkpoint else Segmenter.from_pretrained)
-    seg = load(args.checkpoint or args.weights, backend=args.backend,
-                                    fast=False if args.no_fast else None, tile=args.tile,
-                                    overlap=args.overlap, tta_flip=args.tta_flip, scales=scales,
-                                    shift_stitch=args.stitch_factor or args.shift_stitch or None,
-                                    max_pixels=int(args.max_pixels), compile=args.compile)
-    print(f"fcnseg predict: {seg.describe()}", file=sys.stderr)
+    seg = load(args.checkpoint or args.weights, backend=args.backend, fast=False if args.no_fast else None,
+               tile=args.tile, overlap=args.overlap, tta_flip=args.tta_flip, scales=scales,
+               shift_stitch=args.stitch_factor or args.shift_stitch or None,
+               max_pixels=int(args.max_pixels), compile=args.compile, device=args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     palette = seg.palette or _default_palette(seg.num_classes)
     failed = len(errors)
     done = 0
-    for path, stem in zip(tqdm(paths, desc="predict", unit="img", file=sys.stderr), output_stems(paths)):
+    for path, stem in zip(track(paths, len(paths), "predict", enabled=not args.no_progress, unit="images"),
+                          output_stems(paths)):
         try:
             rgb = load_image(path, seg.max_pixels)
             probs = (_probs_file(out / f"{stem}_probs.npy", (seg.num_classes, *rgb.shape[:2]))
@@ -133,12 +139,14 @@ def run(args: argparse.Namespace) -> int:
                 del probs
             save_index_png(mask, palette, out / f"{stem}.png")
             if args.overlay:
-                Image.fromarray(overlay(rgb, mask, palette)).save(out / f"{stem}_overlay.jpg", quality=90)
+                legend = legend_entries(mask, seg.class_names, palette)
+                picture = with_legend(overlay(rgb, mask, palette), legend)
+                Image.fromarray(picture).save(out / f"{stem}_overlay.jpg", quality=90)
             done += 1
         except FcnsegError as exc:
             failed += 1
-            tqdm.write(f"fcnseg predict: error: {exc}", file=sys.stderr)
-    print(f"fcnseg predict: {done} image(s) written to {out}, {failed} failed", file=sys.stderr)
+            log.error("%s", exc)
+    log.info("fcnseg predict: %d image(s) written to %s, %d failed", done, out, failed)
     return 1 if failed else 0
 
 

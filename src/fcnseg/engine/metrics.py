@@ -16,6 +16,7 @@ Per-class values of left-out classes are NaN. Pixels whose target is ``ignore_in
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -33,8 +34,10 @@ class ConfusionMatrix:
         self.mat.zero_()
 
     @torch.no_grad()
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a batch: ``pred`` and ``target`` are integer label tensors of the same shape."""
+    def update(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
+        """Add a batch: ``pred`` and ``target`` are integer label maps of the same shape, as torch
+        tensors or numpy arrays (e.g. what ``Segmenter.predict`` returns) in any mix."""
+        pred, target = _labels(pred, "prediction"), _labels(target, "target")
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
         n = self.num_classes
@@ -88,3 +91,12 @@ class ConfusionMatrix:
             "per_class_acc": acc.tolist(),
             "pixels": int(total),
         }
+
+
+def _labels(value, what: str) -> torch.Tensor:
+    """A label map as an integer tensor (numpy arrays and nested lists are converted without copying
+    where possible); floats are refused, because a probability map is not a label map."""
+    tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    if tensor.is_floating_point() or tensor.is_complex():
+        raise ValueError(f"{what} must hold integer class ids, got {tensor.dtype}; take argmax of scores first")
+    return tensor

@@ -16,14 +16,34 @@ from fcnseg.errors import FcnsegError
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda if available else cpu; anything else must exist."""
-    if name == "auto":
+def resolve_device(name: str | torch.device | None = "auto", option: str = "--device") -> torch.device:
+    """The one device check of train, evaluate and predict: 'auto' (or None) -> cuda where available,
+    else cpu; 'cpu', 'cuda' and 'cuda:N' must exist here. Anything else is one FcnsegError naming ``option``."""
+    text = "auto" if name is None else str(name).strip().lower()
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FcnsegError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise FcnsegError(f"{option} {name!r} is not a device fcnseg runs on; use cpu, cuda, cuda:N or auto")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise FcnsegError(f"{option} {name!r} requested but CUDA is not available ({why}); "
+                              "use --device cpu (or auto)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise FcnsegError(f"{option} {name!r}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
     return device
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """The reduced precision for inference on ``device``: bf16 where supported, else fp16 (CUDA)."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
 
 
 def fast_bf16(device: torch.device) -> bool:

@@ -1,4 +1,5 @@
-"""Reading images for prediction: any file Pillow opens, PIL images and numpy arrays -> HxWx3 uint8 RGB.
+"""Reading images for prediction: any file Pillow opens, PIL images, numpy arrays and torch tensors
+-> HxWx3 uint8 RGB; :func:`image_list` splits a list or a batch into single images.
 
 Handles EXIF orientation (phone photos), grayscale, palette, RGBA (alpha dropped), 16-bit and float
 inputs. Files whose header announces more than ``max_pixels`` pixels are refused before decoding
@@ -8,16 +9,17 @@ inputs. Files whose header announces more than ``max_pixels`` pixels are refused
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fcnseg.errors import FcnsegError
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, "torch.Tensor"]  # noqa: F821 (torch: lazily)
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels (a 4000x3000 photo is 12)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -94,18 +96,59 @@ def _too_big(path: Path, width: int, height: int, max_pixels: int) -> str:
             f"{max_pixels / 1e6:.0f} (decompression bomb guard); raise --max-pixels if the file is trusted")
 
 
+def _is_tensor(value: Any) -> bool:
+    torch = sys.modules.get("torch")  # a tensor exists only if torch was imported
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def tensor_to_hwc(tensor: "torch.Tensor") -> np.ndarray:  # noqa: F821
+    """A CHW (or 1xCxHxW, HW, HWC) tensor on any device -> an HxWxC numpy array (values unchanged)."""
+    array = tensor.detach().cpu()
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.is_floating_point():
+        array = array.float()  # bf16/fp16 -> fp32: numpy has no bf16
+    array = array.numpy()
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4):
+        return array.transpose(1, 2, 0)  # CHW, the torch layout
+    if array.ndim in (2, 3):
+        return array  # HW, or HWC when the first axis cannot be channels
+    raise FcnsegError(f"image tensor has shape {tuple(tensor.shape)}; pass CxHxW, 1xCxHxW or NxCxHxW "
+                      "(a list or a batch)")
+
+
 def load_image(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """A path, PIL image or numpy array -> HxWx3 uint8 RGB numpy array."""
+    """A path, PIL image, numpy array (HxW, HxWxC) or torch tensor (CxHxW) -> HxWx3 uint8 RGB.
+
+    Integer values are taken as 0..255 (0..65535 above 255); floats in [0, 1] are scaled to 0..255."""
     if isinstance(image, (str, os.PathLike)):
         return read_image(image, max_pixels)
     if isinstance(image, Image.Image):
         if image.width * image.height > max_pixels:
             raise FcnsegError(_too_big(Path("<PIL image>"), image.width, image.height, max_pixels))
         return pil_to_rgb(image)
+    if _is_tensor(image):
+        image = tensor_to_hwc(image)
     if isinstance(image, np.ndarray):
+        if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[2] not in (1, 3, 4):
+            image = image.transpose(1, 2, 0)  # a CHW array: the layout is unambiguous
+        if image.ndim >= 2 and image.shape[0] * image.shape[1] > max_pixels:
+            raise FcnsegError(_too_big(Path("<array>"), image.shape[1], image.shape[0], max_pixels))
         return to_rgb(image)
-    raise FcnsegError(f"cannot predict on a {type(image).__name__}; pass a file path, PIL image or "
-                      "numpy array")
+    raise FcnsegError(f"cannot predict on a {type(image).__name__}; pass a file path, PIL image, numpy array, "
+                      "torch tensor, or a list of those")
+
+
+def image_list(images: Any) -> tuple[list, bool]:
+    """(single images, was it several?) for a single image, a list/tuple of images, an NxCxHxW
+    tensor or an NxHxWxC numpy array (one image per entry of the first axis)."""
+    if isinstance(images, (list, tuple)):
+        return list(images), True
+    if _is_tensor(images) and images.ndim == 4:
+        return list(images.unbind(0)), True
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images), True
+    return [images], False
 
 
 def is_image_file(path: Path) -> bool:

@@ -4,6 +4,7 @@
     seg = Segmenter.from_pretrained("fcn8s-voc")            # published weights, by name or file
     mask = seg.predict("photo.jpg")                          # H x W class ids at the photo's size
     probs = seg.predict_proba(image_array)                   # C x H x W probabilities
+    masks = seg.predict(["a.jpg", pil_image, tensor_chw])    # a list in, a list out
     print(seg.describe())
 
 Everything comes from the checkpoint's metadata (model, classes, palette, normalisation). Options:
@@ -24,9 +25,10 @@ import torch
 from torch import nn
 
 from fcnseg.data.normalize import normalize
+from fcnseg.engine.runtime import autocast_dtype, resolve_device
 from fcnseg.errors import FcnsegError
 from fcnseg.inference import export, fastpath
-from fcnseg.inference.image_io import DEFAULT_MAX_PIXELS, ImageInput, load_image
+from fcnseg.inference.image_io import DEFAULT_MAX_PIXELS, ImageInput, image_list, load_image
 from fcnseg.inference.shift_stitch import shift_and_stitch, subsampled
 from fcnseg.inference.window import sliding_window, tta
 
@@ -38,18 +40,55 @@ AUTO_TILE_PIXELS = 2_250_000
 
 
 class Segmenter:
-    """Predict class masks and probabilities with a trained model (see the module docstring).
+    """Predict class masks and probabilities with a trained model.
 
-    ``fast=None`` turns the bf16 fast path on where the CPU supports it; a model passed in
-    directly is then converted in place (bf16 weights, channels_last). ``compile=True`` adds
-    torch.compile with weight freezing: faster per call, but each new input shape compiles first.
+    Usage::
+
+        import fcnseg
+
+        seg = fcnseg.Segmenter.from_checkpoint("runs/8s/best.pt")   # .pt, .safetensors or .onnx
+        mask = seg.predict("photo.jpg")          # H x W class ids (uint8) at the photo's size
+        probs = seg.predict_proba(pil_image)     # C x H x W float32 probabilities
+        masks = seg.predict([path, array_hwc, tensor_chw])   # one result per image, in order
+        masks = seg.predict(batch_nchw)          # N x C x H x W tensor: a list of N masks
+        print(seg.class_names, seg.describe())
+
+        cm = fcnseg.ConfusionMatrix(seg.num_classes)         # score against your own labels
+        cm.update(mask, truth)                               # numpy arrays or tensors
+        print(cm.compute()["mean_iu"])
+
+    Inputs: a file path, a PIL image, a numpy array (H x W x 3, or H x W greyscale; uint8, 16-bit
+    or floats in [0, 1]), a torch tensor (C x H x W; uint8 or floats in [0, 1]), or a list of any of
+    those; an N x C x H x W tensor or N x H x W x 3 array counts as a list. Same-size images of a
+    list run as one batch (up to ``batch_size``) when the image needs no tiling.
+
+    Constructor options (``from_checkpoint`` passes them through):
+
+    * ``model``, ``meta``: the network and its checkpoint metadata (model name, classes, palette,
+      normalisation); ``from_checkpoint`` reads both from a file.
+    * ``device``: "auto" (default: cuda where available, else cpu), "cpu", "cuda" or "cuda:N";
+      checked like ``fcnseg train --device``. On a GPU, prediction runs under autocast (bf16, or
+      fp16 where the GPU lacks bf16) with channels_last.
+    * ``fast``: the CPU bf16 fast path (bf16 weights, channels_last); None = where the CPU runs bf16
+      natively. A model passed in directly is then converted in place. Ignored on a GPU.
+    * ``backend``: "torch" (default) or "onnxruntime" (CPU; needs the [onnx] extra).
+    * ``onnx_model``: serialised ONNX bytes for the onnxruntime backend (default: export ``model``).
+    * ``tile``: sliding-window tile size in pixels; None = whole image up to 2.25 MP, 1024-pixel
+      tiles above; 0 = always the whole image. ``overlap``: tile overlap fraction in [0, 1).
+    * ``tta_flip``, ``scales``: test-time augmentation, averaging the horizontal flip and these
+      input scales (e.g. (0.75, 1, 1.25)).
+    * ``shift_stitch``: shift-and-stitch (paper Section 3.2) with this stride; True = the model's
+      output stride. Costs stride^2 forward passes.
+    * ``max_pixels``: refuse larger images (decompression-bomb guard; default 100 megapixels).
+    * ``threads``: onnxruntime intra-op threads (default: torch's thread count).
+    * ``compile``: torch.compile with weight freezing; faster per call, each new shape compiles first.
     """
 
     def __init__(self, model: nn.Module | None, meta: dict, *, fast: bool | None = None,
                  backend: str = "torch", onnx_model: bytes | None = None, tile: int | None = None,
                  overlap: float = 0.25, tta_flip: bool = False, scales: Sequence[float] = (1.0,),
                  shift_stitch: int | bool | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 threads: int | None = None, compile: bool = False) -> None:
+                 threads: int | None = None, compile: bool = False, device: str | torch.device = "auto") -> None:
         if backend not in BACKENDS:
             raise FcnsegError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if tile is not None and tile < 0:
@@ -76,11 +115,15 @@ class Segmenter:
         self.max_pixels = max_pixels
         self.fast = False
         self.compiled = compile and backend == "torch"
+        self.device = _inference_device(device, backend)
         if backend == "torch":
             if model is None:
                 raise FcnsegError("backend 'torch' needs a model; pass a .pt or .safetensors checkpoint")
-            self.fast = fastpath.fast_path_supported() if fast is None else bool(fast)
-            self.model = fastpath.prepare_model(model, self.fast, self.num_classes)
+            if self.device.type == "cuda":
+                self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+            else:
+                self.fast = fastpath.fast_path_supported() if fast is None else bool(fast)
+                self.model = fastpath.prepare_model(model, self.fast, self.num_classes)
             if compile:
                 self.model = fastpath.Compiled(self.model)
         else:
@@ -95,7 +138,9 @@ class Segmenter:
         """Load a ``.pt`` checkpoint, an exported ``.safetensors`` or an ``.onnx`` file.
 
         ``backend`` defaults to "onnxruntime" for .onnx files and "torch" otherwise; asking for
-        onnxruntime with a PyTorch checkpoint exports it to ONNX in memory first.
+        onnxruntime with a PyTorch checkpoint exports it to ONNX in memory first. Every other
+        keyword is a constructor option (``device``, ``fast``, ``tile``, ``overlap``, ``tta_flip``,
+        ``scales``, ``shift_stitch``, ``max_pixels``, ``threads``, ``compile``: see the class).
         """
         from fcnseg.engine.checkpoint import model_from_checkpoint
 
@@ -140,16 +185,42 @@ class Segmenter:
 
     # ----------------------------------------------------------------------------- prediction
 
-    def predict(self, image: ImageInput) -> np.ndarray:
-        """HxW class ids (uint8, or int32 above 256 classes) at the input image's size."""
-        return self.segment(image)[0]
+    def predict(self, images: ImageInput | Sequence[ImageInput], *, batch_size: int = 8) -> np.ndarray | list[np.ndarray]:
+        """HxW class ids (uint8, or int32 above 256 classes) at the input image's size; for a list
+        (or an N-image batch) a list of them, one per image in order. Inputs: see the class."""
+        items, many = image_list(images)
+        masks = [mask for mask, _ in self._run_all(items, batch_size, probs=False)]
+        return masks if many else masks[0]
 
-    def predict_proba(self, image: ImageInput) -> np.ndarray:
-        """CxHxW float32 class probabilities at the input image's size."""
-        rgb = load_image(image, self.max_pixels)
-        probs = np.empty((self.num_classes, *rgb.shape[:2]), dtype=np.float32)
-        self.segment(rgb, probs_out=probs)
-        return probs
+    def predict_proba(self, images: ImageInput | Sequence[ImageInput], *,
+                      batch_size: int = 8) -> np.ndarray | list[np.ndarray]:
+        """CxHxW float32 class probabilities at the input image's size; a list for a list."""
+        items, many = image_list(images)
+        probs = [p for _, p in self._run_all(items, batch_size, probs=True)]
+        return probs if many else probs[0]
+
+    def _run_all(self, items: list, batch_size: int, probs: bool):
+        """(mask, probabilities or None) per item, in order. Up to ``batch_size`` images are read at
+        a time; those of equal size that need no tiling run as one batch, the rest one by one."""
+        if batch_size < 1:
+            raise FcnsegError(f"batch_size {batch_size} must be at least 1")
+        for start in range(0, len(items), batch_size):
+            rgbs = [load_image(item, self.max_pixels) for item in items[start:start + batch_size]]
+            results: list = [None] * len(rgbs)
+            groups: dict[tuple[int, int], list[int]] = {}
+            for i, rgb in enumerate(rgbs):
+                groups.setdefault(rgb.shape[:2], []).append(i)
+            for (height, width), members in groups.items():
+                if len(members) > 1 and not self._tile_for(height, width):
+                    batch = torch.from_numpy(np.stack([rgbs[i] for i in members])).permute(0, 3, 1, 2)
+                    out = self._tile_probs(batch).float()
+                    for i, p in zip(members, out):
+                        results[i] = (_mask_of(p, self.num_classes), p.numpy() if probs else None)
+                    continue
+                for i in members:
+                    buffer = np.empty((self.num_classes, height, width), np.float32) if probs else None
+                    results[i] = (self.segment(rgbs[i], probs_out=buffer)[0], buffer)
+            yield from results
 
     def segment(self, image: ImageInput, probs_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(mask, rgb): the class-id mask and the HxWx3 uint8 image it belongs to.
@@ -189,6 +260,8 @@ class Segmenter:
 
     def _probs(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax class probabilities of the backend for a normalised float batch."""
+        if self.device.type == "cuda":
+            return _cuda_probs(self.model, x, self.device)
         if self.backend == "torch":
             scores = fastpath.run_model(self.model, x, self.fast)
         else:
@@ -204,6 +277,9 @@ class Segmenter:
                  "normalisation)"]
         if self.backend == "onnxruntime":
             parts.append("onnxruntime CPU fp32")
+        elif self.device.type == "cuda":
+            dtype = str(autocast_dtype(self.device)).removeprefix("torch.")
+            parts.append(f"torch {self.device} autocast {dtype} + channels_last + inference_mode")
         elif self.fast:
             parts.append(f"torch fast path: bf16 weights (fp32 score head) + channels_last + inference_mode "
                          f"({fastpath.fast_path_reason()})")
@@ -224,6 +300,29 @@ class Segmenter:
         if self.shift_stitch and self.shift_stitch > 1:
             parts.append(f"shift-and-stitch x{self.shift_stitch}")
         return " | ".join(parts)
+
+
+def _inference_device(device: str | torch.device | None, backend: str) -> torch.device:
+    """The checked device; onnxruntime runs here on the CPU (an explicit cuda request is an error)."""
+    if backend == "onnxruntime":
+        if device not in (None, "auto") and resolve_device(device).type != "cpu":
+            raise FcnsegError(f"--device {device}: the onnxruntime backend runs on the CPU; use --backend torch "
+                              "with a .pt or .safetensors checkpoint for the GPU")
+        return torch.device("cpu")
+    return resolve_device(device)
+
+
+def _cuda_probs(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Probabilities on the GPU: autocast (bf16, else fp16) + channels_last; returned on the CPU."""
+    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=autocast_dtype(device)):
+        scores = model(x)
+    return scores.float().softmax(1).cpu()
+
+
+def _mask_of(probs: torch.Tensor, num_classes: int) -> np.ndarray:
+    """C x H x W probabilities -> H x W class ids (uint8, or int32 above 256 classes)."""
+    return probs.argmax(0).numpy().astype(np.uint8 if num_classes <= 256 else np.int32)
 
 
 def _ort_session(model_bytes: bytes, threads: int | None):
