@@ -55,7 +55,7 @@ def with_legend(image: np.ndarray, entries: Sequence[tuple[str, Sequence[int]]])
 
     image = np.asarray(image)[..., :3]
     width = image.shape[1]
-    size = max(10, min(32, width // 40))
+    size = max(12, min(32, width // 32))
     try:
         font = ImageFont.load_default(size=size)
     except (TypeError, OSError):  # Pillow < 10.1 or no FreeType: the small bitmap font
