@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# constraints-cpu.txt pins torch to the local CPU wheel so no CUDA package is downloaded
-	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev,onnx]"
+	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev,onnx,tensorboard]"
 	touch $(STAMP)
 
 install: $(STAMP)
