@@ -84,7 +84,12 @@ def test_every_option_is_on_the_command_line_with_help():
 
 
 def test_resume_config_reads_saved_config(tmp_path):
-    save_config(TrainConfig(data="shapes", lr=0.25, iterations=10), tmp_path / "config.yaml")
+    from fcnseg.engine.checkpoint import save_checkpoint
+
+    config = TrainConfig(data="shapes", lr=0.25, iterations=10)
+    save_config(config, tmp_path / "config.yaml")
+    save_checkpoint(tmp_path / "last.pt", {}, {"model_name": "fcn8s", "model_kwargs": {}},
+                    {"iteration": 10, "optimizer": {}, "scheduler": {}, "rng": {}, "config": config.to_dict()})
     cfg = resume_config(tmp_path, {"iterations": 20})
     assert (cfg.lr, cfg.iterations, cfg.resume, cfg.out) == (0.25, 20, str(tmp_path), str(tmp_path))
     with pytest.raises(FcnsegError, match="cannot resume"):

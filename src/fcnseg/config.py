@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import re
 import tomllib
 import types
 import typing
@@ -28,12 +30,109 @@ import yaml
 from fcnseg.errors import FcnsegError
 
 
-def _opt(default: Any, help: str, choices: tuple | None = None) -> Any:
-    """A dataclass field carrying its --help text (and allowed values) as metadata."""
-    meta = {"help": help, "choices": choices}
+def _opt(default: Any, help: str, choices: tuple | None = None, *, min: float | None = None,
+         max: float | None = None, above: float | None = None, below: float | None = None,
+         check: Any = None) -> Any:
+    """A dataclass field carrying its --help text and its constraints as metadata: allowed values
+    (``choices``), a range (``min``/``max`` inclusive, ``above``/``below`` exclusive) and ``check``, a
+    function returning what is wrong with a value (or None). ``coerce`` enforces them all, for
+    presets, config files, the command line and resumed runs alike."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "above": above, "below": below,
+            "check": check}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+DEVICE_PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
+
+
+def device_problem(value: str) -> str | None:
+    """What is wrong with a --device value, or None."""
+    if DEVICE_PATTERN.fullmatch(str(value)):
+        return None
+    return "must be auto, cpu, cuda or cuda:N (e.g. cuda:0)"
+
+
+def scale_range_problem(value: list) -> str | None:
+    if len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return "must be two numbers MIN,MAX, e.g. 0.5,2.0"
+    lo, hi = value
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+        return "must be two positive numbers with MIN <= MAX, e.g. 0.5,2.0"
+    return None
+
+
+def data_spec_problem(value: str) -> str | None:
+    if not value:
+        return None
+    from fcnseg.data.base import parse_spec  # lazily: the data layer is not needed to read configs
+
+    try:
+        parse_spec(value)
+    except FcnsegError as exc:
+        return str(exc).split(";")[-1].strip().replace("use one of", "must be one of").replace("write it as", "must be")
+    return None
+
+
+def range_problem(value: float, min: float | None = None, max: float | None = None,
+                  above: float | None = None, below: float | None = None) -> str | None:
+    """What is wrong with ``value`` for these bounds (NaN and infinity never pass), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    parts = []
+    if min is not None:
+        parts.append(f">= {min:g}")
+    if above is not None:
+        parts.append(f"> {above:g}")
+    if max is not None:
+        parts.append(f"<= {max:g}")
+    if below is not None:
+        parts.append(f"< {below:g}")
+    ok = ((min is None or value >= min) and (above is None or value > above)
+          and (max is None or value <= max) and (below is None or value < below))
+    return None if ok else "must be " + " and ".join(parts)
+
+
+def check_option(label: str, value: Any, meta: dict) -> None:
+    """FcnsegError naming ``label`` when ``value`` breaks the field's constraints (see ``_opt``)."""
+    if value is None:
+        return
+    problem = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        problem = range_problem(value, meta.get("min"), meta.get("max"), meta.get("above"), meta.get("below"))
+    if problem is None and meta.get("check") is not None:
+        problem = meta["check"](value)
+    if problem:
+        raise FcnsegError(f"{label} {problem}, got {value!r}")
+
+
+def arg_type(typ: type, *, name: str = "", choices: tuple | None = None, **bounds) -> Any:
+    """An argparse ``type=`` for commands whose options are not TrainConfig fields (predict,
+    evaluate, data): the same parsing and the same range checks as config values, one-line errors."""
+    meta = {"choices": choices, "check": bounds.pop("check", None), **bounds}
+
+    def parse(text: str) -> Any:
+        try:
+            if typ is int:
+                as_float = float(text)
+                if not as_float.is_integer():
+                    raise ValueError
+                value = int(as_float)
+            else:
+                value = typ(text)
+        except (TypeError, ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"expects {typ.__name__}, got {text!r}") from None
+        if choices and value not in choices:
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(map(str, choices))}, got {text!r}")
+        try:
+            check_option("", value, meta)
+        except FcnsegError as exc:
+            raise argparse.ArgumentTypeError(str(exc).strip()) from None
+        return value
+
+    parse.__name__ = name or typ.__name__  # argparse names the type in its messages
+    return parse
 
 
 @dataclass
@@ -41,56 +140,58 @@ class TrainConfig:
     """Everything a training run needs. See ``fcnseg train --help`` for the meaning of each field."""
 
     # data
-    data: str = _opt("", "dataset spec: shapes, voc:PATH, sbd:PATH, voc-aug:VOC,SBD, cityscapes:PATH, folder:PATH")
+    data: str = _opt("", "dataset spec: shapes, voc:PATH, sbd:PATH, voc-aug:VOC,SBD, cityscapes:PATH, folder:PATH",
+                     check=data_spec_problem)
     train_split: str = _opt("train", "split to train on (voc-aug: train_aug unless set)")
     val_split: str = _opt("val", "split to evaluate on (voc-aug: seg11valid unless set)")
-    max_val_images: int | None = _opt(None, "evaluate on at most this many val images (None = all)")
-    workers: int = _opt(0, "data-loading worker processes")
+    max_val_images: int | None = _opt(None, "evaluate on at most this many val images (None = all)", min=1)
+    workers: int = _opt(0, "data-loading worker processes", min=0)
     skip_bad: bool = _opt(False, "skip unreadable training samples with a warning naming each file, instead of stopping")
     # model
     model: str = _opt("fcn8s", "model name (see `fcnseg models`)")
     backbone: str | None = _opt(None, "backbone network (default: the model's own, e.g. vgg16)")
     geometry: str | None = _opt(None, "layer geometry: 'caffe' (the paper's 100-pixel pad and crops) or 'same' "
                                       "(default: the model's own)")
-    width: float = _opt(1.0, "channel-width multiplier (e.g. 0.25 for a small fast model)")
+    width: float = _opt(1.0, "channel-width multiplier (e.g. 0.25 for a small fast model)", above=0)
     model_options: dict = _opt({}, "extra keyword arguments for create_model, e.g. '{learn_final_upsample: true}'")
     backbone_weights: str | None = _opt(None, "ImageNet weight file for the backbone (torchvision key names)")
     init_from: str | None = _opt(None, "checkpoint to initialise matching layers from (staged 32s -> 16s -> 8s)")
     normalization: str = _opt("imagenet", "input normalisation, stored in the checkpoint", ("imagenet", "caffe"))
     # optimisation
-    iterations: int = _opt(1000, "number of optimiser steps")
-    batch_size: int = _opt(1, "images per step (per process); > 1 pads with the padding collate")
+    iterations: int = _opt(1000, "number of optimiser steps", min=1)
+    batch_size: int = _opt(1, "images per step (per process); > 1 pads with the padding collate", min=1)
     optimizer: str = _opt("sgd", "optimiser", ("sgd", "adamw"))
-    lr: float = _opt(1e-3, "base learning rate (biases get lr * bias_lr_mult)")
-    momentum: float = _opt(0.9, "SGD momentum")
-    weight_decay: float = _opt(5e-4, "weight decay (not applied to biases or norm layers unless bias_decay)")
-    bias_lr_mult: float = _opt(2.0, "learning-rate multiplier for biases (the paper uses 2)")
+    lr: float = _opt(1e-3, "base learning rate (biases get lr * bias_lr_mult)", min=0)
+    momentum: float = _opt(0.9, "SGD momentum", min=0, below=1)
+    weight_decay: float = _opt(5e-4, "weight decay (not applied to biases or norm layers unless bias_decay)", min=0)
+    bias_lr_mult: float = _opt(2.0, "learning-rate multiplier for biases (the paper uses 2)", min=0)
     bias_decay: bool = _opt(False, "apply weight decay to biases too")
     lr_schedule: str = _opt("constant", "learning-rate schedule", ("constant", "poly"))
-    poly_power: float = _opt(0.9, "exponent of the poly schedule: lr * (1 - it/iterations) ** power")
-    warmup_iters: int = _opt(0, "linear learning-rate warm-up steps")
+    poly_power: float = _opt(0.9, "exponent of the poly schedule: lr * (1 - it/iterations) ** power", above=0)
+    warmup_iters: int = _opt(0, "linear learning-rate warm-up steps", min=0)
     # loss
     loss_reduction: str = _opt("mean", "'sum' = unnormalised loss as in the paper, 'mean' over labelled pixels", ("mean", "sum"))
     class_weights: str | None = _opt(None, "'median' (median-frequency balancing) or a file with one weight per class")
-    loss_sample_prob: float = _opt(1.0, "keep each output cell's loss with this probability (paper Section 3.4)")
-    ignore_index: int = _opt(255, "label ignored by loss and metrics")
+    loss_sample_prob: float = _opt(1.0, "keep each output cell's loss with this probability (paper Section 3.4)",
+                                  above=0, max=1)
+    ignore_index: int = _opt(255, "label ignored by loss and metrics", min=0, max=255)
     # augmentation
-    crop_size: int | None = _opt(None, "random crop (square, pixels) after scaling; padded if smaller")
-    scale_range: list | None = _opt(None, "random rescale range, e.g. 0.5,2.0")
+    crop_size: int | None = _opt(None, "random crop (square, pixels) after scaling; padded if smaller", min=1)
+    scale_range: list | None = _opt(None, "random rescale range, e.g. 0.5,2.0", check=scale_range_problem)
     hflip: bool = _opt(False, "random horizontal flips")
-    jitter: float = _opt(0.0, "colour jitter strength")
+    jitter: float = _opt(0.0, "colour jitter strength", min=0)
     # evaluation, logging, checkpoints
-    eval_every: int = _opt(0, "evaluate on the val split every N iterations (0 = only at the end)")
-    checkpoint_every: int = _opt(0, "write last.pt every N iterations (0 = at evaluations and at the end)")
-    log_every: int = _opt(10, "log the training loss (and, when stderr is not a terminal, a progress line) every N iterations")
+    eval_every: int = _opt(0, "evaluate on the val split every N iterations (0 = only at the end)", min=0)
+    checkpoint_every: int = _opt(0, "write last.pt every N iterations (0 = at evaluations and at the end)", min=0)
+    log_every: int = _opt(10, "log the training loss (and, when stderr is not a terminal, a progress line) every N iterations", min=0)
     tensorboard: bool = _opt(False, "also write TensorBoard scalars to RUN/tensorboard (needs the [tensorboard] extra)")
-    num_samples: int = _opt(4, "val images rendered as image | truth | prediction in samples/")
+    num_samples: int = _opt(4, "val images rendered as image | truth | prediction in samples/", min=0)
     # speed and reproducibility
     precision: str = _opt("fp32", "autocast precision; 'auto' = bf16 where the CPU/GPU runs it fast "
                                   "(AVX512-BF16/AMX), else fp32", ("fp32", "bf16", "fp16", "auto"))
     channels_last: bool = _opt(False, "channels_last memory format (faster with bf16 on CPU)")
     compile: bool = _opt(False, "torch.compile the model")
-    device: str = _opt("auto", "'cpu', 'cuda', 'cuda:N' or 'auto'")
+    device: str = _opt("auto", "'cpu', 'cuda', 'cuda:N' or 'auto'", check=device_problem)
     seed: int = _opt(0, "random seed; a CPU run with the same seed is repeatable")
     # run directory
     out: str = _opt("runs/train", "run directory (config, checkpoints, metrics, plots, samples)")
@@ -150,15 +251,19 @@ def coerce(name: str, value: Any, where: str) -> Any:
                 value = yaml.safe_load(f"[{value}]" if typ is list and "[" not in value else value)
             if typ is list and isinstance(value, tuple):
                 value = list(value)
+            if typ is list and any(isinstance(v, str) for v in value):
+                raise ValueError
             if not isinstance(value, typ):
                 raise ValueError
         else:
             value = str(value)
     except (ValueError, TypeError, yaml.YAMLError):
-        raise FcnsegError(f"{where}: option {name!r} expects {typ.__name__}, got {value!r}") from None
+        kind = "a list of numbers, e.g. 0.5,2.0" if typ is list else typ.__name__
+        raise FcnsegError(f"{where}: option {name!r} expects {kind}, got {value!r}") from None
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise FcnsegError(f"{where}: option {name!r} must be one of {', '.join(choices)}, got {value!r}")
+    check_option(f"{where}: option {name!r}", value, f.metadata)
     return value
 
 
@@ -235,7 +340,9 @@ def config_from_dict(values: dict, where: str = "config") -> TrainConfig:
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    from fcnseg.files import write_text
+
+    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -260,17 +367,59 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
 
 
-def resume_config(run_dir: str | Path, overrides: dict | None = None) -> TrainConfig:
-    """The config of the run in ``run_dir`` (its config.yaml) with ``overrides`` on top, set to resume it.
+# Options a resumed run may not change, and why: the checkpoint's weights, optimiser state and
+# position in the batch stream would no longer fit them.
+RESUME_FIXED = {
+    **dict.fromkeys(("model", "backbone", "geometry", "width", "model_options", "normalization"),
+                    "it would change the model's architecture"),
+    "optimizer": "the saved optimiser state belongs to the run's optimiser",
+    **dict.fromkeys(("data", "train_split", "batch_size", "seed"),
+                    "the checkpoint's position in the training data would no longer match"),
+}
 
-    Only options that do not change the maths are meant to be overridden (``iterations`` to extend a
-    run, ``eval_every``, ``workers``, ``progress``, ...)."""
+
+def resume_config(run_dir: str | Path, overrides: dict | None = None) -> TrainConfig:
+    """The config of the run in ``run_dir`` with ``overrides`` on top, set to resume it.
+
+    Everything is checked before anything is written: the run's last.pt must exist, its saved
+    config is the base (config.yaml only where the checkpoint predates saving one), and an
+    override of an option in ``RESUME_FIXED`` that differs from the run's value is refused with one
+    line. Options that do not change the maths (``iterations`` to extend a run, ``eval_every``,
+    ``workers``, ``progress``, ...) may be overridden."""
+    from fcnseg.files import safe_torch_load
+
     run = Path(run_dir)
     saved = run / "config.yaml"
-    if not saved.is_file():
-        raise FcnsegError(f"cannot resume: {saved} does not exist; pass a run directory written by `fcnseg train`")
-    values = {k: coerce(k, v, f"config file {saved}") for k, v in load_config_file(saved).items()}
-    for key, value in (overrides or {}).items():
-        values[key] = coerce(key, value, "command line")
-    values.update(resume=str(run), out=str(run))
-    return TrainConfig(**values)
+    last = run / "last.pt"
+    if not run.is_dir():
+        raise FcnsegError(f"cannot resume: {run} is not a folder; pass a run directory written by `fcnseg train`")
+    if not last.is_file():
+        raise FcnsegError(f"cannot resume: {last} does not exist (the run stopped before its first checkpoint); "
+                          "start it again without --resume")
+    ckpt = safe_torch_load(last, "checkpoint")
+    train_state = ckpt.get("train_state") if isinstance(ckpt, dict) else None
+    if not isinstance(train_state, dict):
+        raise FcnsegError(f"cannot resume from {last}: it holds no training state; pass a run directory "
+                          "written by `fcnseg train`")
+    if isinstance(train_state.get("config"), dict):
+        base, where = train_state["config"], f"checkpoint {last}"
+    elif saved.is_file():
+        base, where = load_config_file(saved), f"config file {saved}"
+    else:
+        raise FcnsegError(f"cannot resume: neither {last} nor {saved} holds the run's config")
+    values = {k: coerce(k, v, where) for k, v in base.items() if k in FIELDS}
+    new = {**values, **{k: coerce(k, v, "command line") for k, v in (overrides or {}).items()}}
+    check_resume_unchanged(values, new, run)
+    new.update(resume=str(run), out=str(run))
+    return TrainConfig(**new)
+
+
+def check_resume_unchanged(saved: dict, new: dict, run: str | Path) -> None:
+    """FcnsegError (one line) when ``new`` changes an option of ``RESUME_FIXED`` from ``saved``."""
+    defaults = TrainConfig()
+    for key, why in RESUME_FIXED.items():
+        before, after = saved.get(key, getattr(defaults, key)), new.get(key, getattr(defaults, key))
+        if before != after:
+            raise FcnsegError(f"cannot resume {run} with --{key.replace('_', '-')} {after} (the run used "
+                              f"{before!r}): {why}; start a new run with --init-from {Path(run) / 'last.pt'} "
+                              "instead")

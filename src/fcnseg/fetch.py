@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from fcnseg.errors import FcnsegError
+from fcnseg.files import write_error
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
@@ -126,6 +127,13 @@ def show_progress(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else bool(progress)
 
 
+def _open_part(part: Path, offset: int) -> BinaryIO:
+    try:
+        return open(part, "ab" if offset else "wb", buffering=0)
+    except OSError as exc:
+        raise write_error(part, exc) from None
+
+
 def fetch(url: str, dest: str | os.PathLike, *, verify: Callable[[Path], str | None] | None = None,
           progress: bool | None = None) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part`` (resumed if present); returns ``dest``.
@@ -142,12 +150,16 @@ def fetch(url: str, dest: str | os.PathLike, *, verify: Callable[[Path], str | N
     offset = part.stat().st_size if part.is_file() else 0
     try:
         stream, total, offset = open_url(url, offset)
-        with stream, open(part, "ab" if offset else "wb") as out, tqdm(
+        # unbuffered: a write that fails (full disk) fails at once, as itself, not as a network error
+        with stream, _open_part(part, offset) as out, tqdm(
             total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
             desc=dest.name, disable=not show_progress(progress), file=sys.stderr,
         ) as bar:
             while chunk := stream.read(CHUNK):
-                out.write(chunk)
+                try:
+                    out.write(chunk)
+                except OSError as exc:
+                    raise write_error(part, exc) from None  # (the part file is kept: a rerun resumes it)
                 bar.update(len(chunk))
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc

@@ -32,23 +32,60 @@ from fcnseg.errors import FcnsegError
 TEMP_SUFFIX = ".tmp"
 
 
-def write_error(path: str | os.PathLike, exc: OSError) -> FcnsegError:
+_ADVICE = {
+    errno.ENOSPC: "free disk space or write somewhere with room (the previous file, if any, is intact)",
+    errno.EDQUOT: "free disk space (your quota is full) or write somewhere with room",
+    errno.EFBIG: "the file is larger than this file system or your file-size limit allows; write somewhere else",
+    errno.EROFS: "the location is read-only; choose a writable one",
+    errno.EACCES: "you lack permission there; choose a location you can use",
+    errno.EPERM: "the operation is not permitted there; choose another location",
+    errno.ENOENT: "no such file or folder; check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; check the path",
+    errno.EISDIR: "it is a folder; give a file name",
+    errno.EEXIST: "something is in the way; choose another path",
+    errno.ENAMETOOLONG: "the name is too long; choose a shorter path",
+    errno.EIO: "the device reported an I/O error; check the disk or choose another location",
+}
+
+
+def os_error_message(exc: OSError, action: str = "cannot access", path: str | os.PathLike | None = None) -> str:
+    """One line for any OSError: what failed, on which file, and the advice that fits its cause."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = path if path is not None else exc.filename
+    fix = _ADVICE.get(exc.errno, "check the path and try again")
+    return f"{action} {where}: {reason}; {fix}" if where else f"{action}: {reason}; {fix}"
+
+
+class WriteError(FcnsegError):
+    """A file could not be written (full disk, read-only, ...): callers that process many items
+    (predict) stop at the first one rather than failing every item after it the same way."""
+
+
+def write_error(path: str | os.PathLike, exc: OSError) -> WriteError:
     """One line for an OSError met while writing ``path``, with advice that fits the cause."""
-    reason = exc.strerror or type(exc).__name__
-    code = exc.errno
-    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        fix = "free disk space or write somewhere with room (the previous file, if any, is intact)"
-    elif code in (errno.EROFS,):
-        fix = "the location is read-only; choose a writable one"
-    elif code in (errno.EACCES, errno.EPERM):
-        fix = "you lack permission there; choose a location you can write to"
-    elif code == errno.ENOENT:
-        fix = "its folder does not exist and cannot be created; check the path"
-    elif code in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
-        fix = "a file or folder is in the way; choose another path"
-    else:
-        fix = "choose another location"
-    return FcnsegError(f"cannot write {path}: {reason}; {fix}")
+    return WriteError(os_error_message(exc, "cannot write", path))
+
+
+def read_error(path: str | os.PathLike, exc: OSError) -> FcnsegError:
+    """One line for an OSError met while reading ``path``."""
+    return FcnsegError(os_error_message(exc, "cannot read", path))
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+def _new_file_mode(path: Path) -> int:
+    """The replaced file's mode, or what a plain open() would give a new file under the umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        return 0o666 & ~_UMASK
 
 
 def _temp_prefix(path: Path) -> str:
@@ -62,10 +99,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise ValueError("atomic_write mode must be 'wb' or 'w'")
     path = Path(path)
     if path.is_dir():
-        raise FcnsegError(f"cannot write {path}: it is a folder; give a file name")
+        raise WriteError(f"cannot write {path}: it is a folder; give a file name")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+        os.fchmod(fd, _new_file_mode(path))  # mkstemp makes 0600; give what open() would give
     except OSError as exc:
         raise write_error(path, exc) from None
     try:
@@ -80,6 +118,38 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _blocking_ancestor(path: Path) -> Path | None:
+    """The first existing ancestor of ``path`` if it is not a folder (so nothing can be created below it)."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def check_output_file(path: str | os.PathLike, option: str) -> Path:
+    """Before any work: FcnsegError if ``path`` cannot be a file to write (it is a folder, or a file
+    stands where one of its folders would be)."""
+    path = Path(path)
+    if path.is_dir():
+        raise FcnsegError(f"{option} {path} is a folder; give a file name inside it instead")
+    blocker = _blocking_ancestor(path)
+    if blocker is not None:
+        raise FcnsegError(f"{option} {path}: {blocker} is a file, not a folder; choose another path")
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, option: str) -> Path:
+    """Before any work: FcnsegError if ``path`` cannot be an output folder (an existing file is there,
+    or a file stands where one of its parents would be)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FcnsegError(f"{option} {path} is an existing file, not a folder; choose a folder name")
+    blocker = _blocking_ancestor(path)
+    if blocker is not None:
+        raise FcnsegError(f"{option} {path}: {blocker} is a file, not a folder; choose another path")
+    return path
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -116,16 +186,93 @@ def write_json(path: str | os.PathLike, value: Any, indent: int | None = 2) -> P
     return write_text(path, to_json(value, indent) + "\n")
 
 
+def append_text(path: str | os.PathLike, text: str) -> None:
+    """Append ``text`` to a log file (e.g. metrics.jsonl). Not atomic by nature: a reader must skip
+    a last line cut short; a failure is one FcnsegError naming the file."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+
+
+class NpyRows:
+    """A C x H x W ``.npy`` array written band of rows by band of rows through ordinary writes.
+
+    ``rows[:, y0:y1] = block`` writes ``block`` (C x (y1 - y0) x W) at its place in the file. Used
+    inside :func:`atomic_write`, a full disk is an OSError on write (never a SIGBUS as with a
+    memory map on a full tmpfs) and a failure leaves no partial file."""
+
+    def __init__(self, f: IO, shape: tuple[int, int, int], dtype: Any):
+        import numpy as np
+
+        self.f, self.shape, self.dtype = f, tuple(int(v) for v in shape), np.dtype(dtype)
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                  "fortran_order": False, "shape": self.shape})
+        self.offset = f.tell()
+        channels, height, width = self.shape
+        f.truncate(self.offset + channels * height * width * self.dtype.itemsize)
+
+    def __setitem__(self, key: Any, block: Any) -> None:
+        import numpy as np
+
+        if not (isinstance(key, tuple) and len(key) == 2 and key[0] == slice(None) and isinstance(key[1], slice)):
+            raise TypeError("NpyRows supports only rows[:, y0:y1] = block")
+        channels, height, width = self.shape
+        y0 = key[1].start or 0
+        block = np.asarray(block).astype(self.dtype, copy=False)
+        plane = height * width * self.dtype.itemsize
+        for c in range(channels):
+            self.f.seek(self.offset + c * plane + y0 * width * self.dtype.itemsize)
+            self.f.write(np.ascontiguousarray(block[c]).tobytes())
+
+
+@contextlib.contextmanager
+def atomic_npy_rows(path: str | os.PathLike, shape: tuple[int, int, int], dtype: Any) -> Iterator[NpyRows]:
+    """Context manager yielding an :class:`NpyRows` that becomes ``path`` once the block ends."""
+    with atomic_write(path, "wb") as f:
+        yield NpyRows(f, shape, dtype)
+
+
+def write_npy(path: str | os.PathLike, array: Any) -> Path:
+    """``numpy.save`` ``array`` to ``path`` atomically."""
+    import numpy as np
+
+    with atomic_write(path, "wb") as f:
+        np.lib.format.write_array(f, np.asarray(array), allow_pickle=False)
+    return Path(path)
+
+
+class _RecordingWriter:
+    """A file wrapper that remembers the OSError of a failed write: torch.save reports it only as a
+    RuntimeError about positions, which would lose the cause (a full disk)."""
+
+    def __init__(self, f: IO):
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def save_torch(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save ``obj`` to ``path`` atomically."""
     import torch
 
     with atomic_write(path, "wb") as f:
+        writer = _RecordingWriter(f)
         try:
-            torch.save(obj, f)
+            torch.save(obj, writer)
         except RuntimeError as exc:  # torch wraps a failed write (e.g. a full disk) in RuntimeError
-            raise OSError(errno.ENOSPC if "write" in str(exc).lower() else errno.EIO,
-                          str(exc).splitlines()[0][:120]) from None
+            if writer.error is not None:
+                raise writer.error from None
+            raise OSError(errno.EIO, str(exc).splitlines()[0][:120]) from None
     return Path(path)
 
 
@@ -181,3 +328,23 @@ def safe_torch_load(path: str | os.PathLike, what: str = "weights file") -> Any:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FcnsegError(f"{what} {path} is corrupt or truncated ({first[:120]}); "
                           "download or save it again") from None
+
+
+def read_safetensors(path: str | os.PathLike, what: str = "weights file") -> tuple[dict, dict]:
+    """(tensors, header metadata) of a .safetensors file; no code can run from it. One-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FcnsegError(f"{what} {path} does not exist; check the path")
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, safe_open
+    except ImportError:
+        raise FcnsegError(f"reading {path} needs the safetensors package; pip install safetensors") from None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        return load_file(str(path)), metadata
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise FcnsegError(f"{what} {path} is not a readable safetensors file ({first}); export or "
+                          "download it again") from None

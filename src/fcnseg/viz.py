@@ -8,6 +8,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from fcnseg.images import save_image
+
 IGNORE_COLOR = (255, 255, 255)
 
 
@@ -91,4 +93,14 @@ def save_index_png(mask: np.ndarray, palette: Sequence[Sequence[int]], path: str
         raise ValueError("index PNGs hold labels 0..255")
     img = Image.fromarray(mask.astype(np.uint8), mode="P")
     img.putpalette(palette_array(palette).reshape(-1).tolist())
-    img.save(path)
+    save_image(img, path, "PNG")
+
+
+def save_overlay(image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], path: str | os.PathLike,
+                 quality: int = 90, class_names: Sequence[str] | None = None) -> None:
+    """The overlay as a JPEG (or PNG, by suffix), written atomically; with ``class_names``, a legend
+    band below names the classes present."""
+    picture = overlay(image, mask, palette)
+    if class_names is not None:
+        picture = with_legend(picture, legend_entries(mask, class_names, palette))
+    save_image(Image.fromarray(picture), path, quality=quality)

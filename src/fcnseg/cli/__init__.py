@@ -10,7 +10,6 @@ summaries: the "fcnseg" logger tree) is configured here, once: see fcnseg.logs.
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import pkgutil
 import sys
@@ -18,8 +17,16 @@ import sys
 from fcnseg.errors import FcnsegError
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the message and where to read the usage, no usage dump.
+    Subcommand parsers are of this class too (argparse creates them with the parent's class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fcnseg",
         description="Fully Convolutional Networks for semantic segmentation.",
     )
@@ -49,13 +56,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fcnseg {args.command}: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
-        # Disk full, permission denied, ... anywhere below: one line, never a traceback.
-        if exc.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM):
-            where = f" {exc.filename}" if exc.filename else ""
-            print(f"fcnseg {args.command}: error: cannot write{where}: {exc.strerror}; "
-                  "free disk space or choose a writable location", file=sys.stderr)
-            return 2
-        raise
+        # Anything the file system refused, anywhere below: one line with advice fitting the cause
+        # (full disk, read-only, missing folder, permission, ...), never a traceback.
+        from fcnseg.files import os_error_message
+
+        print(f"fcnseg {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"fcnseg {args.command}: error: out of memory; use smaller images, tiles (--tile) or a "
+              "smaller --batch-size", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

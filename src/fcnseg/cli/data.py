@@ -8,8 +8,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from fcnseg.config import arg_type
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("spec", help="dataset: shapes, voc:PATH, sbd:PATH, voc-aug:VOC,SBD, cityscapes:PATH, folder:PATH")
     p.add_argument("--split", action="append", help="split to check (repeatable; default: the usual train/val pair)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the full report as JSON")
-    p.add_argument("--workers", type=int, default=2, help="reading threads (default 2)")
+    p.add_argument("--workers", type=arg_type(int, min=1), default=2, help="reading threads (default 2)")
     p.add_argument("--write-classes", action="store_true",
                    help="folder datasets: first write the classes.json that binary 0/255 or RGB colour masks need "
                         "(never replaces an existing one)")
@@ -56,6 +57,9 @@ def run_list(args: argparse.Namespace) -> int:
 def run_download(args: argparse.Namespace) -> int:
     from fcnseg.data.download import RESOURCES, download_dataset
 
+    from fcnseg.files import check_output_dir
+
+    check_output_dir(args.root, "--root")
     md5 = None if args.no_checksum else (args.md5 or "registry")
     target = download_dataset(args.name, args.root, url=args.url, md5=md5, keep_archive=args.keep_archive,
                               progress=not args.no_progress)
@@ -65,14 +69,16 @@ def run_download(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     from fcnseg.data.check import check_dataset, format_report
+    from fcnseg.files import check_output_file, write_json
 
+    if args.json:  # before reading the whole dataset, not after
+        check_output_file(args.json, "--json")
     if args.write_classes:
         write_classes(args.spec)
     report = check_dataset(args.spec, args.split, workers=args.workers)
     print(format_report(report))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+        write_json(args.json, report)
     return 1 if report["num_problems"] else 0
 
 

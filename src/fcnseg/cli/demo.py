@@ -4,7 +4,6 @@ best checkpoint on the val split, predict a few val images, and say where everyt
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
@@ -44,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from fcnseg.data import load_dataset
     from fcnseg.engine import evaluate, train
     from fcnseg.inference import Segmenter
-    from fcnseg.viz import overlay, save_index_png
+    from fcnseg.files import write_json
+    from fcnseg.images import save_image
+    from fcnseg.viz import save_index_png, save_overlay
 
     out = Path(args.out)
     overrides = {"out": str(out), "progress": args.progress}
@@ -66,21 +67,20 @@ def run(args: argparse.Namespace) -> int:
     val_set = load_dataset(cfg.data, "val")
     metrics = evaluate(best, val_set, precision=cfg.precision, channels_last=cfg.channels_last)
     scalars = {k: metrics[k] for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "loss")}
-    (out / "eval.json").write_text(json.dumps({**scalars, "per_class_iou": dict(
-        zip(metrics["class_names"], metrics["per_class_iou"]))}, indent=2))
+    write_json(out / "eval.json", {**scalars, "per_class_iou": dict(zip(metrics["class_names"],
+                                                                        metrics["per_class_iou"]))})
     for name, value in scalars.items():
         print(f"    {name:10s} {value if name == 'loss' else 100 * value:8.2f}{'' if name == 'loss' else ' %'}")
 
     print(f"[3/3] predicting {args.predict} val images with {best}")
     segmenter = Segmenter.from_checkpoint(best)
     pred_dir = out / "predictions"
-    pred_dir.mkdir(parents=True, exist_ok=True)
     for i in range(min(args.predict, len(val_set))):
         image = val_set[i][0].permute(1, 2, 0).numpy()
         mask = segmenter.predict(image)
-        Image.fromarray(image).save(pred_dir / f"val_{i:03d}.png")
+        save_image(Image.fromarray(image), pred_dir / f"val_{i:03d}.png")
         save_index_png(mask, segmenter.palette, pred_dir / f"val_{i:03d}_mask.png")
-        Image.fromarray(overlay(image, mask, segmenter.palette)).save(pred_dir / f"val_{i:03d}_overlay.png")
+        save_overlay(image, mask, segmenter.palette, pred_dir / f"val_{i:03d}_overlay.png")
     print(f"    {segmenter.describe()}")
 
     minutes = (time.perf_counter() - started) / 60

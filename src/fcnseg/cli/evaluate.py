@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 from pathlib import Path
+
+from fcnseg.config import arg_type, device_problem
+
+log = logging.getLogger("fcnseg.evaluate")
+MODEL_FILES = "a .pt checkpoint from `fcnseg train`, or a .safetensors or .onnx file from `fcnseg export`"
 
 
 def register(subparsers) -> None:
@@ -13,7 +18,7 @@ def register(subparsers) -> None:
         description="Pixel accuracy, mean accuracy, mean IU, frequency-weighted IU, per-class IoU, confusion "
                     "matrix and loss of a checkpoint. Multi-process: torchrun --nproc_per_node N -m fcnseg evaluate ...")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", metavar="CKPT", help="checkpoint written by `fcnseg train`")
+    source.add_argument("--checkpoint", metavar="CKPT", help=MODEL_FILES)
     source.add_argument("--weights", metavar="NAME_OR_FILE",
                         help="published weights by name (e.g. fcn8s-voc; see `fcnseg weights list`) or a "
                              ".caffemodel / pytorch-fcn / torchvision file")
@@ -21,50 +26,97 @@ def register(subparsers) -> None:
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
     parser.add_argument("--json", metavar="FILE", help="also write the metrics as JSON to FILE")
     parser.add_argument("--plot", metavar="PNG",
-                        help="confusion-matrix plot (default: confusion_<split>.png next to the checkpoint)")
+                        help="also draw the confusion matrix to PNG (default: with --json FILE, a plot "
+                             "FILE_confusion.png beside it; without --json, no plot)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "auto"),
                         help="autocast precision; auto = bf16 where it is fast (default: fp32)")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto = cuda where available (default)")
+    parser.add_argument("--device", default="auto", type=arg_type(str, name="device", check=device_problem),
+                        help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
-    parser.add_argument("--max-images", type=int, metavar="N", help="evaluate only the first N images")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (padded; default 1)")
-    parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    parser.add_argument("--max-images", type=arg_type(int, min=1), metavar="N", help="evaluate only the first N images")
+    parser.add_argument("--batch-size", type=arg_type(int, min=1), default=1,
+                        help="images per forward pass (padded; default 1)")
+    parser.add_argument("--workers", type=arg_type(int, min=0), default=0, help="data-loading worker processes")
     parser.set_defaults(func=run)
 
 
+def load_model_file(path: str):
+    """(model, meta) from any file evaluate takes (see MODEL_FILES); .onnx runs on onnxruntime."""
+    from fcnseg.errors import FcnsegError
+
+    suffix = Path(path).suffix.lower()
+    if suffix == ".onnx":
+        from fcnseg.inference.export import OnnxModel
+
+        return OnnxModel.from_file(path)
+    if suffix == ".safetensors":
+        from fcnseg.engine.checkpoint import model_from_checkpoint
+        from fcnseg.inference.export import load_safetensors
+
+        state, meta = load_safetensors(path)
+        return model_from_checkpoint({"model": state, "meta": meta}, path_hint=path)
+    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+    try:
+        return model_from_checkpoint(load_checkpoint(path), path_hint=path)
+    except FcnsegError as exc:
+        if "not a PyTorch file" in str(exc) or "not an fcnseg checkpoint" in str(exc):
+            raise FcnsegError(f"--checkpoint {path} is not a model file evaluate takes; pass {MODEL_FILES}") from None
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from fcnseg.data import load_dataset
     from fcnseg.engine import evaluate
-    from fcnseg.engine.rundir import metrics_table, plot_confusion, write_text
+    from fcnseg.engine.evaluator import check_compatible
+    from fcnseg.engine.rundir import metrics_table, plot_confusion
     from fcnseg.engine.runtime import init_distributed, resolve_device, resolve_precision, shutdown_distributed
+    from fcnseg.errors import FcnsegError
+    from fcnseg.files import check_output_file, write_json
 
+    # where results go is checked before any work; the plot is drawn only where asked
+    json_path = check_output_file(args.json, "--json") if args.json else None
+    if args.plot:
+        plot = check_output_file(args.plot, "--plot")
+    else:
+        plot = json_path.with_name(f"{json_path.stem}_confusion.png") if json_path else None
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     world = init_distributed(device)
     dataset = load_dataset(args.data, args.split)
-    source, meta = args.checkpoint, None
     if args.weights:
         from fcnseg.weights import load
 
-        source, meta = load(args.weights)
-        source.to(device)
+        model, meta = load(args.weights)
+    else:
+        model, meta = load_model_file(args.checkpoint)
+    name = args.checkpoint or args.weights
+    check_compatible(meta, dataset, f"checkpoint {name}")
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
     try:
-        metrics = evaluate(source, dataset, meta=meta, precision=precision, channels_last=args.channels_last,
+        metrics = evaluate(model, dataset, meta=meta, precision=precision, channels_last=args.channels_last,
                            device=device, max_images=args.max_images, batch_size=args.batch_size, workers=args.workers,
                            progress=not args.no_progress)
     finally:
         shutdown_distributed()
     if not world.is_main:
         return 0
-    name = args.checkpoint or args.weights
-    folder = Path(args.checkpoint).parent if args.checkpoint else Path(".")
-    plot = Path(args.plot) if args.plot else folder / f"confusion_{args.split}.png"
-    plot_confusion(metrics["confusion"], metrics["class_names"], plot)
     print(f"{name} on {args.data} ({args.split}, {metrics['images']} images)")
     print(metrics_table(metrics, metrics["class_names"]))
-    print(f"confusion matrix: {plot}")
-    if args.json:
-        write_text(Path(args.json), json.dumps(metrics, indent=2))
-        print(f"metrics: {args.json}")
+    if json_path:
+        write_json(json_path, metrics)
+        print(f"metrics: {json_path}")
+    if plot is not None:
+        try:
+            plot_confusion(metrics["confusion"], metrics["class_names"], plot)
+            print(f"confusion matrix: {plot}")
+        except FcnsegError as exc:  # the metrics above are already out; only the picture is missing
+            if args.plot:
+                raise FcnsegError(f"the metrics are reported above, but the plot was not written: {exc}") from None
+            log.warning("confusion matrix plot not written: %s", exc)
     return 0

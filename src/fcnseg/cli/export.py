@@ -27,12 +27,15 @@ def run(args: argparse.Namespace) -> int:
 
     from fcnseg.engine.checkpoint import model_from_checkpoint
     from fcnseg.errors import FcnsegError
+    from fcnseg.files import check_output_file
     from fcnseg.inference import export
 
-    out = Path(args.out)
+    out = check_output_file(args.out, "--out")
     fmt = args.format or out.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
         raise FcnsegError(f"cannot tell the format of {out}; pass --format onnx or --format safetensors")
+    if out.resolve() == Path(args.checkpoint).resolve():
+        raise FcnsegError(f"--out {out} is the --checkpoint itself; choose another file name")
     model, meta = model_from_checkpoint(args.checkpoint)
     if fmt == "onnx":
         try:

@@ -4,7 +4,10 @@ Writes, per input, ``NAME.png`` (palette PNG whose pixel values are class ids), 
 ``NAME_overlay.jpg`` (class colours blended over the photo, background left as it is, and a legend
 band below naming the classes found) and with --probs ``NAME_probs.npy``
 (C x H x W float16). An input that cannot be read is reported on one line and skipped; the
-command exits 1 when any input failed.
+command exits 1 when any input failed. Every file is written whole or not at all (temp file +
+rename); a full disk stops the command with one line. Inputs are never overwritten: the output
+folder's contents are never read as inputs, and a run whose outputs would replace an input is
+refused before anything is written.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from fcnseg.config import arg_type
 from fcnseg.errors import FcnsegError
 
 GLOB_CHARS = "*?["
@@ -35,16 +38,16 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overlay", action="store_true", help="also write colour overlays (NAME_overlay.jpg)")
     p.add_argument("--probs", action="store_true", help="also write probabilities (NAME_probs.npy, float16)")
-    p.add_argument("--tile", type=int, default=None,
+    p.add_argument("--tile", type=arg_type(int, min=0), default=None,
                    help="sliding-window tile size in pixels (default: whole image up to 2.25 MP, "
                         "1024 tiles above; 0 = always whole image)")
-    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
+    p.add_argument("--overlap", type=arg_type(float, min=0, below=1), default=0.25, help="tile overlap fraction (default 0.25)")
     p.add_argument("--tta-flip", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--scales", default="1", help="test-time scales, e.g. 0.75,1,1.25 (default 1)")
     p.add_argument("--shift-stitch", action="store_true",
                    help="shift-and-stitch (paper Sec. 3.2) at the model's output stride; costs "
                         "stride^2 forward passes")
-    p.add_argument("--stitch-factor", type=int, default=None, metavar="F",
+    p.add_argument("--stitch-factor", type=arg_type(int, min=1), default=None, metavar="F",
                    help="shift-and-stitch with stride F instead (implies --shift-stitch)")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
                    help="default: onnxruntime for .onnx files, torch otherwise")
@@ -52,7 +55,7 @@ def register(subparsers) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (slow first call per image/tile shape; pays off "
                         "with --tile or many same-size images)")
-    p.add_argument("--max-pixels", type=float, default=100e6,
+    p.add_argument("--max-pixels", type=arg_type(float, min=1), default=100e6,
                    help="refuse larger images (decompression-bomb guard; default 100e6)")
     p.add_argument("--device", default="auto",
                    help="cpu, cuda, cuda:N or auto = cuda where available (default); on a GPU prediction "
@@ -66,24 +69,48 @@ def parse_scales(text: str) -> tuple[float, ...]:
         scales = tuple(float(s) for s in text.split(",") if s.strip())
     except ValueError:
         scales = ()
-    if not scales or any(s <= 0 for s in scales):
+    if not scales or any(not s > 0 or s == float("inf") for s in scales):
         raise FcnsegError(f"--scales {text!r} is not a list of positive numbers; e.g. 0.75,1,1.25")
     return scales
 
 
-def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Expand files, folders and globs into image paths; returns (paths, one error line per bad input)."""
+def _glob_base(pattern: str) -> Path:
+    """The folder a pattern searches in: its leading parts without glob characters."""
+    parts = []
+    for part in Path(pattern).parts:
+        if any(c in part for c in GLOB_CHARS):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")
+
+
+def _results_of(out: Path | None, base: Path):
+    """A test for "this file is one of our own results": inside ``out`` where ``out`` lies strictly
+    inside the searched folder ``base`` (e.g. predict photos/ --out photos/preds)."""
+    if out is None or base.resolve() not in out.parents:
+        return lambda p: False
+    return lambda p: out in p.resolve().parents
+
+
+def collect_inputs(inputs: list[str], out: Path | None = None) -> tuple[list[Path], list[str]]:
+    """Expand files, folders and globs into image paths; returns (paths, one error line per bad input).
+    A folder or pattern never picks up files in the output folder ``out`` when that lies inside the
+    folder searched (they are this command's own results). ``out`` equal to an input's folder is
+    allowed as long as no output replaces an input (see ``check_no_overwrite``)."""
     from fcnseg.inference.image_io import IMAGE_SUFFIXES, is_image_file
 
+    out = out.resolve() if out is not None else None
     paths, errors = [], []
     for item in inputs:
         if any(c in item for c in GLOB_CHARS) and not Path(item).exists():
-            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            ours = _results_of(out, _glob_base(item))
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file() and not ours(Path(p)))
             if not found:
                 errors.append(f"{item}: the pattern matches no files")
             paths.extend(found)
         elif Path(item).is_dir():
-            found = sorted(p for p in Path(item).rglob("*") if is_image_file(p))
+            ours = _results_of(out, Path(item))
+            found = sorted(p for p in Path(item).rglob("*") if is_image_file(p) and not ours(p))
             if not found:
                 errors.append(f"{item}: folder holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
             paths.extend(found)
@@ -106,15 +133,35 @@ def output_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
+def output_files(out: Path, stem: str, args: argparse.Namespace) -> list[Path]:
+    """Every file written for one input."""
+    names = [f"{stem}.png"] + [f"{stem}_overlay.jpg"] * bool(args.overlay) + [f"{stem}_probs.npy"] * bool(args.probs)
+    return [out / name for name in names]
+
+
+def check_no_overwrite(paths: list[Path], stems: list[str], out: Path, args: argparse.Namespace) -> None:
+    """FcnsegError before anything is written if an output file would replace one of the inputs."""
+    inputs = {p.resolve(): p for p in paths}
+    for stem in stems:
+        for target in output_files(out, stem, args):
+            if target.resolve() in inputs:
+                raise FcnsegError(f"--out {out} would overwrite the input {inputs[target.resolve()]} with "
+                                  f"{target.name}; choose another --out (e.g. {out / 'predictions'})")
+
+
 def run(args: argparse.Namespace) -> int:
     from fcnseg.engine.progress import track
     from fcnseg.engine.runtime import resolve_device
+    from fcnseg.files import WriteError, atomic_npy_rows, check_output_dir, clean_stale_temps
     from fcnseg.inference import Segmenter, load_image
-    from fcnseg.viz import legend_entries, overlay, save_index_png, with_legend
+    from fcnseg.viz import save_index_png, save_overlay
 
     scales = parse_scales(args.scales)
     resolve_device(args.device)  # a bad --device is one line before anything is loaded
-    paths, errors = collect_inputs(args.inputs)
+    out = check_output_dir(args.out, "--out")
+    paths, errors = collect_inputs(args.inputs, out)
+    stems = output_stems(paths)
+    check_no_overwrite(paths, stems, out, args)
     for line in errors:
         log.error("%s", line)
     load = (Segmenter.from_checkpoint if args.checkpoint else Segmenter.from_pretrained)
@@ -122,37 +169,31 @@ def run(args: argparse.Namespace) -> int:
                tile=args.tile, overlap=args.overlap, tta_flip=args.tta_flip, scales=scales,
                shift_stitch=args.stitch_factor or args.shift_stitch or None,
                max_pixels=int(args.max_pixels), compile=args.compile, device=args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out, older_than_s=600)  # left by a killed earlier run (not by one running now)
     palette = seg.palette or _default_palette(seg.num_classes)
     failed = len(errors)
     done = 0
-    for path, stem in zip(track(paths, len(paths), "predict", enabled=not args.no_progress, unit="images"),
-                          output_stems(paths)):
+    for path, stem in zip(track(paths, len(paths), "predict", enabled=not args.no_progress, unit="images"), stems):
         try:
             rgb = load_image(path, seg.max_pixels)
-            probs = (_probs_file(out / f"{stem}_probs.npy", (seg.num_classes, *rgb.shape[:2]))
-                     if args.probs else None)
-            mask, _ = seg.segment(rgb, probs_out=probs)
-            if probs is not None:
-                probs.flush()
-                del probs
+            if args.probs:  # streamed to a temp file band by band, renamed into place when complete
+                with atomic_npy_rows(out / f"{stem}_probs.npy", (seg.num_classes, *rgb.shape[:2]),
+                                     np.float16) as probs:
+                    mask, _ = seg.segment(rgb, probs_out=probs)
+            else:
+                mask, _ = seg.segment(rgb)
             save_index_png(mask, palette, out / f"{stem}.png")
             if args.overlay:
-                legend = legend_entries(mask, seg.class_names, palette)
-                picture = with_legend(overlay(rgb, mask, palette), legend)
-                Image.fromarray(picture).save(out / f"{stem}_overlay.jpg", quality=90)
+                save_overlay(rgb, mask, palette, out / f"{stem}_overlay.jpg", quality=90,
+                             class_names=seg.class_names)
             done += 1
+        except WriteError:
+            raise  # a full disk or a read-only folder fails every image after this one the same way
         except FcnsegError as exc:
             failed += 1
             log.error("%s", exc)
     log.info("fcnseg predict: %d image(s) written to %s, %d failed", done, out, failed)
     return 1 if failed else 0
-
-
-def _probs_file(path: Path, shape: tuple[int, int, int]) -> np.memmap:
-    """A float16 .npy memmap, so probabilities stream to disk tile row by row."""
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
 
 
 def _default_palette(n: int) -> list[tuple[int, int, int]]:

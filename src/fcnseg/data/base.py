@@ -28,6 +28,19 @@ from fcnseg.errors import FcnsegError
 IGNORE_INDEX = 255
 
 
+def bad_labels(mask: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> list[int]:
+    """The label values in ``mask`` that are neither a class id (0..num_classes-1) nor ``ignore_index``."""
+    if mask.size == 0 or (int(mask.max()) < num_classes and int(mask.min()) >= 0):
+        return []  # the common case, without counting
+    values = np.unique(mask)
+    return [int(v) for v in values if (v < 0 or v >= num_classes) and v != ignore_index]
+
+
+def bad_labels_message(labels: list[int], num_classes: int, ignore_index: int = IGNORE_INDEX) -> str:
+    """The one wording of this problem, shared by `fcnseg data check` and the training loader."""
+    return f"labels {', '.join(map(str, labels))} are not classes (0..{num_classes - 1}) or {ignore_index}"
+
+
 class SegmentationDataset(Dataset):
     """Base class: subclasses set ``class_names``, ``palette``, ``split`` and implement
     ``__len__``, ``sample_name`` and ``load_arrays`` (numpy HxWx3 uint8 image, HxW integer mask)."""
@@ -74,6 +87,10 @@ class SegmentationDataset(Dataset):
                 f"{self.sample_name(index)}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
                 f"{image.shape[1]}x{image.shape[0]}; fix or remove this sample (`fcnseg data check` lists all)"
             )
+        labels = bad_labels(mask, self.num_classes, self.ignore_index)
+        if labels:  # checked on first touch, so a bad mask never reaches the loss or the metrics
+            raise FcnsegError(f"{self.mask_name(index)}: {bad_labels_message(labels, self.num_classes, self.ignore_index)}; "
+                              "fix or remove this mask (`fcnseg data check` lists all)")
         image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return image_t, torch.from_numpy(mask.astype(np.int64))
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fcnseg.data.base import SegmentationDataset, load_dataset, parse_spec
+from fcnseg.data.base import SegmentationDataset, bad_labels, bad_labels_message, load_dataset, parse_spec
 from fcnseg.errors import FcnsegError
 
 
@@ -54,10 +54,9 @@ def _check_sample(dataset: SegmentationDataset, index: int) -> tuple[tuple[int, 
             problems.append(_problem(name, f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
                                            f"{image.shape[1]}x{image.shape[0]}"))
         counts = np.bincount(mask.ravel().astype(np.int64).clip(0, 255), minlength=256)
-        bad = [int(v) for v in np.flatnonzero(counts) if v >= dataset.num_classes and v != dataset.ignore_index]
+        bad = bad_labels(mask, dataset.num_classes, dataset.ignore_index)
         if bad:
-            problems.append(_problem(name, f"labels {', '.join(map(str, bad))} are not classes "
-                                           f"(0..{dataset.num_classes - 1}) or {dataset.ignore_index}"))
+            problems.append(_problem(name, bad_labels_message(bad, dataset.num_classes, dataset.ignore_index)))
     return size, counts, problems
 
 
@@ -87,6 +86,49 @@ def check_split(spec: str, split: str, workers: int = 2) -> dict[str, Any]:
         "ignore_pixels": int(counts[dataset.ignore_index]),
         "problems": problems,
     }
+
+
+# Before training, every file of both splits is checked from its header (cheap: no pixel is decoded):
+# it exists, is an image within the decompression-bomb limit, and the mask has its image's size. Splits
+# of at most FULL_CHECK_SAMPLES samples are decoded in full as `fcnseg data check` does (labels too);
+# in larger ones a bad label is caught on first touch, when the loader reads the mask (the trainer
+# saves last.pt before every validation, so a bad val mask found late loses nothing).
+FULL_CHECK_SAMPLES = 500
+
+
+def _header_problems(dataset: SegmentationDataset, index: int) -> list[dict]:
+    from fcnseg.images import image_size
+
+    image_path, mask_path = (Path(p) for p in dataset.samples[index])
+    problems, sizes = [], []
+    for path, what in ((image_path, "image"), (mask_path, "mask")):
+        if path.suffix.lower() == ".mat":  # SBD masks: no image header to read; existence only
+            if not path.is_file():
+                problems.append(_problem(str(path), f"{path}: {what} not found"))
+            continue
+        try:
+            sizes.append(image_size(path, what))
+        except FcnsegError as exc:
+            problems.append(_problem(str(path), str(exc)))
+    if len(sizes) == 2 and sizes[0] != sizes[1]:
+        problems.append(_problem(str(mask_path), f"mask is {sizes[1][0]}x{sizes[1][1]} but the image is "
+                                                 f"{sizes[0][0]}x{sizes[0][1]}"))
+    return problems
+
+
+def preflight(dataset: SegmentationDataset, workers: int = 2, limit: int | None = None) -> dict[int, list[dict]]:
+    """Problems found before training, by sample index (see FULL_CHECK_SAMPLES for what is checked).
+
+    ``limit`` checks only the first ``limit`` samples (e.g. --max-val-images). Datasets that are not
+    made of files (``shapes``) have nothing to check."""
+    if not hasattr(dataset, "samples"):
+        return {}
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    full = n <= FULL_CHECK_SAMPLES
+    check = (lambda i: _check_sample(dataset, i)[2]) if full else (lambda i: _header_problems(dataset, i))
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        found = pool.map(check, range(n))
+        return {i: problems for i, problems in enumerate(found) if problems}
 
 
 def check_dataset(spec: str, splits: list[str] | None = None, workers: int = 2) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fcnseg.errors import FcnsegError
+from fcnseg.files import os_error_message, write_text
 from fcnseg.fetch import ChecksumError, FetchError, fetch, file_md5  # noqa: F401  (file_md5 re-exported)
 
 
@@ -109,6 +110,8 @@ def safe_extract(archive: str | os.PathLike, root: str | os.PathLike) -> None:
         raise FcnsegError(f"{archive}: refusing to extract ({exc}); the archive is not safe to unpack") from None
     except (tarfile.TarError, EOFError) as exc:
         raise FcnsegError(f"{archive}: cannot extract ({exc}); delete it and download again") from None
+    except OSError as exc:
+        raise FcnsegError(f"{archive}: {os_error_message(exc, 'cannot extract into', root)}") from None
 
 
 def _url_filename(url: str) -> str:
@@ -137,7 +140,7 @@ def download_dataset(name: str, root: str | os.PathLike, *, url: str | None = No
     safe_extract(archive, root)
     if not target.is_dir():
         raise FcnsegError(f"{archive} did not contain {resource.dataset_dir}; is --url the right archive?")
-    done.write_text(f"{url}\n")
+    write_text(done, f"{url}\n")
     if not keep_archive:
         archive.unlink()
     return target

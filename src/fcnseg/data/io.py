@@ -7,7 +7,8 @@
 * ``read_sbd_mat``: an SBD ``cls/*.mat`` file -> GTcls.Segmentation.
 * ``PairedFileDataset``: the dataset class shared by every on-disk format.
 
-Every reader raises FcnsegError naming the file when it is missing, unreadable or truncated.
+Every reader raises FcnsegError naming the file when it is missing, unreadable, truncated or a
+decompression bomb (the guards are ``fcnseg.images.open_image``, the same as predict's).
 """
 
 from __future__ import annotations
@@ -21,20 +22,14 @@ from PIL import Image
 
 from fcnseg.data.base import IGNORE_INDEX, SegmentationDataset
 from fcnseg.errors import FcnsegError
+from fcnseg.images import open_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
 
 def _open(path: str | os.PathLike, what: str) -> Image.Image:
-    """Open and fully decode an image file; FcnsegError (naming the file) if that fails."""
-    try:
-        img = Image.open(path)
-        img.load()  # decodes now, so a truncated file fails here and not later
-        return img
-    except FileNotFoundError:
-        raise FcnsegError(f"{path}: {what} not found; check the dataset directory (`fcnseg data check` lists all problems)") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL reports corrupt files as OSError/SyntaxError
-        raise FcnsegError(f"{path}: cannot read {what} ({exc}); re-download or remove this file") from None
+    """Open and fully decode an image file with every guard (``fcnseg.images``, shared with predict)."""
+    return open_image(path, what)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

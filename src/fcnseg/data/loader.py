@@ -1,9 +1,11 @@
 """`build_loader`: a DataLoader that pads batches and never lets a bad sample pass silently.
 
 A sample that cannot be read (its dataset raises FcnsegError naming the file) either stops the run
-with that one-line error, or, with ``skip_bad=True``, is left out of its batch with a warning
-naming the file; ``loader.skipped`` lists (name, reason) for every sample skipped so far, also
-when the samples were read in worker processes.
+with that one-line error, or, with ``skip_bad=True``, is left out of its batch and logged as one
+plain line naming the file, once per file (``seen``, a dict shared between loaders, remembers what
+was logged already); ``loader.skipped`` lists (name, reason) for every sample skipped so far, also
+when the samples were read in worker processes. ``loader.raw_batches`` counts the batches drawn
+from the sampler, including batches left empty because every sample in them was bad.
 """
 
 from __future__ import annotations
@@ -78,10 +80,12 @@ def _worker_init(worker_id: int) -> None:
 class SegmentationLoader(DataLoader):
     """A DataLoader yielding (images uint8 N,3,H,W; masks int64 N,H,W). See the module docstring."""
 
-    def __init__(self, dataset: Dataset, *, skip_bad: bool, **kwargs):
+    def __init__(self, dataset: Dataset, *, skip_bad: bool, seen: dict | None = None, **kwargs):
         super().__init__(dataset, **kwargs)
         self.skip_bad = skip_bad
         self.skipped: list[tuple[str, str]] = []
+        self.seen = {} if seen is None else seen
+        self.raw_batches = 0
 
     @property
     def num_skipped(self) -> int:
@@ -89,11 +93,14 @@ class SegmentationLoader(DataLoader):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in super().__iter__():
+            self.raw_batches += 1
             for bad in batch.bad:
                 if not self.skip_bad:
                     raise FcnsegError(bad.reason)
                 self.skipped.append((bad.name, bad.reason))
-                log.warning("skipped bad sample %s (%d skipped so far): %s", bad.name, len(self.skipped), bad.reason)
+                if bad.name not in self.seen:
+                    self.seen[bad.name] = bad.reason
+                    log.warning("skipped bad sample %s: %s", bad.name, bad.reason.removeprefix(f"{bad.name}: "))
             images, masks = batch
             if len(images):
                 yield images, masks.long()
@@ -101,7 +108,8 @@ class SegmentationLoader(DataLoader):
 
 def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, transform: Transform | None = None,
                  workers: int = 0, sampler: Sampler | None = None, seed: int = 0, skip_bad: bool = False,
-                 pad_value: Sequence[int] = DEFAULT_PAD, drop_last: bool = False) -> SegmentationLoader:
+                 pad_value: Sequence[int] = DEFAULT_PAD, drop_last: bool = False,
+                 seen: dict | None = None) -> SegmentationLoader:
     """A loader over ``dataset`` that applies ``transform`` to each (image, mask) and pads batches.
 
     ``seed`` fixes the shuffling order and the augmentation randomness of the workers (each worker's
@@ -115,6 +123,7 @@ def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, transform:
     return SegmentationLoader(
         _GuardedDataset(dataset, transform),
         skip_bad=skip_bad,
+        seen=seen,
         batch_size=batch_size,
         shuffle=shuffle if sampler is None else False,
         sampler=sampler,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +12,10 @@ import numpy as np
 import torch
 
 from fcnseg.data.base import SegmentationDataset
+from fcnseg.errors import FcnsegError
+from fcnseg.files import clean_stale_temps, write_json
+
+log = logging.getLogger("fcnseg.data")
 
 
 def default_cache_dir() -> Path:
@@ -29,18 +34,33 @@ def class_pixel_counts(dataset: SegmentationDataset) -> np.ndarray:
     return counts
 
 
-def _cache_file(dataset: SegmentationDataset, cache_dir: str | os.PathLike) -> Path | None:
+def content_key(dataset: SegmentationDataset) -> str | None:
+    """A key that changes whenever the masks do: identity, length, classes and every mask file's
+    path, size and modification time (datasets not made of files, like ``shapes``, are keyed by their
+    identity, which holds their seed). None when the dataset has no identity: nothing is cached."""
     if not dataset.identity:
         return None
-    key = f"{dataset.identity}|{len(dataset)}|{dataset.num_classes}"
-    return Path(cache_dir) / "class_frequencies" / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".json")
+    h = hashlib.sha1(f"{dataset.identity}|{len(dataset)}|{dataset.num_classes}|{dataset.ignore_index}".encode())
+    for i in range(len(dataset)):
+        name = dataset.mask_name(i)
+        try:
+            st = os.stat(name)
+            h.update(f"|{name}|{st.st_size}|{st.st_mtime_ns}".encode())
+        except OSError:  # not a file (a generated dataset's sample id) or missing
+            h.update(f"|{name}|-".encode())
+    return h.hexdigest()
+
+
+def _cache_file(dataset: SegmentationDataset, cache_dir: str | os.PathLike) -> Path | None:
+    key = content_key(dataset)
+    return None if key is None else Path(cache_dir) / "class_frequencies" / (key[:24] + ".json")
 
 
 def class_frequencies(dataset: SegmentationDataset, cache_dir: str | os.PathLike | None = None) -> torch.Tensor:
     """Fraction of labelled pixels in each class (sums to 1), float64 of length num_classes.
 
     The result is cached as JSON under ``cache_dir`` (default: see ``default_cache_dir``), keyed by
-    the dataset's identity (format, root, split), its length and class count.
+    content (see ``content_key``): changed masks under the same path are never served stale counts.
     """
     path = _cache_file(dataset, cache_dir if cache_dir is not None else default_cache_dir())
     if path is not None and path.is_file():
@@ -53,12 +73,10 @@ def class_frequencies(dataset: SegmentationDataset, cache_dir: str | os.PathLike
     counts = class_pixel_counts(dataset)
     if path is not None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"identity": dataset.identity, "counts": counts.tolist()}))
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only cache only costs a recomputation next time
+            clean_stale_temps(path.parent, older_than_s=3600)
+            write_json(path, {"identity": dataset.identity, "counts": counts.tolist()})
+        except FcnsegError as exc:  # a cache that cannot be written only costs a recomputation next time
+            log.info("class-frequency cache not written: %s", exc)
     return _normalise(counts)
 
 

@@ -73,17 +73,61 @@ def batches_per_epoch(dataset_size: int, batch_size: int, world_size: int) -> in
     return per_epoch
 
 
-def training_batches(dataset: Dataset, *, transform: Callable | None, batch_size: int, seed: int,
-                     start_iteration: int, workers: int = 0, rank: int = 0, world_size: int = 1,
-                     pad_value=(124, 116, 104), skip_bad: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless (images, masks) batches, the first one being the batch of ``start_iteration``."""
-    per_epoch = batches_per_epoch(len(dataset), batch_size, world_size)
-    epoch, done = divmod(start_iteration, per_epoch)
-    augmented = SeededAugment(dataset, transform, seed)
-    while True:
-        sampler = EpochSampler(len(dataset), seed=seed, epoch=epoch, rank=rank, world_size=world_size,
-                               skip=done * batch_size)
-        loader = build_loader(augmented, batch_size=batch_size, shuffle=False, sampler=sampler, workers=workers,
-                              seed=mix_seed(seed, epoch), pad_value=pad_value, drop_last=True, skip_bad=skip_bad)
-        yield from loader
-        epoch, done = epoch + 1, 0
+class BatchStream:
+    """Endless (images, masks) batches, the first one being the batch of ``start_iteration``, or the
+    one at ``position`` (epoch, batches already drawn in that epoch) when given: the exact place a
+    checkpoint saved, which differs from ``start_iteration`` once whole batches were skipped as bad.
+
+    ``skipped`` maps every sample skipped as bad (``skip_bad``) to its reason, each logged once. An
+    epoch in which no good sample could be drawn stops the stream with FcnsegError (not an endless
+    loop)."""
+
+    def __init__(self, dataset: Dataset, *, transform: Callable | None, batch_size: int, seed: int,
+                 start_iteration: int, workers: int = 0, rank: int = 0, world_size: int = 1,
+                 pad_value=(124, 116, 104), skip_bad: bool = False, position: tuple[int, int] | None = None,
+                 skipped: dict | None = None):
+        self.per_epoch = batches_per_epoch(len(dataset), batch_size, world_size)
+        self.epoch, self.start = position if position is not None else divmod(start_iteration, self.per_epoch)
+        self.skipped: dict[str, str] = {} if skipped is None else skipped
+        self._loader = None
+        self._options = dict(batch_size=batch_size, seed=seed, workers=workers, rank=rank, world_size=world_size,
+                             pad_value=pad_value, skip_bad=skip_bad)
+        self._augmented = SeededAugment(dataset, transform, seed)
+        self._size = len(dataset)
+        self._batches = self._generate()
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return next(self._batches)
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """(epoch, batches drawn in it so far): where a resumed stream must start."""
+        drawn = self.start + (self._loader.raw_batches if self._loader is not None else 0)
+        return (self.epoch + 1, 0) if drawn >= self.per_epoch else (self.epoch, drawn)
+
+    def _generate(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        o = self._options
+        while True:
+            sampler = EpochSampler(self._size, seed=o["seed"], epoch=self.epoch, rank=o["rank"],
+                                   world_size=o["world_size"], skip=self.start * o["batch_size"])
+            self._loader = build_loader(self._augmented, batch_size=o["batch_size"], shuffle=False, sampler=sampler,
+                                        workers=o["workers"], seed=mix_seed(o["seed"], self.epoch),
+                                        pad_value=o["pad_value"], drop_last=True, skip_bad=o["skip_bad"],
+                                        seen=self.skipped)
+            good = 0
+            for batch in self._loader:
+                good += 1
+                yield batch
+            if good == 0 and self.start == 0:
+                raise FcnsegError(f"no good training sample in a whole epoch: all {len(self.skipped)} samples "
+                                  "drawn were skipped as bad; fix the data (`fcnseg data check` lists every problem)")
+            self.epoch, self.start, self._loader = self.epoch + 1, 0, None
+
+
+def training_batches(dataset: Dataset, **options) -> BatchStream:
+    """Endless (images, masks) batches, the first one being the batch of ``start_iteration`` (see
+    :class:`BatchStream` for the options)."""
+    return BatchStream(dataset, **options)

@@ -21,8 +21,8 @@ from fcnseg.errors import FcnsegError
 
 def check_compatible(meta: dict, dataset: Any, what: str) -> None:
     """FcnsegError when the model's number of classes differs from the dataset's."""
-    model_classes = meta["model_kwargs"]["num_classes"]
-    if model_classes != dataset.num_classes:
+    model_classes = meta["model_kwargs"].get("num_classes")
+    if model_classes is not None and model_classes != dataset.num_classes:
         raise FcnsegError(f"{what} predicts {model_classes} classes but dataset {dataset!r} has "
                           f"{dataset.num_classes}; evaluate on the data it was trained for or retrain")
 
@@ -84,6 +84,10 @@ def evaluate(checkpoint_or_model: nn.Module | dict | str | os.PathLike, dataset:
             net.to(memory_format=torch.channels_last)
     weight = class_weights.to(dev) if class_weights is not None else None
 
+    if max_images is not None and max_images < 1:
+        raise FcnsegError(f"max_images must be at least 1 (got {max_images}); leave it out to use every image")
+    if batch_size < 1:
+        raise FcnsegError(f"batch size must be at least 1 (got {batch_size})")
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     info = current_dist()
     shard = list(range(info.rank, n, info.world_size))

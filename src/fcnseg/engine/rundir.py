@@ -19,11 +19,9 @@ from typing import Sequence
 import numpy as np
 
 from fcnseg.errors import FcnsegError
-from fcnseg.files import write_text  # noqa: F401  (re-exported: the run dir's writer)
+from fcnseg.files import append_text, clean_stale_temps, to_json, write_bytes, write_error, write_json, write_text  # noqa: F401
 
-
-def writable_error(path: Path, exc: OSError) -> FcnsegError:
-    return FcnsegError(f"cannot write {path}: {exc.strerror}; free disk space or choose a writable --out")
+RUN_SUBDIRS = ("", "plots", "samples")
 
 
 def prepare_run_dir(out: str | os.PathLike, resuming: bool) -> Path:
@@ -35,7 +33,9 @@ def prepare_run_dir(out: str | os.PathLike, resuming: bool) -> Path:
     try:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise writable_error(run, exc) from None
+        raise write_error(run, exc) from None
+    for sub in RUN_SUBDIRS:  # temporary files a kill -9 left in the middle of a write
+        clean_stale_temps(run / sub)
     write_text(run / ".write-test", "ok")
     (run / ".write-test").unlink()
     return run
@@ -51,18 +51,14 @@ class MetricsLog:
             return
         if resume_from is not None and path.exists():
             kept = [r for r in read_metrics(path) if r["iteration"] <= resume_from]
-            write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+            write_text(path, "".join(to_json(r, indent=None) + "\n" for r in kept))
         elif resume_from is None:
             write_text(path, "")
 
     def append(self, record: dict) -> None:
         if not self.enabled:
             return
-        try:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-        except OSError as exc:
-            raise writable_error(self.path, exc) from None
+        append_text(self.path, to_json(record, indent=None) + "\n")
 
 
 
@@ -78,6 +74,20 @@ def read_metrics(path: Path) -> list[dict]:
     return records
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Render a matplotlib figure into memory, then write it atomically; the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return write_bytes(path, buffer.getvalue())
+
+
 def _pyplot():
     import matplotlib
 
@@ -90,7 +100,8 @@ def _pyplot():
 def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
     """loss.png (train and val loss) and mean_iu.png from the metrics log."""
     plt = _pyplot()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # absent values are null in the log (JSON has no NaN): plot them as gaps
+    records = [{k: (math.nan if v is None else v) for k, v in r.items()} for r in records]
     train = [r for r in records if r["kind"] == "train"]
     val = [r for r in records if r["kind"] == "val"]
     paths = []
@@ -98,18 +109,14 @@ def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
     ax.plot([r["iteration"] for r in train], [r["loss"] for r in train], label="train")
     ax.plot([r["iteration"] for r in val], [r["loss"] for r in val], "o-", label="val")
     ax.set(xlabel="iteration", ylabel="loss", title="loss")
-    if train and min(r["loss"] for r in train) > 0:
+    if train and all(r["loss"] > 0 for r in train):
         ax.set_yscale("log")
     ax.legend()
-    paths.append(out_dir / "loss.png")
-    fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    paths.append(save_figure(fig, out_dir / "loss.png"))
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([r["iteration"] for r in val], [100 * r["mean_iu"] for r in val], "o-")
     ax.set(xlabel="iteration", ylabel="mean IU (%)", title="validation mean IU")
-    paths.append(out_dir / "mean_iu.png")
-    fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    paths.append(save_figure(fig, out_dir / "mean_iu.png"))
     return paths
 
 
@@ -133,22 +140,19 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
                             color="white" if rows[i, j] > 0.5 else "black")
     ax.set(xlabel="prediction", ylabel="truth", title="confusion (row-normalised)")
     fig.colorbar(im, fraction=0.046)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_sample_strip(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette, path: Path) -> None:
     """image | truth | prediction side by side (HxWx3 uint8 image, HxW label maps)."""
     from PIL import Image
 
+    from fcnseg.images import save_image
     from fcnseg.viz import colorize
 
     gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
     strip = np.concatenate([image, gap, colorize(truth, palette), gap, colorize(pred, palette)], axis=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(strip).save(path)
+    save_image(Image.fromarray(strip), path, "PNG")
 
 
 def _pct(x: float) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fcnseg.config import TrainConfig, config_from_dict, save_config
+from fcnseg.config import TrainConfig, check_resume_unchanged, config_from_dict, save_config
 from fcnseg.data import TrainTransform, load_dataset
 from fcnseg.data.normalize import mean_pixel
 from fcnseg.engine.batches import training_batches
@@ -25,11 +26,13 @@ from fcnseg.engine.losses import load_class_weights, segmentation_loss
 from fcnseg.engine.optim import build_optimizer, build_scheduler
 from fcnseg.engine.rng import capture_rng, mix_seed, restore_rng, seed_everything
 from fcnseg.engine.progress import TrainProgress, log_summary, scalars
-from fcnseg.engine.rundir import plot_confusion, plot_curves, prepare_run_dir, read_metrics, save_sample_strip, write_text
+from fcnseg.engine.rundir import plot_confusion, plot_curves, prepare_run_dir, read_metrics, save_sample_strip, write_json
 from fcnseg.engine.runtime import (Dist, all_reduce_sum, autocast, barrier, broadcast_flag, init_distributed,
                                    prepare_input, resolve_device, resolve_precision, unwrap)
 from fcnseg.errors import FcnsegError
 from fcnseg.logs import configure_if_unset
+
+log = logging.getLogger("fcnseg.train")
 
 
 def train(config: TrainConfig | dict) -> dict:
@@ -46,8 +49,9 @@ def train(config: TrainConfig | dict) -> dict:
     run = Path(cfg.out)
     setup_run_dir(run, cfg, resuming=resume is not None, world=world)
 
-    # data, model, loss, optimiser
+    # data (checked before any compute is spent), model, loss, optimiser
     train_set, val_set = open_datasets(cfg)
+    skipped = check_data(cfg, train_set, val_set)
     seed_everything(cfg.seed)
     model, meta = build_model(cfg, train_set)
     weights = class_weights(cfg, train_set)
@@ -59,8 +63,9 @@ def train(config: TrainConfig | dict) -> dict:
     state = {"iteration": 0, "best_mean_iu": -1.0, "best_iteration": 0, "elapsed_s": 0.0}
     if world.enabled:
         seed_everything(mix_seed(cfg.seed, world.rank))  # different dropout / loss-sampling draws per process
+    position = None
     if resume is not None:
-        restore_training(resume, model, optimizer, scheduler, scaler, state)
+        position = restore_training(resume, model, optimizer, scheduler, scaler, state, world)
     net = wrap_model(model, cfg, device, world)
 
     report = TrainProgress(run, cfg, is_main=world.is_main, start_iteration=state["iteration"],
@@ -69,16 +74,27 @@ def train(config: TrainConfig | dict) -> dict:
     batches = training_batches(train_set, transform=train_transform(cfg, meta), batch_size=cfg.batch_size,
                                seed=cfg.seed, start_iteration=state["iteration"], workers=cfg.workers,
                                rank=world.rank, world_size=world.world_size, pad_value=mean_pixel(meta["normalization"]),
-                               skip_bad=cfg.skip_bad)
+                               skip_bad=cfg.skip_bad, position=position, skipped=skipped)
 
     def checkpoint(name: str) -> None:
         state["elapsed_s"] = report.total_seconds()
-        save_training_checkpoint(run / name, model, meta, optimizer, scheduler, scaler, state, cfg, world)
+        save_training_checkpoint(run / name, model, meta, optimizer, scheduler, scaler, state, cfg, world,
+                                 stream=batches.position)
 
     def validate() -> dict:
-        return evaluate(net, val_set, meta=meta, precision=cfg.precision, channels_last=cfg.channels_last,
-                        device=device, max_images=cfg.max_val_images, workers=cfg.workers, class_weights=weights,
-                        progress=report.bar_on)
+        """Evaluate on the val split; last.pt is already on disk, and a failure says so."""
+        try:
+            return evaluate(net, val_set, meta=meta, precision=cfg.precision, channels_last=cfg.channels_last,
+                            device=device, max_images=cfg.max_val_images, workers=cfg.workers,
+                            class_weights=weights, progress=report.bar_on)
+        except Exception as exc:  # noqa: BLE001  (whatever broke, the weights are safe: say where)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if not isinstance(exc, FcnsegError):
+                reason = f"{type(exc).__name__}: {reason}"
+            kept = run / "last.pt"
+            raise FcnsegError(f"validation at iteration {state['iteration']} failed ({reason}); the trained "
+                              f"weights are saved in {kept}: fix the data, then `fcnseg evaluate --checkpoint "
+                              f"{kept}` or continue with --resume {run}") from None
 
     val = None
 
@@ -94,19 +110,21 @@ def train(config: TrainConfig | dict) -> dict:
         report.step(it, len(images) * world.world_size, loss, optimizer.param_groups[0]["lr"])
 
         if due(it, cfg.eval_every) or done:
+            checkpoint("last.pt")  # before validating: a failing validation never costs the training
             val = validate()
             report.validation(it, val, best=val["mean_iu"] > state["best_mean_iu"])
             if val["mean_iu"] > state["best_mean_iu"]:
                 state["best_mean_iu"], state["best_iteration"] = val["mean_iu"], it
                 checkpoint("best.pt")
-            checkpoint("last.pt")
+                checkpoint("last.pt")  # again, now holding the new best
         elif due(it, cfg.checkpoint_every):
             checkpoint("last.pt")
     report.close()
 
     if val is None:  # resumed a run that had already finished
         val = validate()
-    summary = finish_run(run, cfg, model, meta, val, state, val_set, device, world, report.total_seconds())
+    summary = finish_run(run, cfg, model, meta, val, state, val_set, device, world, report.total_seconds(),
+                         skipped=batches.skipped)
     barrier()
     return summary
 
@@ -164,6 +182,35 @@ def open_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
     return train_set, val_set
 
 
+def check_data(cfg: TrainConfig, train_set: Any, val_set: Any) -> dict[str, str]:
+    """Both splits checked before training (``fcnseg.data.check.preflight``), with `data check`'s
+    messages. Bad val samples always stop the run; bad training samples stop it unless --skip-bad,
+    which logs each once and returns them (name -> problem) to be counted in the summary."""
+    from fcnseg.data.check import preflight
+
+    skipped: dict[str, str] = {}
+    for dataset, split, limit in ((train_set, cfg.train_split, None), (val_set, cfg.val_split, cfg.max_val_images)):
+        found = preflight(dataset, workers=max(1, cfg.workers), limit=limit)
+        if not found:
+            continue
+        problems = [p for sample in found.values() for p in sample]
+        where = f"{len(found)} of {min(len(dataset), limit or len(dataset))} samples of split {split!r} of {cfg.data}"
+        first = f"{problems[0]['file']}: {problems[0]['problem']}"
+        if dataset is val_set or not cfg.skip_bad:
+            hint = " (or pass --skip-bad to leave them out)" if dataset is train_set else ""
+            raise FcnsegError(f"{where} are bad, found before training; first: {first}; run `fcnseg data check "
+                              f"{cfg.data}` to list them all{hint}")
+        if len(found) == len(dataset):
+            raise FcnsegError(f"every one of the {len(dataset)} samples of split {split!r} of {cfg.data} is bad "
+                              f"(first: {first}); nothing to train on: fix the data "
+                              f"(`fcnseg data check {cfg.data}` lists every problem)")
+        for index, sample in found.items():
+            name, first = dataset.sample_name(index), sample[0]
+            skipped[name] = first["problem"] if first["file"] == name else f"{first['file']}: {first['problem']}"
+            log.warning("skipped bad sample %s: %s", name, skipped[name])
+    return skipped
+
+
 def model_meta(cfg: TrainConfig, dataset: Any) -> dict:
     """Everything a predictor needs to rebuild the model and read its output."""
     kwargs = {"num_classes": dataset.num_classes, "backbone": cfg.backbone, "geometry": cfg.geometry,
@@ -179,13 +226,33 @@ def build_model(cfg: TrainConfig, dataset: Any) -> tuple[nn.Module, dict]:
     meta = model_meta(cfg, dataset)
     model = create_model(cfg.model, backbone_weights=cfg.backbone_weights, **meta["model_kwargs"])
     if cfg.init_from:
-        source = load_checkpoint(cfg.init_from)
+        source = load_init_source(cfg.init_from)
         check_compatible(source["meta"], dataset, f"--init-from checkpoint {cfg.init_from}")
         loaded, _skipped = load_matching(model, source["model"])
         if not loaded:
             raise FcnsegError(f"--init-from checkpoint {cfg.init_from} shares no layer with {cfg.model}; "
                               "pass a checkpoint of a related model (e.g. fcn32s for fcn16s)")
     return model, meta
+
+
+def load_init_source(path: str) -> dict:
+    """{"model", "meta"} from a .pt checkpoint of `fcnseg train` or a .safetensors of `fcnseg export`."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".onnx":
+        raise FcnsegError(f"--init-from {path}: an ONNX model cannot initialise training; pass the .pt checkpoint "
+                          "it was exported from, or a .safetensors file from `fcnseg export`")
+    if suffix == ".safetensors":
+        from fcnseg.files import read_safetensors
+
+        state, header = read_safetensors(path, "--init-from file")
+        try:
+            meta = json.loads(header.get("fcnseg", ""))
+            meta["model_kwargs"]["num_classes"]
+        except (ValueError, TypeError, KeyError):
+            raise FcnsegError(f"--init-from file {path} has no fcnseg metadata; pass a .safetensors written by "
+                              "`fcnseg export` or a .pt checkpoint from `fcnseg train`") from None
+        return {"model": state, "meta": meta}
+    return load_checkpoint(path)
 
 
 def class_weights(cfg: TrainConfig, dataset: Any) -> torch.Tensor | None:
@@ -246,23 +313,44 @@ def load_resume_checkpoint(cfg: TrainConfig) -> dict | None:
     if not ckpt.get("train_state"):
         raise FcnsegError(f"cannot resume from {path}: it holds no training state; pass a run directory "
                           "written by `fcnseg train`")
+    saved = ckpt["train_state"].get("config")
+    if isinstance(saved, dict):  # also for library callers that skip config.resume_config
+        check_resume_unchanged(saved, cfg.to_dict(), cfg.resume)
     return ckpt
 
 
+def per_rank(value: Any, world: Dist) -> list:
+    """``value`` of every process, in rank order (all processes must call this together)."""
+    if not world.enabled:
+        return [value]
+    import torch.distributed as dist
+
+    gathered = [None] * world.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def save_training_checkpoint(path: Path, model: nn.Module, meta: dict, optimizer, scheduler, scaler,
-                             state: dict, cfg: TrainConfig, world: Dist) -> None:
-    """Everything needed to continue exactly; written by rank 0 only, never with non-finite weights."""
+                             state: dict, cfg: TrainConfig, world: Dist, stream: tuple[int, int] = (0, 0)) -> None:
+    """Everything needed to continue exactly, including every process's random state and place in the
+    batch stream; written by rank 0 only, never with non-finite weights."""
+    rng_ranks = per_rank(capture_rng(), world)
+    streams = per_rank(list(stream), world)
     if not world.is_main:
         return
     params = model.state_dict()
     if not all(torch.isfinite(t).all() for t in params.values() if t.is_floating_point()):
         raise_diverged(path.parent, state["iteration"], "finite but the weights are not")
     train_state = {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                   "scaler": scaler.state_dict(), "rng": capture_rng(), "config": cfg.to_dict()}
+                   "scaler": scaler.state_dict(), "rng": rng_ranks[0], "rng_ranks": rng_ranks,
+                   "stream": streams, "config": cfg.to_dict()}
     save_checkpoint(path, params, meta, train_state)
 
 
-def restore_training(ckpt: dict, model: nn.Module, optimizer, scheduler, scaler, state: dict) -> None:
+def restore_training(ckpt: dict, model: nn.Module, optimizer, scheduler, scaler, state: dict,
+                     world: Dist) -> tuple[int, int] | None:
+    """Load weights, optimiser, schedule and this process's random state; returns this process's
+    place in the batch stream (None: derive it from the iteration)."""
     ts = ckpt["train_state"]
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ts["optimizer"])
@@ -270,8 +358,18 @@ def restore_training(ckpt: dict, model: nn.Module, optimizer, scheduler, scaler,
     if ts.get("scaler"):
         scaler.load_state_dict(ts["scaler"])
     for key in state:
-        state[key] = ts.get(key, state[key])
+        state[key] = ts.get(key, state[key])  # elapsed_s: absent in older checkpoints
+    ranks, streams = ts.get("rng_ranks"), ts.get("stream")
+    if ranks and len(ranks) == world.world_size:
+        restore_rng(ranks[world.rank])
+        return tuple(streams[world.rank]) if streams and len(streams) == world.world_size else None
+    if world.enabled or (ranks and len(ranks) != world.world_size):
+        log.warning("resuming with %d process(es) a run saved with %d: it continues, but not bit-identically",
+                    world.world_size, len(ranks) if ranks else 1)
+        if world.enabled:
+            return None  # keep this process's own seed (set before the restore)
     restore_rng(ts["rng"])
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,25 +377,39 @@ def restore_training(ckpt: dict, model: nn.Module, optimizer, scheduler, scaler,
 
 
 def finish_run(run: Path, cfg: TrainConfig, model: nn.Module, meta: dict, val: dict, state: dict, val_set: Any,
-               device: torch.device, world: Dist, seconds: float) -> dict:
-    """Plots, sample overlays, summary.json and the printed summary table (rank 0)."""
+               device: torch.device, world: Dist, seconds: float, skipped: dict | None = None) -> dict:
+    """Plots, sample overlays, summary.json and the printed summary table (rank 0). Plots and
+    samples are optional extras: if one cannot be written, a warning says so and the run still ends
+    with its summary."""
     summary = {
         "run_dir": str(run), "iterations": state["iteration"], "wall_time_s": round(seconds, 2),
         "final": {**scalars(val), "per_class_iou": val["per_class_iou"]},
         "best_mean_iu": state["best_mean_iu"], "best_iteration": state["best_iteration"],
         "checkpoints": {"last": str(run / "last.pt"), "best": str(run / "best.pt")},
         "metrics_log": str(run / "metrics.jsonl"), "config": str(run / "config.yaml"),
+        "skipped_samples": len(skipped or {}),
     }
     if not world.is_main:
         return summary
-    records = read_metrics(run / "metrics.jsonl")
-    plots = plot_curves(records, run / "plots") + [plot_confusion(val["confusion"], meta["class_names"],
-                                                                  run / "plots" / "confusion.png")]
-    samples = save_samples(model, meta, val_set, cfg, device, run / "samples")
+    plots = optional("plots", lambda: plot_curves(read_metrics(run / "metrics.jsonl"), run / "plots")
+                     + [plot_confusion(val["confusion"], meta["class_names"], run / "plots" / "confusion.png")])
+    samples = optional("sample strips", lambda: save_samples(model, meta, val_set, cfg, device, run / "samples"))
     summary.update(plots=[str(p) for p in plots], samples=[str(p) for p in samples])
-    write_text(run / "summary.json", json.dumps(summary, indent=2))
+    write_json(run / "summary.json", summary)
     log_summary(cfg, state, val, meta["class_names"], run, seconds)
+    if skipped:
+        log.warning("skipped %d bad training sample(s) in all (--skip-bad); `fcnseg data check %s` lists them",
+                    len(skipped), cfg.data)
     return summary
+
+
+def optional(what: str, make) -> list:
+    """Run ``make()`` for an optional output; a failure to write it is one warning, not a lost run."""
+    try:
+        return make()
+    except FcnsegError as exc:
+        log.warning("%s not written: %s", what, exc)
+        return []
 
 
 def save_samples(model: nn.Module, meta: dict, dataset: Any, cfg: TrainConfig, device: torch.device,

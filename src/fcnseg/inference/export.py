@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from fcnseg.errors import FcnsegError
+from fcnseg.files import read_safetensors, write_bytes
 
 META_KEY = "fcnseg"
 ONNX_OPSET = 17
@@ -65,7 +66,7 @@ def onnx_bytes(model: nn.Module, meta: dict, sample_size: tuple[int, int] = (64,
 
 def export_onnx(model: nn.Module, meta: dict, path: str | os.PathLike) -> Path:
     """Write the model as ONNX (metadata embedded) to ``path``."""
-    return _write_bytes(onnx_bytes(model, meta), Path(path))
+    return write_bytes(path, onnx_bytes(model, meta))
 
 
 def onnx_meta(model_bytes: bytes, path: Path) -> dict:
@@ -86,34 +87,40 @@ def export_safetensors(model: nn.Module, meta: dict, path: str | os.PathLike) ->
 
     state = {k: v.detach().float().contiguous().clone() if v.is_floating_point() else v.detach().clone()
              for k, v in model.state_dict().items()}
-    return _write_bytes(save(state, metadata={META_KEY: _encode_meta(export_meta(model, meta))}), Path(path))
+    return write_bytes(path, save(state, metadata={META_KEY: _encode_meta(export_meta(model, meta))}))
 
 
 def load_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
     """Read (state_dict, meta) from a file written by :func:`export_safetensors` (no pickle involved)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
     path = Path(path)
-    if not path.is_file():
-        raise FcnsegError(f"weights file {path} does not exist; check the path")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta_text = (f.metadata() or {}).get(META_KEY)
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise FcnsegError(f"{path} is not a readable safetensors file ({str(exc)[:100]}); export it "
-                          "again") from None
-    return state, _decode_meta(meta_text, path, "safetensors")
+    state, header = read_safetensors(path)
+    return state, _decode_meta(header.get(META_KEY), path, "safetensors")
 
 
-def _write_bytes(data: bytes, path: Path) -> Path:
-    """Write ``data`` atomically (temporary file + rename)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise FcnsegError(f"cannot write {path}: {exc.strerror}; choose a writable location") from None
-    return path
+class OnnxModel(nn.Module):
+    """An exported .onnx model as a torch module: normalised float batch in, raw scores out, run on
+    onnxruntime (CPU). Lets `fcnseg evaluate` measure an exported file exactly as it will be used."""
+
+    def __init__(self, model_bytes: bytes, meta: dict, threads: int | None = None):
+        super().__init__()
+        from fcnseg.inference.segmenter import _ort_session
+
+        self.meta = meta
+        self.num_classes = int(meta["model_kwargs"]["num_classes"])
+        self._session = _ort_session(model_bytes, threads)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> tuple["OnnxModel", dict]:
+        path = Path(path)
+        if not path.is_file():
+            raise FcnsegError(f"ONNX model {path} does not exist; check the path")
+        try:
+            data = path.read_bytes()
+            meta = onnx_meta(data, path)
+            return cls(data, meta), meta
+        except ImportError:
+            raise FcnsegError(f"running {path} needs the onnx extra; pip install 'fcnseg[onnx]'") from None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (scores,) = self._session.run(["scores"], {"image": x.detach().float().cpu().contiguous().numpy()})
+        return torch.from_numpy(scores).to(x.device)

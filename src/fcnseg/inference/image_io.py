@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from fcnseg.errors import FcnsegError
+from fcnseg.images import DEFAULT_MAX_PIXELS, open_image, too_big_message
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, "torch.Tensor"]  # noqa: F821 (torch: lazily)
 
-DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels (a 4000x3000 photo is 12)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -65,35 +64,14 @@ def pil_to_rgb(img: Image.Image) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode an image file into HxWx3 uint8 RGB; every failure is one FcnsegError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FcnsegError(f"{path}: no such file; check the path")
-    if path.stat().st_size == 0:
-        raise FcnsegError(f"{path}: file is empty; re-copy or remove it")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(path) as img:
-                width, height = img.size
-                if width * height > max_pixels:
-                    raise FcnsegError(_too_big(path, width, height, max_pixels))
-                img.load()
-                return pil_to_rgb(img)
-        except Image.DecompressionBombError:
-            raise FcnsegError(f"{path}: image is too large to decode safely (decompression bomb "
-                              f"guard); raise --max-pixels only if you trust the file") from None
-        except UnidentifiedImageError:
-            raise FcnsegError(f"{path}: not an image Pillow can read; convert it to PNG or JPEG") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
-            raise FcnsegError(f"{path}: cannot decode image ({reason}); the file is truncated or "
-                              "corrupt, re-copy it") from None
+    """Decode an image file into HxWx3 uint8 RGB; every failure is one FcnsegError naming the file
+    (the guards are ``fcnseg.images.open_image``, shared with the dataset readers)."""
+    with open_image(path, "image", max_pixels) as img:
+        return pil_to_rgb(img)
 
 
 def _too_big(path: Path, width: int, height: int, max_pixels: int) -> str:
-    return (f"{path}: {width}x{height} = {width * height / 1e6:.0f} megapixels exceeds the limit of "
-            f"{max_pixels / 1e6:.0f} (decompression bomb guard); raise --max-pixels if the file is trusted")
+    return too_big_message(path, width, height, max_pixels)
 
 
 def _is_tensor(value: Any) -> bool:

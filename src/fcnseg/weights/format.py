@@ -32,10 +32,36 @@ def check(obj: Any, path: str | os.PathLike) -> dict:
     if not is_checkpoint(obj):
         raise FcnsegError(f"{path} is not an fcnseg checkpoint (no '{FORMAT}' marker); pass a file "
                           "written by `fcnseg train`, or see `fcnseg weights convert` for other formats")
-    if obj.get("version", 0) > VERSION:
+    version = obj.get("version", 0)
+    if isinstance(version, int) and version > VERSION:
         raise FcnsegError(f"checkpoint {path} has format version {obj['version']}, newer than this "
                           f"fcnseg understands ({VERSION}); upgrade fcnseg")
+    problem = structure_problem(obj)
+    if problem:
+        raise FcnsegError(f"checkpoint {path} has the fcnseg marker but {problem}; it is damaged or was not "
+                          "written by `fcnseg train`: use another checkpoint (e.g. the run's best.pt or last.pt)")
     return obj
+
+
+def structure_problem(ckpt: dict) -> str | None:
+    """What is missing from a checkpoint that everything reading it relies on, or None."""
+    meta = ckpt.get("meta")
+    if not isinstance(ckpt.get("model"), dict):
+        return "no weights ('model' is missing)"
+    if not isinstance(meta, dict):
+        return "no metadata ('meta' is missing)"
+    if not isinstance(meta.get("model_name"), str):
+        return "no model name in its metadata"
+    kwargs = meta.get("model_kwargs")
+    if not isinstance(kwargs, dict) or not isinstance(kwargs.get("num_classes", 0), int):
+        return "no valid model options in its metadata"
+    train_state = ckpt.get("train_state")
+    if train_state is not None:
+        missing = ([k for k in ("iteration", "optimizer", "scheduler", "rng") if k not in train_state]
+                   if isinstance(train_state, dict) else ["train_state"])
+        if missing:
+            return f"an incomplete training state (no {', '.join(missing)})"
+    return None
 
 
 def build_model(meta: dict, state: dict, label: str):
