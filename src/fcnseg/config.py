@@ -44,12 +44,13 @@ def _opt(default: Any, help: str, choices: tuple | None = None, *, min: float | 
     return field(default=default, metadata=meta)
 
 
-DEVICE_PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
+DEVICE_PATTERN = re.compile(r"(auto|cpu|cuda(:\d+)?)")
 
 
 def device_problem(value: str) -> str | None:
-    """What is wrong with a --device value, or None."""
-    if DEVICE_PATTERN.fullmatch(str(value)):
+    """What is wrong with a --device value, or None (its spelling; engine.runtime.resolve_device then
+    checks that the device exists here)."""
+    if DEVICE_PATTERN.fullmatch(str(value).strip().lower()):
         return None
     return "must be auto, cpu, cuda or cuda:N (e.g. cuda:0)"
 

@@ -24,9 +24,9 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from fcnseg.engine.rundir import MetricsLog, metrics_table, read_metrics, writable_error
+from fcnseg.engine.rundir import MetricsLog, metrics_table, read_metrics
 from fcnseg.errors import FcnsegError
-from fcnseg.files import write_text
+from fcnseg.files import append_text, write_text
 from fcnseg.logs import stderr_is_terminal
 
 log = logging.getLogger(__name__)
@@ -95,11 +95,7 @@ class CsvLog:
     def append(self, record: dict) -> None:
         if not self.enabled:
             return
-        try:
-            with self.path.open("a") as f:
-                f.write(self._row(record))
-        except OSError as exc:
-            raise writable_error(self.path, exc) from None
+        append_text(self.path, self._row(record))
 
 
 def tensorboard_writer(folder: Path, purge_step: int | None = None):

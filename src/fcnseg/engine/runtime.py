@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from fcnseg.config import device_problem
 from fcnseg.data.normalize import normalize
 from fcnseg.errors import FcnsegError
 
@@ -22,12 +23,10 @@ def resolve_device(name: str | torch.device | None = "auto", option: str = "--de
     text = "auto" if name is None else str(name).strip().lower()
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise FcnsegError(f"{option} {name!r} is not a device fcnseg runs on; use cpu, cuda, cuda:N or auto")
+    problem = device_problem(text)
+    if problem:
+        raise FcnsegError(f"{option} {problem}, got {name!r}")
+    device = torch.device(text)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
