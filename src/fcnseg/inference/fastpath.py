@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fcnseg.inference import padcache
 from fcnseg.models.layers import BilinearUpsample
 
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -162,6 +163,7 @@ class SplitStemConv2d(nn.Module):
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.kernel_size = conv.kernel_size
         weight = conv.weight.detach().float()
         hi = weight.to(torch.bfloat16)
         lo = (weight - hi.float()).to(torch.bfloat16)
@@ -172,12 +174,16 @@ class SplitStemConv2d(nn.Module):
     def applies_to(module: nn.Module) -> bool:
         return type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, padding: int | tuple | None = None) -> torch.Tensor:
         x = x.float()
         hi = x.to(torch.bfloat16)
         lo = (x - hi.float()).to(torch.bfloat16)
-        return F.conv2d(torch.cat([hi, lo, hi], dim=1), self.weight, self.bias, self.stride, self.padding,
-                        self.dilation)
+        return F.conv2d(torch.cat([hi, lo, hi], dim=1), self.weight, self.bias, self.stride,
+                        self.padding if padding is None else padding, self.dilation)
+
+    def forward_unpadded(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution without its zero padding (the caller pads; see fcnseg.inference.padcache)."""
+        return self.forward(x, padding=0)
 
 
 def _split_stem(model: nn.Module) -> bool:
@@ -202,8 +208,12 @@ def _inputs_to_float(module: nn.Module, args: tuple) -> tuple:
     return tuple(a.float() if isinstance(a, torch.Tensor) else a for a in args)
 
 
-def prepare_model(model: nn.Module, fast: bool, num_classes: int | None = None) -> nn.Module:
+def prepare_model(model: nn.Module, fast: bool, num_classes: int | None = None,
+                  pad_constants: bool = True) -> nn.Module:
     """Put ``model`` (in place) in eval mode; for the fast path convert it to bf16 + channels_last.
+
+    ``pad_constants`` (both paths): a Caffe-geometry trunk computes the activations that depend only
+    on its 100-pixel zero pad once per input size (:mod:`fcnseg.inference.padcache`), same outputs.
 
     The class-score layers (score convolutions, upsamplers, skip fusions) stay in fp32: they cost
     almost nothing, and bf16's 8-bit mantissa there would turn close scores into argmax flips. The
@@ -214,6 +224,8 @@ def prepare_model(model: nn.Module, fast: bool, num_classes: int | None = None) 
     """
     model.eval()
     if not fast:
+        if pad_constants:
+            padcache.install(model)
         return model
     if num_classes:
         _per_class_upsamplers(model)
@@ -230,6 +242,8 @@ def prepare_model(model: nn.Module, fast: bool, num_classes: int | None = None) 
         if not getattr(module, "_fp32_head", False):  # one hook, even if prepared twice
             module.register_forward_pre_hook(_inputs_to_float)
             module._fp32_head = True
+    if pad_constants:
+        padcache.install(model)
     return model
 
 
@@ -240,6 +254,7 @@ class Compiled(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
+        padcache.uninstall(model)  # dynamo traces the plain forward; the cache is Python-side state
         self.model = model
         self.fast_input_dtype = getattr(model, "fast_input_dtype", torch.bfloat16)
         self.compiled = torch.compile(model)

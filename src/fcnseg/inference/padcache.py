@@ -1,0 +1,312 @@
+"""Image-independent activations of a Caffe-geometry trunk, computed once per input size.
+
+In the FCN reference geometry the first convolution pads the (normalised) image by 100 zero pixels.
+Wherever a cell's receptive field lies wholly in that pad, its activation does not depend on the
+image, only on the input size: at 500x500 that is 31% of FCN-8s VGG16's FLOPs (about half of
+conv1, 41-46% of conv2-conv3, 29-37% of conv4). :class:`PadConstantTrunk` runs the trunk once on a
+zero image per input size and keeps what later images need of it; each image then computes, layer
+by layer, only the *dependent rectangle* (the output cells whose receptive field touches the image),
+taking the halo around it from the cached constants of the previous layer. The result equals the
+plain forward (up to the float rounding of a different convolution shape).
+
+Memory: per cached size only thin frames around each dependent rectangle, plus the whole constant
+maps at the taps FCN reads (pool3, pool4) and at the end of the partial range. The cache keeps the
+``max_sizes`` most recently used sizes (key: size, dtype, device and the weights' identity and
+version, so weights changed in place are noticed).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fcnseg.models.geometry import layer_geometry
+
+Interval = tuple[int, int]  # half-open [start, stop)
+
+
+@dataclass(frozen=True)
+class _Spatial:
+    """A spatial layer run on an explicit tile with no padding of its own."""
+
+    kernel: int
+    stride: int
+    padding: int
+    is_pool: bool
+
+
+def _spatial(layer: nn.Module) -> _Spatial | None:
+    """The geometry of a layer the partial forward can run, None for elementwise layers.
+    Raises ValueError for anything it cannot run exactly."""
+    if isinstance(layer, (nn.ReLU, nn.Dropout)):
+        return None
+    if isinstance(layer, nn.MaxPool2d):
+        kernel, stride, padding, _ = layer_geometry(layer)
+        if padding or layer.dilation not in (1, (1, 1)):
+            raise ValueError("padded or dilated pooling")
+        return _Spatial(kernel, stride, 0, True)
+    if type(layer) is nn.Conv2d or hasattr(layer, "forward_unpadded"):
+        kernel, stride, padding, _ = layer_geometry(layer)
+        if getattr(layer, "padding_mode", "zeros") != "zeros" or getattr(layer, "dilation", (1, 1)) not in (1, (1, 1)):
+            raise ValueError("non-zero padding mode or dilation")
+        return _Spatial(kernel, stride, padding, False)
+    raise ValueError(f"unsupported layer {type(layer).__name__}")
+
+
+def _run_unpadded(layer: nn.Module, tile: Tensor) -> Tensor:
+    if isinstance(layer, nn.MaxPool2d):
+        return F.max_pool2d(tile, layer.kernel_size, layer.stride, 0, 1, layer.ceil_mode)
+    if type(layer) is nn.Conv2d:
+        return F.conv2d(tile, layer.weight, layer.bias, layer.stride, 0, 1, layer.groups)
+    return layer.forward_unpadded(tile)
+
+
+def _dependent(geo: _Spatial, d: Interval, n_out: int) -> Interval:
+    """The output cells whose window touches input cells ``d``."""
+    k, s, p = geo.kernel, geo.stride, geo.padding
+    return max(0, -((p - k + 1 + d[0]) // -s)), min(n_out, (d[1] - 1 + p) // s + 1)
+
+
+@dataclass
+class _Step:
+    """What one layer of the partial range does for one input size (rectangles in its input's cells).
+
+    The computed rectangle ``have`` enters; a *tile* step first frames it with cached constants to
+    ``clip`` (and zero-pads to ``need``); other steps read it as is (``have == need``). Outside tile
+    steps the layers run on exactly what the next layer needs, so only a block's first layer (after a
+    pool, or at an edge of the map) pays for assembling a tile.
+    """
+
+    spatial: _Spatial | None
+    tile: bool
+    have: tuple[Interval, Interval]
+    need: tuple[Interval, Interval]
+    clip: tuple[Interval, Interval]
+    out: tuple[Interval, Interval]
+    frame: tuple[Tensor, ...] = ()
+    full: Tensor | None = None   # the whole constant output, where the map is needed whole (taps)
+
+
+class _Plan:
+    """The partial forward for one input size: steps up to ``stop`` (exclusive) run on rectangles."""
+
+    def __init__(self, steps: list[_Step], stop: int) -> None:
+        self.steps, self.stop = steps, stop
+
+
+def _out_size(geo: _Spatial, n: int, ceil_mode: bool) -> int:
+    """PyTorch's output length of a convolution / pooling (padding ``geo.padding``) on ``n`` cells."""
+    span = n + 2 * geo.padding - geo.kernel
+    if not ceil_mode:
+        return span // geo.stride + 1
+    out = -(-span // geo.stride) + 1
+    return out - 1 if (out - 1) * geo.stride >= n + geo.padding else out
+
+
+class PadConstantTrunk:
+    """Replaces a ClassifierTrunk's ``forward_taps`` by one that reuses the pad-only activations.
+
+    Applies only in inference (no grad, eval mode); anything else takes the trunk's own path.
+    """
+
+    def __init__(self, trunk: nn.Module, max_sizes: int = 4, min_saving: float = 0.05,
+                 max_fraction: float = 0.9) -> None:
+        self.trunk = trunk
+        self.max_fraction = max_fraction  # a convolution whose image-dependent share is larger runs whole
+        self.layers = list(trunk.features)
+        self.geoms = [_spatial(layer) for layer in self.layers]
+        self.max_sizes, self.min_saving = max_sizes, min_saving
+        self.plans: OrderedDict[tuple, _Plan | None] = OrderedDict()
+        self.plain = type(trunk).forward_taps.__get__(trunk)
+
+    @staticmethod
+    def applies_to(trunk: nn.Module) -> bool:
+        """A trunk whose first convolution pads by more than its kernel (so a pad-only region exists)
+        and whose features are all layers the partial forward runs exactly."""
+        features = getattr(trunk, "features", None)
+        if not isinstance(features, nn.Sequential) or not hasattr(trunk, "feature_taps"):
+            return False
+        try:
+            geoms = [_spatial(layer) for layer in features]
+        except ValueError:
+            return False
+        first = next((g for g in geoms if g is not None), None)
+        return first is not None and not first.is_pool and first.padding >= first.kernel
+
+    # ----------------------------------------------------------------------------- planning
+
+    def _key(self, x: Tensor, taps: set[int]) -> tuple:
+        params = tuple((t.data_ptr(), t._version) for layer in self.layers
+                       for t in (*layer.parameters(), *layer.buffers()))
+        return (tuple(x.shape[-2:]), x.dtype, x.device, params, tuple(sorted(taps)))
+
+    def _plan(self, x: Tensor, taps: set[int]) -> _Plan | None:
+        key = self._key(x, taps)
+        if key in self.plans:
+            self.plans.move_to_end(key)
+            return self.plans[key]
+        plan = self._build(x, taps)
+        self.plans[key] = plan
+        while len(self.plans) > self.max_sizes:
+            self.plans.popitem(last=False)
+        return plan
+
+    def _build(self, x: Tensor, taps: set[int]) -> _Plan | None:
+        """Plan the rectangles for ``x``'s size; run a zero image for the frames and tap constants."""
+        # 1. forward: map sizes and dependent rectangles, up to the layer where the image reaches all cells
+        size = tuple(x.shape[-2:])
+        sizes, dep = [size], [((0, size[0]), (0, size[1]))]
+        total = saved = 0
+        for layer, geo in zip(self.layers, self.geoms):
+            if geo is not None:
+                ceil_mode = geo.is_pool and layer.ceil_mode
+                out_size = tuple(_out_size(geo, n, ceil_mode) for n in size)
+                d = tuple(_dependent(geo, dep[-1][i], out_size[i]) for i in range(2))
+                fraction = _area(d) / (out_size[0] * out_size[1])
+                if not geo.is_pool and fraction > self.max_fraction:
+                    break  # little left to save: from here on the layers run whole
+                size = out_size
+                work = size[0] * size[1] * (1 if geo.is_pool else layer.weight[0].numel() * layer.weight.shape[0])
+                total += work
+                saved += work * (1 - fraction)
+            else:
+                d = dep[-1]
+            sizes.append(size)
+            dep.append(d)
+        stop = len(sizes) - 1
+        if stop == 0 or total == 0 or saved < self.min_saving * total:
+            return None
+        # 2. backward: what each layer computes (its dependent cells plus what the next layer reads)
+        bounds = lambda i: ((0, sizes[i][0]), (0, sizes[i][1]))  # noqa: E731
+        tile = [i == 0 or (i - 1) in taps or (self.geoms[i - 1] is not None and self.geoms[i - 1].is_pool)
+                for i in range(stop)]
+        out, need, clip = [None] * stop, [None] * stop, [None] * stop
+        out[stop - 1] = dep[stop]
+        for i in range(stop - 1, -1, -1):
+            geo = self.geoms[i]
+            need[i] = out[i] if geo is None else tuple(_need(geo, out[i][a]) for a in range(2))
+            clip[i] = tuple((max(0, lo), min(hi, b[1])) for (lo, hi), b in zip(need[i], bounds(i)))
+            if geo is not None and geo.is_pool:
+                need[i] = clip[i]  # a ceil-mode window past the edge: the pool clips it itself
+            if clip[i] != need[i] and i > 0:
+                tile[i] = True  # zero padding at the map's edge: assemble and pad here
+            if i > 0:
+                out[i - 1] = dep[i] if tile[i] else need[i]
+        have = [bounds(0)] + out[:-1]
+        for i in range(stop):
+            if tile[i] and not all(c[0] <= h[0] and h[1] <= c[1] for h, c in zip(have[i], clip[i])):
+                return None
+            if not tile[i] and have[i] != need[i]:
+                return None
+        # 3. a zero image through the layers: frames for the tiles, whole maps for the taps
+        a = torch.zeros((1, *x.shape[1:]), dtype=x.dtype, device=x.device).contiguous(memory_format=_format(x))
+        steps = []
+        for i in range(stop):
+            layer, geo = self.layers[i], self.geoms[i]
+            frame = _frame(a, clip[i], have[i]) if tile[i] else ()
+            a = layer(a)
+            if tuple(a.shape[-2:]) != sizes[i + 1]:
+                return None
+            full = a.clone() if (i in taps or i == stop - 1) and out[i] != bounds(i + 1) else None
+            steps.append(_Step(geo, tile[i], have[i], need[i], clip[i], out[i], frame, full))
+        return _Plan(steps, stop)
+
+    # ----------------------------------------------------------------------------- forward
+
+    def forward_taps(self, x: Tensor, taps: tuple[str, ...]) -> dict[str, Tensor]:
+        trunk = self.trunk
+        if trunk.training or torch.is_grad_enabled():
+            return self.plain(x, taps)
+        wanted = {trunk.feature_taps[name]: name for name in taps if name != "fc7"}
+        plan = self._plan(x, set(wanted))
+        if plan is None:
+            return self.plain(x, taps)
+        out: dict[str, Tensor] = {}
+        c = x  # the computed rectangle of the current map
+        for index, step in enumerate(plan.steps):
+            layer = self.layers[index]
+            if step.tile:
+                c = _assemble(step.frame, c, step.clip, step.have)
+                pads = (step.clip[1][0] - step.need[1][0], step.need[1][1] - step.clip[1][1],
+                        step.clip[0][0] - step.need[0][0], step.need[0][1] - step.clip[0][1])
+                if any(pads):
+                    c = F.pad(c, pads)
+            c = layer(c) if step.spatial is None else _run_unpadded(layer, c)
+            if step.full is not None:  # a map needed whole: the constants around the rectangle
+                full = step.full.expand(x.shape[0], *step.full.shape[1:]).clone(memory_format=_format(c))
+                (r0, r1), (c0, c1) = step.out
+                full[:, :, r0:r1, c0:c1] = c
+                if index in wanted:
+                    out[wanted[index]] = full
+                if index == plan.stop - 1:
+                    c = full
+            elif index in wanted:  # the rectangle is the whole map
+                out[wanted[index]] = c
+        for index in range(plan.stop, len(self.layers)):
+            c = self.layers[index](c)
+            if index in wanted:
+                out[wanted[index]] = c
+        out["fc7"] = trunk.classifier[:6](c)
+        return out
+
+
+def _need(geo: _Spatial, cells: Interval) -> Interval:
+    """The input cells that output cells ``cells`` read (may run past the map: zero padding)."""
+    return cells[0] * geo.stride - geo.padding, (cells[1] - 1) * geo.stride - geo.padding + geo.kernel
+
+
+def _area(rect: tuple[Interval, Interval]) -> int:
+    return (rect[0][1] - rect[0][0]) * (rect[1][1] - rect[1][0])
+
+
+def _format(t: Tensor) -> torch.memory_format:
+    return torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() \
+        else torch.contiguous_format
+
+
+def _frame(a: Tensor, clip: tuple[Interval, Interval], have: tuple[Interval, Interval]) -> tuple[Tensor, ...]:
+    """The four strips of ``a`` inside ``clip`` and around ``have``: top, bottom, left, right."""
+    (r0, r1), (c0, c1) = clip
+    (h0, h1), (w0, w1) = have
+    return (a[..., r0:h0, c0:c1].clone(), a[..., h1:r1, c0:c1].clone(),
+            a[..., h0:h1, c0:w0].clone(), a[..., h0:h1, w1:c1].clone())
+
+
+def _assemble(frame: tuple[Tensor, ...], c: Tensor, clip: tuple[Interval, Interval],
+              have: tuple[Interval, Interval]) -> Tensor:
+    """The input tile ``clip``: the computed rectangle ``c`` (at ``have``) framed by constants."""
+    (r0, r1), (c0, c1) = clip
+    (h0, h1), (w0, w1) = have
+    if (r0, r1, c0, c1) == (h0, h1, w0, w1):
+        return c
+    tile = torch.empty((c.shape[0], c.shape[1], r1 - r0, c1 - c0), dtype=c.dtype, device=c.device,
+                       memory_format=_format(c))
+    top, bottom, left, right = frame
+    tile[:, :, : h0 - r0] = top
+    tile[:, :, h1 - r0:] = bottom
+    tile[:, :, h0 - r0:h1 - r0, : w0 - c0] = left
+    tile[:, :, h0 - r0:h1 - r0, w1 - c0:] = right
+    tile[:, :, h0 - r0:h1 - r0, w0 - c0:w1 - c0] = c
+    return tile
+
+
+def install(model: nn.Module, max_sizes: int = 4) -> bool:
+    """Give every applicable trunk in ``model`` the pad-constant forward (in place); True if any."""
+    done = False
+    for module in model.modules():
+        if "forward_taps" in module.__dict__:  # installed before
+            done = True
+        elif PadConstantTrunk.applies_to(module):
+            module.forward_taps = PadConstantTrunk(module, max_sizes).forward_taps
+            done = True
+    return done
+
+
+def uninstall(model: nn.Module) -> None:
+    """Undo :func:`install` (e.g. before torch.compile, which should trace the plain forward)."""
+    for module in model.modules():
+        module.__dict__.pop("forward_taps", None)
