@@ -1,25 +1,36 @@
-"""Batch-1 inference speed of FCN-8s VGG16 at 500x500: the naive fp32 forward vs fcnseg's fast path.
+"""Batch-1 inference speed of FCN-8s VGG16 at 500x500: every path fcnseg offers, side by side with
+onnxruntime and OpenVINO, and the machine's measured bf16 and int8 GEMM peaks.
 
-    python benchmarks/bench_inference.py [--size 500] [--reps 3] [--width 1.0]
-                                         [--geometries caffe same] [--no-compile] [--no-rss]
+    python benchmarks/bench_inference.py [--size 500] [--reps 3] [--width 1.0] [--geometries caffe]
+                                         [--variants ...] [--extra] [--rss] [--calib 4]
 
 Variants, timed side by side in one run (rounds interleave the variants, so load from other
-processes hits them alike):
+processes hits them alike; --variants picks some):
 
-  naive fp32     model(x) under torch.no_grad, NCHW fp32: what a plain PyTorch user runs
-  fast path      what Segmenter uses: bf16 weights + channels_last + inference_mode; exact fp32 score
-                 head (diagonal upsamplers per class), first conv split hi/lo bf16 on the fp32 image,
-                 fc6/fc7 as im2col + one GEMM on a weight packed once (see fcnseg.inference.fastpath)
-  bf16 autocast  the textbook recipe: torch.autocast(bfloat16) + channels_last + inference_mode
-  onnxruntime    the ONNX export on onnxruntime's CPU provider (fp32)
-  fast+compile   the fast path through torch.compile with inductor weight freezing
+  naive fp32        model(x) under torch.no_grad, NCHW fp32: what a plain PyTorch user runs
+  fcnseg default    what Segmenter runs: the bf16 fast path (bf16 weights + channels_last +
+                    inference_mode, fp32 score head, split first conv, fc6/fc7 as one packed GEMM)
+                    plus the pad-constant cache (conv1-conv4 cells that see only the 100-pixel pad
+                    computed once per input size; fcnseg.inference.padcache)
+  fast, no padcache the same without the pad-constant cache (what the default was before it)
+  onnxruntime fp32  the ONNX export on onnxruntime's CPU provider
+  openvino default  the same ONNX file compiled by OpenVINO for this CPU with default settings
+                    (bf16 inference precision where the CPU has it), static input shape;
+                    skipped with a note if the `openvino` extra is not installed
+  int8 (fcnseg)     `fcnseg quantize`'s model (onnxruntime static QDQ, per-channel int8 weights,
+                    calibrated on --calib images) on onnxruntime: fcnseg's int8 path
+  int8 on openvino  the same int8 file compiled by OpenVINO (a candidate engine, measured here)
+  --extra adds:     bf16 autocast (the textbook recipe) and fast+compile (torch.compile, freezing)
 
-Reported: median ms, GFLOP/s (FLOPs counted by fcnseg.models.count_flops), speedup over naive,
-argmax agreement with naive fp32 (on all pixels, and on the pixels whose fp32 top-2 scores differ by
-more than 1% of the score range, i.e. are not near-ties), the largest score difference relative to
-the largest score, and peak RSS of a fresh process that loads the model and runs one
-forward. The models are randomly initialised; because FCN score layers start at zero (which would
-make every argmax trivially 0), the score layers get random N(0, 0.01) weights here.
+Reported: median ms, effective GFLOP/s (FLOPs of the plain model / time, counted by
+fcnseg.models.count_flops; the pad cache computes fewer), its share of the bf16 and int8 GEMM peaks
+measured in the same run (torch bf16 matmul and torch._int_mm, 2048^3), speedup over naive, argmax
+agreement with naive fp32 (all pixels, and pixels whose fp32 top-2 scores differ by more than 1% of
+the score range), the largest score difference relative to the largest score, setup seconds
+(preparation, quantization, compilation) and, with --rss, the peak RSS of a fresh process.
+Random weights: FCN score layers start at zero (every argmax would be 0), so they get N(0, 0.01)
+weights here; calibration images are smooth random pictures. Agreement on trained models is what
+benchmarks/int8_agreement.py measures.
 """
 
 from __future__ import annotations
@@ -68,30 +79,39 @@ def flops(model: nn.Module, size: int) -> int:
     return count_flops(model, (size, size))
 
 
-def make_input(size: int) -> torch.Tensor:
+def make_input(size: int, seed: int = 0) -> torch.Tensor:
     """A normalised 1x3xSxS batch from a smooth random picture (photo-like, not white noise)."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     small = torch.from_numpy(rng.integers(0, 256, (1, 3, size // 16 + 1, size // 16 + 1)).astype(np.float32))
     image = nn.functional.interpolate(small, size=(size, size), mode="bicubic", align_corners=False)
     return normalize(image.clamp(0, 255).to(torch.uint8), "imagenet")
 
 
 # ------------------------------------------------------------------------------------- variants
-# Each factory takes a model it may modify in place and returns x -> float32 scores.
+# Each factory takes a model it may modify in place (and the args) and returns x -> float32 scores.
 
-def naive(model: nn.Module) -> Forward:
+META = {"model_name": "fcn8s", "model_kwargs": {"num_classes": NUM_CLASSES}, "normalization": "imagenet"}
+
+
+def naive(model: nn.Module, args) -> Forward:
     def run(x):
         with torch.no_grad():
             return model(x)
     return run
 
 
-def fast_path(model: nn.Module) -> Forward:
-    fastpath.prepare_model(model, True, NUM_CLASSES)
+def fcnseg_default(model: nn.Module, args) -> Forward:
+    fast = fastpath.fast_path_supported()
+    fastpath.prepare_model(model, fast, NUM_CLASSES)
+    return lambda x: fastpath.run_model(model, x, fast)
+
+
+def fast_no_padcache(model: nn.Module, args) -> Forward:
+    fastpath.prepare_model(model, True, NUM_CLASSES, pad_constants=False)
     return lambda x: fastpath.run_model(model, x, True)
 
 
-def autocast(model: nn.Module) -> Forward:
+def autocast(model: nn.Module, args) -> Forward:
     model.to(memory_format=torch.channels_last)
 
     def run(x):
@@ -100,26 +120,100 @@ def autocast(model: nn.Module) -> Forward:
     return run
 
 
-def onnxruntime(model: nn.Module) -> Forward:
-    import onnxruntime as ort
+def ort_session(data: bytes) -> Forward:
+    from fcnseg.inference.int8 import session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(onnx_bytes(model, {"model_name": "fcn8s"}), options,
-                                   providers=["CPUExecutionProvider"])
-    return lambda x: torch.from_numpy(session.run(["scores"], {"image": x.numpy()})[0])
+    sess = session(data, torch.get_num_threads())
+    return lambda x: torch.from_numpy(sess.run(["scores"], {"image": x.numpy()})[0])
 
 
-def compiled(model: nn.Module) -> Forward:
+def openvino_model(data: bytes, args) -> Forward:
+    import tempfile
+
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        with open(path, "wb") as f:
+            f.write(data)
+        core = ov.Core()
+        model = core.read_model(path)
+        model.reshape({"image": [1, 3, args.size, args.size]})
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
+    request = compiled.create_infer_request()
+    return lambda x: torch.from_numpy(request.infer({"image": x.numpy()})[compiled.output(0)].copy())
+
+
+def onnxruntime_fp32(model: nn.Module, args) -> Forward:
+    return ort_session(onnx_bytes(model, META))
+
+
+def openvino_default(model: nn.Module, args) -> Forward:
+    return openvino_model(onnx_bytes(model, META), args)
+
+
+_INT8: dict = {}
+
+
+def int8_bytes(model: nn.Module, args) -> bytes:
+    """fcnseg's int8 model of ``model``, calibrated on --calib smooth random pictures (built once)."""
+    if "bytes" not in _INT8:
+        from fcnseg.inference import int8
+
+        images = (make_input(args.size, seed) for seed in range(1, args.calib + 1))
+        _INT8["bytes"] = int8.quantize(model, META, images)
+    return _INT8["bytes"]
+
+
+def int8_fcnseg(model: nn.Module, args) -> Forward:
+    return ort_session(int8_bytes(model, args))
+
+
+def int8_openvino(model: nn.Module, args) -> Forward:
+    return openvino_model(int8_bytes(model, args), args)
+
+
+def compiled(model: nn.Module, args) -> Forward:
     model = fastpath.Compiled(fastpath.prepare_model(model, True, NUM_CLASSES))
     return lambda x: fastpath.run_model(model, x, True)
 
 
-VARIANTS = {"naive fp32": naive, "fast path": fast_path, "bf16 autocast": autocast,
-            "onnxruntime": onnxruntime, "fast+compile": compiled}
+VARIANTS = {"naive fp32": naive, "fcnseg default": fcnseg_default, "fast, no padcache": fast_no_padcache,
+            "onnxruntime fp32": onnxruntime_fp32, "openvino default": openvino_default,
+            "int8 (fcnseg)": int8_fcnseg, "int8 on openvino": int8_openvino,
+            "bf16 autocast": autocast, "fast+compile": compiled}
+EXTRA = ("bf16 autocast", "fast+compile")
+NEEDS_OPENVINO = ("openvino default", "int8 on openvino")
+
+
+def openvino_installed() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------------- measuring
+
+def gemm_peaks(size: int = 2048, reps: int = 5) -> dict[str, float]:
+    """GFLOP/s of a size^3 bf16 matmul (torch, oneDNN) and int8 matmul (torch._int_mm), this process's
+    threads: the arithmetic ceilings the variants are compared with."""
+    torch.manual_seed(0)
+    peaks = {}
+    bf = torch.randn(size, size).bfloat16(), torch.randn(size, size).bfloat16()
+    i8 = (torch.randint(-128, 128, (size, size), dtype=torch.int8),
+          torch.randint(-128, 128, (size, size), dtype=torch.int8))
+    for name, fn in (("bf16", lambda: bf[0] @ bf[1]), ("int8", lambda: torch._int_mm(*i8))):
+        fn()
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        peaks[name] = 2 * size ** 3 / min(times) / 1e9
+    return peaks
+
 
 def peak_rss_self_mb() -> float:
     """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries that over from the parent
@@ -133,25 +227,26 @@ def peak_rss_self_mb() -> float:
 def peak_rss_mb(variant: str, geometry: str, args: argparse.Namespace) -> float:
     """Peak RSS of a fresh process that builds the model, prepares ``variant`` and runs one forward."""
     cmd = [sys.executable, __file__, "--child", variant, "--geometries", geometry,
-           "--size", str(args.size), "--width", str(args.width)]
+           "--size", str(args.size), "--width", str(args.width), "--calib", str(args.calib)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["rss_mb"]
 
 
 def child(args: argparse.Namespace) -> None:
     model = build_model(args.geometries[0], args.width)
-    VARIANTS[args.child](model)(make_input(args.size))
+    VARIANTS[args.child](model, args)(make_input(args.size))
     print(json.dumps({"rss_mb": peak_rss_self_mb()}))
 
 
-def bench_geometry(geometry: str, names: list[str], args: argparse.Namespace) -> list[dict]:
+def bench_geometry(geometry: str, names: list[str], args: argparse.Namespace, peaks: dict) -> list[dict]:
     base = build_model(geometry, args.width)
     gflop = flops(base, args.size) / 1e9
     x = make_input(args.size)
+    _INT8.clear()
     runs, outputs, setup = {}, {}, {}
     for name in names:
         start = time.perf_counter()
-        runs[name] = VARIANTS[name](base if name == "naive fp32" else copy.deepcopy(base))
+        runs[name] = VARIANTS[name](base if name == "naive fp32" else copy.deepcopy(base), args)
         outputs[name] = runs[name](x)  # warm-up (and compilation) outside the timings
         setup[name] = time.perf_counter() - start
     times = {name: [] for name in names}
@@ -169,25 +264,28 @@ def bench_geometry(geometry: str, names: list[str], args: argparse.Namespace) ->
         rows.append({
             "geometry": geometry, "variant": name, "ms": ms, "gflop": gflop,
             "gflops": gflop / (ms / 1000),
+            "bf16_share": gflop / (ms / 1000) / peaks["bf16"], "int8_share": gflop / (ms / 1000) / peaks["int8"],
             "speedup": statistics.median(times["naive fp32"]) * 1000 / ms,
             "agree": (outputs[name].argmax(1) == reference.argmax(1)).float().mean().item(),
             "agree_clear": (outputs[name].argmax(1) == reference.argmax(1))[clear].float().mean().item(),
             "max_diff": (outputs[name] - reference).abs().max().item() / reference.abs().max().item(),
             "setup_s": setup[name],
             "rss_mb": (peak_rss_mb(name, geometry, args)
-                       if not args.no_rss and name != "fast+compile" else float("nan")),
+                       if args.rss and name != "fast+compile" else float("nan")),
         })
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    head = (f"{'geometry':8} {'variant':14} {'median ms':>10} {'GFLOP':>7} {'GFLOP/s':>8} {'speedup':>8} "
-            f"{'argmax agree':>13} {'margin>1%':>10} {'max|d|/max':>10} {'setup s':>8} {'peak RSS MB':>12}")
+    head = (f"{'geometry':8} {'variant':18} {'median ms':>10} {'GFLOP/s':>8} {'%bf16pk':>8} {'%int8pk':>8} "
+            f"{'speedup':>8} {'argmax agree':>13} {'margin>1%':>10} {'max|d|/max':>10} {'setup s':>8} "
+            f"{'peak RSS MB':>12}")
     print(head)
     print("-" * len(head))
     for r in rows:
         rss = "-" if r["rss_mb"] != r["rss_mb"] else f"{r['rss_mb']:.0f}"
-        print(f"{r['geometry']:8} {r['variant']:14} {r['ms']:10.0f} {r['gflop']:7.1f} {r['gflops']:8.1f} "
+        print(f"{r['geometry']:8} {r['variant']:18} {r['ms']:10.0f} {r['gflops']:8.1f} "
+              f"{100 * r['bf16_share']:7.1f}% {100 * r['int8_share']:7.1f}% "
               f"{r['speedup']:7.2f}x {100 * r['agree']:12.2f}% {100 * r['agree_clear']:9.2f}% {r['max_diff']:10.4f} "
               f"{r['setup_s']:8.1f} {rss:>12}")
 
@@ -195,33 +293,53 @@ def print_table(rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=500)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", "--repeats", type=int, default=3, help="timed rounds (default 3)")
     parser.add_argument("--width", type=float, default=1.0, help="channel width multiplier (1 = VGG16)")
-    parser.add_argument("--geometries", nargs="+", default=["caffe", "same"])
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
-    parser.add_argument("--no-rss", action="store_true", help="skip the per-variant RSS subprocesses")
+    parser.add_argument("--geometries", nargs="+", default=["caffe"])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), metavar="VARIANT",
+                        help=f"variants to run (default: all but {', '.join(EXTRA)}); naive fp32 always runs")
+    parser.add_argument("--extra", action="store_true", help=f"also run {', '.join(EXTRA)}")
+    parser.add_argument("--calib", type=int, default=4, help="calibration images for the int8 model (default 4)")
+    parser.add_argument("--rss", action="store_true", help="peak RSS per variant (one fresh process each)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
-    names = [n for n in VARIANTS if not (args.no_compile and n == "fast+compile")]
+    names = args.variants or [n for n in VARIANTS if args.extra or n not in EXTRA]
+    names = ["naive fp32"] + [n for n in names if n != "naive fp32"]
+    notes = []
+    if not openvino_installed():
+        skipped = [n for n in names if n in NEEDS_OPENVINO]
+        names = [n for n in names if n not in NEEDS_OPENVINO]
+        if skipped:
+            notes.append(f"skipped {', '.join(skipped)}: OpenVINO is not installed (pip install 'fcnseg[openvino]')")
     print(f"FCN-8s VGG16 (width {args.width:g}) batch 1 at {args.size}x{args.size}; torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"native bf16: {fastpath.fast_path_reason()}")
     print("random weights; score layers (zero-initialised in FCN) given N(0, 0.01) weights so argmax "
-          f"is not trivial; {args.reps} timed rounds after one warm-up, variants interleaved\n")
+          f"is not trivial; {args.reps} timed rounds after one warm-up, variants interleaved")
+    peaks = gemm_peaks()
+    print(f"measured GEMM peaks (2048^3, {torch.get_num_threads()} threads): bf16 {peaks['bf16']:.0f} GFLOP/s "
+          f"(torch matmul), int8 {peaks['int8']:.0f} GOP/s (torch._int_mm)")
+    for note in notes:
+        print(note)
+    print()
     rows = []
     for geometry in args.geometries:
-        rows += bench_geometry(geometry, names, args)
+        rows += bench_geometry(geometry, names, args, peaks)
         print_table(rows[-len(names):])
         print(flush=True)
-    by_geometry = {r["geometry"]: r["gflop"] for r in rows}
-    if {"caffe", "same"} <= set(by_geometry):
-        print(f"FLOPs same / caffe = {by_geometry['same'] / by_geometry['caffe']:.3f}")
     for geometry in args.geometries:
-        fast = next(r for r in rows if r["geometry"] == geometry and r["variant"] == "fast path")
-        print(f"{geometry}: fast path {fast['speedup']:.2f}x faster than naive fp32, "
-              f"argmax agreement {100 * fast['agree']:.2f}%")
+        got = {r["variant"]: r for r in rows if r["geometry"] == geometry}
+        default = got["fcnseg default"] if "fcnseg default" in got else None
+        if default and "openvino default" in got:
+            print(f"{geometry}: fcnseg default is {got['openvino default']['ms'] / default['ms']:.2f}x OpenVINO "
+                  f"default's speed (target >= 1.00x), argmax agreement {100 * default['agree']:.2f}%")
+        if "int8 (fcnseg)" in got and "openvino default" in got:
+            print(f"{geometry}: int8 (fcnseg) is {got['openvino default']['ms'] / got['int8 (fcnseg)']['ms']:.2f}x "
+                  "OpenVINO default's speed (target >= 1.80x)")
+        if default and "fast, no padcache" in got:
+            print(f"{geometry}: pad-constant cache: {got['fast, no padcache']['ms'] / default['ms']:.2f}x")
 
 
 if __name__ == "__main__":

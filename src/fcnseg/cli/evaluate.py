@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=arg_type(int, min=1), default=1,
                         help="images per forward pass (padded; default 1)")
     parser.add_argument("--workers", type=arg_type(int, min=0), default=0, help="data-loading worker processes")
+    parser.add_argument("--int8", metavar="MODEL", default=None,
+                        help="evaluate this int8 model of the checkpoint (from `fcnseg quantize`; "
+                             "--checkpoint MODEL works too)")
     parser.set_defaults(func=run)
 
 
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from fcnseg.engine.runtime import init_distributed, resolve_device, resolve_precision, shutdown_distributed
     from fcnseg.errors import FcnsegError
     from fcnseg.files import check_output_file, write_json
+    from fcnseg.inference import int8
 
     # where results go is checked before any work; the plot is drawn only where asked
     json_path = check_output_file(args.json, "--json") if args.json else None
@@ -91,12 +95,15 @@ def run(args: argparse.Namespace) -> int:
         from fcnseg.weights import load
 
         model, meta = load(args.weights)
+    elif args.int8 or int8.is_int8_model(args.checkpoint):  # an int8 model runs on the CPU runtimes
+        model, meta, _ = int8.load(args.int8 or args.checkpoint, checkpoint=args.checkpoint)
+        device, precision = resolve_device("cpu"), "fp32"
     else:
         model, meta = load_model_file(args.checkpoint)
     name = args.checkpoint or args.weights
     check_compatible(meta, dataset, f"checkpoint {name}")
     model.to(device)
-    if args.channels_last:
+    if args.channels_last and not isinstance(model, int8.Int8Model):
         model.to(memory_format=torch.channels_last)
     try:
         metrics = evaluate(model, dataset, meta=meta, precision=precision, channels_last=args.channels_last,

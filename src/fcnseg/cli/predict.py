@@ -52,6 +52,8 @@ def register(subparsers) -> None:
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
                    help="default: onnxruntime for .onnx files, torch otherwise")
     p.add_argument("--no-fast", action="store_true", help="disable the bf16 fast path (fp32)")
+    p.add_argument("--int8", metavar="MODEL", default=None,
+                   help="run this int8 model of the checkpoint (from `fcnseg quantize`; --checkpoint MODEL works too)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (slow first call per image/tile shape; pays off "
                         "with --tile or many same-size images)")
@@ -164,11 +166,15 @@ def run(args: argparse.Namespace) -> int:
     check_no_overwrite(paths, stems, out, args)
     for line in errors:
         log.error("%s", line)
+    if args.int8 and not args.checkpoint:
+        raise FcnsegError("--int8 MODEL pairs with --checkpoint (the checkpoint it was quantized from); "
+                          "or pass --checkpoint MODEL alone")
     load = (Segmenter.from_checkpoint if args.checkpoint else Segmenter.from_pretrained)
+    extra = {"int8": args.int8} if args.int8 else {}
     seg = load(args.checkpoint or args.weights, backend=args.backend, fast=False if args.no_fast else None,
                tile=args.tile, overlap=args.overlap, tta_flip=args.tta_flip, scales=scales,
                shift_stitch=args.stitch_factor or args.shift_stitch or None,
-               max_pixels=int(args.max_pixels), compile=args.compile, device=args.device)
+               max_pixels=int(args.max_pixels), compile=args.compile, device=args.device, **extra)
     clean_stale_temps(out, older_than_s=600)  # left by a killed earlier run (not by one running now)
     palette = seg.palette or _default_palette(seg.num_classes)
     failed = len(errors)

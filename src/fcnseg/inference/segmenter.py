@@ -88,7 +88,8 @@ class Segmenter:
                  backend: str = "torch", onnx_model: bytes | None = None, tile: int | None = None,
                  overlap: float = 0.25, tta_flip: bool = False, scales: Sequence[float] = (1.0,),
                  shift_stitch: int | bool | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 threads: int | None = None, compile: bool = False, device: str | torch.device = "auto") -> None:
+                 threads: int | None = None, compile: bool = False, device: str | torch.device = "auto",
+                 int8_record: dict | None = None) -> None:
         if backend not in BACKENDS:
             raise FcnsegError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if tile is not None and tile < 0:
@@ -116,6 +117,7 @@ class Segmenter:
         self.fast = False
         self.compiled = compile and backend == "torch"
         self.device = _inference_device(device, backend)
+        self.int8_record = int8_record
         if backend == "torch":
             if model is None:
                 raise FcnsegError("backend 'torch' needs a model; pass a .pt or .safetensors checkpoint")
@@ -123,7 +125,8 @@ class Segmenter:
                 self.model = model.eval().to(self.device, memory_format=torch.channels_last)
             else:
                 self.fast = fastpath.fast_path_supported() if fast is None else bool(fast)
-                self.model = fastpath.prepare_model(model, self.fast, self.num_classes)
+                self.model = fastpath.prepare_model(model, self.fast, self.num_classes,
+                                                   pad_constants=not compile)
             if compile:
                 self.model = fastpath.Compiled(self.model)
         else:
@@ -134,18 +137,32 @@ class Segmenter:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, backend: str | None = None,
-                        **options) -> "Segmenter":
-        """Load a ``.pt`` checkpoint, an exported ``.safetensors`` or an ``.onnx`` file.
+                        int8: str | os.PathLike | None = None, **options) -> "Segmenter":
+        """Load a ``.pt`` checkpoint, an exported ``.safetensors``, an ``.onnx`` file or an int8 model
+        from ``fcnseg quantize`` (recognised by its content, whatever its name).
 
-        ``backend`` defaults to "onnxruntime" for .onnx files and "torch" otherwise; asking for
-        onnxruntime with a PyTorch checkpoint exports it to ONNX in memory first. Every other
-        keyword is a constructor option (``device``, ``fast``, ``tile``, ``overlap``, ``tta_flip``,
-        ``scales``, ``shift_stitch``, ``max_pixels``, ``threads``, ``compile``: see the class).
+        ``backend`` defaults to "onnxruntime" for .onnx files and int8 models and "torch" otherwise;
+        asking for onnxruntime with a PyTorch checkpoint exports it to ONNX in memory first. ``int8``:
+        run this int8 model of the checkpoint ``path`` (it must have been quantized from that
+        checkpoint's architecture and weights). Every other keyword is a constructor option
+        (``device``, ``fast``, ``tile``, ``overlap``, ``tta_flip``, ``scales``, ``shift_stitch``,
+        ``max_pixels``, ``threads``, ``compile``: see the class).
         """
         from fcnseg.engine.checkpoint import model_from_checkpoint
+        from fcnseg.inference import int8 as int8_models
 
         path = Path(path)
         suffix = path.suffix.lower()
+        if int8 is None and suffix not in (".pt", ".pth", ".safetensors") and int8_models.is_int8_model(path):
+            int8 = path
+        if int8 is not None:
+            if backend not in (None, "onnxruntime"):
+                raise FcnsegError(f"{int8} is an int8 model; it runs on onnxruntime, drop --backend {backend}")
+            data, meta, record = int8_models.read_model(int8)
+            if Path(int8) != path:  # paired with a checkpoint: it must be the one it was quantized from
+                model, ckpt_meta = model_from_checkpoint(path)
+                int8_models.check_source(record, int8, ckpt_meta, model, path)
+            return cls(None, meta, backend="onnxruntime", onnx_model=data, int8_record=record, **options)
         if suffix == ".onnx":
             if backend not in (None, "onnxruntime"):
                 raise FcnsegError(f"{path} is an ONNX model; use --backend onnxruntime or pass the "
@@ -275,7 +292,11 @@ class Segmenter:
         """One line saying what runs and how (model, backend, fast path, tiling, TTA)."""
         parts = [f"{self.meta['model_name']} ({self.num_classes} classes, {self.normalization} "
                  "normalisation)"]
-        if self.backend == "onnxruntime":
+        if self.backend == "onnxruntime" and self.int8_record:
+            calib = self.int8_record.get("calibration", {})
+            parts.append(f"onnxruntime CPU int8 (static QDQ, per-channel; calibrated on {calib.get('images')} "
+                         f"images of {calib.get('data')} {calib.get('split')})")
+        elif self.backend == "onnxruntime":
             parts.append("onnxruntime CPU fp32")
         elif self.device.type == "cuda":
             dtype = str(autocast_dtype(self.device)).removeprefix("torch.")

@@ -1,0 +1,280 @@
+"""The int8 path: a model quantized with onnxruntime (static QDQ, per-channel weights), calibrated on
+the user's own training images, and the runtime that executes it.
+
+    fcnseg quantize --checkpoint runs/x/best.pt --data folder:DATA --out model.int8.onnx
+    fcnseg predict  --checkpoint model.int8.onnx photos/ --out preds/
+    fcnseg evaluate --checkpoint model.int8.onnx --data folder:DATA
+
+The file is an ONNX model (input ``image``: normalised float32 N x 3 x H x W, dynamic H and W; output
+``scores``) whose convolutions read int8 activations and int8 per-output-channel weights and
+accumulate in int32 (AVX512-VNNI / AVX-VNNI / AMX where the CPU has them). Its metadata carries the
+checkpoint's meta (key "fcnseg": classes, palette, normalisation) and the quantization record (key
+"fcnseg_int8": engine, calibration data, and the architecture and weight digest of the source
+checkpoint, so a quantized model is never paired with another checkpoint's weights).
+
+Calibration runs the fp32 model on ``images`` training images (whole images, any size) and records
+each activation's range (MinMax). The class-score layers and upsamplers stay in fp32: they cost
+almost nothing and their rounding would turn close scores into argmax flips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from fcnseg.errors import FcnsegError
+from fcnseg.files import write_bytes
+from fcnseg.inference import export
+
+log = logging.getLogger(__name__)
+
+INT8_KEY = "fcnseg_int8"
+ENGINE = "onnxruntime static QDQ, per-channel int8 weights, int8 activations (MinMax calibration)"
+SUFFIX = ".int8.onnx"
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A SHA-256 over the model's state dict (names, shapes, fp32 values): which weights were quantized."""
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(value.shape)).encode())
+        digest.update(value.detach().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _head_nodes(proto, num_classes: int) -> list[str]:
+    """Names of the ONNX nodes that produce class scores (score convolutions, upsamplers, fusions)
+    and everything downstream of them: they stay in fp32."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    score_outputs: set[str] = set()
+    for node in proto.graph.node:
+        if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1 and node.input[1] in inits:
+            dims = list(inits[node.input[1]].dims)
+            out_dim = 1 if node.op_type == "ConvTranspose" else 0
+            if len(dims) == 4 and dims[out_dim] == num_classes:
+                score_outputs.update(node.output)
+    names = []
+    for node in proto.graph.node:  # ONNX nodes are topologically sorted
+        if node.name and (set(node.output) & score_outputs or set(node.input) & score_outputs):
+            score_outputs.update(node.output)
+            names.append(node.name)
+    return names
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over normalised float32 batches."""
+
+    def __init__(self, batches: Iterator[np.ndarray]) -> None:
+        self.batches = batches
+
+    def get_next(self):
+        batch = next(self.batches, None)
+        return None if batch is None else {"image": batch}
+
+    def rewind(self) -> None:  # MinMax reads once
+        pass
+
+
+def quantize(model: nn.Module, meta: dict, calibration: Iterable[torch.Tensor], *,
+             source: dict | None = None) -> bytes:
+    """The int8 ONNX model (bytes) of ``model``, calibrated on ``calibration``: normalised float
+    batches (1 x 3 x H x W, any H and W). ``source`` adds to the quantization record."""
+    try:
+        import onnx
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    except ImportError:
+        raise FcnsegError("int8 quantization needs the onnx extra; pip install 'fcnseg[onnx]'") from None
+    num_classes = int(meta["model_kwargs"]["num_classes"])
+    count = [0]
+
+    def batches() -> Iterator[np.ndarray]:
+        for x in calibration:
+            count[0] += 1
+            yield x.float().contiguous().numpy()
+
+    fp32 = onnx.load_from_string(export.onnx_bytes(model, meta))
+    record = {"engine": ENGINE, "source": {"model_name": meta.get("model_name"),
+                                            "model_kwargs": meta.get("model_kwargs"),
+                                            "weights_sha256": weights_digest(model)},
+              **(source or {})}
+    with tempfile.TemporaryDirectory(prefix="fcnseg-int8-") as tmp:
+        src, dst = Path(tmp, "fp32.onnx"), Path(tmp, "int8.onnx")
+        onnx.save(fp32, str(src))
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # onnxruntime's advice to pre-process goes to the root logger
+        try:
+            quantize_static(str(src), str(dst), _Reader(batches()), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=["Conv", "MaxPool", "Relu"],
+                            nodes_to_exclude=_head_nodes(fp32, num_classes),
+                            calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        finally:
+            root.setLevel(level)
+        if count[0] == 0:
+            raise FcnsegError("no calibration images; give a --data split with training images")
+        proto = onnx.load(str(dst))
+    record["calibration"] = {**record.get("calibration", {}), "images": count[0]}
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = INT8_KEY, json.dumps(record, sort_keys=True)
+    return proto.SerializeToString()
+
+
+def save(data: bytes, path: str | os.PathLike) -> Path:
+    """Write an int8 model atomically."""
+    return write_bytes(path, data)
+
+
+def read_record(model_bytes: bytes) -> dict | None:
+    """The quantization record of an ONNX model, None for a plain (fp32) export."""
+    import onnx
+
+    try:
+        proto = onnx.load_from_string(model_bytes)
+    except Exception:  # protobuf's DecodeError has no common base
+        return None
+    text = {p.key: p.value for p in proto.metadata_props}.get(INT8_KEY)
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+
+
+def is_int8_model(path: str | os.PathLike) -> bool:
+    """True for a file written by ``fcnseg quantize`` (recognised by its content, whatever its name)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] == b"PK":  # a torch checkpoint (zip)
+        return False
+    return read_record(path.read_bytes()) is not None
+
+
+def check_source(record: dict, model_path: str | os.PathLike, meta: dict, model: nn.Module | None,
+                 checkpoint: str | os.PathLike) -> None:
+    """FcnsegError unless the int8 model was quantized from this checkpoint's architecture and weights."""
+    source = record.get("source", {})
+    arch = (meta.get("model_name"), meta.get("model_kwargs"))
+    if (source.get("model_name"), source.get("model_kwargs")) != arch:
+        raise FcnsegError(f"{model_path} was quantized from a {source.get('model_name')} "
+                          f"{source.get('model_kwargs')} checkpoint, not {checkpoint} ({arch[0]} {arch[1]}); "
+                          f"pass its own checkpoint or run `fcnseg quantize --checkpoint {checkpoint}` again")
+    if model is not None and source.get("weights_sha256") not in (None, weights_digest(model)):
+        raise FcnsegError(f"{model_path} was quantized from other weights than {checkpoint}; run "
+                          f"`fcnseg quantize --checkpoint {checkpoint}` again")
+
+
+class Int8Model(nn.Module):
+    """An int8 model file as a module: normalised float batch -> float32 scores (onnxruntime CPU).
+    For ``fcnseg evaluate`` and anything else that takes a model."""
+
+    def __init__(self, model_bytes: bytes, threads: int | None = None) -> None:
+        super().__init__()
+        self.session = session(model_bytes, threads)
+        self.num_classes = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (scores,) = self.session.run(["scores"], {"image": x.float().contiguous().numpy()})
+        return torch.from_numpy(scores)
+
+
+def session(model_bytes: bytes, threads: int | None = None):
+    """An onnxruntime CPU session for ``model_bytes`` (fp32 or int8 ONNX)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise FcnsegError("the int8 and onnxruntime backends need the onnx extra; "
+                          "pip install 'fcnseg[onnx]'") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def read_model(path: str | os.PathLike) -> tuple[bytes, dict, dict]:
+    """(model bytes, meta, quantization record) of an int8 model file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FcnsegError(f"int8 model {path} does not exist; check the path or run `fcnseg quantize`")
+    data = path.read_bytes()
+    record = read_record(data)
+    if record is None:
+        raise FcnsegError(f"{path} is not an int8 model from `fcnseg quantize`; quantize the checkpoint first")
+    return data, export.onnx_meta(data, path), record
+
+
+def load(path: str | os.PathLike, threads: int | None = None, checkpoint: str | os.PathLike | None = None
+         ) -> tuple[Int8Model, dict, dict]:
+    """(module, meta, quantization record) of an int8 model file; with ``checkpoint``, first check
+    that the model was quantized from that checkpoint."""
+    data, meta, record = read_model(path)
+    if checkpoint is not None and Path(checkpoint) != Path(path):
+        from fcnseg.engine.checkpoint import model_from_checkpoint
+
+        model, ckpt_meta = model_from_checkpoint(checkpoint)
+        check_source(record, path, ckpt_meta, model, checkpoint)
+    module = Int8Model(data, threads)
+    module.num_classes = int(meta["model_kwargs"]["num_classes"])
+    return module, meta, record
+
+
+def calibration_images(dataset, count: int, normalization: str, max_side: int | None = None,
+                       seed: int = 0) -> Iterator[torch.Tensor]:
+    """Up to ``count`` images of ``dataset`` (an even spread, fixed by ``seed``), each as a normalised
+    1 x 3 x H x W batch; images longer than ``max_side`` are scaled down (calibration sees whole
+    images, so a huge one would cost memory without changing the ranges much)."""
+    from fcnseg.data.normalize import normalize
+
+    n = len(dataset)
+    order = np.random.default_rng(seed).permutation(n)[:count] if count < n else np.arange(n)
+    for index in sorted(order.tolist()):
+        rgb = dataset.load_image(index)
+        image = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)[None]
+        if max_side and max(image.shape[-2:]) > max_side:
+            scale = max_side / max(image.shape[-2:])
+            size = [max(1, round(s * scale)) for s in image.shape[-2:]]
+            image = torch.nn.functional.interpolate(image.float(), size=size, mode="bilinear",
+                                                    antialias=True).round().clamp(0, 255).to(torch.uint8)
+        yield normalize(image, normalization)
+
+
+def quantize_checkpoint(checkpoint: str | os.PathLike, data: str, out: str | os.PathLike, *,
+                        split: str = "train", images: int = 32, max_side: int | None = 1024) -> dict:
+    """``fcnseg quantize``: calibrate the checkpoint's model on ``images`` images of ``data``'s
+    ``split`` and write the int8 model to ``out``. Returns the quantization record."""
+    from fcnseg.data import load_dataset
+    from fcnseg.engine.checkpoint import model_from_checkpoint
+
+    if images < 1:
+        raise FcnsegError(f"--images {images} must be at least 1")
+    out = Path(out)
+    if out.resolve() == Path(checkpoint).resolve():
+        raise FcnsegError(f"--out {out} is the checkpoint itself; choose another file (e.g. {Path(checkpoint).stem}"
+                          f"{SUFFIX})")
+    model, meta = model_from_checkpoint(checkpoint)
+    dataset = load_dataset(data, split)
+    if len(dataset) == 0:
+        raise FcnsegError(f"calibration split {split!r} of {data} is empty; give --data/--split with "
+                          "training images")
+    classes = int(meta["model_kwargs"]["num_classes"])
+    if dataset.num_classes != classes:
+        raise FcnsegError(f"{checkpoint} predicts {classes} classes but {data} ({split}) has "
+                          f"{dataset.num_classes}; calibrate on the data the model was trained on")
+    record = {"calibration": {"data": data, "split": split, "max_side": max_side}}
+    batches = calibration_images(dataset, images, meta.get("normalization", "imagenet"), max_side)
+    save(quantize(model, meta, batches, source=record), out)
+    return read_record(out.read_bytes())
