@@ -17,9 +17,10 @@ processes hits them alike; --variants picks some):
   openvino default  the same ONNX file compiled by OpenVINO for this CPU with default settings
                     (bf16 inference precision where the CPU has it), static input shape;
                     skipped with a note if the `openvino` extra is not installed
-  int8 (fcnseg)     `fcnseg quantize`'s model (onnxruntime static QDQ, per-channel int8 weights,
-                    calibrated on --calib images) on onnxruntime: fcnseg's int8 path
-  int8 on openvino  the same int8 file compiled by OpenVINO (a candidate engine, measured here)
+  int8 onnxruntime  `fcnseg quantize`'s model (onnxruntime static QDQ, per-channel int8 weights,
+                    calibrated on --calib images) on onnxruntime: fcnseg's int8 path without OpenVINO
+  int8 openvino     the same int8 file on OpenVINO: fcnseg's int8 path where OpenVINO is installed
+                    (both int8 rows run as Segmenter runs them: dynamic height and width)
   --extra adds:     bf16 autocast (the textbook recipe) and fast+compile (torch.compile, freezing)
 
 Reported: median ms, effective GFLOP/s (FLOPs of the plain model / time, counted by
@@ -136,7 +137,7 @@ def openvino_model(data: bytes, args) -> Forward:
         path = os.path.join(tmp, "model.onnx")
         with open(path, "wb") as f:
             f.write(data)
-        core = ov.Core()
+        core = ov.Core()  # static shape: OpenVINO at its best; fcnseg's own int8 runs dynamic shapes
         model = core.read_model(path)
         model.reshape({"image": [1, 3, args.size, args.size]})
         compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
@@ -165,12 +166,16 @@ def int8_bytes(model: nn.Module, args) -> bytes:
     return _INT8["bytes"]
 
 
-def int8_fcnseg(model: nn.Module, args) -> Forward:
-    return ort_session(int8_bytes(model, args))
+def int8_onnxruntime(model: nn.Module, args) -> Forward:
+    from fcnseg.inference import runtimes
+
+    return runtimes.load("onnxruntime", int8_bytes(model, args))  # as Segmenter runs it
 
 
 def int8_openvino(model: nn.Module, args) -> Forward:
-    return openvino_model(int8_bytes(model, args), args)
+    from fcnseg.inference import runtimes
+
+    return runtimes.load("openvino", int8_bytes(model, args))  # as Segmenter runs it: dynamic H, W
 
 
 def compiled(model: nn.Module, args) -> Forward:
@@ -180,10 +185,10 @@ def compiled(model: nn.Module, args) -> Forward:
 
 VARIANTS = {"naive fp32": naive, "fcnseg default": fcnseg_default, "fast, no padcache": fast_no_padcache,
             "onnxruntime fp32": onnxruntime_fp32, "openvino default": openvino_default,
-            "int8 (fcnseg)": int8_fcnseg, "int8 on openvino": int8_openvino,
+            "int8 onnxruntime": int8_onnxruntime, "int8 openvino": int8_openvino,
             "bf16 autocast": autocast, "fast+compile": compiled}
 EXTRA = ("bf16 autocast", "fast+compile")
-NEEDS_OPENVINO = ("openvino default", "int8 on openvino")
+NEEDS_OPENVINO = ("openvino default", "int8 openvino")
 
 
 def openvino_installed() -> bool:
@@ -335,9 +340,14 @@ def main() -> None:
         if default and "openvino default" in got:
             print(f"{geometry}: fcnseg default is {got['openvino default']['ms'] / default['ms']:.2f}x OpenVINO "
                   f"default's speed (target >= 1.00x), argmax agreement {100 * default['agree']:.2f}%")
-        if "int8 (fcnseg)" in got and "openvino default" in got:
-            print(f"{geometry}: int8 (fcnseg) is {got['openvino default']['ms'] / got['int8 (fcnseg)']['ms']:.2f}x "
-                  "OpenVINO default's speed (target >= 1.80x)")
+        from fcnseg.inference.int8 import default_runtime
+
+        int8_default = f"int8 {default_runtime()}"
+        for name in ("int8 onnxruntime", "int8 openvino"):
+            if name in got and "openvino default" in got:
+                print(f"{geometry}: {name}{' (fcnseg int8 default)' if name == int8_default else ''} is "
+                      f"{got['openvino default']['ms'] / got[name]['ms']:.2f}x OpenVINO default's speed "
+                      "(target >= 1.80x)")
         if default and "fast, no padcache" in got:
             print(f"{geometry}: pad-constant cache: {got['fast, no padcache']['ms'] / default['ms']:.2f}x")
 

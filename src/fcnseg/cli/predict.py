@@ -49,7 +49,7 @@ def register(subparsers) -> None:
                         "stride^2 forward passes")
     p.add_argument("--stitch-factor", type=arg_type(int, min=1), default=None, metavar="F",
                    help="shift-and-stitch with stride F instead (implies --shift-stitch)")
-    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
+    p.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default=None,
                    help="default: onnxruntime for .onnx files, torch otherwise")
     p.add_argument("--no-fast", action="store_true", help="disable the bf16 fast path (fp32)")
     p.add_argument("--int8", metavar="MODEL", default=None,

@@ -27,14 +27,14 @@ from torch import nn
 from fcnseg.data.normalize import normalize
 from fcnseg.engine.runtime import autocast_dtype, resolve_device
 from fcnseg.errors import FcnsegError
-from fcnseg.inference import export, fastpath
+from fcnseg.inference import export, fastpath, runtimes
 from fcnseg.inference.image_io import DEFAULT_MAX_PIXELS, ImageInput, image_list, load_image
 from fcnseg.inference.shift_stitch import shift_and_stitch, subsampled
 from fcnseg.inference.window import sliding_window, tta
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "openvino")
 AUTO_TILE = 1024          # tile=None: images with more pixels than AUTO_TILE_PIXELS use these tiles
 AUTO_TILE_PIXELS = 2_250_000
 
@@ -131,8 +131,8 @@ class Segmenter:
                 self.model = fastpath.Compiled(self.model)
         else:
             self.model = model
-            self._session = _ort_session(onnx_model if onnx_model is not None
-                                         else export.onnx_bytes(model, meta), threads)
+            self._run = runtimes.load(backend, onnx_model if onnx_model is not None
+                                      else export.onnx_bytes(model, meta), threads)
         log.info("%s", self.describe())
 
     @classmethod
@@ -156,21 +156,23 @@ class Segmenter:
         if int8 is None and suffix not in (".pt", ".pth", ".safetensors") and int8_models.is_int8_model(path):
             int8 = path
         if int8 is not None:
-            if backend not in (None, "onnxruntime"):
-                raise FcnsegError(f"{int8} is an int8 model; it runs on onnxruntime, drop --backend {backend}")
+            if backend not in (None, *runtimes.RUNTIMES):
+                raise FcnsegError(f"{int8} is an int8 model; it runs on onnxruntime or openvino, "
+                                  f"not --backend {backend}")
+            backend = backend or int8_models.default_runtime()
             data, meta, record = int8_models.read_model(int8)
             if Path(int8) != path:  # paired with a checkpoint: it must be the one it was quantized from
                 model, ckpt_meta = model_from_checkpoint(path)
                 int8_models.check_source(record, int8, ckpt_meta, model, path)
-            return cls(None, meta, backend="onnxruntime", onnx_model=data, int8_record=record, **options)
+            return cls(None, meta, backend=backend, onnx_model=data, int8_record=record, **options)
         if suffix == ".onnx":
-            if backend not in (None, "onnxruntime"):
-                raise FcnsegError(f"{path} is an ONNX model; use --backend onnxruntime or pass the "
-                                  ".pt checkpoint")
+            if backend not in (None, *runtimes.RUNTIMES):
+                raise FcnsegError(f"{path} is an ONNX model; use --backend onnxruntime or openvino, or pass "
+                                  "the .pt checkpoint")
             if not path.is_file():
                 raise FcnsegError(f"ONNX model {path} does not exist; check the path")
             data = path.read_bytes()
-            return cls(None, export.onnx_meta(data, path), backend="onnxruntime", onnx_model=data,
+            return cls(None, export.onnx_meta(data, path), backend=backend or "onnxruntime", onnx_model=data,
                        **options)
         if suffix == ".safetensors":
             state, meta = export.load_safetensors(path)
@@ -282,8 +284,7 @@ class Segmenter:
         if self.backend == "torch":
             scores = fastpath.run_model(self.model, x, self.fast)
         else:
-            (scores,) = self._session.run(["scores"], {"image": x.float().contiguous().numpy()})
-            scores = torch.from_numpy(scores)
+            scores = self._run(x)
         return scores.softmax(1)
 
     # ----------------------------------------------------------------------------- reporting
@@ -292,12 +293,14 @@ class Segmenter:
         """One line saying what runs and how (model, backend, fast path, tiling, TTA)."""
         parts = [f"{self.meta['model_name']} ({self.num_classes} classes, {self.normalization} "
                  "normalisation)"]
-        if self.backend == "onnxruntime" and self.int8_record:
+        if self.backend != "torch" and self.int8_record:
             calib = self.int8_record.get("calibration", {})
-            parts.append(f"onnxruntime CPU int8 (static QDQ, per-channel; calibrated on {calib.get('images')} "
+            parts.append(f"{self.backend} CPU int8 (static QDQ, per-channel; calibrated on {calib.get('images')} "
                          f"images of {calib.get('data')} {calib.get('split')})")
         elif self.backend == "onnxruntime":
             parts.append("onnxruntime CPU fp32")
+        elif self.backend == "openvino":
+            parts.append("OpenVINO CPU (default precision: bf16 where the CPU has it)")
         elif self.device.type == "cuda":
             dtype = str(autocast_dtype(self.device)).removeprefix("torch.")
             parts.append(f"torch {self.device} autocast {dtype} + channels_last + inference_mode")
@@ -325,9 +328,9 @@ class Segmenter:
 
 def _inference_device(device: str | torch.device | None, backend: str) -> torch.device:
     """The checked device; onnxruntime runs here on the CPU (an explicit cuda request is an error)."""
-    if backend == "onnxruntime":
+    if backend in runtimes.RUNTIMES:
         if device not in (None, "auto") and resolve_device(device).type != "cpu":
-            raise FcnsegError(f"--device {device}: the onnxruntime backend runs on the CPU; use --backend torch "
+            raise FcnsegError(f"--device {device}: the {backend} backend runs on the CPU; use --backend torch "
                               "with a .pt or .safetensors checkpoint for the GPU")
         return torch.device("cpu")
     return resolve_device(device)
@@ -345,13 +348,3 @@ def _mask_of(probs: torch.Tensor, num_classes: int) -> np.ndarray:
     """C x H x W probabilities -> H x W class ids (uint8, or int32 above 256 classes)."""
     return probs.argmax(0).numpy().astype(np.uint8 if num_classes <= 256 else np.int32)
 
-
-def _ort_session(model_bytes: bytes, threads: int | None):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise FcnsegError("backend onnxruntime needs the onnx extra; pip install 'fcnseg[onnx]'") from None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])

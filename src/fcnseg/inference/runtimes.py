@@ -1,0 +1,55 @@
+"""Runtimes for exported models (fp32 ONNX exports and int8 models from `fcnseg quantize`):
+onnxruntime's CPU provider and OpenVINO (optional extra ``[openvino]``).
+
+Each loader returns a function: normalised float32 batch (N, 3, H, W) -> float32 scores (N, C, H, W),
+any H and W (dynamic shapes). OpenVINO compiles for this CPU with its default settings, which on a
+CPU with AVX512-BF16 or AMX run fp32 models in bf16 and int8 models on the VNNI/AMX int8 units.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Callable
+
+import torch
+
+from fcnseg.errors import FcnsegError
+
+RUNTIMES = ("onnxruntime", "openvino")
+Run = Callable[[torch.Tensor], torch.Tensor]
+
+
+def installed(runtime: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(runtime) is not None
+
+
+def onnxruntime_session(model_bytes: bytes, threads: int | None = None):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise FcnsegError("the onnxruntime backend needs the onnx extra; pip install 'fcnseg[onnx]'") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def load(runtime: str, model_bytes: bytes, threads: int | None = None) -> Run:
+    """A scoring function for ``model_bytes`` (ONNX, input "image", output "scores") on ``runtime``."""
+    if runtime == "onnxruntime":
+        session = onnxruntime_session(model_bytes, threads)
+        return lambda x: torch.from_numpy(session.run(["scores"], {"image": x.float().contiguous().numpy()})[0])
+    if runtime == "openvino":
+        try:
+            import openvino as ov
+        except ImportError:
+            raise FcnsegError("the openvino backend needs the openvino extra; pip install 'fcnseg[openvino]' "
+                              "or use --backend onnxruntime") from None
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(io.BytesIO(model_bytes)), "CPU",
+                                      {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads()})
+        request, output = compiled.create_infer_request(), compiled.output(0)
+        return lambda x: torch.from_numpy(request.infer({"image": x.float().contiguous().numpy()})[output].copy())
+    raise FcnsegError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")

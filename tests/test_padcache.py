@@ -1,0 +1,89 @@
+"""The pad-constant cache: the same outputs as the plain forward, computed on less."""
+
+import copy
+
+import pytest
+import torch
+
+from fcnseg.inference import fastpath, padcache
+from fcnseg.models import create_model
+
+
+def randomised(name="fcn8s", backbone="vgg16", geometry="caffe", classes=3):
+    torch.manual_seed(0)
+    model = create_model(name, classes, geometry=geometry, width=1 / 16, backbone=backbone).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.5)
+    return model
+
+
+def pair(model, fast):
+    plain = fastpath.prepare_model(copy.deepcopy(model), fast, 3, pad_constants=False)
+    cached = fastpath.prepare_model(copy.deepcopy(model), fast, 3)
+    return plain, cached
+
+
+def plans(model):
+    return model.backbone.forward_taps.__self__.plans
+
+
+@pytest.mark.parametrize("name, backbone", [("fcn8s", "vgg16"), ("fcn16s", "vgg16"), ("fcn32s", "alexnet")])
+def test_fp32_equals_the_plain_forward_at_several_sizes(name, backbone):
+    plain, cached = pair(randomised(name, backbone), fast=False)
+    assert padcache.PadConstantTrunk.applies_to(cached.backbone)
+    for size in [(1, 1), (5, 7), (31, 64), (50, 37)]:
+        x = torch.randn(2, 3, *size)
+        expected = fastpath.run_model(plain, x, False)
+        for _ in range(2):  # the first call builds the cache, the second uses it
+            out = fastpath.run_model(cached, x, False)
+            assert out.shape == expected.shape
+            assert torch.allclose(out, expected, atol=1e-5 * expected.abs().max().item())
+    assert plans(cached) and all(plan is not None for plan in plans(cached).values())
+
+
+def test_bf16_fast_path_equals_its_plain_forward():
+    plain, cached = pair(randomised(), fast=True)
+    for size in [(7, 5), (33, 48), (64, 64)]:
+        x = torch.randn(1, 3, *size)
+        expected, out = fastpath.run_model(plain, x, True), fastpath.run_model(cached, x, True)
+        assert out.dtype == torch.float32 and out.shape == expected.shape
+        # bf16: a different convolution shape may round a few values differently
+        assert torch.allclose(out, expected, atol=0.02 * expected.abs().max().item())
+        assert (out.argmax(1) == expected.argmax(1)).float().mean() > 0.99
+
+
+def test_cache_is_bounded_reused_and_notices_new_weights():
+    model = fastpath.prepare_model(randomised(), False, 3)
+    trunk = model.backbone.forward_taps.__self__
+    trunk.max_sizes = 2
+    for size in [(10, 10), (12, 12), (14, 14), (14, 14)]:
+        fastpath.run_model(model, torch.randn(1, 3, *size), False)
+    assert [key[0] for key in trunk.plans] == [(12, 12), (14, 14)]
+    with torch.no_grad():
+        model.backbone.features[0].bias.add_(1.0)  # changed in place: the constants change too
+    x = torch.randn(1, 3, 14, 14)
+    out = fastpath.run_model(model, x, False)
+    padcache.uninstall(model)
+    assert torch.allclose(out, fastpath.run_model(model, x, False), atol=1e-5 * out.abs().max().item())
+
+
+def test_not_used_in_same_geometry_training_or_autograd():
+    same = fastpath.prepare_model(randomised(geometry="same"), False, 3)
+    assert "forward_taps" not in same.backbone.__dict__  # no pad: nothing to cache
+    model = fastpath.prepare_model(randomised(), False, 3)
+    x = torch.randn(1, 3, 9, 9, requires_grad=True)
+    model(x).sum().backward()  # grad enabled: the plain forward, so gradients flow as usual
+    assert x.grad is not None and not plans(model)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 9, 9))
+    assert not plans(model)
+
+
+def test_compile_wrapper_traces_the_plain_forward():
+    model = fastpath.prepare_model(randomised(), False, 3)
+    assert "forward_taps" in model.backbone.__dict__
+    fastpath.Compiled(model)  # compiles lazily; only the uninstall is checked here
+    assert "forward_taps" not in model.backbone.__dict__
