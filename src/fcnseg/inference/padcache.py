@@ -310,3 +310,8 @@ def uninstall(model: nn.Module) -> None:
     """Undo :func:`install` (e.g. before torch.compile, which should trace the plain forward)."""
     for module in model.modules():
         module.__dict__.pop("forward_taps", None)
+
+
+def installed(model: nn.Module) -> bool:
+    """True if :func:`install` gave some trunk of ``model`` the pad-constant forward."""
+    return any("forward_taps" in module.__dict__ for module in model.modules())

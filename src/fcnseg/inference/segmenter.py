@@ -310,6 +310,8 @@ class Segmenter:
         else:
             reason = "disabled" if fastpath.fast_path_supported() else fastpath.fast_path_reason()
             parts.append(f"torch fp32 + inference_mode (fast path off: {reason})")
+        if self.backend == "torch" and fastpath.padcache.installed(self.model):
+            parts[-1] += " + pad-constant cache"
         if self.compiled:
             parts[-1] += " + torch.compile (freezing)"
         if self.tile is None:
