@@ -17,6 +17,7 @@ version, so weights changed in place are noticed).
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -121,7 +122,14 @@ class PadConstantTrunk:
         self.geoms = [_spatial(layer) for layer in self.layers]
         self.max_sizes, self.min_saving = max_sizes, min_saving
         self.plans: OrderedDict[tuple, _Plan | None] = OrderedDict()
+        self.lock = threading.Lock()
         self.plain = type(trunk).forward_taps.__get__(trunk)
+
+    def __getstate__(self) -> dict:  # copies and pickles start with an empty cache
+        return {k: v for k, v in self.__dict__.items() if k not in ("lock", "plans")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, lock=threading.Lock(), plans=OrderedDict())
 
     @staticmethod
     def applies_to(trunk: nn.Module) -> bool:
@@ -146,14 +154,15 @@ class PadConstantTrunk:
 
     def _plan(self, x: Tensor, taps: set[int]) -> _Plan | None:
         key = self._key(x, taps)
-        if key in self.plans:
-            self.plans.move_to_end(key)
-            return self.plans[key]
-        plan = self._build(x, taps)
-        self.plans[key] = plan
-        while len(self.plans) > self.max_sizes:
-            self.plans.popitem(last=False)
-        return plan
+        with self.lock:  # a server may predict from several threads
+            if key in self.plans:
+                self.plans.move_to_end(key)
+                return self.plans[key]
+            plan = self._build(x, taps)
+            self.plans[key] = plan
+            while len(self.plans) > self.max_sizes:
+                self.plans.popitem(last=False)
+            return plan
 
     def _build(self, x: Tensor, taps: set[int]) -> _Plan | None:
         """Plan the rectangles for ``x``'s size; run a zero image for the frames and tap constants."""
