@@ -51,7 +51,7 @@ def main() -> None:
     n = len(dataset) if args.max_images is None else min(len(dataset), args.max_images)
     classes, ignore = dataset.num_classes, dataset.ignore_index
     paths = {"fp32": lambda x: fp32(x), "fcnseg default": lambda x: fastpath.run_model(default, x, fast),
-             "int8": lambda x: int8_model(x)}
+             f"int8 {int8_model.runtime}": lambda x: int8_model(x)}
     confusion = {name: ConfusionMatrix(classes, ignore_index=ignore) for name in paths}
     agree = {name: [0, 0, 0, 0] for name in paths}  # labelled agree, labelled, all agree, all
     for index in range(n):
@@ -70,12 +70,12 @@ def main() -> None:
     print(f"{args.checkpoint} ({meta['model_name']}, {meta['model_kwargs']}) on {args.data} {args.split}, "
           f"{n} images; int8 calibrated on {record['calibration']['images']} {args.calib_split} images "
           f"in {quant_s:.0f} s ({record['engine']})")
-    print(f"{'path':16} {'mean IU':>8} {'pixel acc':>10} {'agree (labelled)':>17} {'agree (all)':>12} {'d mean IU':>10}")
+    print(f"{'path':20} {'mean IU':>8} {'pixel acc':>10} {'agree (labelled)':>17} {'agree (all)':>12} {'d mean IU':>10}")
     base = confusion["fp32"].compute()["mean_iu"]
     for name in paths:
         metrics = confusion[name].compute()
         a = agree[name]
-        print(f"{name:16} {100 * metrics['mean_iu']:8.2f} {100 * metrics['pixel_acc']:10.2f} "
+        print(f"{name:20} {100 * metrics['mean_iu']:8.2f} {100 * metrics['pixel_acc']:10.2f} "
               f"{100 * a[0] / max(1, a[1]):16.2f}% {100 * a[2] / max(1, a[3]):11.2f}% "
               f"{100 * (metrics['mean_iu'] - base):+10.2f}")
 
