@@ -71,8 +71,10 @@ class Segmenter:
       fp16 where the GPU lacks bf16) with channels_last.
     * ``fast``: the CPU bf16 fast path (bf16 weights, channels_last); None = where the CPU runs bf16
       natively. A model passed in directly is then converted in place. Ignored on a GPU.
-    * ``backend``: "torch" (default) or "onnxruntime" (CPU; needs the [onnx] extra).
-    * ``onnx_model``: serialised ONNX bytes for the onnxruntime backend (default: export ``model``).
+    * ``backend``: "torch" (default), "onnxruntime" (CPU; needs the [onnx] extra) or "openvino"
+      (CPU; needs the [openvino] extra).
+    * ``onnx_model``: serialised ONNX bytes (fp32 export or int8 model) for the onnxruntime or
+      openvino backend (default: export ``model``).
     * ``tile``: sliding-window tile size in pixels; None = whole image up to 2.25 MP, 1024-pixel
       tiles above; 0 = always the whole image. ``overlap``: tile overlap fraction in [0, 1).
     * ``tta_flip``, ``scales``: test-time augmentation, averaging the horizontal flip and these
@@ -80,7 +82,9 @@ class Segmenter:
     * ``shift_stitch``: shift-and-stitch (paper Section 3.2) with this stride; True = the model's
       output stride. Costs stride^2 forward passes.
     * ``max_pixels``: refuse larger images (decompression-bomb guard; default 100 megapixels).
-    * ``threads``: onnxruntime intra-op threads (default: torch's thread count).
+    * ``threads``: onnxruntime / OpenVINO threads (default: torch's thread count).
+    * ``int8_record``: the quantization record of an int8 ``onnx_model`` (from ``fcnseg quantize``;
+      :meth:`from_checkpoint` fills it in), shown by :meth:`describe`.
     * ``compile``: torch.compile with weight freezing; faster per call, each new shape compiles first.
     """
 
