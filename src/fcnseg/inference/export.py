@@ -103,7 +103,7 @@ class OnnxModel(nn.Module):
 
     def __init__(self, model_bytes: bytes, meta: dict, threads: int | None = None):
         super().__init__()
-        from fcnseg.inference.segmenter import _ort_session
+        from fcnseg.inference.runtimes import onnxruntime_session as _ort_session
 
         self.meta = meta
         self.num_classes = int(meta["model_kwargs"]["num_classes"])
