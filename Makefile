@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# constraints-cpu.txt pins torch to the local CPU wheel so no CUDA package is downloaded
-	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev,onnx,tensorboard]"
+	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev,onnx,tensorboard,serve]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -19,6 +19,8 @@ demo: $(STAMP)
 	$(VENV)/bin/fcnseg demo --out runs/demo
 
 test: $(STAMP)
+	# the serve page's real-browser test drives Debian's chromium (Playwright cannot download its own here)
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q --no-install-recommends chromium)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
