@@ -37,7 +37,8 @@ from fcnseg.viz import palette_array
 
 log = logging.getLogger(__name__)
 
-STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
+          "icon.svg": "image/svg+xml"}
 MAX_TILE = 4096
 MIN_TILE = 32
 MAX_SCALES = 4
