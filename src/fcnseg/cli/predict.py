@@ -7,7 +7,8 @@ band below naming the classes found) and with --probs ``NAME_probs.npy``
 command exits 1 when any input failed. Every file is written whole or not at all (temp file +
 rename); a full disk stops the command with one line. Inputs are never overwritten: the output
 folder's contents are never read as inputs, and a run whose outputs would replace an input is
-refused before anything is written.
+refused before anything is written. Under torchrun (`torchrun --nproc_per_node K -m fcnseg predict ...`)
+each process predicts its share of the inputs into the same folder.
 """
 
 from __future__ import annotations
@@ -153,15 +154,17 @@ def check_no_overwrite(paths: list[Path], stems: list[str], out: Path, args: arg
 
 def run(args: argparse.Namespace) -> int:
     from fcnseg.engine.progress import track
-    from fcnseg.engine.runtime import resolve_device
+    from fcnseg.engine.runtime import all_reduce_sum, init_distributed, resolve_device, shard, shutdown_distributed
     from fcnseg.files import WriteError, atomic_npy_rows, check_output_dir, clean_stale_temps
     from fcnseg.inference import Segmenter, load_image
     from fcnseg.viz import save_index_png, save_overlay
 
     scales = parse_scales(args.scales)
-    resolve_device(args.device)  # a bad --device is one line before anything is loaded
+    device = resolve_device(args.device)  # a bad --device is one line before anything is loaded
+    world = init_distributed(device)  # torchrun: one share of the inputs per process
     out = check_output_dir(args.out, "--out")
     paths, errors = collect_inputs(args.inputs, out)
+    errors = errors if world.is_main else []
     stems = output_stems(paths)
     check_no_overwrite(paths, stems, out, args)
     for line in errors:
@@ -179,7 +182,9 @@ def run(args: argparse.Namespace) -> int:
     palette = seg.palette or _default_palette(seg.num_classes)
     failed = len(errors)
     done = 0
-    for path, stem in zip(track(paths, len(paths), "predict", enabled=not args.no_progress, unit="images"), stems):
+    jobs = shard(list(zip(paths, stems)))  # stems from the whole list: same names on every rank
+    for path, stem in track(jobs, len(jobs), "predict", enabled=world.is_main and not args.no_progress,
+                            unit="images"):
         try:
             rgb = load_image(path, seg.max_pixels)
             if args.probs:  # streamed to a temp file band by band, renamed into place when complete
@@ -198,7 +203,11 @@ def run(args: argparse.Namespace) -> int:
         except FcnsegError as exc:
             failed += 1
             log.error("%s", exc)
-    log.info("fcnseg predict: %d image(s) written to %s, %d failed", done, out, failed)
+    done, failed = (int(n) for n in all_reduce_sum([done, failed]))
+    shutdown_distributed()
+    if world.is_main:
+        ranks = f" by {world.world_size} processes" if world.enabled else ""
+        log.info("fcnseg predict: %d image(s) written to %s%s, %d failed", done, out, ranks, failed)
     return 1 if failed else 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from typing import Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -13,6 +14,8 @@ from torch import nn
 from fcnseg.config import device_problem
 from fcnseg.data.normalize import normalize
 from fcnseg.errors import FcnsegError
+
+T = TypeVar("T")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -127,6 +130,13 @@ def init_distributed(device: torch.device) -> Dist:
     if device.type == "cuda":
         torch.cuda.set_device(info.local_rank)
     return info
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This process's share of ``items``: every world_size-th one from its rank (all of them in a
+    single process), so across the process group each item is handled exactly once."""
+    info = current_dist()
+    return list(items[info.rank::info.world_size])
 
 
 def shutdown_distributed() -> None:
