@@ -85,7 +85,7 @@ def test_health_and_model(client):
     assert [c["name"] for c in info["classes"]] == META["class_names"]
     assert info["classes"][1]["color"] == [70, 130, 180]
     assert info["normalization"]["mode"] == "imagenet" and "0.485" in info["normalization"]["description"]
-    assert info["limits"] == {"max_upload_bytes": 52428, "max_pixels": 10_000, "threads": 2, "waiting": 8}
+    assert info["limits"] == {"max_upload_bytes": 52428, "max_pixels": 10_000, "threads": 2, "waiting": 16}
     assert "/" not in info["source"]  # the server's folders are not shown
 
 

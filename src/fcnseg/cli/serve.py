@@ -41,7 +41,8 @@ def register(subparsers) -> None:
     p.add_argument("--concurrency", type=int, default=0, metavar="N",
                    help="inference threads per process (default: cores / workers)")
     p.add_argument("--queue", type=int, default=-1, metavar="N",
-                   help="requests that may wait for a thread before others get 503 (default 4 x threads)")
+                   help="requests that may wait for a thread before others get 503 (default: 16, or "
+                        "4 x threads if more)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default 20)")
     p.add_argument("--max-pixels", type=float, default=16e6,
                    help="largest decoded image, checked before decoding (default 16e6)")

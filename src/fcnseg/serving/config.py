@@ -33,7 +33,7 @@ class ServeConfig:
     port: int = 8000
     workers: int = 1                  # server processes (uvicorn workers), each with its own model
     concurrency: int = 0              # inference threads per process; 0 = cores // workers
-    queue: int = -1                   # requests waiting for a thread beyond those running; -1 = 4 x concurrency
+    queue: int = -1                   # requests waiting for a thread beyond those running; -1 = max(16, 4 x threads)
     max_upload_mb: float = 20.0       # request body limit
     max_pixels: int = 16_000_000      # decoded image limit (decompression-bomb guard)
     backend: str | None = None        # torch / onnxruntime; None = by file type
@@ -66,7 +66,7 @@ class ServeConfig:
     @property
     def waiting(self) -> int:
         """How many requests may wait for a free inference thread before new ones get 503."""
-        return 4 * self.threads if self.queue < 0 else self.queue
+        return max(16, 4 * self.threads) if self.queue < 0 else self.queue
 
     @property
     def max_upload_bytes(self) -> int:
