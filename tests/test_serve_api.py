@@ -320,3 +320,31 @@ def test_config_from_env_round_trip(monkeypatch):
         ServeConfig()
     with pytest.raises(FcnsegError, match="--workers"):
         ServeConfig(checkpoint="m.pt", workers=0)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "onnx"])
+def test_serves_exported_models(ckpt, tmp_path, fmt):
+    pytest.importorskip("onnxruntime") if fmt == "onnx" else None
+    from fcnseg.engine.checkpoint import model_from_checkpoint
+    from fcnseg.inference import export_onnx, export_safetensors
+    from fcnseg.serving.config import load_segmenter
+
+    model, meta = model_from_checkpoint(str(ckpt), str(ckpt))
+    path = tmp_path / f"tiny.{fmt}"
+    (export_onnx if fmt == "onnx" else export_safetensors)(model, meta, path)
+    threads = torch.get_num_threads()
+    try:
+        config = ServeConfig(checkpoint=str(path), fast=False)
+        seg = load_segmenter(config)
+    finally:
+        torch.set_num_threads(threads)  # load_segmenter sets the server's thread count
+    with TestClient(create_app(seg, config)) as c:
+        info = c.get("/model").json()
+        assert info["backend"] == ("onnxruntime" if fmt == "onnx" else "torch") and info["source"] == path.name
+        assert [x["name"] for x in info["classes"]] == META["class_names"]
+        data = png((40, 30), seed=7)
+        response = c.post("/predict", content=data)
+        assert response.status_code == 200
+        reference = Segmenter(model, meta, fast=False).predict(Image.open(io.BytesIO(data)))
+        agree = (np.asarray(Image.open(io.BytesIO(response.content))) == reference).mean()
+        assert agree > 0.99  # onnxruntime's fp32 kernels differ from torch's in the last bits
