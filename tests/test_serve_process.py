@@ -65,6 +65,17 @@ def image_png(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
+def slow_sender_gets_408(port: int) -> bool:
+    """A client that announces 1000 bytes and sends 10 is answered 408 and its pool place is freed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Content-Length: 1000\r\n\r\n" + b"\x89PNG\r\n\x1a\n\0\0")
+        reply = sock.recv(4096).decode("latin-1")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+        in_flight = json.loads(r.read())["in_flight"]
+    return reply.startswith("HTTP/1.1 408") and "took longer than 1 s" in reply and in_flight == 0
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("serve_proc") / "tiny.pt")
@@ -73,9 +84,10 @@ def ckpt(tmp_path_factory):
 @pytest.mark.slow
 def test_sigterm_lets_the_request_in_flight_finish(ckpt):
     port = free_port()
-    proc = start_server(ckpt, port, "--no-access-log")
+    proc = start_server(ckpt, port, "--no-access-log", "--upload-timeout", "1")
     try:
         wait_healthy(proc, port)
+        assert slow_sender_gets_408(port)
         result = {}
         slow = threading.Thread(target=lambda: result.update(r=post_image(
             port, image_png(320, 240), "?flip=true&scales=1,1.5,2")))

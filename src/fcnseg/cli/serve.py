@@ -46,6 +46,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default 20)")
     p.add_argument("--max-pixels", type=float, default=16e6,
                    help="largest decoded image, checked before decoding (default 16e6)")
+    p.add_argument("--upload-timeout", type=float, default=60.0, metavar="S",
+                   help="refuse uploads still arriving after S seconds (default 60)")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
                    help="default: onnxruntime for .onnx files, torch otherwise")
     p.add_argument("--no-fast", action="store_true", help="disable the bf16 fast path (fp32)")
@@ -102,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     config = ServeConfig(checkpoint=args.checkpoint, weights=args.weights, host=args.host, port=args.port,
                          workers=args.workers, concurrency=args.concurrency, queue=args.queue,
                          max_upload_mb=args.max_upload_mb, max_pixels=int(args.max_pixels),
+                         upload_timeout_s=args.upload_timeout,
                          backend=args.backend, fast=False if args.no_fast else None)
     segmenter = load_segmenter(config)  # in the parent too: a bad checkpoint fails here, on one line
     name, classes = segmenter.meta["model_name"], segmenter.num_classes

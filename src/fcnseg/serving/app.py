@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import copy
@@ -56,6 +57,7 @@ PREDICT_RESPONSES = {
                          "?format=json / Accept: application/json",
           "content": {"image/png": {}, "application/json": {}}},
     400: {"description": "empty body, corrupt image or malformed form"},
+    408: {"description": "the upload took longer than the server's upload timeout"},
     413: {"description": "upload over the byte limit or image over the pixel limit"},
     415: {"description": "Content-Type is not an image or multipart form"},
     422: {"description": "a query parameter is out of bounds"},
@@ -234,7 +236,12 @@ def create_app(segmenter, config: ServeConfig) -> FastAPI:
         as_json = wants_json(format, request.headers.get("accept"))
         start = time.perf_counter()
         async with pool.admit() as job:
-            data = await image_bytes(request, config.max_upload_bytes)
+            try:  # a place in the pool is held while the body arrives: slow senders must not keep it
+                data = await asyncio.wait_for(image_bytes(request, config.max_upload_bytes),
+                                              config.upload_timeout_s)
+            except asyncio.TimeoutError:
+                raise ApiError(408, f"the upload took longer than {config.upload_timeout_s:g} s; send it "
+                                    "faster or start the server with a larger --upload-timeout") from None
             result = await job.run(lambda: _segment(segmenter, data, config.max_pixels, options))
         mask_png = png_bytes(result["mask"], palette) if (mask or not as_json) else None
         total_ms = (time.perf_counter() - start) * 1000

@@ -36,6 +36,7 @@ class ServeConfig:
     queue: int = -1                   # requests waiting for a thread beyond those running; -1 = max(16, 4 x threads)
     max_upload_mb: float = 20.0       # request body limit
     max_pixels: int = 16_000_000      # decoded image limit (decompression-bomb guard)
+    upload_timeout_s: float = 60.0    # a body still arriving after this is refused (408): slow clients
     backend: str | None = None        # torch / onnxruntime; None = by file type
     fast: bool | None = None          # bf16 fast path; None = where the CPU supports it
 
@@ -48,8 +49,8 @@ class ServeConfig:
             raise FcnsegError(f"--concurrency {self.concurrency} must be positive (0 = cores / workers)")
         if self.queue < -1:
             raise FcnsegError(f"--queue {self.queue} must be 0 or more")
-        if self.max_upload_mb <= 0 or self.max_pixels <= 0:
-            raise FcnsegError("--max-upload-mb and --max-pixels must be positive")
+        if self.max_upload_mb <= 0 or self.max_pixels <= 0 or self.upload_timeout_s <= 0:
+            raise FcnsegError("--max-upload-mb, --max-pixels and --upload-timeout must be positive")
         if not 0 <= self.port < 65536:
             raise FcnsegError(f"--port {self.port} is not a TCP port; choose 1-65535")
 
