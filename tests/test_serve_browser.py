@@ -72,12 +72,15 @@ def drive_page(url: str, image: Path, screenshot: Path, tmp: Path, opacity: int 
                 "status": page.inner_text("#status"),
             }
             if opacity is not None:
-                page.locator("#opacity").fill(str(opacity))
-                shown["canvas"] = page.evaluate("""() => {
+                read_canvas = """() => {
                     const c = document.getElementById('overlay');
                     return {w: c.width, h: c.height,
                             data: Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)};
-                }""")
+                }"""
+                page.locator("#opacity").fill(str(opacity))
+                shown["canvas"] = page.evaluate(read_canvas)  # background class left untinted
+                page.check("#tint-background")
+                shown["canvas_tinted"] = page.evaluate(read_canvas)
             with page.expect_download() as download:
                 page.click("#download")
             shown["download_name"] = download.value.suggested_filename
@@ -133,11 +136,16 @@ def test_page_in_headless_chromium(tmp_path):
     assert max(shares) == pytest.approx(100 * counts.max() / expected.size, abs=0.051)
     assert "model" in shown["timing"] and " ms" in shown["timing"]
     assert "96 × 64 pixels" in shown["status"]
-    # at full opacity the canvas shows exactly the class colours of the model's mask
+    # at full opacity the canvas shows exactly the class colours of the model's mask, and the photo
+    # itself where the model says background (unless the background is tinted too)
     canvas = shown["canvas"]
     assert (canvas["w"], canvas["h"]) == (96, 64)
     pixels = np.asarray(canvas["data"], dtype=np.uint8).reshape(64, 96, 4)[..., :3]
-    np.testing.assert_array_equal(pixels, colorize(expected, META["palette"]))
+    colours = colorize(expected, META["palette"])
+    want = np.where((expected == 0)[..., None], np.asarray(Image.open(image).convert("RGB")), colours)
+    np.testing.assert_array_equal(pixels, want)
+    tinted = np.asarray(shown["canvas_tinted"]["data"], dtype=np.uint8).reshape(64, 96, 4)[..., :3]
+    np.testing.assert_array_equal(tinted, colours)
     assert shown["download_name"] == "street_mask.png"
     np.testing.assert_array_equal(np.asarray(Image.open(shown["download"])), expected)
     assert "not an image" in shown["error"]

@@ -112,7 +112,9 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         except UnidentifiedImageError:
             raise ApiError(400, "the upload is not an image Pillow can read; send PNG, JPEG, WebP, "
                                 "BMP, GIF or TIFF") from None
-        except (OSError, SyntaxError, ValueError, FcnsegError) as exc:
+        except MemoryError:
+            raise ApiError(413, "not enough memory to decode this image; send a smaller one") from None
+        except (OSError, SyntaxError, ValueError, EOFError, FcnsegError) as exc:
             reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
             raise ApiError(400, f"cannot decode the image ({reason}); the upload is truncated or "
                                 "corrupt") from None

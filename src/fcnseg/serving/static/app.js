@@ -32,7 +32,7 @@ async function loadModel() {
     $("model-name").textContent = model.model;
     $("model-summary").textContent =
       `${model.num_classes} classes · ${norm.mode === "caffe" ? "Caffe" : "ImageNet"} normalisation`;
-    const kwargs = Object.entries(model.model_kwargs).map(([k, v]) => `${k}=${v}`).join(", ");
+    const kwargs = Object.entries(model.model_kwargs).filter(([, v]) => v !== null).map(([k, v]) => `${k}=${v}`).join(", ");
     $("model-detail").textContent = `${model.model}${model.source ? ` from ${model.source}` : ""}${kwargs ? ` (${kwargs})` : ""}`;
     $("model-runtime").textContent = model.description;
     $("model-norm").textContent = norm.description;
@@ -73,6 +73,30 @@ function loadImage(url) {
   });
 }
 
+// The background class (class 0 when it is called "background") is left untinted unless asked,
+// so the photo stays visible around the objects.
+function backgroundColor() {
+  const first = state.model && state.model.classes[0];
+  return first && /^_?background_?$/i.test(first.name) ? first.color : null;
+}
+
+function maskLayer(mask, hide) {
+  const layer = document.createElement("canvas");
+  layer.width = mask.naturalWidth;
+  layer.height = mask.naturalHeight;
+  const ctx = layer.getContext("2d");
+  ctx.drawImage(mask, 0, 0);
+  if (hide) {
+    const pixels = ctx.getImageData(0, 0, layer.width, layer.height);
+    const d = pixels.data;
+    for (let i = 0; i < d.length; i += 4) {
+      if (d[i] === hide[0] && d[i + 1] === hide[1] && d[i + 2] === hide[2]) d[i + 3] = 0;
+    }
+    ctx.putImageData(pixels, 0, 0);
+  }
+  return layer;
+}
+
 function draw() {
   const canvas = $("overlay");
   const mask = state.mask;
@@ -83,11 +107,13 @@ function draw() {
   canvas.height = mask.naturalHeight;
   const ctx = canvas.getContext("2d");
   ctx.imageSmoothingEnabled = false;
+  let hide = null;
   if (state.photo) {
     ctx.drawImage(state.photo, 0, 0, canvas.width, canvas.height);
     ctx.globalAlpha = opacity;
+    hide = $("tint-background").checked ? null : backgroundColor();
   }
-  ctx.drawImage(mask, 0, 0);
+  ctx.drawImage(maskLayer(mask, hide), 0, 0);
   ctx.globalAlpha = 1;
 }
 
@@ -180,6 +206,7 @@ function setup() {
   loadModel();
   $("file").addEventListener("change", (e) => segment(e.target.files[0]));
   $("opacity").addEventListener("input", draw);
+  $("tint-background").addEventListener("change", draw);
   const drop = $("drop");
   for (const name of ["dragenter", "dragover"]) {
     window.addEventListener(name, (e) => { e.preventDefault(); drop.classList.add("over"); });
