@@ -348,3 +348,18 @@ def test_serves_exported_models(ckpt, tmp_path, fmt):
         reference = Segmenter(model, meta, fast=False).predict(Image.open(io.BytesIO(data)))
         agree = (np.asarray(Image.open(io.BytesIO(response.content))) == reference).mean()
         assert agree > 0.99  # onnxruntime's fp32 kernels differ from torch's in the last bits
+
+
+def test_weights_option_loads_through_the_weights_resolver(ckpt):
+    from fcnseg.serving.config import load_segmenter
+
+    threads = torch.get_num_threads()
+    try:
+        config = ServeConfig(weights=str(ckpt), fast=False)
+        seg = load_segmenter(config)
+    finally:
+        torch.set_num_threads(threads)
+    with TestClient(create_app(seg, config)) as c:
+        info = c.get("/model").json()
+        assert info["source"] == "tiny.pt" and info["num_classes"] == 5
+        assert c.post("/predict", content=png()).status_code == 200

@@ -154,5 +154,7 @@ def test_cli_errors_are_one_line(ckpt, tmp_path):
         taken = run_cli("--checkpoint", str(ckpt), "--port", str(busy.getsockname()[1]))
     assert taken.returncode == 2 and "already in use" in taken.stderr and "Traceback" not in taken.stderr
     assert taken.stderr.strip().splitlines()[-1].startswith("fcnseg serve: error:")
+    unknown = run_cli("--weights", "no-such-weights")
+    assert unknown.returncode == 2 and "no-such-weights" in unknown.stderr and "Traceback" not in unknown.stderr
     neither = run_cli("--port", "1")
     assert neither.returncode == 2 and "--checkpoint" in neither.stderr

@@ -2,6 +2,7 @@
 
     fcnseg serve --checkpoint runs/demo/best.pt          # .pt, .safetensors or .onnx
     -> serving fcn8s (6 classes) on http://127.0.0.1:8000
+    fcnseg serve --weights fcn8s-voc                     # published weights (downloaded once)
 
 Open the address in a browser to try the model on your own images, or call the API:
     curl -F image=@photo.jpg http://127.0.0.1:8000/predict -o mask.png
@@ -32,7 +33,9 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a .pt checkpoint, .safetensors or .onnx export")
-    src.add_argument("--weights", metavar="NAME", help="a named model from the weights registry")
+    src.add_argument("--weights", metavar="NAME_OR_FILE",
+                     help="published weights by name (e.g. fcn8s-voc; see `fcnseg weights list`), "
+                          "or a .caffemodel / pytorch-fcn / torchvision .pth file")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 = every interface)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")

@@ -139,7 +139,7 @@ def create_app(segmenter, config: ServeConfig) -> FastAPI:
     pool = InferencePool(config.threads, config.waiting)
     palette = class_palette(segmenter)
     names = segmenter.class_names
-    source = Path(config.checkpoint).name if config.checkpoint else config.weights
+    source = Path(config.checkpoint or config.weights).name  # never the server's folders
     model_info = {
         "model": segmenter.meta["model_name"], "source": source, "num_classes": segmenter.num_classes,
         "classes": [{"id": i, "name": names[i], "color": list(palette[i])} for i in range(segmenter.num_classes)],

@@ -28,7 +28,7 @@ def usable_cores() -> int:
 @dataclass
 class ServeConfig:
     checkpoint: str | None = None     # .pt, .safetensors or .onnx
-    weights: str | None = None        # a name from the weights registry (resolved to a file)
+    weights: str | None = None        # published weights by name (fcn8s-voc, ...) or any weights file
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1                  # server processes (uvicorn workers), each with its own model
@@ -90,21 +90,17 @@ class ServeConfig:
         return cls(**{k: v for k, v in json.loads(text).items() if k in known})
 
 
-def model_source(config: ServeConfig) -> str:
-    """The model file to load: the checkpoint given, or the file the weights registry names."""
-    if config.checkpoint is not None:
-        return config.checkpoint
-    raise FcnsegError(f"--weights {config.weights}: this fcnseg has no weights registry yet; "
-                      "pass --checkpoint FILE")
-
-
 def load_segmenter(config: ServeConfig):
-    """The model a server process uses (a :class:`fcnseg.inference.Segmenter`); also sets this
-    process's torch threads, so concurrent requests share the cores instead of oversubscribing them."""
+    """The model a server process uses (a :class:`fcnseg.inference.Segmenter`): a checkpoint or
+    export file, or published weights by name (downloaded and verified once, then cached). Also sets
+    this process's torch threads, so concurrent requests share the cores instead of oversubscribing."""
     import torch
 
     from fcnseg.inference import Segmenter
 
     torch.set_num_threads(config.intra_op_threads)
-    return Segmenter.from_checkpoint(model_source(config), backend=config.backend, fast=config.fast,
-                                     max_pixels=config.max_pixels, threads=config.intra_op_threads)
+    options = {"backend": config.backend, "fast": config.fast, "max_pixels": config.max_pixels,
+               "threads": config.intra_op_threads}
+    if config.weights is not None:
+        return Segmenter.from_pretrained(config.weights, **options)
+    return Segmenter.from_checkpoint(config.checkpoint, **options)
