@@ -70,10 +70,17 @@ def slow_sender_gets_408(port: int) -> bool:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
                      b"Content-Length: 1000\r\n\r\n" + b"\x89PNG\r\n\x1a\n\0\0")
-        reply = sock.recv(4096).decode("latin-1")
+        reply = b""
+        while b"took longer" not in reply:  # headers and body may come in separate segments
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        reply = reply.decode("latin-1")
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
         in_flight = json.loads(r.read())["in_flight"]
-    return reply.startswith("HTTP/1.1 408") and "took longer than 1 s" in reply and in_flight == 0
+    assert reply.startswith("HTTP/1.1 408") and "took longer than 1 s" in reply, reply
+    return in_flight == 0
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import signal
 import socket
 import threading
@@ -101,8 +102,6 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise FcnsegError(f"fcnseg serve needs the serve extra ({exc.name} is missing); "
                           "pip install 'fcnseg[serve]'") from None
-    import os
-
     _setup_logging()
     config = ServeConfig(checkpoint=args.checkpoint, weights=args.weights, host=args.host, port=args.port,
                          workers=args.workers, concurrency=args.concurrency, queue=args.queue,

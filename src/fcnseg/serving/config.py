@@ -51,7 +51,7 @@ class ServeConfig:
             raise FcnsegError(f"--queue {self.queue} must be 0 or more")
         if self.max_upload_mb <= 0 or self.max_pixels <= 0 or self.upload_timeout_s <= 0:
             raise FcnsegError("--max-upload-mb, --max-pixels and --upload-timeout must be positive")
-        if not 0 <= self.port < 65536:
+        if not 0 < self.port < 65536:
             raise FcnsegError(f"--port {self.port} is not a TCP port; choose 1-65535")
 
     @property
