@@ -363,3 +363,14 @@ def test_weights_option_loads_through_the_weights_resolver(ckpt):
         info = c.get("/model").json()
         assert info["source"] == "tiny.pt" and info["num_classes"] == 5
         assert c.post("/predict", content=png()).status_code == 200
+
+
+@pytest.mark.parametrize("mode, words", [("imagenet", ["ImageNet", "0.485", "0.229"]),
+                                         ("caffe", ["Caffe", "BGR", "104.01, 116.67, 122.68"]),
+                                         ("caffe:116.190,97.203,92.318", ["Caffe", "116.19, 97.20, 92.32"])])
+def test_model_states_its_normalisation(mode, words):
+    from fcnseg.serving.app import normalization_info
+
+    info = normalization_info(mode)
+    assert info["mode"] == mode and info["kind"] == mode.split(":")[0]
+    assert all(w in info["description"] for w in words), info["description"]

@@ -30,7 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fcnseg.data.normalize import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from fcnseg.data.normalize import IMAGENET_STD_RGB, parse_mode
 from fcnseg.serving.config import ServeConfig, load_segmenter
 from fcnseg.serving.pool import Busy, InferencePool
 from fcnseg.serving.uploads import ApiError, decode_image, image_bytes
@@ -87,13 +87,15 @@ def class_palette(seg) -> list[tuple[int, int, int]]:
 
 
 def normalization_info(mode: str) -> dict:
-    if mode == "caffe":
-        return {"mode": "caffe", "mean_bgr": list(CAFFE_MEAN_BGR),
+    """What the model expects of its input, for people: the mode, its mean (and std), one sentence."""
+    kind, mean = parse_mode(mode)
+    if kind == "caffe":
+        return {"mode": mode, "kind": "caffe", "mean_bgr": list(mean),
                 "description": "Caffe: pixels as BGR in [0, 255], minus the mean (B, G, R) = "
-                               + ", ".join(f"{v:.2f}" for v in CAFFE_MEAN_BGR)}
-    return {"mode": "imagenet", "mean_rgb": list(IMAGENET_MEAN_RGB), "std_rgb": list(IMAGENET_STD_RGB),
+                               + ", ".join(f"{v:.2f}" for v in mean)}
+    return {"mode": mode, "kind": "imagenet", "mean_rgb": list(mean), "std_rgb": list(IMAGENET_STD_RGB),
             "description": "ImageNet: RGB scaled to [0, 1], minus mean ("
-                           + ", ".join(f"{v:g}" for v in IMAGENET_MEAN_RGB) + "), divided by std ("
+                           + ", ".join(f"{v:g}" for v in mean) + "), divided by std ("
                            + ", ".join(f"{v:g}" for v in IMAGENET_STD_RGB) + ")"}
 
 

@@ -31,7 +31,7 @@ async function loadModel() {
     const norm = model.normalization;
     $("model-name").textContent = model.model;
     $("model-summary").textContent =
-      `${model.num_classes} classes · ${norm.mode === "caffe" ? "Caffe" : "ImageNet"} normalisation`;
+      `${model.num_classes} classes · ${norm.kind === "caffe" ? "Caffe" : "ImageNet"} normalisation`;
     const kwargs = Object.entries(model.model_kwargs).filter(([, v]) => v !== null).map(([k, v]) => `${k}=${v}`).join(", ");
     $("model-detail").textContent = `${model.model}${model.source ? ` from ${model.source}` : ""}${kwargs ? ` (${kwargs})` : ""}`;
     $("model-runtime").textContent = model.description;
