@@ -84,15 +84,6 @@ def check_port_free(host: str, port: int) -> None:
                               "address") from None
 
 
-def _setup_logging() -> None:
-    logger = logging.getLogger("fcnseg")
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -102,7 +93,6 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise FcnsegError(f"fcnseg serve needs the serve extra ({exc.name} is missing); "
                           "pip install 'fcnseg[serve]'") from None
-    _setup_logging()
     config = ServeConfig(checkpoint=args.checkpoint, weights=args.weights, host=args.host, port=args.port,
                          workers=args.workers, concurrency=args.concurrency, queue=args.queue,
                          max_upload_mb=args.max_upload_mb, max_pixels=int(args.max_pixels),
