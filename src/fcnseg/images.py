@@ -35,7 +35,7 @@ def too_big_message(path: str | os.PathLike, width: int, height: int, max_pixels
 
 def check_pixels(path: str | os.PathLike, width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
-        raise FcnsegError(too_big_message(path, width, height, max_pixels))
+        raise ImageTooLarge(too_big_message(path, width, height, max_pixels))
 
 
 def open_image(path: str | os.PathLike, what: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -54,29 +54,48 @@ def open_image(path: str | os.PathLike, what: str = "image", max_pixels: int = D
         raise FcnsegError(f"{path}: {what} is not a file; check the path")
     if size == 0:
         raise FcnsegError(f"{path}: {what} file is empty; re-copy or remove it")
+    return _guarded_open(path, path, what, max_pixels, decode)
+
+
+class ImageTooLarge(FcnsegError):
+    """An image over the pixel limit (a decompression bomb, or just too big): servers answer 413."""
+
+
+def open_image_bytes(data: bytes, label: str = "upload", what: str = "image",
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The same guards for an image held in memory (an HTTP upload); ``label`` names it in messages."""
+    if not data:
+        raise FcnsegError(f"{label}: {what} is empty; send an image file")
+    return _guarded_open(io.BytesIO(data), label, what, max_pixels, decode=True)
+
+
+def _guarded_open(source, label, what: str, max_pixels: int, decode: bool) -> Image.Image:
+    """Image.open with the pixel limit checked from the header before decoding, and every failure
+    turned into one FcnsegError naming ``label``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies instead
         try:
-            img = Image.open(path)
-            check_pixels(path, img.width, img.height, max_pixels)
+            img = Image.open(source)
+            if img.width * img.height > max_pixels:
+                raise ImageTooLarge(too_big_message(label, img.width, img.height, max_pixels))
             if decode:
                 img.load()
             return img
         except FcnsegError:
             raise
         except Image.DecompressionBombError:
-            raise FcnsegError(f"{path}: {what} is too large to decode safely (decompression bomb guard); "
-                              "raise --max-pixels only if you trust the file") from None
+            raise ImageTooLarge(f"{label}: {what} is too large to decode safely (decompression bomb guard); "
+                                "raise --max-pixels only if you trust the file") from None
         except UnidentifiedImageError:
-            raise FcnsegError(f"{path}: cannot read {what} (not a format Pillow recognises); convert it to PNG or JPEG, "
+            raise FcnsegError(f"{label}: cannot read {what} (not a format Pillow recognises); convert it to PNG or JPEG, "
                               "or remove it") from None
         except MemoryError:
-            raise FcnsegError(f"{path}: not enough memory to decode this {what}; shrink it or remove it") from None
+            raise FcnsegError(f"{label}: not enough memory to decode this {what}; shrink it or remove it") from None
         except PermissionError as exc:
-            raise read_error(path, exc) from None
+            raise read_error(label, exc) from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
-            raise FcnsegError(f"{path}: cannot read {what} ({reason}); the file is truncated or corrupt, "
+            raise FcnsegError(f"{label}: cannot read {what} ({reason}); the file is truncated or corrupt, "
                               "re-copy or remove it") from None
 
 

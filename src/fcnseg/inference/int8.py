@@ -109,7 +109,7 @@ def quantize(model: nn.Module, meta: dict, calibration: Iterable[torch.Tensor], 
               **(source or {})}
     with tempfile.TemporaryDirectory(prefix="fcnseg-int8-") as tmp:
         src, dst = Path(tmp, "fp32.onnx"), Path(tmp, "int8.onnx")
-        onnx.save(fp32, str(src))
+        write_bytes(src, fp32.SerializeToString())
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.ERROR)  # onnxruntime's advice to pre-process goes to the root logger

@@ -17,7 +17,6 @@ import asyncio
 import base64
 import contextlib
 import copy
-import io
 import logging
 import time
 from importlib import resources
@@ -31,6 +30,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fcnseg.data.normalize import IMAGENET_STD_RGB, parse_mode
+from fcnseg.images import encode_image
 from fcnseg.serving.config import ServeConfig, load_segmenter
 from fcnseg.serving.pool import Busy, InferencePool
 from fcnseg.serving.uploads import ApiError, decode_image, image_bytes
@@ -122,14 +122,12 @@ def wants_json(fmt: str | None, accept: str | None) -> bool:
 
 def png_bytes(mask: np.ndarray, palette) -> bytes:
     """The index mask as PNG: palette PNG (VOC style) up to 256 classes, 16-bit grey above."""
-    buf = io.BytesIO()
     if mask.dtype == np.uint8:
         img = Image.fromarray(mask, mode="P")
         img.putpalette(palette_array(palette).reshape(-1).tolist())
     else:
         img = Image.fromarray(mask.astype(np.uint16))
-    img.save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
+    return encode_image(img, "PNG", compress_level=3)
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:

@@ -6,13 +6,11 @@ instead. Nothing from a request is ever used as a path on the server.
 
 from __future__ import annotations
 
-import io
-import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from fcnseg.errors import FcnsegError
+from fcnseg.images import ImageTooLarge, open_image_bytes
 from fcnseg.inference.image_io import pil_to_rgb
 
 RAW_TYPES = ("image/", "application/octet-stream")
@@ -93,28 +91,17 @@ async def image_bytes(request, limit: int) -> bytes:
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Image bytes -> HxWx3 uint8 RGB, with predict's checks: the header's size is checked against
-    ``max_pixels`` before anything is decoded (decompression bombs), EXIF orientation applied."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-                if width * height > max_pixels:
-                    raise ApiError(413, f"image is {width}x{height} = {width * height / 1e6:.1f} megapixels, "
-                                        f"over this server's limit of {max_pixels / 1e6:g} (decompression "
-                                        "bomb guard); send a smaller image")
-                img.load()
-                return pil_to_rgb(img)
-        except Image.DecompressionBombError:
-            raise ApiError(413, "image is too large to decode safely (decompression bomb guard); "
-                                "send a smaller image") from None
-        except UnidentifiedImageError:
-            raise ApiError(400, "the upload is not an image Pillow can read; send PNG, JPEG, WebP, "
-                                "BMP, GIF or TIFF") from None
-        except MemoryError:
-            raise ApiError(413, "not enough memory to decode this image; send a smaller one") from None
-        except (OSError, SyntaxError, ValueError, EOFError, FcnsegError) as exc:
-            reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
-            raise ApiError(400, f"cannot decode the image ({reason}); the upload is truncated or "
-                                "corrupt") from None
+    """Image bytes -> HxWx3 uint8 RGB through fcnseg.images, the one reader with predict's guards
+    (pixel limit from the header before decoding, bombs, truncation); its errors become 4xx answers."""
+    try:
+        with open_image_bytes(data, "upload", max_pixels=max_pixels) as img:
+            return pil_to_rgb(img)
+    except ImageTooLarge as exc:
+        what = str(exc).split(";")[0]  # the CLI's advice (--max-pixels) is not the client's to take
+        raise ApiError(413, f"{what}; this server's limit is {max_pixels / 1e6:g} megapixels, send a smaller image") from None
+    except FcnsegError as exc:
+        why = str(exc).removeprefix("upload: ").split(";")[0]
+        kind = "is truncated or corrupt" if "truncated" in str(exc) else "is not an image fcnseg can read"
+        raise ApiError(400, f"the upload {kind} ({why}); send a PNG, JPEG, WebP, BMP, GIF or TIFF file") from None
+
+
