@@ -6,7 +6,7 @@ from torch import nn
 
 from fcnseg.errors import FcnsegError
 from fcnseg.models import create_model
-from fcnseg.models.backbones import alexnet
+from fcnseg.models.backbones import alexnet, vgg16_bn
 from fcnseg.models.layers import scaled
 from fcnseg.models.resnet import DEPTHS, DilatedResNet
 from fcnseg.models.surgery import load_trunk_weights
@@ -115,3 +115,81 @@ def test_unet_concatenates_skips_and_keeps_input_size():
         create_model("unet", 3, width=TINY, backbone_weights="x.pth")
     with pytest.raises(FcnsegError, match="no geometry 'caffe'"):
         create_model("unet", 3, geometry="caffe")
+
+
+# vgg16_bn: torchvision's layout, written out here independently of fcnseg's trunk builder.
+VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+def torchvision_vgg16_bn(width: float) -> nn.Module:
+    """An independent reference in torchvision's vgg16_bn layout (conv, bn, relu; Linear classifier)."""
+    layers, c_in = [], 3
+    for v in VGG16_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            c = scaled(v, width)
+            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU()]
+            c_in = c
+    hidden = scaled(4096, width)
+    model = nn.Module()
+    model.features = nn.Sequential(*layers)
+    model.classifier = nn.Sequential(nn.Linear(c_in * 49, hidden), nn.ReLU(), nn.Dropout(), nn.Linear(hidden, hidden),
+                                     nn.ReLU(), nn.Dropout(), nn.Linear(hidden, 1000))
+    model.forward = lambda x: model.classifier(torch.flatten(model.features(x), 1))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu", generator=g)
+            if isinstance(layer, nn.BatchNorm2d):  # non-trivial statistics, so a misplaced BN would show
+                layer.running_mean.uniform_(-0.1, 0.1, generator=g)
+                layer.running_var.uniform_(0.5, 2.0, generator=g)
+                layer.weight.uniform_(0.5, 1.5, generator=g)
+                layer.bias.uniform_(-0.1, 0.1, generator=g)
+    return model.eval()
+
+
+def test_vgg16_bn_has_torchvision_keys_and_parameter_count():
+    convs = [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40]  # torchvision's vgg16_bn.features indices
+    expected = []
+    for i in convs:
+        expected += [f"features.{i}.weight", f"features.{i}.bias"]
+        expected += [f"features.{i + 1}.{k}" for k in
+                     ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+    expected += [f"classifier.{i}.{k}" for i in (0, 3, 6) for k in ("weight", "bias")]
+    with torch.device("meta"):
+        trunk = vgg16_bn(width=1.0, geometry="valid", num_classes=1000)
+        reference = torchvision_vgg16_bn(1.0)
+    assert list(trunk.state_dict()) == expected == list(reference.state_dict())
+    assert sum(p.numel() for p in trunk.parameters()) == 138_365_992  # torchvision's vgg16_bn
+    assert [m.num_features for m in trunk.features if isinstance(m, nn.BatchNorm2d)] == [
+        c for c in VGG16_CFG if c != "M"]
+
+
+def test_vgg16_bn_loads_torchvision_file_and_matches_its_logits():
+    reference = torchvision_vgg16_bn(TINY)
+    trunk = vgg16_bn(width=TINY, geometry="valid", num_classes=1000).eval()
+    load_trunk_weights(trunk, reference.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        logits, dense = reference(x), trunk(x)
+    assert torch.allclose(dense[:, :, 0, 0], logits, rtol=1e-4, atol=1e-5 * logits.abs().max().item())
+    model = create_model("fcn8s", 5, backbone="vgg16_bn", width=TINY, backbone_weights=reference.state_dict())
+    assert torch.equal(model.backbone.features[41].running_var, reference.features[41].running_var)
+    with pytest.raises(FcnsegError, match="torchvision vgg16_bn"):  # a plain vgg16 file is refused by name
+        create_model("fcn8s", 5, backbone="vgg16_bn", width=TINY,
+                     backbone_weights=create_model("fcn8s", 5, width=TINY).backbone.state_dict())
+
+
+@pytest.mark.parametrize("geometry", ["caffe", "same"])
+def test_vgg16_bn_geometry_is_derived_through_the_norm_layers(geometry):
+    for name in ("fcn32s", "fcn16s", "fcn8s"):
+        plain = create_model(name, 3, geometry=geometry, width=TINY)
+        bn = create_model(name, 3, geometry=geometry, width=TINY, backbone="vgg16_bn")
+        assert any(isinstance(m, nn.BatchNorm2d) for m in bn.backbone.layers_to("pool3"))
+        assert bn.crop_offsets() == plain.crop_offsets()
+        bn.eval()
+        for size in [(1, 1), (37, 50), (96, 96)]:
+            with torch.no_grad():
+                assert bn(torch.randn(1, 3, *size)).shape == (1, 3, *size)

@@ -1,4 +1,5 @@
-"""Turning label maps into pictures: colourise with a palette, blend over the image, save index PNGs."""
+"""Turning label maps into pictures: colourise with a palette, blend over the image, save index PNGs,
+and the pieces of labelled figures: nearest-neighbour upscaling, text, a colour legend with class names."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from fcnseg.images import save_image
+from fcnseg.images import encode_image, save_image
 
 IGNORE_COLOR = (255, 255, 255)
+# In figures with white separators, ignore pixels are drawn as this grey checkerboard ("no label").
+IGNORE_CHECKER = ((150, 150, 150), (205, 205, 205))
 
 
 def palette_array(palette: Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
@@ -104,3 +107,69 @@ def save_overlay(image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence
     if class_names is not None:
         picture = with_legend(picture, legend_entries(mask, class_names, palette))
     save_image(Image.fromarray(picture), path, quality=quality)
+
+
+def upscale(array: np.ndarray, factor: int) -> np.ndarray:
+    """Enlarge an HxW or HxWxC array ``factor`` times by repeating pixels (nearest neighbour)."""
+    return np.repeat(np.repeat(np.asarray(array), factor, axis=0), factor, axis=1) if factor > 1 else np.asarray(array)
+
+
+def paint_ignore(rgb: np.ndarray, ignored: np.ndarray, cell: int = 4) -> np.ndarray:
+    """``rgb`` with the ``ignored`` pixels (HxW bool) replaced by the IGNORE_CHECKER pattern."""
+    yy, xx = np.indices(ignored.shape)
+    checker = np.asarray(IGNORE_CHECKER, np.uint8)[(yy // cell + xx // cell) % 2]
+    out = rgb.copy()
+    out[ignored] = checker[ignored]
+    return out
+
+
+def font(size: int = 16):
+    """PIL's built-in scalable font (no font files needed)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: a fixed bitmap font
+        return ImageFont.load_default()
+
+
+def legend(class_names: Sequence[str], palette: Sequence[Sequence[int]], width: int, *, ignore: bool = False,
+           size: int = 16, background: Sequence[int] = (255, 255, 255)) -> np.ndarray:
+    """A colour key as an RGB image ``width`` pixels wide: one swatch + name per class, wrapped into rows.
+
+    ``ignore`` adds an "ignore (255)" entry drawn with the IGNORE_CHECKER pattern.
+    """
+    from PIL import Image, ImageDraw
+
+    f, pad, swatch = font(size), size // 2, size
+    entries = [(name, tuple(int(c) for c in colour)) for name, colour in zip(class_names, palette)]
+    if ignore:
+        entries.append(("ignore (255)", None))
+    placed, x, row = [], pad, 0
+    for name, colour in entries:
+        w = swatch + size // 3 + int(f.getlength(name)) + size
+        if x + w > width - pad and x > pad:
+            x, row = pad, row + 1
+        placed.append((x, row, name, colour))
+        x += w
+    line = swatch + pad
+    img = Image.new("RGB", (width, pad + line * (row + 1)), tuple(background))
+    draw = ImageDraw.Draw(img)
+    for x, r, name, colour in placed:
+        y = pad + r * line
+        box = (x, y, x + swatch - 1, y + swatch - 1)
+        if colour is None:
+            cells = paint_ignore(np.zeros((swatch, swatch, 3), np.uint8), np.ones((swatch, swatch), bool),
+                                 max(2, swatch // 4))
+            img.paste(Image.fromarray(cells), (x, y))
+        else:
+            draw.rectangle(box, fill=colour)
+        draw.rectangle(box, outline=(0, 0, 0))
+        top, bottom = f.getbbox(name)[1::2]
+        draw.text((x + swatch + size // 3, y + (swatch - top - bottom) // 2), name, fill=(0, 0, 0), font=f)
+    return np.asarray(img)
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """An RGB (or gray) uint8 array encoded as PNG, for fcnseg.files.write_bytes."""
+    return encode_image(Image.fromarray(np.ascontiguousarray(rgb)), "PNG")

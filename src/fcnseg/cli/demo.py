@@ -36,16 +36,13 @@ def set_aside_previous_demo(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image
-
     from fcnseg.config import resolve_config
     from fcnseg.data import load_dataset
     from fcnseg.engine import evaluate, train
     from fcnseg.inference import Segmenter
-    from fcnseg.files import write_json
-    from fcnseg.images import save_image
-    from fcnseg.viz import save_index_png, save_overlay
+    from fcnseg.engine.rundir import save_sample_strip
+    from fcnseg.files import write_bytes, write_json
+    from fcnseg.viz import overlay, png_bytes, save_index_png
 
     out = Path(args.out)
     overrides = {"out": str(out), "progress": args.progress}
@@ -76,11 +73,13 @@ def run(args: argparse.Namespace) -> int:
     segmenter = Segmenter.from_checkpoint(best)
     pred_dir = out / "predictions"
     for i in range(min(args.predict, len(val_set))):
-        image = val_set[i][0].permute(1, 2, 0).numpy()
+        image, truth = (t.numpy() for t in val_set[i])
+        image = image.transpose(1, 2, 0)
         mask = segmenter.predict(image)
-        save_image(Image.fromarray(image), pred_dir / f"val_{i:03d}.png")
         save_index_png(mask, segmenter.palette, pred_dir / f"val_{i:03d}_mask.png")
-        save_overlay(image, mask, segmenter.palette, pred_dir / f"val_{i:03d}_overlay.png")
+        write_bytes(pred_dir / f"val_{i:03d}_overlay.png", png_bytes(overlay(image, mask, segmenter.palette)))
+        save_sample_strip(image, truth, mask, segmenter.palette, pred_dir / f"val_{i:03d}.png",
+                          class_names=segmenter.class_names)
     print(f"    {segmenter.describe()}")
 
     minutes = (time.perf_counter() - started) / 60
@@ -88,6 +87,6 @@ def run(args: argparse.Namespace) -> int:
           f"  run directory   {out}/ (config.yaml, metrics.jsonl, plots, samples)\n"
           f"  checkpoints     {out}/best.pt, {out}/last.pt\n"
           f"  evaluation      {out}/eval.json\n"
-          f"  predictions     {pred_dir}/ (index PNGs and overlays)\n"
+          f"  predictions     {pred_dir}/ (image | truth | prediction, index PNGs, overlays)\n"
           f"next: fcnseg predict --checkpoint {best} YOUR_IMAGES... --out preds/")
     return 0

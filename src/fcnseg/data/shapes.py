@@ -13,8 +13,10 @@ cells, upsampled bilinearly, argmax): mean IU 0.18 at stride 32, 0.35 at 16, 0.5
 
 Sample ``i`` of a split is drawn from ``numpy.random.default_rng(split_seed + i)`` using only
 uniform draws and exactly rounded arithmetic (+ - * / sqrt, no trigonometry), so the pixels are
-identical on every machine. Splits: ``train`` (400 images, seeds 0..399) and ``val`` (100 images,
-seeds 100000..100099).
+identical on every machine. Splits: ``train`` (400 images, seeds 0..399), ``val`` (100 images,
+seeds 100000..100099) and ``stream``, a procedurally generated training stream of a million fresh
+images (seeds 1000000..1999999, disjoint from val and train): a demo-length run never sees an image
+twice, so it cannot overfit. Batch 8 needs 125,000 iterations to see every stream image once.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from fcnseg.errors import FcnsegError
 
 CLASS_NAMES = ("background", "disk", "rectangle", "triangle", "line", "ring")
 PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48))
-SPLITS = {"train": (0, 400), "val": (100_000, 100)}  # split -> (first seed, number of images)
+SPLITS = {"train": (0, 400), "val": (100_000, 100),  # split -> (first seed, number of images)
+          "stream": (1_000_000, 1_000_000)}
 IMAGE_SIZE = 96
 
 LINE_WIDTH = (1.0, 2.2)  # pixels

@@ -143,16 +143,52 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
     return save_figure(fig, path)
 
 
-def save_sample_strip(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette, path: Path) -> None:
-    """image | truth | prediction side by side (HxWx3 uint8 image, HxW label maps)."""
-    from PIL import Image
+def save_sample_strip(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette, path: Path,
+                      class_names: Sequence[str] | None = None, ignore_index: int = 255,
+                      min_panel: int = 256) -> Path:
+    """image | truth | prediction side by side, titled, with a colour legend (class names) underneath.
 
-    from fcnseg.images import save_image
-    from fcnseg.viz import colorize
+    ``image`` is HxWx3 uint8, ``truth`` and ``pred`` HxW label maps. Small images are enlarged by an
+    integer factor (nearest neighbour) until a panel is at least ``min_panel`` pixels on its short
+    side. Separators are white; ignore pixels in the truth are a grey checkerboard (in the legend as
+    "ignore (255)"). Without ``class_names`` the legend says "class 0", "class 1", ...
+    """
+    from fcnseg.files import write_bytes
+    from fcnseg.viz import colorize, legend, paint_ignore, png_bytes, upscale
 
-    gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
-    strip = np.concatenate([image, gap, colorize(truth, palette), gap, colorize(pred, palette)], axis=1)
-    save_image(Image.fromarray(strip), path, "PNG")
+    factor = max(1, -(-min_panel // max(1, min(image.shape[:2]))))
+    ignored = np.asarray(truth) == ignore_index
+    panels = [upscale(np.asarray(image)[..., :3], factor),
+              paint_ignore(upscale(colorize(truth, palette, ignore_index), factor), upscale(ignored, factor)),
+              upscale(colorize(pred, palette, ignore_index), factor)]
+    names = list(class_names) if class_names is not None else [f"class {i}" for i in range(len(palette))]
+    labels = np.unique(np.concatenate([np.ravel(truth), np.ravel(pred)]))
+    shown = range(len(names)) if len(names) <= 12 else [int(i) for i in labels if i < len(names)]
+    strip = titled_row(panels, ("image", "truth", "prediction"))
+    key = legend([names[i] for i in shown], [palette[i] for i in shown], strip.shape[1], ignore=bool(ignored.any()))
+    return write_bytes(path, png_bytes(np.concatenate([strip, key], axis=0)))
+
+
+def titled_row(panels: Sequence[np.ndarray], titles: Sequence[str], gap: int = 6, size: int = 18) -> np.ndarray:
+    """Equal-height RGB panels side by side on white, each with its title centred above it."""
+    from PIL import Image, ImageDraw
+
+    from fcnseg.viz import font
+
+    f = font(size)
+    height = max(p.shape[0] for p in panels)
+    head = size + 2 * gap
+    width = sum(p.shape[1] for p in panels) + gap * (len(panels) + 1)
+    canvas = Image.new("RGB", (width, head + height + gap), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    x = gap
+    for panel, title in zip(panels, titles):
+        canvas.paste(Image.fromarray(np.ascontiguousarray(panel)), (x, head))
+        left, top, right, bottom = f.getbbox(title)
+        draw.text((x + (panel.shape[1] - right - left) // 2, (head - top - bottom) // 2), title,
+                  fill=(0, 0, 0), font=f)
+        x += panel.shape[1] + gap
+    return np.asarray(canvas)
 
 
 def _pct(x: float) -> str:

@@ -423,6 +423,7 @@ def save_samples(model: nn.Module, meta: dict, dataset: Any, cfg: TrainConfig, d
         pred = predict_logits(net, image[None], normalization=meta["normalization"], device=device,
                               precision=cfg.precision, channels_last=cfg.channels_last).argmax(1)[0]
         paths.append(out_dir / f"sample_{i:02d}.png")
-        save_sample_strip(image.permute(1, 2, 0).numpy(), mask.numpy(), pred.cpu().numpy(), meta["palette"], paths[-1])
+        save_sample_strip(image.permute(1, 2, 0).numpy(), mask.numpy(), pred.cpu().numpy(), meta["palette"], paths[-1],
+                          class_names=meta["class_names"], ignore_index=cfg.ignore_index)
     net.train()
     return paths

@@ -1,4 +1,4 @@
-"""Classification trunks made fully convolutional: VGG16 and AlexNet, with torchvision's key names,
+"""Classification trunks made fully convolutional: VGG16, VGG16-BN and AlexNet, with torchvision's key names,
 and CaffeNet (Caffe's two-tower AlexNet, the trunk of the reference FCN-AlexNet).
 
 A trunk is ``features`` (convolutions, ReLUs and poolings at torchvision's indices) followed by
@@ -6,6 +6,9 @@ A trunk is ``features`` (convolutions, ReLUs and poolings at torchvision's indic
 (7x7 for VGG16, 6x6 for AlexNet), fc7 (and the optional fc8) are 1x1. The state-dict keys are
 torchvision's (``features.0.weight``, ``classifier.0.weight``, ...); only the classifier weights
 have a different shape, which fcnseg.models.surgery reshapes when loading torchvision files.
+``vgg16_bn`` puts a BatchNorm after every convolution of ``features`` (conv, bn, relu: torchvision's
+indices, so its ``vgg16_bn`` ImageNet file loads unchanged); its classifier has no BatchNorm.
+BatchNorm is the identity for coordinate mapping, so crops are derived exactly as for VGG16.
 
 Trunk geometries (how every layer is padded):
     "caffe"  the FCN reference: the first convolution is padded by 100 pixels and pooling rounds up
@@ -98,7 +101,7 @@ class ClassifierTrunk(nn.Module):
     odd_upsampler = False
 
     def __init__(self, name: str, features: list, fc6_kernel: int, dropout_first: bool, width: float,
-                 geometry: str, num_classes: int | None = None) -> None:
+                 geometry: str, num_classes: int | None = None, batch_norm: bool = False) -> None:
         super().__init__()
         geo = TRUNK_GEOMETRIES[geometry]
         self.name = name
@@ -116,9 +119,11 @@ class ClassifierTrunk(nn.Module):
                 if not layers and geo.first_padding is not None:
                     padding = geo.first_padding
                 out_channels = -(-scaled(spec.channels, width) // multiple) * multiple
-                layers += [nn.Conv2d(in_channels, out_channels, spec.kernel, spec.stride, padding,
-                                     groups=spec.groups),
-                           nn.ReLU(inplace=True)]
+                layers.append(nn.Conv2d(in_channels, out_channels, spec.kernel, spec.stride, padding,
+                                        groups=spec.groups))
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(out_channels))
+                layers.append(nn.ReLU(inplace=True))
                 in_channels = out_channels
             else:
                 padding = _same_padding(spec.kernel, spec.stride) if geo.same else 0
@@ -226,13 +231,20 @@ def caffenet(width: float = 1.0, geometry: str = "valid", num_classes: int | Non
     return trunk
 
 
-TRUNKS = {"vgg16": vgg16, "alexnet": alexnet}
+def vgg16_bn(width: float = 1.0, geometry: str = "valid", num_classes: int | None = None) -> ClassifierTrunk:
+    """VGG16 with BatchNorm after every convolution; keys as torchvision's ``vgg16_bn``."""
+    return ClassifierTrunk("vgg16_bn", VGG16_FEATURES, 7, False, width, geometry, num_classes, batch_norm=True)
+
+
+TRUNKS = {"vgg16": vgg16, "vgg16_bn": vgg16_bn, "alexnet": alexnet}
 TRUNKS["caffenet"] = caffenet
 
 # What a weights file for each trunk must look like (for error messages).
 EXPECTED_FILES = {
     "vgg16": "a torchvision vgg16 state dict (features.{0..28}.*, classifier.{0,3,6}.*, e.g. "
              "vgg16-397923af.pth) and width=1",
+    "vgg16_bn": "a torchvision vgg16_bn state dict (features.{0..42}.*, BatchNorm at features.{1,4,...}, "
+                "classifier.{0,3,6}.*, e.g. vgg16_bn-6c64b313.pth) and width=1",
     "alexnet": "a torchvision alexnet state dict (features.{0,3,6,8,10}.*, classifier.{1,4,6}.*, e.g. "
                "alexnet-owt-7be5be79.pth) and width=1",
 }

@@ -94,7 +94,7 @@ class FCN(nn.Module):
 
 
 def build_trunk(backbone: str, geometry: str, width: float, weights: WeightsSource | None) -> ClassifierTrunk:
-    """A VGG16/AlexNet/CaffeNet trunk without fc8, optionally loaded from a torchvision file (fc8 is ignored)."""
+    """A VGG16/VGG16-BN/AlexNet/CaffeNet trunk without fc8, optionally loaded from a torchvision file (fc8 is ignored)."""
     trunk = TRUNKS[backbone](width=width, geometry=geometry)
     if weights is not None:
         load_trunk_weights(trunk, weights)
@@ -110,12 +110,13 @@ def _fcn_builder(skips: tuple[str, ...], skip_scales: dict[str, float] | None = 
 
 
 _GEOMETRIES = ("caffe", "same")
-register_model("fcn32s", ModelEntry(_fcn_builder(()), ("vgg16", "alexnet", "caffenet"), _GEOMETRIES,
+_VGG = ("vgg16", "vgg16_bn")
+register_model("fcn32s", ModelEntry(_fcn_builder(()), ("vgg16", "vgg16_bn", "alexnet", "caffenet"), _GEOMETRIES,
                                     "FCN-32s: fc7 scores upsampled 32x"))
-register_model("fcn16s", ModelEntry(_fcn_builder(("pool4",)), ("vgg16",), _GEOMETRIES,
+register_model("fcn16s", ModelEntry(_fcn_builder(("pool4",)), _VGG, _GEOMETRIES,
                                     "FCN-16s: + pool4 scores, upsampled 16x"))
-register_model("fcn8s", ModelEntry(_fcn_builder(("pool4", "pool3")), ("vgg16",), _GEOMETRIES,
+register_model("fcn8s", ModelEntry(_fcn_builder(("pool4", "pool3")), _VGG, _GEOMETRIES,
                                    "FCN-8s: + pool3 scores, upsampled 8x"))
 register_model("fcn8s-atonce", ModelEntry(_fcn_builder(("pool4", "pool3"), {"pool4": 1e-2, "pool3": 1e-4}),
-                                          ("vgg16",), _GEOMETRIES,
+                                          _VGG, _GEOMETRIES,
                                           "FCN-8s trained at once: pool4 x0.01, pool3 x1e-4"))
