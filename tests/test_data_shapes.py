@@ -72,3 +72,27 @@ def test_fine_strides_matter():
         cm.update(up.argmax(1), masks)
         mean_iu[stride] = cm.compute()["mean_iu"]
     assert mean_iu[8] > mean_iu[32] + 0.25, mean_iu
+
+
+def test_training_stream_never_draws_val_or_train_seeds(monkeypatch):
+    from fcnseg.data import shapes
+    from fcnseg.engine.batches import training_batches
+
+    spans = {name: range(first, first + n) for name, (first, n) in shapes.SPLITS.items()}
+    assert len(spans["stream"]) >= 1_000_000 and len(spans["train"]) == 400 and len(spans["val"]) == 100
+    for other in ("val", "train"):
+        assert spans["stream"].start >= spans[other].stop or spans["stream"].stop <= spans[other].start
+    stream = load_dataset("shapes", "stream")
+    assert len(stream) == len(spans["stream"]) and stream.sample_name(7) == "shapes/stream/0007"
+    assert np.array_equal(stream[-1][1].numpy(), shapes.render(spans["stream"].stop - 1)[1])
+
+    drawn = []
+    real = shapes.render.__wrapped__
+    monkeypatch.setattr(shapes, "render", lambda seed, size=96: drawn.append(seed) or real(seed, size))
+    batches = training_batches(stream, transform=None, batch_size=4, seed=3, start_iteration=0)
+    for _ in range(3):
+        next(batches)
+    assert len(drawn) == 12 and len(set(drawn)) == 12
+    assert all(seed in spans["stream"] for seed in drawn)  # so never a val (or train) seed
+    val_images = {load_dataset("shapes", "val")[i][0].numpy().tobytes() for i in range(100)}
+    assert not val_images & {real(seed)[0].tobytes() for seed in drawn}

@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="train + evaluate + predict on the built-in `shapes` data (the main job)",
                               description=__doc__)
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
-    p.add_argument("--model", default=None, help="model name (default: the demo preset's, fcn8s)")
+    p.add_argument("--model", default=None, help="model name (default: the demo preset's, fcn8s); fcn32s / fcn16s / fcn8s "
+                   "give a miniature of the paper's Table 2, unet its concatenating relative")
     p.add_argument("--iterations", type=int, default=None, help="training iterations (default: the preset's)")
     p.add_argument("--predict", type=int, default=4, help="how many val images to predict (default: 4)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from fcnseg.data import load_dataset
     from fcnseg.engine import evaluate, train
     from fcnseg.inference import Segmenter
+    from fcnseg.models import model_entry
     from fcnseg.engine.rundir import save_sample_strip
     from fcnseg.files import write_bytes, write_json
     from fcnseg.viz import overlay, png_bytes, save_index_png
@@ -48,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"out": str(out), "progress": args.progress}
     if args.model:
         overrides["model"] = args.model
+        if resolve_config("demo").backbone not in model_entry(args.model).backbones:
+            overrides["backbone"] = None  # e.g. `--model unet`: that model's own encoder
     if args.iterations:
         overrides["iterations"] = args.iterations
     cfg = resolve_config("demo", overrides=overrides)
