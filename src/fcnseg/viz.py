@@ -114,6 +114,11 @@ def upscale(array: np.ndarray, factor: int) -> np.ndarray:
     return np.repeat(np.repeat(np.asarray(array), factor, axis=0), factor, axis=1) if factor > 1 else np.asarray(array)
 
 
+def display_factor(shape: Sequence[int], min_size: int = 256) -> int:
+    """The integer enlargement that makes an image of ``shape`` (H, W, ...) at least ``min_size`` on its short side."""
+    return max(1, -(-min_size // max(1, min(shape[:2]))))
+
+
 def paint_ignore(rgb: np.ndarray, ignored: np.ndarray, cell: int = 4) -> np.ndarray:
     """``rgb`` with the ``ignored`` pixels (HxW bool) replaced by the IGNORE_CHECKER pattern."""
     yy, xx = np.indices(ignored.shape)

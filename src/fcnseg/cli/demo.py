@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from fcnseg.models import model_entry
     from fcnseg.engine.rundir import save_sample_strip
     from fcnseg.files import write_bytes, write_json
-    from fcnseg.viz import overlay, png_bytes, save_index_png
+    from fcnseg.viz import display_factor, overlay, png_bytes, save_index_png, upscale
 
     out = Path(args.out)
     overrides = {"out": str(out), "progress": args.progress}
@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         image = image.transpose(1, 2, 0)
         mask = segmenter.predict(image)
         save_index_png(mask, segmenter.palette, pred_dir / f"val_{i:03d}_mask.png")
-        write_bytes(pred_dir / f"val_{i:03d}_overlay.png", png_bytes(overlay(image, mask, segmenter.palette)))
+        enlarged = upscale(overlay(image, mask, segmenter.palette), display_factor(image.shape))  # 96 px is tiny
+        write_bytes(pred_dir / f"val_{i:03d}_overlay.png", png_bytes(enlarged))
         save_sample_strip(image, truth, mask, segmenter.palette, pred_dir / f"val_{i:03d}.png",
                           class_names=segmenter.class_names)
     print(f"    {segmenter.describe()}")

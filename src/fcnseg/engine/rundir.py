@@ -154,9 +154,9 @@ def save_sample_strip(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, pa
     "ignore (255)"). Without ``class_names`` the legend says "class 0", "class 1", ...
     """
     from fcnseg.files import write_bytes
-    from fcnseg.viz import colorize, legend, paint_ignore, png_bytes, upscale
+    from fcnseg.viz import colorize, display_factor, legend, paint_ignore, png_bytes, upscale
 
-    factor = max(1, -(-min_panel // max(1, min(image.shape[:2]))))
+    factor = display_factor(image.shape, min_panel)
     ignored = np.asarray(truth) == ignore_index
     panels = [upscale(np.asarray(image)[..., :3], factor),
               paint_ignore(upscale(colorize(truth, palette, ignore_index), factor), upscale(ignored, factor)),
