@@ -3,6 +3,7 @@
 import numpy as np
 from PIL import Image
 
+from fcnseg.cli.demo import demo_config
 from fcnseg.config import resolve_config
 from fcnseg.data import load_dataset
 from fcnseg.data.shapes import SPLITS
@@ -16,7 +17,9 @@ def test_demo_preset_resolves_to_the_bn_trunk_and_the_training_stream():
         "shapes", "fcn8s", "vgg16_bn", "stream", "val")
     first, n = SPLITS[cfg.train_split]
     assert first >= sum(SPLITS["val"]) or first + n <= SPLITS["val"][0]
-    assert resolve_config("demo", overrides={"model": "unet"}).model == "unet"
+    for model, backbone in [("fcn32s", "vgg16_bn"), ("fcn16s", "vgg16_bn"), ("unet", None)]:
+        cfg = demo_config("runs/x", model=model)
+        assert (cfg.model, cfg.backbone, cfg.iterations) == (model, backbone, resolve_config("demo").iterations)
 
 
 def _colours(region: np.ndarray) -> set:

@@ -36,25 +36,32 @@ def set_aside_previous_demo(out: Path) -> None:
     print(f"previous demo run moved to {previous}")
 
 
-def run(args: argparse.Namespace) -> int:
+def demo_config(out: str, model: str | None = None, iterations: int | None = None, progress: bool = True):
+    """The demo preset with the command's options; another model keeps the budget and, if it cannot
+    use the preset's backbone (``--model unet``), gets its own encoder."""
     from fcnseg.config import resolve_config
+    from fcnseg.models import model_entry
+
+    overrides = {"out": str(out), "progress": progress}
+    if model:
+        overrides["model"] = model
+        if resolve_config("demo").backbone not in model_entry(model).backbones:
+            overrides["backbone"] = None
+    if iterations:
+        overrides["iterations"] = iterations
+    return resolve_config("demo", overrides=overrides)
+
+
+def run(args: argparse.Namespace) -> int:
     from fcnseg.data import load_dataset
     from fcnseg.engine import evaluate, train
-    from fcnseg.inference import Segmenter
-    from fcnseg.models import model_entry
     from fcnseg.engine.rundir import save_sample_strip
     from fcnseg.files import write_bytes, write_json
+    from fcnseg.inference import Segmenter
     from fcnseg.viz import display_factor, overlay, png_bytes, save_index_png, upscale
 
     out = Path(args.out)
-    overrides = {"out": str(out), "progress": args.progress}
-    if args.model:
-        overrides["model"] = args.model
-        if resolve_config("demo").backbone not in model_entry(args.model).backbones:
-            overrides["backbone"] = None  # e.g. `--model unet`: that model's own encoder
-    if args.iterations:
-        overrides["iterations"] = args.iterations
-    cfg = resolve_config("demo", overrides=overrides)
+    cfg = demo_config(out, args.model, args.iterations, args.progress)
     started = time.perf_counter()
     set_aside_previous_demo(out)
 
