@@ -92,7 +92,6 @@ def run(args: argparse.Namespace) -> int:
         write_bytes(pred_dir / f"val_{i:03d}_overlay.png", png_bytes(enlarged))
         save_sample_strip(image, truth, mask, segmenter.palette, pred_dir / f"val_{i:03d}.png",
                           class_names=segmenter.class_names)
-    print(f"    {segmenter.describe()}")
 
     minutes = (time.perf_counter() - started) / 60
     print(f"\ndone in {minutes:.1f} min: val mean IU {100 * metrics['mean_iu']:.1f}%\n"
