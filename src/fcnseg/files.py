@@ -128,16 +128,20 @@ def _blocking_ancestor(path: Path) -> Path | None:
     return None
 
 
+def _parents_usable(path: Path, option: str) -> Path:
+    blocker = _blocking_ancestor(path)
+    if blocker is not None:
+        raise FcnsegError(f"{option} {path}: {blocker} is a file, not a folder; choose another path")
+    return path
+
+
 def check_output_file(path: str | os.PathLike, option: str) -> Path:
     """Before any work: FcnsegError if ``path`` cannot be a file to write (it is a folder, or a file
     stands where one of its folders would be)."""
     path = Path(path)
     if path.is_dir():
         raise FcnsegError(f"{option} {path} is a folder; give a file name inside it instead")
-    blocker = _blocking_ancestor(path)
-    if blocker is not None:
-        raise FcnsegError(f"{option} {path}: {blocker} is a file, not a folder; choose another path")
-    return path
+    return _parents_usable(path, option)
 
 
 def check_output_dir(path: str | os.PathLike, option: str) -> Path:
@@ -146,10 +150,7 @@ def check_output_dir(path: str | os.PathLike, option: str) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FcnsegError(f"{option} {path} is an existing file, not a folder; choose a folder name")
-    blocker = _blocking_ancestor(path)
-    if blocker is not None:
-        raise FcnsegError(f"{option} {path}: {blocker} is a file, not a folder; choose another path")
-    return path
+    return _parents_usable(path, option)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
