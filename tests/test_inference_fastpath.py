@@ -133,3 +133,15 @@ def test_split_stem_is_far_closer_to_fp32_than_a_bf16_convolution():
     split_error, plain_error = (split - rounded).abs().mean(), (plain - rounded).abs().mean()
     assert split_error < plain_error / 4
     assert (split - expected).abs().max() <= 2 ** -8 * expected.abs().max()  # output rounding only
+
+
+@pytest.mark.parametrize("name, kwargs", [("fcn8s", {"geometry": "caffe"}), ("unet", {})])
+def test_a_trunk_layer_as_wide_as_the_class_count_is_not_taken_for_the_score_head(name, kwargs):
+    # width 1/16: conv1 has 4 channels, like the 4 classes; only the score head stays fp32
+    model = create_model(name, num_classes=4, width=1 / 16, **kwargs).eval()
+    fast = prepare_model(copy.deepcopy(model), True, 4)
+    trunk = next(m for n, m in fast.named_modules() if n.startswith(("backbone.", "encoder."))
+                 and isinstance(m, nn.Conv2d) and m.out_channels == 4)
+    assert trunk.weight.dtype == torch.bfloat16
+    out = run_model(fast, torch.randn(1, 3, 40, 48), True)
+    assert out.shape == (1, 4, 40, 48) and out.dtype == torch.float32

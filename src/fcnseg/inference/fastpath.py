@@ -56,6 +56,11 @@ def fast_path_reason() -> str:
     return "CPU lacks native bf16 (amx_bf16/avx512_bf16)"
 
 
+# Sub-networks that compute features, never class scores: a layer there whose width happens to equal
+# the class count (tiny widths) is not part of the score head.
+FEATURE_EXTRACTORS = ("backbone.", "encoder.", "decoder.")
+
+
 def _is_score_module(module: nn.Module, num_classes: int) -> bool:
     """A leaf layer that outputs class scores: score convolutions and score upsamplers."""
     weight = getattr(module, "weight", None)
@@ -229,8 +234,9 @@ def prepare_model(model: nn.Module, fast: bool, num_classes: int | None = None,
         return model
     if num_classes:
         _per_class_upsamplers(model)
-    head = [m for m in model.modules()
-            if num_classes and (_is_score_module(m, num_classes) or isinstance(m, PerClassUpsample))]
+    head = [m for name, m in model.named_modules()
+            if num_classes and not name.startswith(FEATURE_EXTRACTORS)
+            and (_is_score_module(m, num_classes) or isinstance(m, PerClassUpsample))]
     fp32_states = {m: {k: v.clone() for k, v in m.state_dict().items()} for m in head}
     if getattr(model, "fast_input_dtype", None) is None:  # not prepared before
         model.fast_input_dtype = torch.float32 if _split_stem(model) else torch.bfloat16
