@@ -172,5 +172,9 @@ def parse_caffemodel(raw: bytes, label: str = "(in memory)") -> dict[str, CaffeL
 def looks_like_caffemodel(path: str | os.PathLike) -> bool:
     """Cheap content check: a NetParameter starts with a field that a NetParameter can have."""
     with open(path, "rb") as f:
-        head = f.read(3)
+        return is_caffemodel_head(f.read(3))
+
+
+def is_caffemodel_head(head: bytes) -> bool:
+    """True if ``head`` (a file's first bytes) can start a serialised NetParameter."""
     return head[:1] in (b"\x0a", b"\x12", b"\x1a", b"\x22") or head[:2] == b"\xa2\x06"

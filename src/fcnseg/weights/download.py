@@ -4,14 +4,22 @@
 
 ``download(entry)`` returns the cached file, fetching it first if needed: the entry's sources are
 tried in order (with ``mirror`` / $FCNSEG_MIRROR replacing each source's scheme and host, e.g.
-``file:///srv/mirror`` or ``https://intranet/fcn``), the partial file is resumed, the checksum is
-checked before the file is renamed into the cache, and a file that does not match is removed.
-When every source fails, one line says which URL to fetch by hand and the exact path to put it.
+``file:///srv/mirror`` or ``https://intranet/fcn``), a partial file is resumed, and a file enters
+the cache only when ``fcnseg.fetch`` found the transfer complete and the content of the right
+kind (never an HTML page), and the entry's check passed:
 
-Checksums: torchvision's file names carry the first hex digits of the file's SHA-256, checked the
-same way as ``torch.hub.download_url_to_file(hash_prefix=...)``; "md5:" and "sha256:" compare the
-whole digest. A file already in the cache is verified once and marked with a ``.verified`` stamp
-(its size and mtime), so later loads do not re-hash half a gigabyte.
+* its checksum, where the publisher gives one: torchvision's file names carry the first hex
+  digits of the file's SHA-256 (checked as ``torch.hub.download_url_to_file(hash_prefix=...)``
+  does); "md5:" and "sha256:" compare the whole digest;
+* otherwise a full parse of its format: every layer of a .caffemodel read to the end (the FCN
+  authors publish no checksum), or a weights_only load of a PyTorch file.
+
+The ``.verified`` stamp beside a cached file records its size and mtime and which check passed;
+it is written only after that check, so later loads do not re-hash half a gigabyte, and a file
+changed since (truncated, replaced) is checked again -- and removed from the cache if it fails.
+``download(entry, force=True)`` (``fcnseg weights download NAME --force``) fetches the file again
+and replaces the cached one atomically, only once the new one has passed. When every source
+fails, one line says what happened with each and which URL to fetch by hand to which path.
 """
 
 from __future__ import annotations
@@ -22,9 +30,11 @@ import os
 import urllib.parse
 from pathlib import Path
 
+from typing import Callable
+
 from fcnseg.errors import FcnsegError
-from fcnseg.fetch import ChecksumError, FetchError, fetch, file_hash
-from fcnseg.weights.registry import WeightsEntry
+from fcnseg.fetch import ChecksumError, FetchError, describe_size, fetch, file_hash
+from fcnseg.weights.registry import REGISTRY, WeightsEntry
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +69,66 @@ def checksum_problem(path: Path, checksum: str | None) -> str | None:
     raise ValueError(f"unknown checksum kind {kind!r}")
 
 
+def _checksum_name(checksum: str) -> str:
+    kind, _, want = checksum.partition(":")
+    return {"sha256-prefix": f"SHA-256 prefix {want}", "sha256": "SHA-256", "md5": "MD5"}.get(kind, kind) \
+        + " matches"
+
+
+_TORCH_FORMATS = ("torchvision", "torchvision-seg", "pytorch-fcn")
+
+
+def _parse_problem(entry: WeightsEntry, path: Path) -> str | None:
+    """A full parse of ``path`` in ``entry``'s format: None if it reads to the end, else why not."""
+    try:
+        if entry.format == "caffe":
+            from fcnseg.weights.caffe import read_caffemodel
+
+            read_caffemodel(path)
+        else:
+            from fcnseg.files import safe_torch_load
+
+            safe_torch_load(path)
+    except FcnsegError as exc:  # its first clause says what is wrong; its advice is for another context
+        return str(exc).split("; ")[0].replace(str(path), path.name)
+    return None
+
+
+def check(entry: WeightsEntry) -> tuple[Callable[[Path], str | None], str]:
+    """(check, what it is): the test a file must pass to enter the cache as ``entry``'s file.
+    The publisher's checksum where there is one, else a full parse of the file's format."""
+    if entry.checksum:
+        return (lambda path: checksum_problem(path, entry.checksum)), _checksum_name(entry.checksum)
+    what = ("every Caffe layer read to the end" if entry.format == "caffe"
+            else "a full weights_only load (no checksum published)")
+    return (lambda path: _parse_problem(entry, path)), what
+
+
+def expected_kind(entry: WeightsEntry) -> Callable[[bytes], str | None] | None:
+    """A look at a download's first bytes: is it the kind of file ``entry`` is (before any is kept)?"""
+    if entry.format == "caffe":
+        from fcnseg.weights.caffe import is_caffemodel_head
+
+        return lambda head: None if is_caffemodel_head(head) else "not a .caffemodel (wrong first bytes)"
+    if entry.format in _TORCH_FORMATS:  # torch.save writes a zip archive, or a pickle in older files
+        return lambda head: None if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" else \
+            "not a PyTorch file (neither a zip archive nor a pickle)"
+    return None
+
+
+def replace_hint(path: str | os.PathLike) -> str | None:
+    """For a file of the weights cache: "replace it with `fcnseg weights download NAME --force`";
+    None for any other file (the user's own, which only they can replace)."""
+    path = Path(path).expanduser()
+    try:
+        if path.resolve().parent != cache_dir().resolve():
+            return None
+    except OSError:
+        return None
+    name = next((e.name for e in REGISTRY.values() if e.filename == path.name), None)
+    return f"replace it with `fcnseg weights download {name} --force`" if name else None
+
+
 def mirrored(url: str, mirror: str | None, filename: str) -> str:
     """``url`` with its scheme and host replaced by ``mirror`` (which may carry a path prefix);
     a Google Drive link becomes ``MIRROR/<filename>``."""
@@ -73,28 +143,41 @@ def _stamp(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
 
-def _stamp_text(path: Path) -> str:
+def _stamp_key(path: Path) -> str:
     st = path.stat()
-    return f"{st.st_size} {st.st_mtime_ns}\n"
+    return f"{st.st_size} {st.st_mtime_ns}"
 
 
-def is_verified(path: Path, checksum: str | None) -> bool:
-    """True if ``path`` exists and matches ``checksum`` (hashing it only once per version of the file)."""
-    if not path.is_file():
-        return False
-    stamp = _stamp(path)
-    if stamp.is_file() and stamp.read_text() == _stamp_text(path):
-        return True
-    problem = checksum_problem(path, checksum)
-    if problem:
-        path.unlink()
-        stamp.unlink(missing_ok=True)
-        log.warning("removed %s from the cache: checksum mismatch (%s); it will be downloaded again",
-                    path, problem)
-        return False
+def verified_by(path: Path) -> str | None:
+    """Which check the cached ``path`` passed, if its stamp is current (the file unchanged since)."""
+    try:
+        key, _, what = _stamp(path).read_text().partition("\n")
+        return what.strip() or None if key == _stamp_key(path) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _write_stamp(path: Path, what: str) -> None:
     from fcnseg.files import write_text
 
-    write_text(stamp, _stamp_text(path))
+    write_text(_stamp(path), f"{_stamp_key(path)}\n{what}\n")
+
+
+def is_verified(path: Path, entry: WeightsEntry) -> bool:
+    """True if ``path`` exists and passes ``entry``'s check (run once per version of the file).
+    A cached file that fails it is removed, so that the next download fetches it again."""
+    if not path.is_file():
+        return False
+    if verified_by(path):
+        return True
+    test, what = check(entry)
+    problem = test(path)
+    if problem:
+        path.unlink()
+        _stamp(path).unlink(missing_ok=True)
+        log.warning("removed %s from the cache: it failed its check (%s); it will be downloaded again", path, problem)
+        return False
+    _write_stamp(path, what)
     return True
 
 
@@ -118,10 +201,11 @@ def _exclusive(path: Path):
 
 
 def download(entry: WeightsEntry, *, mirror: str | None = None, progress: bool | None = None,
-             offline: bool | None = None) -> Path:
-    """The verified local file of ``entry``, downloaded into the cache if it is not there yet."""
+             offline: bool | None = None, force: bool = False) -> Path:
+    """The verified local file of ``entry``, downloaded into the cache if it is not there yet.
+    ``force``: fetch it again even if cached; the cached file is replaced only by one that passed."""
     dest = cached_path(entry)
-    if is_verified(dest, entry.checksum):
+    if not force and is_verified(dest, entry):
         return dest
     try:
         lock = _exclusive(dest)
@@ -131,36 +215,37 @@ def download(entry: WeightsEntry, *, mirror: str | None = None, progress: bool |
 
         raise write_error(dest, exc) from None
     try:
-        return _download(entry, dest, mirror, progress, offline)
+        return _download(entry, dest, mirror, progress, offline, force)
     finally:
         lock.__exit__(None, None, None)
 
 
 def _download(entry: WeightsEntry, dest: Path, mirror: str | None, progress: bool | None,
-              offline: bool | None) -> Path:
-    if is_verified(dest, entry.checksum):  # another process fetched it while we waited
+              offline: bool | None, force: bool) -> Path:
+    if not force and is_verified(dest, entry):  # another process fetched it while we waited
         return dest
     mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV) or None
     offline = offline if offline is not None else os.environ.get(OFFLINE_ENV, "") not in ("", "0")
     first = mirrored(entry.urls[0], mirror, entry.filename)
     by_hand = f"fetch {first} by hand and put it at {dest}"
     if offline:
-        raise FcnsegError(f"weights {entry.name!r} are not cached and {OFFLINE_ENV} is set; {by_hand}")
+        cached = " (--force needs the network)" if dest.is_file() else " are not cached and"
+        raise FcnsegError(f"weights {entry.name!r}{cached} {OFFLINE_ENV} is set; {by_hand}")
+    test, what = check(entry)
     failures = []
     for url in dict.fromkeys(mirrored(u, mirror, entry.filename) for u in entry.urls):
         log.info("downloading %s from %s", entry.name, url)
         try:
-            fetch(url, dest, verify=lambda part: checksum_problem(part, entry.checksum), progress=progress)
-        except FetchError as exc:
-            failures.append(str(exc))
+            fetch(url, dest, verify=test, expect=expected_kind(entry), progress=progress)
+        except (FetchError, ChecksumError) as exc:
+            failures.append(str(exc))  # each names its URL and what happened (and whether a part is kept)
             continue
-        except ChecksumError as exc:
-            raise FcnsegError(f"{exc}; the source {url} serves a different file -- check the mirror, "
-                              f"or {by_hand}") from None
-        is_verified(dest, None)  # stamp it
+        _write_stamp(dest, what)
+        log.info("%s: %s in the cache at %s (%s)", entry.name, "replaced" if force else "stored",
+                 dest, what)
         return dest
-    reason = failures[-1].removeprefix("cannot download ") if failures else "no source"
     part = dest.with_name(dest.name + ".part")
-    kept = f" ({part} is kept; the next run resumes it)" if part.is_file() else ""
-    raise FcnsegError(f"cannot download weights {entry.name!r} ({reason}){kept}; {by_hand}, "
-                      f"or set {MIRROR_ENV}")
+    kept = "" if not part.is_file() or any(str(part) in f for f in failures) else \
+        f"; {part} ({describe_size(part.stat().st_size)}) is kept -- run the same command again to resume"
+    raise FcnsegError(f"cannot download weights {entry.name!r}: {' | '.join(failures) or 'no source'}"
+                      f"{kept}; or {by_hand}, or set {MIRROR_ENV}")
