@@ -225,3 +225,178 @@ def test_create_model_takes_a_registered_backbone_name(tmp_path, monkeypatch):
     assert torch.equal(model.backbone.features[0].bias, torch.full_like(model.backbone.features[0].bias, 0.25))
     with pytest.raises(FcnsegError, match="not backbone weights"):
         fcnseg.create_model("fcn32s", 3, backbone_weights="fcn8s-voc")
+
+
+# ----------------------------------------------------------------- faults that really happen on the wire
+
+class FaultServer(http.server.BaseHTTPRequestHandler):
+    """Serves ``files`` ({path: body}); ``faults`` ({path: [fault, ...]}) is consumed one per request:
+    "cut" (sends half of what it announced, then closes the connection), "short" (announces 1000 bytes
+    more than it sends), "html" (a 200 login page), "norange" (ignores Range: 200 with the whole file)."""
+    files: dict = {}
+    faults: dict = {}
+    ranges: list = []
+
+    def do_GET(self):
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        fault = self.faults.get(self.path, []).pop(0) if self.faults.get(self.path) else None
+        if fault == "html":
+            page = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Sign in</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            return
+        start = 0
+        if self.headers.get("Range") and fault != "norange":
+            start = int(self.headers["Range"].split("=")[1].split("-")[0])
+            self.ranges.append(start)
+        rest = body[start:]
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(rest) + (1000 if fault == "short" else 0)))
+        self.end_headers()
+        self.wfile.write(rest[:len(rest) // 2] if fault == "cut" else rest)
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def faults():
+    FaultServer.files, FaultServer.faults, FaultServer.ranges = {}, {}, []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FaultServer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def caffe_bytes():
+    return caffemodel_bytes(random_reference("fcn32s", num_classes=3))
+
+
+def caffe_entry(url, monkeypatch, checksum=None):
+    e = entry([url], checksum, name="tiny-caffe", kind="model", format="caffe", model="fcn32s")
+    monkeypatch.setitem(registry.REGISTRY, e.name, e)
+    return e
+
+
+def cached_files(home):
+    return sorted(p.name for p in (home / "weights").iterdir() if p.is_file()) if (home / "weights").is_dir() else []
+
+
+def test_cut_connection_keeps_the_part_and_the_next_run_resumes(faults, home, monkeypatch, capsys, caffe_bytes):
+    """No checksum is published for the Caffe files: a half file must neither be cached nor stamped."""
+    FaultServer.files["/m.caffemodel"] = caffe_bytes
+    FaultServer.faults["/m.caffemodel"] = ["cut"]
+    caffe_entry(faults + "/m.caffemodel", monkeypatch)
+    assert main(["weights", "download", "tiny-caffe"]) == 2
+    err = capsys.readouterr().err
+    half = len(caffe_bytes) // 2
+    assert f"{half} of {len(caffe_bytes)} bytes received" in err and "run the same command again to resume" in err
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1
+    assert cached_files(home) == ["m.caffemodel.part"]  # nothing in the cache, no stamp
+    assert main(["weights", "download", "tiny-caffe"]) == 0  # the same command resumes
+    assert FaultServer.ranges == [half]
+    assert (home / "weights" / "m.caffemodel").read_bytes() == caffe_bytes
+    assert cached_files(home) == ["m.caffemodel", "m.caffemodel.verified"]
+    assert "every Caffe layer read to the end" in (home / "weights" / "m.caffemodel.verified").read_text()
+
+
+def test_short_body_with_a_checksum_keeps_the_part_too(faults, home, capsys):
+    """A short transfer of a checksummed (torchvision) file is not "a different file": it resumes."""
+    FaultServer.files["/w.pth"] = PAYLOAD
+    FaultServer.faults["/w.pth"] = ["short"]
+    e = entry([faults + "/w.pth"], sha_prefix(PAYLOAD))
+    with pytest.raises(FcnsegError) as info:
+        download(e, progress=False)
+    message = str(info.value)
+    assert f"{len(PAYLOAD)} of {len(PAYLOAD) + 1000} bytes received" in message
+    assert "different file" not in message and "run the same command again to resume" in message
+    assert (home / "weights" / "w.pth.part").read_bytes() == PAYLOAD
+    assert download(e, progress=False).read_bytes() == PAYLOAD  # resumed: the server has no more to add
+    assert "SHA-256 prefix" in (home / "weights" / "w.pth.verified").read_text()
+
+
+def test_html_page_answered_with_200_is_never_kept(faults, home, monkeypatch, capsys, caffe_bytes):
+    FaultServer.files["/m.caffemodel"] = caffe_bytes
+    FaultServer.faults["/m.caffemodel"] = ["html"]
+    caffe_entry(faults + "/m.caffemodel", monkeypatch)
+    assert main(["weights", "download", "tiny-caffe"]) == 2
+    err = capsys.readouterr().err
+    assert "an HTML page (a login or error page?)" in err and "nothing was kept" in err
+    assert cached_files(home) == []
+    assert main(["weights", "download", "tiny-caffe"]) == 0  # the page is gone: the file comes
+    assert (home / "weights" / "m.caffemodel").read_bytes() == caffe_bytes
+
+
+def test_wrong_kind_of_file_is_refused_from_its_first_bytes(faults, home, monkeypatch):
+    FaultServer.files["/m.caffemodel"] = b"%PDF-1.4 " + bytes(5000)  # served as octet-stream
+    caffe_entry(faults + "/m.caffemodel", monkeypatch)
+    with pytest.raises(FcnsegError, match="not a .caffemodel.*nothing was kept"):
+        download(registry.get_entry("tiny-caffe"), progress=False)
+    assert cached_files(home) == []
+
+
+def test_server_ignoring_range_restarts_cleanly(faults, home, caffe_bytes, monkeypatch):
+    FaultServer.files["/m.caffemodel"] = caffe_bytes
+    FaultServer.faults["/m.caffemodel"] = ["norange"]
+    e = caffe_entry(faults + "/m.caffemodel", monkeypatch)
+    part = home / "weights" / "m.caffemodel.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"\xff" * 5000)  # a part that, appended to, would make a corrupt file
+    assert download(e, progress=False).read_bytes() == caffe_bytes
+    assert not part.exists()
+
+
+def test_truncated_caffe_file_served_as_complete_is_refused(faults, home, monkeypatch, caffe_bytes):
+    """The source itself holds a cut file (size announced = size sent): only the full parse can tell."""
+    FaultServer.files["/m.caffemodel"] = caffe_bytes[:len(caffe_bytes) * 2 // 3]
+    caffe_entry(faults + "/m.caffemodel", monkeypatch)
+    with pytest.raises(FcnsegError, match=r"complete file .* failed its check \(caffemodel .*truncated"):
+        download(registry.get_entry("tiny-caffe"), progress=False)
+    assert cached_files(home) == []
+
+
+def test_cached_file_damaged_later_is_checked_again_and_replaced(tmp_path, home, monkeypatch, caffe_bytes, caplog):
+    src = tmp_path / "m.caffemodel"
+    src.write_bytes(caffe_bytes)
+    e = caffe_entry(src.as_uri(), monkeypatch)
+    cached = download(e, progress=False)
+    with open(cached, "r+b") as f:  # damaged after it was stamped
+        f.truncate(len(caffe_bytes) // 3)
+    assert download(e, progress=False).read_bytes() == caffe_bytes
+    assert "failed its check (caffemodel" in caplog.text
+
+
+def test_force_replaces_the_cached_file_only_with_one_that_passed(faults, home, monkeypatch, caffe_bytes, capsys):
+    from fcnseg.weights.download import replace_hint
+
+    FaultServer.files["/m.caffemodel"] = caffe_bytes
+    e = caffe_entry(faults + "/m.caffemodel", monkeypatch)
+    cached = download(e, progress=False)
+    hint = replace_hint(cached)
+    assert hint == "replace it with `fcnseg weights download tiny-caffe --force`"
+    assert replace_hint(faults and tmp_file(home)) is None  # a file outside the cache: only its owner knows
+    FaultServer.faults["/m.caffemodel"] = ["html"]  # --force while the source is broken: the old file stays
+    assert main(["weights", "download", "tiny-caffe", "--force"]) == 2
+    assert cached.read_bytes() == caffe_bytes
+    before = cached.stat().st_ino
+    assert main(["weights", "download", "tiny-caffe", "--force"]) == 0
+    assert cached.read_bytes() == caffe_bytes and cached.stat().st_ino != before  # a new file, renamed in
+    assert "tiny-caffe: replaced in the cache at" in capsys.readouterr().err
+
+
+def tmp_file(home):
+    path = home / "elsewhere.caffemodel"
+    path.write_bytes(b"x")
+    return path

@@ -1,7 +1,8 @@
 """`fcnseg weights`: list the published weights, download them ahead of time, convert any weights file.
 
     fcnseg weights list                         name, kind, model, classes, published result, size, cached?
-    fcnseg weights download fcn8s-voc           fetch into the cache (resumable, checksum verified)
+    fcnseg weights download fcn8s-voc           fetch into the cache (resumable, checked before it is kept)
+    fcnseg weights download fcn8s-voc --force   fetch it again, replacing the cached file once the new one passed
     fcnseg weights convert fcn8s-heavy-pascal.caffemodel --out fcn8s-voc.pt
 
 The cache is $FCNSEG_HOME/weights (default ~/.cache/fcnseg/weights); $FCNSEG_MIRROR (or --mirror)
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def register(subparsers) -> None:
@@ -23,9 +23,13 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the registry as JSON (URLs and checksums too)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.set_defaults(func=run_list)
-    p = sub.add_parser("download", help="download weights into the cache (resumable, checksum verified)")
+    p = sub.add_parser("download", help="download weights into the cache (resumable; kept only once its "
+                                        "checksum matches, or, where none is published, its format reads in full)")
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--mirror", help="replace the publisher's scheme and host with this (also $FCNSEG_MIRROR)")
+    p.add_argument("--force", action="store_true",
+                   help="download again even if cached (a cached file found corrupt); the cached file is "
+                        "replaced atomically, only once the new one has passed its check")
     p.set_defaults(func=run_download)
     p = sub.add_parser("convert", help="convert a .caffemodel / pytorch-fcn / torchvision file (or a "
                                        "registered name) into an fcnseg checkpoint")
@@ -78,12 +82,18 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from fcnseg.weights.download import download
+    import logging
+
+    from fcnseg.weights.download import cached_path, download, verified_by
     from fcnseg.weights.registry import get_entry
 
+    log = logging.getLogger("fcnseg.cli.weights")
     entries = [get_entry(name) for name in args.names]  # every name checked before anything downloads
     for entry in entries:
-        path = download(entry, mirror=args.mirror)
+        was_cached = not args.force and verified_by(cached_path(entry)) is not None
+        path = download(entry, mirror=args.mirror, force=args.force)
+        if was_cached:  # (a download logs what it did itself)
+            log.info("%s: already in the cache (%s)", entry.name, verified_by(path))
         print(f"{entry.name}: {path}")
     return 0
 
@@ -92,5 +102,7 @@ def run_convert(args: argparse.Namespace) -> int:
     from fcnseg.weights.api import convert
 
     out = convert(args.source, args.out, model=args.model, mirror=args.mirror)
-    print(f"wrote {out}; use it with --checkpoint {out}", file=sys.stderr)
+    import logging
+
+    logging.getLogger("fcnseg.cli.weights").info("wrote %s; use it with --checkpoint %s", out, out)
     return 0

@@ -247,5 +247,5 @@ def _download(entry: WeightsEntry, dest: Path, mirror: str | None, progress: boo
     part = dest.with_name(dest.name + ".part")
     kept = "" if not part.is_file() or any(str(part) in f for f in failures) else \
         f"; {part} ({describe_size(part.stat().st_size)}) is kept -- run the same command again to resume"
-    raise FcnsegError(f"cannot download weights {entry.name!r}: {' | '.join(failures) or 'no source'}"
+    raise FcnsegError(f"weights {entry.name!r}: {' | '.join(failures) or 'no source'}"
                       f"{kept}; or {by_hand}, or set {MIRROR_ENV}")
