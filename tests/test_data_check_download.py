@@ -86,11 +86,25 @@ def test_download_voc_and_sbd_from_file_urls(tmp_path, capsys):
     assert f"use it as sbd:{root}" in capsys.readouterr().out
     assert len(load_dataset(f"sbd:{root}", "train")) == 2
     assert len(load_dataset(f"voc-aug:{root},{root}", "train_aug")) == 4
-    # the published checksum applies to the real archive, so a different file is refused
+    # the published checksum applies to the real archive, so a different file is refused -- and kept
     assert main(["data", "download", "sbd", "--root", str(tmp_path / "other"), "--url", sbd_archive.as_uri(),
                  "--no-progress"]) == 2
-    assert "checksum mismatch" in capsys.readouterr().err
-    assert not (tmp_path / "other" / "benchmark.tgz.part").exists()
+    err = capsys.readouterr().err
+    assert "not the published archive (it was left as it is); pass --md5" in err and "--no-checksum" in err
+    assert sbd_archive.is_file() and archive.is_file()  # the user's own archives are never deleted
+    assert not (tmp_path / "other" / "benchmark.tgz").exists()  # nor copied
+
+
+def test_own_archive_inside_the_root_is_never_deleted(tmp_path):
+    make_voc(tmp_path / "stage")
+    root = tmp_path / "data"
+    root.mkdir()
+    archive = tar_of(tmp_path / "stage", root / "VOCtrainval_11-May-2012.tar")
+    data = archive.read_bytes()
+    download_dataset("voc2012", root, url=archive.as_uri(), md5=None, progress=False)
+    assert archive.read_bytes() == data
+    assert len(load_dataset(f"voc:{root}", "train")) == 2
+    assert not list(root.glob(".fcnseg-extract-*"))
 
 
 def test_file_download_resumes_from_partial(tmp_path):
@@ -182,3 +196,100 @@ def test_safe_extract_keeps_inside_links(tmp_path):
 def test_unknown_download_name(tmp_path):
     with pytest.raises(FcnsegError, match="available: voc2012, sbd"):
         download_dataset("imagenet", tmp_path)
+    with pytest.raises(FcnsegError, match=r"'voc2013' \(did you mean voc2012\?\)"):
+        download_dataset("voc2013", tmp_path)
+
+
+# ---------------------------------------------------------------- faults on the wire and on extraction
+
+class ArchiveServer(http.server.BaseHTTPRequestHandler):
+    """Serves ``body`` at any path; ``faults`` is consumed one per request: "cut" (half of it, then
+    the connection closes), "html" (a 200 error page)."""
+    body = b""
+    faults: list = []
+    ranges: list = []
+
+    def do_GET(self):
+        fault = self.faults.pop(0) if self.faults else None
+        if fault == "html":
+            page = b"<html><body>Service unavailable</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            return
+        start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
+        if start:
+            self.ranges.append(start)
+        rest = self.body[start:]
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(self.body) - 1}/{len(self.body)}")
+        self.send_header("Content-Length", str(len(rest)))
+        self.end_headers()
+        self.wfile.write(rest[:len(rest) // 2] if fault == "cut" else rest)
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def archive_server():
+    ArchiveServer.faults, ArchiveServer.ranges = [], []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ArchiveServer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_cut_transfer_keeps_the_part_and_the_same_command_resumes(tmp_path, archive_server, capsys):
+    make_voc(tmp_path / "stage")
+    ArchiveServer.body = tar_of(tmp_path / "stage", tmp_path / "v.tar").read_bytes()
+    ArchiveServer.faults = ["cut"]
+    root = tmp_path / "data"
+    command = ["data", "download", "voc2012", "--root", str(root), "--url", archive_server + "/v.tar",
+               "--md5", md5(ArchiveServer.body), "--no-progress"]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    half = len(ArchiveServer.body) // 2
+    assert f"{half} of {len(ArchiveServer.body)} bytes received" in err and "run the same command again" in err
+    assert (root / "v.tar.part").stat().st_size == half and not (root / "VOCdevkit").exists()
+    assert main(command) == 0
+    assert ArchiveServer.ranges == [half]
+    assert not (root / "v.tar").exists() and not (root / "v.tar.part").exists()  # ours: removed after use
+    assert len(load_dataset(f"voc:{root}", "train")) == 2
+
+
+def test_html_answer_is_refused_before_anything_is_kept(tmp_path, archive_server, capsys):
+    ArchiveServer.body = b"irrelevant"
+    ArchiveServer.faults = ["html"]
+    root = tmp_path / "data"
+    assert main(["data", "download", "voc2012", "--root", str(root), "--url", archive_server + "/v.tar",
+                 "--no-checksum", "--no-progress"]) == 2
+    assert "an HTML page (a login or error page?)" in capsys.readouterr().err
+    assert [p.name for p in root.iterdir()] == []
+
+
+def test_failed_extraction_leaves_the_earlier_folder_and_says_so(tmp_path):
+    make_voc(tmp_path / "stage")
+    whole = tar_of(tmp_path / "stage", tmp_path / "v.tar.gz").read_bytes()
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(whole[:len(whole) * 2 // 3])  # a gzip stream that ends half-way through a member
+    root = tmp_path / "data"
+    with pytest.raises(FcnsegError, match=f"nothing was written to {root / 'VOCdevkit' / 'VOC2012'}"):
+        download_dataset("voc2012", root, url=cut.as_uri(), md5=None, progress=False)
+    assert not (root / "VOCdevkit").exists() and not list(root.glob(".fcnseg-extract-*"))
+    earlier = root / "VOCdevkit" / "VOC2012"
+    (earlier / "JPEGImages").mkdir(parents=True)
+    (earlier / "JPEGImages" / "mine.jpg").write_bytes(b"user data")
+    with pytest.raises(FcnsegError, match=f"the earlier {earlier} is untouched") as info:
+        download_dataset("voc2012", root, url=cut.as_uri(), md5=None, progress=False)
+    assert len(str(info.value).splitlines()) == 1
+    assert sorted(p.name for p in earlier.rglob("*")) == ["JPEGImages", "mine.jpg"]
+    assert not list(root.glob(".fcnseg-extract-*")) and cut.is_file()
+    # a complete archive replaces the earlier folder only once it is all out
+    download_dataset("voc2012", root, url=(tmp_path / "v.tar.gz").as_uri(), md5=None, progress=False)
+    assert not (earlier / "JPEGImages" / "mine.jpg").exists() and len(load_dataset(f"voc:{root}", "train")) == 2

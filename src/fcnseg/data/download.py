@@ -1,25 +1,38 @@
 """Downloading public datasets: resumable, checksummed, and extracted safely.
 
 ``download_dataset("voc2012", root)`` fetches the archive into ``root`` (resuming a partial
-``<archive>.part`` file: HTTP Range requests, or a byte offset for file:// URLs), checks its MD5,
-and extracts it into ``root``, refusing any member that would land outside ``root`` (absolute
-paths, ``..``, links pointing out, device files).
+``<archive>.part`` file with an HTTP Range request; see ``fcnseg.fetch`` for what makes a transfer
+complete), checks its MD5 and extracts it, refusing any member that would land outside the target
+(absolute paths, ``..``, links pointing out, device files).
 
-The MD5 sums are those published with torchvision's VOCSegmentation and SBDataset for the very
-same archives. Mirrors can be given with ``url=``; the sum still applies (it identifies the file).
+Extraction goes into a temporary folder beside the target (``root/.fcnseg-extract-*``); the
+dataset's folder is renamed into place only once the whole archive is out, so a failed extraction
+(a corrupt archive, a full disk) leaves an earlier copy of the folder exactly as it was, and the
+error says whether there was one. Only an archive this module downloaded into ``root`` is deleted
+after extracting; a ``file://`` URL (the user's own archive) is read where it lies and never
+moved, copied or deleted.
+
+The addresses and MD5 sums are those of torchvision's VOCSegmentation and SBDataset (torchvision
+0.29.1, torchvision/datasets/voc.py and sbd.py) for the very same archives. Mirrors can be given
+with ``url=``; the sum still applies (it identifies the file).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tarfile
+import tempfile
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from fcnseg.errors import FcnsegError
+from fcnseg.errors import FcnsegError, did_you_mean
 from fcnseg.files import os_error_message, write_text
-from fcnseg.fetch import ChecksumError, FetchError, fetch, file_md5  # noqa: F401  (file_md5 re-exported)
+from fcnseg.fetch import (ChecksumError, FetchError, IncompleteError, WrongContentError, fetch,  # noqa: F401
+                          file_md5, page_problem)  # (file_md5 re-exported)
 
 
 @dataclass(frozen=True)
@@ -29,11 +42,12 @@ class Resource:
     dataset_dir: str  # where the data lands, relative to the download root
     spec: str  # dataset format to open it with: "<spec>:<root>"
     about: str
+    confirmed: str = "torchvision 0.29.1: torchvision/datasets/voc.py (VOCSegmentation) and sbd.py (SBDataset)"
 
 
 RESOURCES: dict[str, Resource] = {
     "voc2012": Resource(
-        url="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+        url="https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
         md5="6cd6e144f989b92b3379bac3b3de84fd",
         dataset_dir="VOCdevkit/VOC2012", spec="voc",
         about="PASCAL VOC 2012 train+val, 1.9 GB",
@@ -47,11 +61,20 @@ RESOURCES: dict[str, Resource] = {
 }
 
 
-def download_file(url: str, dest: str | os.PathLike, md5: str | None = None, progress: bool = True) -> Path:
+def tar_problem(head: bytes) -> str | None:
+    """None if ``head`` (a file's first bytes) can start a tar archive, plain or compressed."""
+    if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")) or head[257:262] == b"ustar":
+        return None
+    return "not a tar archive (plain, gzip, bzip2 or xz)"
+
+
+def download_file(url: str, dest: str | os.PathLike, md5: str | None = None, progress: bool = True,
+                  expect=None) -> Path:
     """Download ``url`` to ``dest`` (resuming ``dest.part``), check ``md5``, return ``dest``.
-    An existing ``dest`` with the right checksum is not downloaded again (see ``fcnseg.fetch``)."""
+    An existing ``dest`` with the right checksum is not downloaded again (see ``fcnseg.fetch``);
+    ``expect(head)`` refuses a wrong kind of file from its first bytes."""
     dest = Path(dest)
-    if dest.is_file() and (md5 is None or file_md5(dest) == md5):
+    if dest.is_file() and (md5 is None or file_md5(dest) == md5.lower()):
         return dest
 
     def verify(part: Path) -> str | None:
@@ -59,13 +82,16 @@ def download_file(url: str, dest: str | os.PathLike, md5: str | None = None, pro
         return None if md5 is None or got == md5.lower() else f"MD5 {got}, expected {md5}"
 
     try:
-        return fetch(url, dest, verify=verify, progress=progress)
+        return fetch(url, dest, verify=verify, expect=expect, progress=progress)
+    except IncompleteError:
+        raise  # it says how many bytes arrived, and that the same command resumes
+    except WrongContentError as exc:
+        raise FcnsegError(f"{exc}; give the archive's own address with --url") from None
     except FetchError as exc:
-        part = dest.with_name(dest.name + ".part")
-        kept = f"; {part} is kept and the next run resumes it" if part.is_file() else ""
-        raise FcnsegError(f"{exc}; check the network or give a mirror with --url{kept}") from None
+        raise FcnsegError(f"{exc}; check the network or give a mirror with --url") from None
     except ChecksumError as exc:
-        raise FcnsegError(f"{exc}, run the command again (or give another --url)") from None
+        raise FcnsegError(f"{exc}: the source does not serve the published archive; give another --url, "
+                          "or --md5 with the sum of the archive you trust") from None
 
 
 def _inside(root: Path, relative: str) -> bool:
@@ -111,7 +137,48 @@ def safe_extract(archive: str | os.PathLike, root: str | os.PathLike) -> None:
     except (tarfile.TarError, EOFError) as exc:
         raise FcnsegError(f"{archive}: cannot extract ({exc}); delete it and download again") from None
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise FcnsegError(f"{archive}: cannot extract into {root}: {exc.strerror}; free disk space "
+                              "(the extracted dataset needs about as much as the archive again)") from None
         raise FcnsegError(f"{archive}: {os_error_message(exc, 'cannot extract into', root)}") from None
+
+
+def extract_into_place(archive: Path, root: Path, dataset_dir: str) -> Path:
+    """Extract ``archive`` into a temporary folder in ``root`` and rename its ``dataset_dir`` to
+    ``root/dataset_dir`` only when all of it is out; an earlier folder there is replaced only then.
+    Whatever fails, the temporary folder is removed and the error says what became of the target."""
+    target = root / dataset_dir
+    before = target.exists()
+    state = (f"the earlier {target} is untouched" if before else f"nothing was written to {target}") + \
+        " and the partial extraction was removed"
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".fcnseg-extract-", dir=root))
+    except OSError as exc:
+        raise FcnsegError(os_error_message(exc, "cannot create a folder in", root)) from None
+    try:
+        try:
+            safe_extract(archive, tmp)
+        except FcnsegError as exc:
+            raise FcnsegError(f"{exc} ({state})") from None
+        new = tmp / dataset_dir
+        if not new.is_dir():
+            raise FcnsegError(f"{archive} does not contain {dataset_dir}; is it the right archive? ({state})")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if before:
+                os.replace(target, tmp / ".earlier")
+            try:
+                os.replace(new, target)
+            except OSError:
+                if before:
+                    os.replace(tmp / ".earlier", target)
+                raise
+        except OSError as exc:
+            raise FcnsegError(f"{os_error_message(exc, 'cannot move the extracted folder to', target)} "
+                              f"({state})") from None
+        return target
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _url_filename(url: str) -> str:
@@ -122,11 +189,13 @@ def download_dataset(name: str, root: str | os.PathLike, *, url: str | None = No
                      keep_archive: bool = False, progress: bool = True) -> Path:
     """Download and extract dataset ``name`` (see ``RESOURCES``) into ``root``; return its folder.
 
-    ``url`` replaces the registry's address (a mirror, or file:// in tests); ``md5="registry"``
-    uses the registry's checksum, a hex string another one, ``None`` skips the check.
+    ``url`` replaces the registry's address (a mirror, or a file:// URL: the archive is then read
+    where it lies, and left there); ``md5="registry"`` uses the registry's checksum, a hex string
+    another one, ``None`` skips the check.
     """
     if name not in RESOURCES:
-        raise FcnsegError(f"no download for {name!r}; available: {', '.join(RESOURCES)}")
+        raise FcnsegError(f"no download for {name!r}{did_you_mean(name, RESOURCES)}; "
+                          f"available: {', '.join(RESOURCES)}")
     resource = RESOURCES[name]
     root = Path(root).expanduser()
     done = root / f".fcnseg-{name}.done"
@@ -135,12 +204,33 @@ def download_dataset(name: str, root: str | os.PathLike, *, url: str | None = No
         return target
     root.mkdir(parents=True, exist_ok=True)
     url = url or resource.url
-    archive = root / (_url_filename(url) or _url_filename(resource.url))
-    download_file(url, archive, resource.md5 if md5 == "registry" else md5, progress)
-    safe_extract(archive, root)
-    if not target.is_dir():
-        raise FcnsegError(f"{archive} did not contain {resource.dataset_dir}; is --url the right archive?")
+    md5 = resource.md5 if md5 == "registry" else md5
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":  # the user's own archive: checked and read in place, never moved or deleted
+        archive, ours = Path(urllib.request.url2pathname(parsed.path)), False
+        _check_own_archive(archive, md5)
+    else:
+        archive, ours = root / (_url_filename(url) or _url_filename(resource.url)), True
+        download_file(url, archive, md5, progress, expect=tar_problem)
+    extract_into_place(archive, root, resource.dataset_dir)
     write_text(done, f"{url}\n")
-    if not keep_archive:
+    if ours and not keep_archive:
         archive.unlink()
     return target
+
+
+def _check_own_archive(archive: Path, md5: str | None) -> None:
+    if not archive.is_file():
+        raise FcnsegError(f"--url {archive.as_uri()}: no such file; check the path")
+    try:
+        with open(archive, "rb") as f:
+            head = f.read(1024)
+        got = file_md5(archive) if md5 else None
+    except OSError as exc:
+        raise FcnsegError(os_error_message(exc, "cannot read", archive)) from None
+    problem = page_problem(head, who=f"{archive} is") or tar_problem(head)
+    if problem:
+        raise FcnsegError(f"--url {archive.as_uri()}: {problem}; it was left as it is")
+    if md5 and got != md5.lower():
+        raise FcnsegError(f"{archive}: MD5 {got}, expected {md5}: not the published archive (it was left as "
+                          "it is); pass --md5 with its own sum, or --no-checksum, if you trust it")
