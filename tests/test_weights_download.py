@@ -400,3 +400,34 @@ def tmp_file(home):
     path = home / "elsewhere.caffemodel"
     path.write_bytes(b"x")
     return path
+
+
+def test_every_name_lookup_suggests_the_closest_names(capsys, tmp_path):
+    """One suggestion rule (errors.did_you_mean) wherever a registered name is looked up."""
+    import fcnseg
+
+    assert main(["train", "--data", "shapes", "--backbone-weights", "vgg17", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "'vgg17' is neither a registered backbone weights name nor an existing file (did you mean vgg16" in err
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(FcnsegError, match=r"did you mean resnet50 or resnet101\?"):
+        fcnseg.create_model("fcn32s", 3, backbone_weights="resnet5O")
+    assert main(["weights", "download", "fcn8s-vco"]) == 2
+    assert "(did you mean fcn8s-voc" in capsys.readouterr().err
+    assert main(["data", "check", "shapez"]) == 2
+    assert "unknown dataset 'shapez' (did you mean shapes?)" in capsys.readouterr().err
+    assert main(["data", "download", "voc2013", "--root", str(tmp_path / "d")]) == 2
+    assert "(did you mean voc2012?)" in capsys.readouterr().err
+
+
+def test_registry_rows_name_where_each_fact_was_confirmed():
+    for e in registry.list_weights():
+        assert e.confirmed and ("torchvision 0." in e.confirmed or " at " in e.confirmed), e.name
+    # pytorch-fcn re-uploaded three files in 2021 (torchfcn 1.9.7); fcn8s-atonce kept its 2017 id
+    drive = {e.name: (google_drive_id(e.urls[0]), e.checksum) for e in registry.list_weights()
+             if e.format == "pytorch-fcn"}
+    assert drive == {
+        "fcn32s-voc-torchfcn": ("11k2Q0bvRQgQbT6-jYWeh6nmAsWlSCY3f", "md5:d3eb467a80e7da0468a20dfcbc13e6c8"),
+        "fcn16s-voc-torchfcn": ("1bctu58B6YH9bu6lBBSBB2rUeGlGhYLoP", "md5:a2d4035f669f09483b39c9a14a0d6670"),
+        "fcn8s-voc-torchfcn": ("1ieXWyoG68xqoHJPWdyrDyaIaaWlfmUxI", "md5:de93e540ec79512f8770033849c8ae89"),
+        "fcn8s-atonce-voc-torchfcn": ("0B9P1L--7Wd2vblE1VUIxV1o2d2M", "md5:bfed4437e941fef58932891217fe6464")}

@@ -29,11 +29,10 @@ def run(args: argparse.Namespace) -> int:
         config = resume_config(overrides.pop("resume"), overrides)
     else:
         config = resolve_config(args.preset, args.config, overrides)
-        if config.backbone_weights:  # a registered name (e.g. vgg16): the verified file in the cache
-            from fcnseg.weights import backbone_file, is_registered
+        if config.backbone_weights:  # a registered name (e.g. vgg16): the verified file in the cache;
+            from fcnseg.weights import backbone_file  # neither name nor file: "did you mean"
 
-            if is_registered(config.backbone_weights):
-                config.backbone_weights = str(backbone_file(config.backbone_weights))
+            config.backbone_weights = str(backbone_file(config.backbone_weights))
     try:
         train(config)
     finally:

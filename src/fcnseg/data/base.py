@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fcnseg.errors import FcnsegError
+from fcnseg.errors import FcnsegError, did_you_mean
 
 IGNORE_INDEX = 255
 
@@ -122,7 +122,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
     name, _, arg = str(spec).partition(":")
     name = name.strip().lower()
     if name not in _FORMATS:
-        raise FcnsegError(f"unknown dataset {spec!r}; use one of: {', '.join(SPEC_FORMS)}")
+        raise FcnsegError(f"unknown dataset {spec!r}{did_you_mean(name, _FORMATS)}; use one of: {', '.join(SPEC_FORMS)}")
     if name != "shapes" and not arg:
         raise FcnsegError(f"dataset {spec!r} needs a path: write it as {name}:PATH")
     return name, arg

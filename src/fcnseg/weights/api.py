@@ -23,7 +23,7 @@ def is_registered(name_or_path: str | os.PathLike) -> bool:
 
 
 def resolve(name_or_path: str | os.PathLike, *, mirror: str | None = None,
-            progress: bool | None = None) -> Path:
+            progress: bool | None = None, kind: str | None = None) -> Path:
     """A local file for a registered weights name (downloaded and verified once) or an existing path."""
     from fcnseg.weights.download import download
 
@@ -32,7 +32,7 @@ def resolve(name_or_path: str | os.PathLike, *, mirror: str | None = None,
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
-    raise FcnsegError(unknown_message(str(name_or_path)))
+    raise FcnsegError(unknown_message(str(name_or_path), kind))
 
 
 def load(name_or_path: str | os.PathLike, *, model: str | None = None, mirror: str | None = None,
@@ -60,7 +60,7 @@ def backbone_file(name_or_path: str | os.PathLike, *, mirror: str | None = None,
     if is_registered(name_or_path) and get_entry(str(name_or_path)).kind != "backbone":
         raise FcnsegError(f"{name_or_path!r} is a trained segmentation model, not backbone weights; pass "
                           "it as --weights (predict/evaluate), or use a backbone such as vgg16")
-    return resolve(name_or_path, mirror=mirror, progress=progress)
+    return resolve(name_or_path, mirror=mirror, progress=progress, kind="backbone")
 
 
 def convert(source: str | os.PathLike, out: str | os.PathLike, *, model: str | None = None,
@@ -101,6 +101,7 @@ def create_model(name: str, num_classes: int | None = None, *, weights: str | os
         return model
     if num_classes is None:
         raise FcnsegError("create_model needs num_classes (or weights= to take it from trained weights)")
-    if isinstance(backbone_weights, str) and is_registered(backbone_weights):
-        backbone_weights = backbone_file(backbone_weights)
+    if isinstance(backbone_weights, str) and (is_registered(backbone_weights)
+                                              or not Path(backbone_weights).expanduser().exists()):
+        backbone_weights = backbone_file(backbone_weights)  # a name, or a missing file: "did you mean"
     return build(name, num_classes, backbone_weights=backbone_weights, **kwargs)

@@ -4,20 +4,27 @@ Every entry names the publisher's address(es), tried in order, and the checksum 
 gives: torchvision writes the first hex digits of the file's SHA-256 into its file names (checked
 as torch.hub does), pytorch-fcn gives MD5 sums in its model classes, and the FCN authors publish
 no checksum for their Caffe models (none is checked; the converter still checks every layer's
-name and shape). ``confirmed`` says where the URL and checksum were read.
+name and shape; the download is kept only once the whole file parses). ``confirmed`` says where
+each URL, checksum, size and result was last read in the publisher's own current code.
+
+Not confirmable from code: the Caffe files' and pytorch-fcn files' sizes (no publisher states them;
+computed here from the parameter count), and whether a Google Drive id still answers today.
 """
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 
 from fcnseg.data.voc import CLASS_NAMES as VOC_CLASSES, voc_colormap
-from fcnseg.errors import FcnsegError
+from fcnseg.errors import FcnsegError, did_you_mean
 
 TORCHVISION = "https://download.pytorch.org/models/"
 CAFFE = "http://dl.caffe.berkeleyvision.org/"
 FCN_REPO = "https://github.com/shelhamer/fcn.berkeleyvision.org"
+# Where the facts were read (the publishers' newest code, checked 2026-12-02):
+_TV_SOURCE = "torchvision 0.29.1 (the PyPI wheel)"
+_FCN_COMMIT = "1305c7378a9f (2018-04-04, the repository's newest commit)"
+_TORCHFCN_COMMIT = "4b988509bfd1 (2023-02-05, torchfcn 1.9.7, its latest release)"
 
 
 @dataclass(frozen=True)
@@ -76,15 +83,18 @@ CONTEXT_CLASSES = VOC_CLASSES + (
     "tree", "truck", "wall", "water", "window", "wood")
 
 _VOC = {"class_names": VOC_CLASSES, "palette": _palette(len(VOC_CLASSES))}
-_TV_CONFIRMED = "torchvision's model builders (torchvision/models/*.py: Weights url and _file_size)"
 _TV_RESULT = "ImageNet-1K top-1 {}"
 
 
-def _backbone(name: str, file: str, size: float, top1: str) -> WeightsEntry:
+def _tv_confirmed(where: str) -> str:
+    return f"{_TV_SOURCE}: torchvision/models/{where}.IMAGENET1K_V1 (url, _file_size, _metrics)"
+
+
+def _backbone(name: str, file: str, size: float, top1: str, where: str) -> WeightsEntry:
     return WeightsEntry(
         name=name, kind="backbone", format="torchvision", model=name, urls=(TORCHVISION + file,),
         checksum="sha256-prefix:" + file.rsplit("-", 1)[1].split(".")[0], size_mb=size,
-        result=_TV_RESULT.format(top1), published="torchvision model docs", confirmed=_TV_CONFIRMED)
+        result=_TV_RESULT.format(top1), published="torchvision model docs", confirmed=_tv_confirmed(where))
 
 
 def _tv_fcn(depth: str, file: str, size: float, miou: str, acc: str) -> WeightsEntry:
@@ -92,7 +102,9 @@ def _tv_fcn(depth: str, file: str, size: float, miou: str, acc: str) -> WeightsE
         name=f"fcn-{depth}-coco", kind="model", format="torchvision-seg", model=f"fcn-{depth}",
         urls=(TORCHVISION + file,), checksum="sha256-prefix:" + file.rsplit("-", 1)[1].split(".")[0],
         size_mb=size, result=f"{miou} mean IU, {acc} pixel acc. (COCO val2017, VOC classes)",
-        published="torchvision model docs (FCN_ResNet*_Weights)", confirmed=_TV_CONFIRMED,
+        published="torchvision model docs (FCN_ResNet*_Weights)",
+        confirmed=f"{_TV_SOURCE}: torchvision/models/segmentation/fcn.py FCN_ResNet{depth[6:]}_Weights."
+                  "COCO_WITH_VOC_LABELS_V1 (url, _file_size, _metrics)",
         model_kwargs={"num_classes": 21, "backbone": depth, "geometry": "same"}, **_VOC,
         note="trained on the COCO subset with the 20 VOC classes; its aux_classifier is dropped on load")
 
@@ -103,7 +115,8 @@ def _caffe(name: str, file: str, model: str, size: float, result: str, repo_dir:
     return WeightsEntry(
         name=name, kind="model", format="caffe", model=model, urls=(CAFFE + file,), checksum=None,
         size_mb=size, result=result, published=f"{FCN_REPO} ({repo_dir}, README)",
-        confirmed=f"{FCN_REPO}/blob/master/{repo_dir}/caffemodel-url (no checksum published)",
+        confirmed=f"{FCN_REPO} at {_FCN_COMMIT}: {repo_dir}/caffemodel-url (URL; no checksum published), "
+                  "README.md (result)",
         model_kwargs={"num_classes": len(classes), "backbone": backbone, "geometry": "caffe"},
         class_names=classes, palette=_palette(len(classes)), normalization=normalization, note=note,
         runnable=runnable)
@@ -115,11 +128,13 @@ def _pytorch_fcn(name: str, model: str, drive_id: str, md5: str, result: str, si
         urls=(f"https://drive.google.com/uc?id={drive_id}",), checksum=f"md5:{md5}", size_mb=size,
         result=result + " (the Caffe model it was converted from)",
         published="https://github.com/wkentaro/pytorch-fcn (README)",
-        confirmed="torchfcn/models/fcn32s.py, fcn16s.py, fcn8s.py (download(): url and md5)",
+        confirmed=f"https://github.com/wkentaro/pytorch-fcn at {_TORCHFCN_COMMIT}: torchfcn/models/"
+                  f"{'fcn8s.py FCN8sAtOnce' if model == 'fcn8s-atonce' else model + '.py ' + model.upper()[:-1] + 's'}"
+                  ".download() (Drive id and md5), README.md (result)",
         model_kwargs={"num_classes": 21, "backbone": "vgg16", "geometry": "caffe"}, **_VOC,
         normalization="caffe",
-        note="Google Drive link; it has answered 404 for many users since 2021 -- the same weights "
-             "are in the authors' Caffe model (fcn*-voc)")
+        note="Google Drive link (Drive refuses when a file's download quota is exceeded); the same "
+             "weights, converted from it, are in the authors' Caffe model (fcn*-voc)")
 
 
 # The Caffe models' input means (BGR), from the reference's data layers: PASCAL VOC and PASCAL-Context
@@ -132,11 +147,11 @@ _SIFT_FLOW = "caffe:114.578,115.294,108.353"
 # fcnseg, the fixed upsamplers included), in MiB -- the publishers state none.
 _NO_RESULT = "no score published with this file (the paper reports its architecture's)"
 _ENTRIES = [
-    _backbone("vgg16", "vgg16-397923af.pth", 527.796, "71.592"),
-    _backbone("vgg16_bn", "vgg16_bn-6c64b313.pth", 527.866, "73.360"),
-    _backbone("alexnet", "alexnet-owt-7be5be79.pth", 233.087, "56.522"),
-    _backbone("resnet50", "resnet50-0676ba61.pth", 97.781, "76.130"),
-    _backbone("resnet101", "resnet101-63fe2227.pth", 170.511, "77.374"),
+    _backbone("vgg16", "vgg16-397923af.pth", 527.796, "71.592", "vgg.py VGG16_Weights"),
+    _backbone("vgg16_bn", "vgg16_bn-6c64b313.pth", 527.866, "73.360", "vgg.py VGG16_BN_Weights"),
+    _backbone("alexnet", "alexnet-owt-7be5be79.pth", 233.087, "56.522", "alexnet.py AlexNet_Weights"),
+    _backbone("resnet50", "resnet50-0676ba61.pth", 97.781, "76.130", "resnet.py ResNet50_Weights"),
+    _backbone("resnet101", "resnet101-63fe2227.pth", 170.511, "77.374", "resnet.py ResNet101_Weights"),
     _tv_fcn("resnet50", "fcn_resnet50_coco-1167a1af.pth", 135.009, "60.5", "91.4"),
     _tv_fcn("resnet101", "fcn_resnet101_coco-7ecb50ca.pth", 207.711, "63.7", "91.9"),
     _caffe("fcn32s-voc", "fcn32s-heavy-pascal.caffemodel", "fcn32s", 519.4,
@@ -172,12 +187,13 @@ _ENTRIES = [
            _NO_RESULT, "pascalcontext-fcn16s", classes=CONTEXT_CLASSES),
     _caffe("fcn8s-context", "pascalcontext-fcn8s-heavy.caffemodel", "fcn8s", 517.2,
            _NO_RESULT, "pascalcontext-fcn8s", classes=CONTEXT_CLASSES),
-    _pytorch_fcn("fcn32s-voc-torchfcn", "fcn32s", "0B9P1L--7Wd2vM2oya3k0Zlgtekk",
-                 "8acf386d722dc3484625964cbe2aba49", "63.6 mean IU, seg11valid", 519.4),
-    _pytorch_fcn("fcn16s-voc-torchfcn", "fcn16s", "0B9P1L--7Wd2vVGE3TkRMbWlNRms",
-                 "991ea45d30d632a01e5ec48002cac617", "65.0 mean IU, seg11valid", 514.3),
-    _pytorch_fcn("fcn8s-voc-torchfcn", "fcn8s", "0B9P1L--7Wd2vT0FtdThWREhjNkU",
-                 "dbd9bbb3829a3184913bccc74373afbb", "65.5 mean IU, seg11valid", 513.0),
+    # the ids and MD5s pytorch-fcn re-uploaded on 2021-08-23 (its commit cc9c75c), replacing those of 2017
+    _pytorch_fcn("fcn32s-voc-torchfcn", "fcn32s", "11k2Q0bvRQgQbT6-jYWeh6nmAsWlSCY3f",
+                 "d3eb467a80e7da0468a20dfcbc13e6c8", "63.6 mean IU, seg11valid", 519.4),
+    _pytorch_fcn("fcn16s-voc-torchfcn", "fcn16s", "1bctu58B6YH9bu6lBBSBB2rUeGlGhYLoP",
+                 "a2d4035f669f09483b39c9a14a0d6670", "65.0 mean IU, seg11valid", 514.3),
+    _pytorch_fcn("fcn8s-voc-torchfcn", "fcn8s", "1ieXWyoG68xqoHJPWdyrDyaIaaWlfmUxI",
+                 "de93e540ec79512f8770033849c8ae89", "65.5 mean IU, seg11valid", 513.0),
     _pytorch_fcn("fcn8s-atonce-voc-torchfcn", "fcn8s-atonce", "0B9P1L--7Wd2vblE1VUIxV1o2d2M",
                  "bfed4437e941fef58932891217fe6464", "65.4 mean IU, seg11valid", 513.0),
 ]
@@ -193,11 +209,13 @@ def get_entry(name: str) -> WeightsEntry:
     """The entry called ``name``; FcnsegError suggesting the closest names if there is none."""
     if name in REGISTRY:
         return REGISTRY[name]
-    raise FcnsegError(unknown_message(name))
+    raise FcnsegError(f"{name!r} is not a registered weights name{did_you_mean(name, REGISTRY)}; "
+                      "see `fcnseg weights list`")
 
 
-def unknown_message(name: str) -> str:
-    close = difflib.get_close_matches(name, list(REGISTRY), n=3, cutoff=0.5)
-    hint = f"did you mean {' or '.join(close)}? " if close else ""
-    return (f"{name!r} is neither a registered weights name nor an existing file; {hint}"
-            "see `fcnseg weights list`, or check the path")
+def unknown_message(name: str, kind: str | None = None) -> str:
+    """For a name that is neither registered nor an existing file; ``kind`` ("backbone", "model")
+    narrows the suggestions to the names that would fit where it was given."""
+    names = [e.name for e in list_weights(kind)]
+    return (f"{name!r} is neither a registered {'backbone ' if kind == 'backbone' else ''}weights name "
+            f"nor an existing file{did_you_mean(name, names)}; see `fcnseg weights list`, or check the path")
