@@ -118,7 +118,8 @@ def _check_member(member: tarfile.TarInfo, root: Path, archive: Path) -> None:
         refuse("device or FIFO file")
 
 
-def safe_extract(archive: str | os.PathLike, root: str | os.PathLike) -> None:
+def safe_extract(archive: str | os.PathLike, root: str | os.PathLike,
+                 corrupt_advice: str = "delete it and download it again") -> None:
     """Extract a tar archive (any compression) into ``root``; every member is checked first, and
     Python's "data" filter re-checks links against what is already on disk while extracting."""
     archive, root = Path(archive), Path(root).resolve()
@@ -135,7 +136,7 @@ def safe_extract(archive: str | os.PathLike, root: str | os.PathLike) -> None:
     except getattr(tarfile, "FilterError", ()) as exc:
         raise FcnsegError(f"{archive}: refusing to extract ({exc}); the archive is not safe to unpack") from None
     except (tarfile.TarError, EOFError) as exc:
-        raise FcnsegError(f"{archive}: cannot extract ({exc}); delete it and download again") from None
+        raise FcnsegError(f"{archive}: cannot extract ({exc}); {corrupt_advice}") from None
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise FcnsegError(f"{archive}: cannot extract into {root}: {exc.strerror}; free disk space "
@@ -143,7 +144,7 @@ def safe_extract(archive: str | os.PathLike, root: str | os.PathLike) -> None:
         raise FcnsegError(f"{archive}: {os_error_message(exc, 'cannot extract into', root)}") from None
 
 
-def extract_into_place(archive: Path, root: Path, dataset_dir: str) -> Path:
+def extract_into_place(archive: Path, root: Path, dataset_dir: str, ours: bool = True) -> Path:
     """Extract ``archive`` into a temporary folder in ``root`` and rename its ``dataset_dir`` to
     ``root/dataset_dir`` only when all of it is out; an earlier folder there is replaced only then.
     Whatever fails, the temporary folder is removed and the error says what became of the target."""
@@ -157,7 +158,8 @@ def extract_into_place(archive: Path, root: Path, dataset_dir: str) -> Path:
         raise FcnsegError(os_error_message(exc, "cannot create a folder in", root)) from None
     try:
         try:
-            safe_extract(archive, tmp)
+            safe_extract(archive, tmp, "delete it and run the same command to download it again" if ours
+                         else "the archive is damaged or incomplete (it was left as it is)")
         except FcnsegError as exc:
             raise FcnsegError(f"{exc} ({state})") from None
         new = tmp / dataset_dir
@@ -212,7 +214,7 @@ def download_dataset(name: str, root: str | os.PathLike, *, url: str | None = No
     else:
         archive, ours = root / (_url_filename(url) or _url_filename(resource.url)), True
         download_file(url, archive, md5, progress, expect=tar_problem)
-    extract_into_place(archive, root, resource.dataset_dir)
+    extract_into_place(archive, root, resource.dataset_dir, ours)
     write_text(done, f"{url}\n")
     if ours and not keep_archive:
         archive.unlink()
