@@ -6,6 +6,7 @@ import io
 import json
 import tarfile
 import threading
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -206,8 +207,8 @@ class ArchiveServer(http.server.BaseHTTPRequestHandler):
     """Serves ``body`` at any path; ``faults`` is consumed one per request: "cut" (half of it, then
     the connection closes), "html" (a 200 error page)."""
     body = b""
-    faults: list = []
-    ranges: list = []
+    faults: ClassVar[list] = []
+    ranges: ClassVar[list] = []
 
     def do_GET(self):
         fault = self.faults.pop(0) if self.faults else None

@@ -5,6 +5,7 @@ import dataclasses
 import hashlib
 import http.server
 import threading
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -233,9 +234,9 @@ class FaultServer(http.server.BaseHTTPRequestHandler):
     """Serves ``files`` ({path: body}); ``faults`` ({path: [fault, ...]}) is consumed one per request:
     "cut" (sends half of what it announced, then closes the connection), "short" (announces 1000 bytes
     more than it sends), "html" (a 200 login page), "norange" (ignores Range: 200 with the whole file)."""
-    files: dict = {}
-    faults: dict = {}
-    ranges: list = []
+    files: ClassVar[dict] = {}
+    faults: ClassVar[dict] = {}
+    ranges: ClassVar[list] = []
 
     def do_GET(self):
         body = self.files.get(self.path)

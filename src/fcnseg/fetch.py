@@ -119,7 +119,7 @@ def open_url(url: str, offset: int = 0, opener: urllib.request.OpenerDirector | 
         path = urllib.request.url2pathname(parsed.path)
         size = os.path.getsize(path)
         offset = offset if offset <= size else 0
-        stream = open(path, "rb")
+        stream = open(path, "rb")  # noqa: SIM115  (returned to the caller, which closes it)
         stream.seek(offset)
         return stream, size, offset
     opener = opener or _opener()
