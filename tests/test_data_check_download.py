@@ -294,3 +294,18 @@ def test_failed_extraction_leaves_the_earlier_folder_and_says_so(tmp_path):
     # a complete archive replaces the earlier folder only once it is all out
     download_dataset("voc2012", root, url=(tmp_path / "v.tar.gz").as_uri(), md5=None, progress=False)
     assert not (earlier / "JPEGImages" / "mine.jpg").exists() and len(load_dataset(f"voc:{root}", "train")) == 2
+
+
+def test_folder_left_by_a_killed_extraction_is_removed(tmp_path):
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    root = tmp_path / "data"
+    stale = root / f".fcnseg-extract-{int(gone.stdout)}-abc" / "VOCdevkit"
+    stale.mkdir(parents=True)
+    (stale / "big.bin").write_bytes(bytes(1000))
+    make_voc(tmp_path / "stage")
+    archive = tar_of(tmp_path / "stage", tmp_path / "v.tar")
+    download_dataset("voc2012", root, url=archive.as_uri(), md5=None, progress=False)
+    assert not list(root.glob(".fcnseg-extract-*"))

@@ -45,12 +45,20 @@ def _size(mb: float | None) -> str:
     return "?" if mb is None else f"{mb:.0f} MB"
 
 
+def _cached(path) -> str:
+    """yes: in the cache and checked; unchecked: a file there not checked since it last changed
+    (its next use checks it); no."""
+    from fcnseg.weights.download import verified_by
+
+    return "yes" if verified_by(path) else "unchecked" if path.is_file() else "no"
+
+
 def rows() -> list[dict]:
     from fcnseg.weights.download import cached_path
     from fcnseg.weights.registry import list_weights
 
     return [{"name": e.name, "kind": e.kind, "model": e.model, "classes": e.num_classes or "-",
-             "result": e.result, "size": _size(e.size_mb), "cached": "yes" if cached_path(e).is_file() else "no",
+             "result": e.result, "size": _size(e.size_mb), "cached": _cached(cached_path(e)),
              "note": "" if e.runnable else "download only"} for e in list_weights()]
 
 

@@ -144,6 +144,23 @@ def safe_extract(archive: str | os.PathLike, root: str | os.PathLike,
         raise FcnsegError(f"{archive}: {os_error_message(exc, 'cannot extract into', root)}") from None
 
 
+def _remove_interrupted_extractions(root: Path) -> None:
+    """Temporary folders that a killed extraction left in ``root`` (their process is gone)."""
+    import logging
+
+    for folder in root.glob(".fcnseg-extract-*"):
+        pid = folder.name.split("-")[2]
+        try:
+            os.kill(int(pid), 0)
+            continue  # still extracting (another process)
+        except ProcessLookupError:
+            pass
+        except (ValueError, OSError):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        logging.getLogger(__name__).info("removed %s, left by an interrupted extraction", folder)
+
+
 def extract_into_place(archive: Path, root: Path, dataset_dir: str, ours: bool = True) -> Path:
     """Extract ``archive`` into a temporary folder in ``root`` and rename its ``dataset_dir`` to
     ``root/dataset_dir`` only when all of it is out; an earlier folder there is replaced only then.
@@ -152,8 +169,9 @@ def extract_into_place(archive: Path, root: Path, dataset_dir: str, ours: bool =
     before = target.exists()
     state = (f"the earlier {target} is untouched" if before else f"nothing was written to {target}") + \
         " and the partial extraction was removed"
+    _remove_interrupted_extractions(root)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=".fcnseg-extract-", dir=root))
+        tmp = Path(tempfile.mkdtemp(prefix=f".fcnseg-extract-{os.getpid()}-", dir=root))
     except OSError as exc:
         raise FcnsegError(os_error_message(exc, "cannot create a folder in", root)) from None
     try:
