@@ -43,8 +43,10 @@ def test_check_lists_every_problem(tmp_path, capsys):
     (root / "train" / "masks" / "d.png").write_bytes(data[:60])  # truncated
     (root / "train" / "images" / "e.jpg").write_bytes(b"not a jpeg")  # unreadable
     assert main(["data", "check", f"folder:{root}", "--split", "train", "--json", str(tmp_path / "r.json")]) == 1
-    problems = {p["file"].rsplit("/", 2)[-2] + "/" + p["file"].rsplit("/", 1)[-1]: p["problem"]
-                for p in json.loads((tmp_path / "r.json").read_text())["splits"][0]["problems"]}
+    problems = {
+        p["file"].rsplit("/", 2)[-2] + "/" + p["file"].rsplit("/", 1)[-1]: p["problem"]
+        for p in json.loads((tmp_path / "r.json").read_text())["splits"][0]["problems"]
+    }
     assert problems["images/lonely.jpg"] == "image without mask"
     assert problems["masks/b.png"] == "mask is 16x12 but the image is 16x10"
     assert problems["masks/c.png"] == "labels 7 are not classes (0..5) or 255"
@@ -61,6 +63,7 @@ def test_check_bad_spec_is_one_line_error(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- downloads
+
 
 def tar_of(src_dir, path):
     with tarfile.open(path, "w:gz") as tar:
@@ -82,14 +85,42 @@ def test_download_voc_and_sbd_from_file_urls(tmp_path, capsys):
     assert len(load_dataset(f"voc:{root}", "train")) == 2
     make_sbd(tmp_path / "stage_sbd")
     sbd_archive = tar_of(tmp_path / "stage_sbd", tmp_path / "benchmark.tgz")
-    assert main(["data", "download", "sbd", "--root", str(root), "--url", sbd_archive.as_uri(),
-                 "--md5", md5(sbd_archive.read_bytes()), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "download",
+                "sbd",
+                "--root",
+                str(root),
+                "--url",
+                sbd_archive.as_uri(),
+                "--md5",
+                md5(sbd_archive.read_bytes()),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert f"use it as sbd:{root}" in capsys.readouterr().out
     assert len(load_dataset(f"sbd:{root}", "train")) == 2
     assert len(load_dataset(f"voc-aug:{root},{root}", "train_aug")) == 4
     # the published checksum applies to the real archive, so a different file is refused -- and kept
-    assert main(["data", "download", "sbd", "--root", str(tmp_path / "other"), "--url", sbd_archive.as_uri(),
-                 "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "download",
+                "sbd",
+                "--root",
+                str(tmp_path / "other"),
+                "--url",
+                sbd_archive.as_uri(),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "not the published archive (it was left as it is); pass --md5" in err and "--no-checksum" in err
     assert sbd_archive.is_file() and archive.is_file()  # the user's own archives are never deleted
@@ -203,9 +234,11 @@ def test_unknown_download_name(tmp_path):
 
 # ---------------------------------------------------------------- faults on the wire and on extraction
 
+
 class ArchiveServer(http.server.BaseHTTPRequestHandler):
     """Serves ``body`` at any path; ``faults`` is consumed one per request: "cut" (half of it, then
     the connection closes), "html" (a 200 error page)."""
+
     body = b""
     faults: ClassVar[list] = []
     ranges: ClassVar[list] = []
@@ -229,7 +262,7 @@ class ArchiveServer(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{len(self.body) - 1}/{len(self.body)}")
         self.send_header("Content-Length", str(len(rest)))
         self.end_headers()
-        self.wfile.write(rest[:len(rest) // 2] if fault == "cut" else rest)
+        self.wfile.write(rest[: len(rest) // 2] if fault == "cut" else rest)
         self.close_connection = True
 
     def log_message(self, *args):
@@ -251,8 +284,18 @@ def test_cut_transfer_keeps_the_part_and_the_same_command_resumes(tmp_path, arch
     ArchiveServer.body = tar_of(tmp_path / "stage", tmp_path / "v.tar").read_bytes()
     ArchiveServer.faults = ["cut"]
     root = tmp_path / "data"
-    command = ["data", "download", "voc2012", "--root", str(root), "--url", archive_server + "/v.tar",
-               "--md5", md5(ArchiveServer.body), "--no-progress"]
+    command = [
+        "data",
+        "download",
+        "voc2012",
+        "--root",
+        str(root),
+        "--url",
+        archive_server + "/v.tar",
+        "--md5",
+        md5(ArchiveServer.body),
+        "--no-progress",
+    ]
     assert main(command) == 2
     err = capsys.readouterr().err
     half = len(ArchiveServer.body) // 2
@@ -268,8 +311,22 @@ def test_html_answer_is_refused_before_anything_is_kept(tmp_path, archive_server
     ArchiveServer.body = b"irrelevant"
     ArchiveServer.faults = ["html"]
     root = tmp_path / "data"
-    assert main(["data", "download", "voc2012", "--root", str(root), "--url", archive_server + "/v.tar",
-                 "--no-checksum", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "download",
+                "voc2012",
+                "--root",
+                str(root),
+                "--url",
+                archive_server + "/v.tar",
+                "--no-checksum",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "an HTML page (a login or error page?)" in capsys.readouterr().err
     assert [p.name for p in root.iterdir()] == []
 
@@ -278,7 +335,7 @@ def test_failed_extraction_leaves_the_earlier_folder_and_says_so(tmp_path):
     make_voc(tmp_path / "stage")
     whole = tar_of(tmp_path / "stage", tmp_path / "v.tar.gz").read_bytes()
     cut = tmp_path / "cut.tar.gz"
-    cut.write_bytes(whole[:len(whole) * 2 // 3])  # a gzip stream that ends half-way through a member
+    cut.write_bytes(whole[: len(whole) * 2 // 3])  # a gzip stream that ends half-way through a member
     root = tmp_path / "data"
     with pytest.raises(FcnsegError, match=f"nothing was written to {root / 'VOCdevkit' / 'VOC2012'}"):
         download_dataset("voc2012", root, url=cut.as_uri(), md5=None, progress=False)

@@ -143,12 +143,15 @@ def test_offline_names_the_url_and_the_path(server, home, monkeypatch, capsys):
 
 
 def test_google_drive_links_and_confirm_page():
-    assert google_drive_id("https://drive.google.com/uc?id=0B9P1L--7Wd2vT0FtdThWREhjNkU") == \
-        "0B9P1L--7Wd2vT0FtdThWREhjNkU"
+    assert (
+        google_drive_id("https://drive.google.com/uc?id=0B9P1L--7Wd2vT0FtdThWREhjNkU") == "0B9P1L--7Wd2vT0FtdThWREhjNkU"
+    )
     assert google_drive_id("https://download.pytorch.org/models/x.pth") is None
-    form = ('<form id="download-form" action="https://drive.usercontent.google.com/download" method="get">'
-            '<input type="hidden" name="id" value="ABC"><input type="hidden" name="export" value="download">'
-            '<input type="hidden" name="confirm" value="t"><input type="hidden" name="uuid" value="u-1"></form>')
+    form = (
+        '<form id="download-form" action="https://drive.usercontent.google.com/download" method="get">'
+        '<input type="hidden" name="id" value="ABC"><input type="hidden" name="export" value="download">'
+        '<input type="hidden" name="confirm" value="t"><input type="hidden" name="uuid" value="u-1"></form>'
+    )
     url = _drive_confirm_url(form, "ABC")
     assert url.startswith("https://drive.usercontent.google.com/download?") and "confirm=t" in url and "uuid=u-1" in url
     assert "confirm=XyZ" in _drive_confirm_url('<a href="/uc?export=download&amp;confirm=XyZ&amp;id=ABC">', "ABC")
@@ -157,27 +160,63 @@ def test_google_drive_links_and_confirm_page():
 
 # ----------------------------------------------------------------- commands taking weights by name
 
+
 @pytest.fixture
 def tiny_model_entry(tmp_path, monkeypatch):
     data = caffemodel_bytes(random_reference("fcn8s", num_classes=6))
     src = tmp_path / "tiny-fcn8s.caffemodel"
     src.write_bytes(data)
-    e = entry([src.as_uri()], "md5:" + hashlib.md5(data).hexdigest(), name="tiny-fcn8s", kind="model",
-              format="caffe", model="fcn8s", normalization="caffe",
-              model_kwargs={"num_classes": 6, "backbone": "vgg16", "geometry": "caffe", "width": 0.125},
-              class_names=("bg", "disk", "rectangle", "triangle", "line", "ring"),
-              palette=tuple((i * 40, 0, 0) for i in range(6)))
+    e = entry(
+        [src.as_uri()],
+        "md5:" + hashlib.md5(data).hexdigest(),
+        name="tiny-fcn8s",
+        kind="model",
+        format="caffe",
+        model="fcn8s",
+        normalization="caffe",
+        model_kwargs={"num_classes": 6, "backbone": "vgg16", "geometry": "caffe", "width": 0.125},
+        class_names=("bg", "disk", "rectangle", "triangle", "line", "ring"),
+        palette=tuple((i * 40, 0, 0) for i in range(6)),
+    )
     monkeypatch.setitem(registry.REGISTRY, e.name, e)
     return e
 
 
 def test_predict_and_evaluate_by_name(tmp_path, tiny_model_entry, capsys):
     Image.fromarray(np.full((24, 32, 3), 90, np.uint8)).save(tmp_path / "photo.jpg")
-    assert main(["predict", "--weights", "tiny-fcn8s", str(tmp_path / "photo.jpg"), "--out", str(tmp_path / "p"),
-                 "--no-fast"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--weights",
+                "tiny-fcn8s",
+                str(tmp_path / "photo.jpg"),
+                "--out",
+                str(tmp_path / "p"),
+                "--no-fast",
+            ]
+        )
+        == 0
+    )
     assert np.array(Image.open(tmp_path / "p" / "photo.png")).shape == (24, 32)
-    assert main(["evaluate", "--weights", "tiny-fcn8s", "--data", "shapes", "--max-images", "2",
-                 "--plot", str(tmp_path / "c.png"), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--weights",
+                "tiny-fcn8s",
+                "--data",
+                "shapes",
+                "--max-images",
+                "2",
+                "--plot",
+                str(tmp_path / "c.png"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "tiny-fcn8s on shapes" in capsys.readouterr().out
     assert main(["weights", "list"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("tiny-fcn8s"))
@@ -196,9 +235,33 @@ def test_train_backbone_weights_by_name(tmp_path, monkeypatch):
     e = entry([path.as_uri()], None, name="vgg16-tiny")
     monkeypatch.setitem(registry.REGISTRY, e.name, e)
     run = tmp_path / "run"
-    assert main(["train", "--data", "shapes", "--model", "fcn32s", "--width", "0.0625", "--geometry", "same",
-                 "--max-val-images", "2", "--num-samples", "1", "--iterations", "1", "--no-progress",
-                 "--backbone-weights", "vgg16-tiny", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "shapes",
+                "--model",
+                "fcn32s",
+                "--width",
+                "0.0625",
+                "--geometry",
+                "same",
+                "--max-val-images",
+                "2",
+                "--num-samples",
+                "1",
+                "--iterations",
+                "1",
+                "--no-progress",
+                "--backbone-weights",
+                "vgg16-tiny",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     assert (cache_dir() / "vgg16-tiny.pth").is_file()
     assert str(cache_dir() / "vgg16-tiny.pth") in (run / "config.yaml").read_text()
 
@@ -230,10 +293,12 @@ def test_create_model_takes_a_registered_backbone_name(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------- faults that really happen on the wire
 
+
 class FaultServer(http.server.BaseHTTPRequestHandler):
     """Serves ``files`` ({path: body}); ``faults`` ({path: [fault, ...]}) is consumed one per request:
     "cut" (sends half of what it announced, then closes the connection), "short" (announces 1000 bytes
     more than it sends), "html" (a 200 login page), "norange" (ignores Range: 200 with the whole file)."""
+
     files: ClassVar[dict] = {}
     faults: ClassVar[dict] = {}
     ranges: ClassVar[list] = []
@@ -263,7 +328,7 @@ class FaultServer(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(rest) + (1000 if fault == "short" else 0)))
         self.end_headers()
-        self.wfile.write(rest[:len(rest) // 2] if fault == "cut" else rest)
+        self.wfile.write(rest[: len(rest) // 2] if fault == "cut" else rest)
         self.close_connection = True
 
     def log_message(self, *args):
@@ -361,7 +426,7 @@ def test_server_ignoring_range_restarts_cleanly(faults, home, caffe_bytes, monke
 
 def test_truncated_caffe_file_served_as_complete_is_refused(faults, home, monkeypatch, caffe_bytes):
     """The source itself holds a cut file (size announced = size sent): only the full parse can tell."""
-    FaultServer.files["/m.caffemodel"] = caffe_bytes[:len(caffe_bytes) * 2 // 3]
+    FaultServer.files["/m.caffemodel"] = caffe_bytes[: len(caffe_bytes) * 2 // 3]
     caffe_entry(faults + "/m.caffemodel", monkeypatch)
     with pytest.raises(FcnsegError, match=r"complete file .* failed its check \(caffemodel .*truncated"):
         download(registry.get_entry("tiny-caffe"), progress=False)
@@ -425,10 +490,12 @@ def test_registry_rows_name_where_each_fact_was_confirmed():
     for e in registry.list_weights():
         assert e.confirmed and ("torchvision 0." in e.confirmed or " at " in e.confirmed), e.name
     # pytorch-fcn re-uploaded three files in 2021 (torchfcn 1.9.7); fcn8s-atonce kept its 2017 id
-    drive = {e.name: (google_drive_id(e.urls[0]), e.checksum) for e in registry.list_weights()
-             if e.format == "pytorch-fcn"}
+    drive = {
+        e.name: (google_drive_id(e.urls[0]), e.checksum) for e in registry.list_weights() if e.format == "pytorch-fcn"
+    }
     assert drive == {
         "fcn32s-voc-torchfcn": ("11k2Q0bvRQgQbT6-jYWeh6nmAsWlSCY3f", "md5:d3eb467a80e7da0468a20dfcbc13e6c8"),
         "fcn16s-voc-torchfcn": ("1bctu58B6YH9bu6lBBSBB2rUeGlGhYLoP", "md5:a2d4035f669f09483b39c9a14a0d6670"),
         "fcn8s-voc-torchfcn": ("1ieXWyoG68xqoHJPWdyrDyaIaaWlfmUxI", "md5:de93e540ec79512f8770033849c8ae89"),
-        "fcn8s-atonce-voc-torchfcn": ("0B9P1L--7Wd2vblE1VUIxV1o2d2M", "md5:bfed4437e941fef58932891217fe6464")}
+        "fcn8s-atonce-voc-torchfcn": ("0B9P1L--7Wd2vblE1VUIxV1o2d2M", "md5:bfed4437e941fef58932891217fe6464"),
+    }

@@ -27,9 +27,9 @@ extra dependency, and Range, redirects and file:// are all it needs. Used by ``f
 from __future__ import annotations
 
 import hashlib
+import html
 import http.client
 import http.cookiejar
-import html
 import io
 import logging
 import os
@@ -38,8 +38,9 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from fcnseg.errors import FcnsegError
 from fcnseg.files import write_error
@@ -105,13 +106,15 @@ def _drive_confirm_url(page: str, file_id: str) -> str | None:
         return html.unescape(form.group(1)) + "?" + urllib.parse.urlencode(fields)
     token = re.search(r"confirm=([0-9A-Za-z_-]+)", page)
     if token:
-        return ("https://drive.google.com/uc?export=download&"
-                + urllib.parse.urlencode({"confirm": token.group(1), "id": file_id}))
+        return "https://drive.google.com/uc?export=download&" + urllib.parse.urlencode(
+            {"confirm": token.group(1), "id": file_id}
+        )
     return None
 
 
-def open_url(url: str, offset: int = 0, opener: urllib.request.OpenerDirector | None = None
-             ) -> tuple[BinaryIO, int | None, int]:
+def open_url(
+    url: str, offset: int = 0, opener: urllib.request.OpenerDirector | None = None
+) -> tuple[BinaryIO, int | None, int]:
     """(stream, total size or None, offset actually resumed from). A server that ignores the Range
     header, or a source shorter than the partial file, restarts from 0."""
     parsed = urllib.parse.urlparse(url)
@@ -141,20 +144,22 @@ def open_url(url: str, offset: int = 0, opener: urllib.request.OpenerDirector | 
         response.close()
         confirm = _drive_confirm_url(page, file_id)
         if confirm is None:
-            raise WrongContentError(f"{url}: Google Drive answered with a page instead of the file "
-                                    "(quota exceeded, or the file is gone); nothing was kept")
+            raise WrongContentError(
+                f"{url}: Google Drive answered with a page instead of the file "
+                "(quota exceeded, or the file is gone); nothing was kept"
+            )
         response = opener.open(urllib.request.Request(confirm, headers=headers), timeout=TIMEOUT_S)
         if "text/html" in response.headers.get("Content-Type", ""):
             response.close()
-            raise WrongContentError(f"{url}: Google Drive refused the download after confirmation; "
-                                    "nothing was kept")
+            raise WrongContentError(f"{url}: Google Drive refused the download after confirmation; nothing was kept")
     length = response.headers.get("Content-Length")
     if offset and getattr(response, "status", 200) == 206:
         start, size = _content_range(response.headers.get("Content-Range", ""))
         if start is not None and start != offset:
             response.close()
-            raise FetchError(f"cannot download {url} (asked to resume at byte {offset}, the server "
-                             f"answered from byte {start})")
+            raise FetchError(
+                f"cannot download {url} (asked to resume at byte {offset}, the server answered from byte {start})"
+            )
         if size is not None:
             return response, size, offset
     elif offset:  # 200: the server ignored the Range header and sends the whole file
@@ -201,9 +206,15 @@ def describe_size(n: int) -> str:
     return f"{n} bytes" if n < 10_000 else f"{n} bytes ({n / 2**20:.1f} MiB)"
 
 
-def fetch(url: str, dest: str | os.PathLike, *, verify: Callable[[Path], str | None] | None = None,
-          expect: Callable[[bytes], str | None] | None = None, expected_size: int | None = None,
-          progress: bool | None = None) -> Path:
+def fetch(
+    url: str,
+    dest: str | os.PathLike,
+    *,
+    verify: Callable[[Path], str | None] | None = None,
+    expect: Callable[[bytes], str | None] | None = None,
+    expected_size: int | None = None,
+    progress: bool | None = None,
+) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part`` (resumed if present); returns ``dest``.
 
     ``expect(head)`` gets the first bytes of a fresh transfer and returns None when they are the
@@ -225,14 +236,17 @@ def fetch(url: str, dest: str | os.PathLike, *, verify: Callable[[Path], str | N
     try:
         stream, total, offset = open_url(url, asked)
         if asked and not offset:
-            log.info("%s: the source cannot resume (it sent the whole file); starting %s again from byte 0",
-                     url, part.name)
+            log.info(
+                "%s: the source cannot resume (it sent the whole file); starting %s again from byte 0", url, part.name
+            )
         elif offset:
             log.info("resuming %s at byte %d", part.name, offset)
         if expected_size is not None and total is not None and total != expected_size:
             stream.close()
-            raise WrongContentError(f"{url}: the server announces {describe_size(total)}, expected "
-                                    f"{describe_size(expected_size)}: not the published file; nothing was kept")
+            raise WrongContentError(
+                f"{url}: the server announces {describe_size(total)}, expected "
+                f"{describe_size(expected_size)}: not the published file; nothing was kept"
+            )
         total = expected_size if total is None else total
         received = offset
         with stream:
@@ -248,10 +262,19 @@ def fetch(url: str, dest: str | os.PathLike, *, verify: Callable[[Path], str | N
                 if problem:
                     raise WrongContentError(f"{url}: {problem}; nothing was kept")
             # unbuffered: a write that fails (full disk) fails at once, as itself, not as a network error
-            with _open_part(part, offset) as out, tqdm(
-                total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=dest.name, disable=not show_progress(progress), file=sys.stderr,
-            ) as bar:
+            with (
+                _open_part(part, offset) as out,
+                tqdm(
+                    total=total,
+                    initial=offset,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=dest.name,
+                    disable=not show_progress(progress),
+                    file=sys.stderr,
+                ) as bar,
+            ):
                 chunk = head
                 while chunk or (chunk := stream.read(CHUNK)):
                     try:
@@ -267,24 +290,33 @@ def fetch(url: str, dest: str | os.PathLike, *, verify: Callable[[Path], str | N
         reason = getattr(exc, "reason", None) or exc
         if received or isinstance(exc, http.client.IncompleteRead):
             size = f" of {total}" if total else ""
-            raise IncompleteError(f"cannot download {url}: the transfer broke off ({reason}) after "
-                                  f"{received}{size} bytes received; {part} is kept -- run the same "
-                                  "command again to resume") from None
+            raise IncompleteError(
+                f"cannot download {url}: the transfer broke off ({reason}) after "
+                f"{received}{size} bytes received; {part} is kept -- run the same "
+                "command again to resume"
+            ) from None
         raise FetchError(f"cannot download {url} ({reason})") from None
     if total is not None and received < total:
-        raise IncompleteError(f"cannot download {url}: {received} of {total} bytes received; {part} is "
-                              "kept -- run the same command again to resume")
+        raise IncompleteError(
+            f"cannot download {url}: {received} of {total} bytes received; {part} is "
+            "kept -- run the same command again to resume"
+        )
     if total is not None and received > total:
         part.unlink(missing_ok=True)
-        raise ChecksumError(f"{dest.name} from {url}: {received} bytes received where {total} were "
-                            "announced: not the expected file; it was removed")
+        raise ChecksumError(
+            f"{dest.name} from {url}: {received} bytes received where {total} were "
+            "announced: not the expected file; it was removed"
+        )
     if verify is not None:
         problem = verify(part)
         if problem:
             part.unlink(missing_ok=True)
-            whole = f"the complete file ({describe_size(received)})" if total is not None else \
-                f"the {describe_size(received)} received (the server announced no size: a cut transfer " \
+            whole = (
+                f"the complete file ({describe_size(received)})"
+                if total is not None
+                else f"the {describe_size(received)} received (the server announced no size: a cut transfer "
                 "or a different file)"
+            )
             raise ChecksumError(f"{dest.name} from {url}: {whole} failed its check ({problem}); it was removed")
     os.replace(part, dest)
     return dest

@@ -16,27 +16,42 @@ import json
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("weights", help="list, download and convert published weights",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "weights",
+        help="list, download and convert published weights",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = sub.add_parser("list", help="registered weights with their published results")
     p.add_argument("--json", action="store_true", help="print the registry as JSON (URLs and checksums too)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.set_defaults(func=run_list)
-    p = sub.add_parser("download", help="download weights into the cache (resumable; kept only once its "
-                                        "checksum matches, or, where none is published, its format reads in full)")
+    p = sub.add_parser(
+        "download",
+        help="download weights into the cache (resumable; kept only once its "
+        "checksum matches, or, where none is published, its format reads in full)",
+    )
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--mirror", help="replace the publisher's scheme and host with this (also $FCNSEG_MIRROR)")
-    p.add_argument("--force", action="store_true",
-                   help="download again even if cached (a cached file found corrupt); the cached file is "
-                        "replaced atomically, only once the new one has passed its check")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="download again even if cached (a cached file found corrupt); the cached file is "
+        "replaced atomically, only once the new one has passed its check",
+    )
     p.set_defaults(func=run_download)
-    p = sub.add_parser("convert", help="convert a .caffemodel / pytorch-fcn / torchvision file (or a "
-                                       "registered name) into an fcnseg checkpoint")
+    p = sub.add_parser(
+        "convert",
+        help="convert a .caffemodel / pytorch-fcn / torchvision file (or a registered name) into an fcnseg checkpoint",
+    )
     p.add_argument("source", metavar="FILE_OR_NAME")
     p.add_argument("--out", required=True, help="checkpoint to write (.pt)")
-    p.add_argument("--model", help="architecture, where the file cannot tell (e.g. fcn8s-atonce for a "
-                                   "pytorch-fcn file); checked against the file otherwise")
+    p.add_argument(
+        "--model",
+        help="architecture, where the file cannot tell (e.g. fcn8s-atonce for a "
+        "pytorch-fcn file); checked against the file otherwise",
+    )
     p.add_argument("--mirror", help="replace the publisher's scheme and host with this (also $FCNSEG_MIRROR)")
     p.set_defaults(func=run_convert)
 
@@ -57,9 +72,19 @@ def rows() -> list[dict]:
     from fcnseg.weights.download import cached_path
     from fcnseg.weights.registry import list_weights
 
-    return [{"name": e.name, "kind": e.kind, "model": e.model, "classes": e.num_classes or "-",
-             "result": e.result, "size": _size(e.size_mb), "cached": _cached(cached_path(e)),
-             "note": "" if e.runnable else "download only"} for e in list_weights()]
+    return [
+        {
+            "name": e.name,
+            "kind": e.kind,
+            "model": e.model,
+            "classes": e.num_classes or "-",
+            "result": e.result,
+            "size": _size(e.size_mb),
+            "cached": _cached(cached_path(e)),
+            "note": "" if e.runnable else "download only",
+        }
+        for e in list_weights()
+    ]
 
 
 def run_list(args: argparse.Namespace) -> int:

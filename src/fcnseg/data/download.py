@@ -30,9 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fcnseg.errors import FcnsegError, did_you_mean
+from fcnseg.fetch import (  # noqa: F401
+    ChecksumError,
+    FetchError,
+    IncompleteError,
+    WrongContentError,
+    fetch,
+    file_md5,  # (file_md5 re-exported)
+    page_problem,
+)
 from fcnseg.files import os_error_message, write_text
-from fcnseg.fetch import (ChecksumError, FetchError, IncompleteError, WrongContentError, fetch,  # noqa: F401
-                          file_md5, page_problem)  # (file_md5 re-exported)
 
 
 @dataclass(frozen=True)
@@ -49,13 +56,15 @@ RESOURCES: dict[str, Resource] = {
     "voc2012": Resource(
         url="https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
         md5="6cd6e144f989b92b3379bac3b3de84fd",
-        dataset_dir="VOCdevkit/VOC2012", spec="voc",
+        dataset_dir="VOCdevkit/VOC2012",
+        spec="voc",
         about="PASCAL VOC 2012 train+val, 1.9 GB",
     ),
     "sbd": Resource(
         url="https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/benchmark.tgz",
         md5="82b4d87ceb2ed10f6038a1cba92111cb",
-        dataset_dir="benchmark_RELEASE/dataset", spec="sbd",
+        dataset_dir="benchmark_RELEASE/dataset",
+        spec="sbd",
         about="Semantic Boundaries Dataset (SBD), 1.4 GB",
     ),
 }
@@ -68,8 +77,9 @@ def tar_problem(head: bytes) -> str | None:
     return "not a tar archive (plain, gzip, bzip2 or xz)"
 
 
-def download_file(url: str, dest: str | os.PathLike, md5: str | None = None, progress: bool = True,
-                  expect=None) -> Path:
+def download_file(
+    url: str, dest: str | os.PathLike, md5: str | None = None, progress: bool = True, expect=None
+) -> Path:
     """Download ``url`` to ``dest`` (resuming ``dest.part``), check ``md5``, return ``dest``.
     An existing ``dest`` with the right checksum is not downloaded again (see ``fcnseg.fetch``);
     ``expect(head)`` refuses a wrong kind of file from its first bytes."""
@@ -90,8 +100,10 @@ def download_file(url: str, dest: str | os.PathLike, md5: str | None = None, pro
     except FetchError as exc:
         raise FcnsegError(f"{exc}; check the network or give a mirror with --url") from None
     except ChecksumError as exc:
-        raise FcnsegError(f"{exc}: the source does not serve the published archive; give another --url, "
-                          "or --md5 with the sum of the archive you trust") from None
+        raise FcnsegError(
+            f"{exc}: the source does not serve the published archive; give another --url, "
+            "or --md5 with the sum of the archive you trust"
+        ) from None
 
 
 def _inside(root: Path, relative: str) -> bool:
@@ -108,7 +120,9 @@ def _check_member(member: tarfile.TarInfo, root: Path, archive: Path) -> None:
     if not _inside(root, member.name):
         refuse("path leads outside the target directory")
     if member.issym():
-        if os.path.isabs(member.linkname) or not _inside(root, os.path.join(os.path.dirname(member.name), member.linkname)):
+        if os.path.isabs(member.linkname) or not _inside(
+            root, os.path.join(os.path.dirname(member.name), member.linkname)
+        ):
             refuse(f"symbolic link to {member.linkname!r} points outside the target directory")
         if not hasattr(tarfile, "data_filter"):
             refuse("symbolic links need Python's tarfile data filter (Python >= 3.11.4)")
@@ -118,8 +132,9 @@ def _check_member(member: tarfile.TarInfo, root: Path, archive: Path) -> None:
         refuse("device or FIFO file")
 
 
-def safe_extract(archive: str | os.PathLike, root: str | os.PathLike,
-                 corrupt_advice: str = "delete it and download it again") -> None:
+def safe_extract(
+    archive: str | os.PathLike, root: str | os.PathLike, corrupt_advice: str = "delete it and download it again"
+) -> None:
     """Extract a tar archive (any compression) into ``root``; every member is checked first, and
     Python's "data" filter re-checks links against what is already on disk while extracting."""
     archive, root = Path(archive), Path(root).resolve()
@@ -139,8 +154,10 @@ def safe_extract(archive: str | os.PathLike, root: str | os.PathLike,
         raise FcnsegError(f"{archive}: cannot extract ({exc}); {corrupt_advice}") from None
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise FcnsegError(f"{archive}: cannot extract into {root}: {exc.strerror}; free disk space "
-                              "(the extracted dataset needs about as much as the archive again)") from None
+            raise FcnsegError(
+                f"{archive}: cannot extract into {root}: {exc.strerror}; free disk space "
+                "(the extracted dataset needs about as much as the archive again)"
+            ) from None
         raise FcnsegError(f"{archive}: {os_error_message(exc, 'cannot extract into', root)}") from None
 
 
@@ -167,8 +184,9 @@ def extract_into_place(archive: Path, root: Path, dataset_dir: str, ours: bool =
     Whatever fails, the temporary folder is removed and the error says what became of the target."""
     target = root / dataset_dir
     before = target.exists()
-    state = (f"the earlier {target} is untouched" if before else f"nothing was written to {target}") + \
-        " and the partial extraction was removed"
+    state = (
+        f"the earlier {target} is untouched" if before else f"nothing was written to {target}"
+    ) + " and the partial extraction was removed"
     _remove_interrupted_extractions(root)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".fcnseg-extract-{os.getpid()}-", dir=root))
@@ -176,8 +194,13 @@ def extract_into_place(archive: Path, root: Path, dataset_dir: str, ours: bool =
         raise FcnsegError(os_error_message(exc, "cannot create a folder in", root)) from None
     try:
         try:
-            safe_extract(archive, tmp, "delete it and run the same command to download it again" if ours
-                         else "the archive is damaged or incomplete (it was left as it is)")
+            safe_extract(
+                archive,
+                tmp,
+                "delete it and run the same command to download it again"
+                if ours
+                else "the archive is damaged or incomplete (it was left as it is)",
+            )
         except FcnsegError as exc:
             raise FcnsegError(f"{exc} ({state})") from None
         new = tmp / dataset_dir
@@ -194,8 +217,9 @@ def extract_into_place(archive: Path, root: Path, dataset_dir: str, ours: bool =
                     os.replace(tmp / ".earlier", target)
                 raise
         except OSError as exc:
-            raise FcnsegError(f"{os_error_message(exc, 'cannot move the extracted folder to', target)} "
-                              f"({state})") from None
+            raise FcnsegError(
+                f"{os_error_message(exc, 'cannot move the extracted folder to', target)} ({state})"
+            ) from None
         return target
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -205,8 +229,15 @@ def _url_filename(url: str) -> str:
     return Path(urllib.parse.urlparse(url).path).name
 
 
-def download_dataset(name: str, root: str | os.PathLike, *, url: str | None = None, md5: str | None = "registry",
-                     keep_archive: bool = False, progress: bool = True) -> Path:
+def download_dataset(
+    name: str,
+    root: str | os.PathLike,
+    *,
+    url: str | None = None,
+    md5: str | None = "registry",
+    keep_archive: bool = False,
+    progress: bool = True,
+) -> Path:
     """Download and extract dataset ``name`` (see ``RESOURCES``) into ``root``; return its folder.
 
     ``url`` replaces the registry's address (a mirror, or a file:// URL: the archive is then read
@@ -214,8 +245,7 @@ def download_dataset(name: str, root: str | os.PathLike, *, url: str | None = No
     another one, ``None`` skips the check.
     """
     if name not in RESOURCES:
-        raise FcnsegError(f"no download for {name!r}{did_you_mean(name, RESOURCES)}; "
-                          f"available: {', '.join(RESOURCES)}")
+        raise FcnsegError(f"no download for {name!r}{did_you_mean(name, RESOURCES)}; available: {', '.join(RESOURCES)}")
     resource = RESOURCES[name]
     root = Path(root).expanduser()
     done = root / f".fcnseg-{name}.done"
@@ -252,5 +282,7 @@ def _check_own_archive(archive: Path, md5: str | None) -> None:
     if problem:
         raise FcnsegError(f"--url {archive.as_uri()}: {problem}; it was left as it is")
     if md5 and got != md5.lower():
-        raise FcnsegError(f"{archive}: MD5 {got}, expected {md5}: not the published archive (it was left as "
-                          "it is); pass --md5 with its own sum, or --no-checksum, if you trust it")
+        raise FcnsegError(
+            f"{archive}: MD5 {got}, expected {md5}: not the published archive (it was left as "
+            "it is); pass --md5 with its own sum, or --no-checksum, if you trust it"
+        )

@@ -28,9 +28,8 @@ import contextlib
 import logging
 import os
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
-
-from typing import Callable
 
 from fcnseg.errors import FcnsegError
 from fcnseg.fetch import ChecksumError, FetchError, describe_size, fetch, file_hash
@@ -46,7 +45,8 @@ OFFLINE_ENV = "FCNSEG_OFFLINE"
 def cache_dir() -> Path:
     """Where downloaded weights live: $FCNSEG_HOME/weights, default ~/.cache/fcnseg/weights."""
     home = os.environ.get(HOME_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fcnseg")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fcnseg"
+    )
     return Path(home).expanduser() / "weights"
 
 
@@ -62,7 +62,7 @@ def checksum_problem(path: Path, checksum: str | None) -> str | None:
     want = want.lower()
     if kind == "sha256-prefix":
         got = file_hash(path, "sha256")
-        return None if got.startswith(want) else f"SHA-256 {got[:len(want)]}..., expected {want}..."
+        return None if got.startswith(want) else f"SHA-256 {got[: len(want)]}..., expected {want}..."
     if kind in ("sha256", "md5"):
         got = file_hash(path, kind)
         return None if got == want else f"{kind.upper()} {got}, expected {want}"
@@ -71,8 +71,7 @@ def checksum_problem(path: Path, checksum: str | None) -> str | None:
 
 def _checksum_name(checksum: str) -> str:
     kind, _, want = checksum.partition(":")
-    return {"sha256-prefix": f"SHA-256 prefix {want}", "sha256": "SHA-256", "md5": "MD5"}.get(kind, kind) \
-        + " matches"
+    return {"sha256-prefix": f"SHA-256 prefix {want}", "sha256": "SHA-256", "md5": "MD5"}.get(kind, kind) + " matches"
 
 
 _TORCH_FORMATS = ("torchvision", "torchvision-seg", "pytorch-fcn")
@@ -99,8 +98,11 @@ def check(entry: WeightsEntry) -> tuple[Callable[[Path], str | None], str]:
     The publisher's checksum where there is one, else a full parse of the file's format."""
     if entry.checksum:
         return (lambda path: checksum_problem(path, entry.checksum)), _checksum_name(entry.checksum)
-    what = ("every Caffe layer read to the end" if entry.format == "caffe"
-            else "a full weights_only load (no checksum published)")
+    what = (
+        "every Caffe layer read to the end"
+        if entry.format == "caffe"
+        else "a full weights_only load (no checksum published)"
+    )
     return (lambda path: _parse_problem(entry, path)), what
 
 
@@ -111,8 +113,11 @@ def expected_kind(entry: WeightsEntry) -> Callable[[bytes], str | None] | None:
 
         return lambda head: None if is_caffemodel_head(head) else "not a .caffemodel (wrong first bytes)"
     if entry.format in _TORCH_FORMATS:  # torch.save writes a zip archive, or a pickle in older files
-        return lambda head: None if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" else \
-            "not a PyTorch file (neither a zip archive nor a pickle)"
+        return lambda head: (
+            None
+            if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"
+            else "not a PyTorch file (neither a zip archive nor a pickle)"
+        )
     return None
 
 
@@ -200,8 +205,14 @@ def _exclusive(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def download(entry: WeightsEntry, *, mirror: str | None = None, progress: bool | None = None,
-             offline: bool | None = None, force: bool = False) -> Path:
+def download(
+    entry: WeightsEntry,
+    *,
+    mirror: str | None = None,
+    progress: bool | None = None,
+    offline: bool | None = None,
+    force: bool = False,
+) -> Path:
     """The verified local file of ``entry``, downloaded into the cache if it is not there yet.
     ``force``: fetch it again even if cached; the cached file is replaced only by one that passed."""
     dest = cached_path(entry)
@@ -220,8 +231,9 @@ def download(entry: WeightsEntry, *, mirror: str | None = None, progress: bool |
         lock.__exit__(None, None, None)
 
 
-def _download(entry: WeightsEntry, dest: Path, mirror: str | None, progress: bool | None,
-              offline: bool | None, force: bool) -> Path:
+def _download(
+    entry: WeightsEntry, dest: Path, mirror: str | None, progress: bool | None, offline: bool | None, force: bool
+) -> Path:
     if not force and is_verified(dest, entry):  # another process fetched it while we waited
         return dest
     mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV) or None
@@ -241,11 +253,14 @@ def _download(entry: WeightsEntry, dest: Path, mirror: str | None, progress: boo
             failures.append(str(exc))  # each names its URL and what happened (and whether a part is kept)
             continue
         _write_stamp(dest, what)
-        log.info("%s: %s in the cache at %s (%s)", entry.name, "replaced" if force else "stored",
-                 dest, what)
+        log.info("%s: %s in the cache at %s (%s)", entry.name, "replaced" if force else "stored", dest, what)
         return dest
     part = dest.with_name(dest.name + ".part")
-    kept = "" if not part.is_file() or any(str(part) in f for f in failures) else \
-        f"; {part} ({describe_size(part.stat().st_size)}) is kept -- run the same command again to resume"
-    raise FcnsegError(f"weights {entry.name!r}: {' | '.join(failures) or 'no source'}"
-                      f"{kept}; or {by_hand}, or set {MIRROR_ENV}")
+    kept = (
+        ""
+        if not part.is_file() or any(str(part) in f for f in failures)
+        else f"; {part} ({describe_size(part.stat().st_size)}) is kept -- run the same command again to resume"
+    )
+    raise FcnsegError(
+        f"weights {entry.name!r}: {' | '.join(failures) or 'no source'}{kept}; or {by_hand}, or set {MIRROR_ENV}"
+    )
