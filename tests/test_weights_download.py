@@ -499,3 +499,14 @@ def test_registry_rows_name_where_each_fact_was_confirmed():
         "fcn8s-voc-torchfcn": ("1ieXWyoG68xqoHJPWdyrDyaIaaWlfmUxI", "md5:de93e540ec79512f8770033849c8ae89"),
         "fcn8s-atonce-voc-torchfcn": ("0B9P1L--7Wd2vblE1VUIxV1o2d2M", "md5:bfed4437e941fef58932891217fe6464"),
     }
+
+
+def test_page_sniffing_refuses_pages_and_keeps_binaries_under_a_wrong_text_type(caffe_bytes):
+    from fcnseg.fetch import page_problem
+
+    assert "HTML page" in page_problem(b"\n  <!DOCTYPE html><html>", "application/octet-stream")
+    assert "HTML page" in page_problem(b"PK\x03\x04", "text/html; charset=utf-8")
+    assert "text (application/json)" in page_problem(b'{"error": "quota exceeded"}', "application/json")
+    # old web servers send unknown extensions as text/plain: a binary body is still the file
+    assert page_problem(caffe_bytes[:1024], "text/plain") is None
+    assert page_problem(PAYLOAD[:1024], "text/plain") is None

@@ -197,9 +197,19 @@ def page_problem(head: bytes, content_type: str = "", who: str = "the server ans
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if kind in ("text/html", "application/xhtml+xml") or text.startswith(_PAGE_STARTS):
         return f"{who} an HTML page (a login or error page?), not the file"
-    if kind.startswith("text/") or kind == "application/json":
-        return f"{who} text ({kind}), not the file"
+    if (kind.startswith("text/") or kind == "application/json") and _looks_like_text(head):
+        return f"{who} text ({kind}), not the file"  # (a binary body under a wrong text type is kept)
     return None
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(head) - 3  # only a character cut at the end of the sample
+    return True
 
 
 def describe_size(n: int) -> str:
