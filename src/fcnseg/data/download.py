@@ -266,6 +266,10 @@ def download_dataset(
     write_text(done, f"{url}\n")
     if ours and not keep_archive:
         archive.unlink()
+    import logging
+
+    kept = "removed" if ours and not keep_archive else "kept" if ours else "left as it is (your own file)"
+    logging.getLogger(__name__).info("extracted %s into %s; the archive was %s", archive.name, target, kept)
     return target
 
 
