@@ -20,6 +20,7 @@ with ``url=``; the sum still applies (it identifies the file).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import tarfile
@@ -41,6 +42,8 @@ from fcnseg.fetch import (  # noqa: F401
 )
 from fcnseg.files import os_error_message, write_text
 
+
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Resource:
@@ -163,8 +166,6 @@ def safe_extract(
 
 def _remove_interrupted_extractions(root: Path) -> None:
     """Temporary folders that a killed extraction left in ``root`` (their process is gone)."""
-    import logging
-
     for folder in root.glob(".fcnseg-extract-*"):
         pid = folder.name.split("-")[2]
         try:
@@ -175,7 +176,7 @@ def _remove_interrupted_extractions(root: Path) -> None:
         except (ValueError, OSError):
             continue
         shutil.rmtree(folder, ignore_errors=True)
-        logging.getLogger(__name__).info("removed %s, left by an interrupted extraction", folder)
+        log.info("removed %s, left by an interrupted extraction", folder)
 
 
 def extract_into_place(archive: Path, root: Path, dataset_dir: str, ours: bool = True) -> Path:
@@ -266,10 +267,8 @@ def download_dataset(
     write_text(done, f"{url}\n")
     if ours and not keep_archive:
         archive.unlink()
-    import logging
-
     kept = "removed" if ours and not keep_archive else "kept" if ours else "left as it is (your own file)"
-    logging.getLogger(__name__).info("extracted %s into %s; the archive was %s", archive.name, target, kept)
+    log.info("extracted %s into %s; the archive was %s", archive.name, target, kept)
     return target
 
 
