@@ -42,8 +42,8 @@ from fcnseg.fetch import (  # noqa: F401
 )
 from fcnseg.files import os_error_message, write_text
 
-
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Resource:
