@@ -29,6 +29,9 @@ META = {"model_name": "fcn8s", "model_kwargs": {"num_classes": 5, "width": 1 / 1
         "normalization": "imagenet"}
 
 
+BASE = "http://127.0.0.1"  # the server answers only its own host names (TestClient's default is testserver)
+
+
 def tiny_checkpoint(path):
     torch.manual_seed(0)
     model = create_model("fcn8s", **META["model_kwargs"])
@@ -60,7 +63,7 @@ def segmenter(ckpt):
 
 def make_client(segmenter, ckpt, **config) -> TestClient:
     config = ServeConfig(checkpoint=str(ckpt), **{"max_pixels": 10_000, "concurrency": 2, **config})
-    return TestClient(create_app(segmenter, config), raise_server_exceptions=False)
+    return TestClient(create_app(segmenter, config), raise_server_exceptions=False, base_url=BASE)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +161,7 @@ def test_predict_options_tiles_and_tta(client, segmenter):
     tiled = Segmenter(segmenter.model, segmenter.meta, fast=segmenter.fast, tile=32, overlap=0.5,
                       tta_flip=True, scales=(0.5, 1.0))
     expected = tiled.predict(Image.open(io.BytesIO(data)))
-    response = client.post("/predict?tile=32&overlap=0.5&flip=true&scales=0.5,1&format=json&mask=1", content=data)
+    response = client.post("/predict?tile=32&overlap=0.5&flip=true&scales=0.5,1&format=json&mask=png", content=data)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["options"] == {"tile": 32, "overlap": 0.5, "tta_flip": True, "scales": [0.5, 1.0]}
@@ -338,7 +341,7 @@ def test_serves_exported_models(ckpt, tmp_path, fmt):
         seg = load_segmenter(config)
     finally:
         torch.set_num_threads(threads)  # load_segmenter sets the server's thread count
-    with TestClient(create_app(seg, config)) as c:
+    with TestClient(create_app(seg, config), base_url=BASE) as c:
         info = c.get("/model").json()
         assert info["backend"] == ("onnxruntime" if fmt == "onnx" else "torch") and info["source"] == path.name
         assert [x["name"] for x in info["classes"]] == META["class_names"]
@@ -359,7 +362,7 @@ def test_weights_option_loads_through_the_weights_resolver(ckpt):
         seg = load_segmenter(config)
     finally:
         torch.set_num_threads(threads)
-    with TestClient(create_app(seg, config)) as c:
+    with TestClient(create_app(seg, config), base_url=BASE) as c:
         info = c.get("/model").json()
         assert info["source"] == "tiny.pt" and info["num_classes"] == 5
         assert c.post("/predict", content=png()).status_code == 200

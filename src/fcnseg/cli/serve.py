@@ -10,7 +10,10 @@ Open the address in a browser to try the model on your own images, or call the A
 
 Binds to 127.0.0.1 (this machine only) unless --host says otherwise. Requests run on a pool of
 inference threads sized to the cores; a bounded number wait, the rest get 503 with Retry-After.
-SIGTERM (or Ctrl-C) stops accepting connections and lets requests in flight finish.
+SIGTERM (or Ctrl-C) stops accepting connections and lets requests in flight finish within
+--shutdown-timeout; later ones get 503. Uploads are read before they wait for a thread, clients
+have --header-timeout seconds for their headers, and only requests for this machine's addresses,
+localhost, --host and --allow-host names are answered (DNS rebinding).
 --workers N runs N server processes, each with its own copy of the model.
 """
 
@@ -37,27 +40,15 @@ def register(subparsers) -> None:
     src.add_argument("--weights", metavar="NAME_OR_FILE",
                      help="published weights by name (e.g. fcn8s-voc; see `fcnseg weights list`), "
                           "or a .caffemodel / pytorch-fcn / torchvision .pth file")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 = every interface)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="server processes, each with its own model (uvicorn workers; default 1)")
-    p.add_argument("--concurrency", type=int, default=0, metavar="N",
-                   help="inference threads per process (default: cores / workers)")
-    p.add_argument("--queue", type=int, default=-1, metavar="N",
-                   help="requests that may wait for a thread before others get 503 (default: 16, or "
-                        "4 x threads if more)")
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default 20)")
-    p.add_argument("--max-pixels", type=float, default=16e6,
-                   help="largest decoded image, checked before decoding (default 16e6)")
-    p.add_argument("--upload-timeout", type=float, default=60.0, metavar="S",
-                   help="refuse uploads still arriving after S seconds (default 60)")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
                    help="default: onnxruntime for .onnx files, torch otherwise")
     p.add_argument("--no-fast", action="store_true", help="disable the bf16 fast path (fp32)")
-    p.add_argument("--shutdown-timeout", type=int, default=60, metavar="S",
-                   help="on SIGTERM, wait up to S seconds for requests in flight (default 60)")
-    p.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    try:  # the server options: one per ServeConfig field, defaults and bounds from the field
+        from fcnseg.serving.config import add_serve_arguments
+    except ImportError:  # no serve extra: `run` says what to install
+        p.set_defaults(func=run)
+        return
+    add_serve_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -89,21 +80,21 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from fcnseg.serving.app import create_app
-        from fcnseg.serving.config import ENV_VAR, ServeConfig, load_segmenter
+        from fcnseg.serving.config import ENV_VAR, config_from_args, load_segmenter
+        from fcnseg.serving.guards import GuardedH11Protocol
     except ImportError as exc:
         raise FcnsegError(f"fcnseg serve needs the serve extra ({exc.name} is missing); "
                           "pip install 'fcnseg[serve]'") from None
-    config = ServeConfig(checkpoint=args.checkpoint, weights=args.weights, host=args.host, port=args.port,
-                         workers=args.workers, concurrency=args.concurrency, queue=args.queue,
-                         max_upload_mb=args.max_upload_mb, max_pixels=int(args.max_pixels),
-                         upload_timeout_s=args.upload_timeout,
-                         backend=args.backend, fast=False if args.no_fast else None)
+    config = config_from_args(args, checkpoint=args.checkpoint, weights=args.weights,
+                              backend=args.backend, fast=False if args.no_fast else None)
     segmenter = load_segmenter(config)  # in the parent too: a bad checkpoint fails here, on one line
     name, classes = segmenter.meta["model_name"], segmenter.num_classes
     check_port_free(config.host, config.port)
-    options = {"host": config.host, "port": config.port, "timeout_graceful_shutdown": args.shutdown_timeout,
-               "access_log": not args.no_access_log, "log_level": "info",
-               "limit_concurrency": 64 + 4 * config.workers * (config.threads + config.waiting)}
+    # the h11 protocol with a header timeout and a JSON connection limit (uvicorn's own limit is off:
+    # it answers plain text without Retry-After, /health included); see fcnseg.serving.guards
+    options = {"host": config.host, "port": config.port, "timeout_graceful_shutdown": config.shutdown_timeout,
+               "access_log": config.access_log, "log_level": "info", "http": GuardedH11Protocol,
+               "timeout_keep_alive": max(1, min(5, int(config.header_timeout)))}
     if config.workers > 1:
         os.environ[ENV_VAR] = config.to_env()  # the worker processes read it in app_from_env
         app = "fcnseg.serving.app:app_from_env"

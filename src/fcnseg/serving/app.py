@@ -4,7 +4,13 @@
     POST /predict        an image (raw body or multipart) -> index-mask PNG, or JSON with ?format=json
     GET  /model          what is served: model, classes and colours, normalisation, limits
     GET  /health         liveness and the pool's load
+    GET  /docs           the API's Swagger page (its JS/CSS from the fastapi-offline package, no CDN)
     GET  /openapi.json   the API description
+
+Every request passes :class:`fcnseg.serving.guards.Guard` (Host allow-list, the app's request
+limit, clean 503s at shutdown); ``fcnseg serve`` runs it on ``GuardedH11Protocol`` (header
+timeout, connection limit). An upload is read in full (within its byte, time and stall limits)
+before it asks the inference pool for a place, so slow or stalled senders hold no place.
 
 ``create_app(segmenter, config)`` builds the app around a model already loaded;
 ``app_from_env()`` is the import-string factory uvicorn's worker processes call
@@ -13,7 +19,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import copy
@@ -32,8 +37,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fcnseg.data.normalize import IMAGENET_STD_RGB, parse_mode
 from fcnseg.images import encode_image
 from fcnseg.serving.config import ServeConfig, load_segmenter
+from fcnseg.serving.guards import GUARD_STATE, ConnectionLimits, Guard
 from fcnseg.serving.pool import Busy, InferencePool
-from fcnseg.serving.uploads import ApiError, decode_image, image_bytes
+from fcnseg.serving.uploads import ApiError, ClientGone, decode_image, image_bytes
 from fcnseg.viz import palette_array
 
 log = logging.getLogger(__name__)
@@ -54,14 +60,19 @@ REQUEST_BODY = {"requestBody": {"required": True, "description": "the image: raw
                                                 "properties": {"image": {"type": "string", "format": "binary"}}}}}}}
 PREDICT_RESPONSES = {
     200: {"description": "index-mask PNG (pixel value = class id, palette = class colours), or JSON with "
-                         "?format=json / Accept: application/json",
+                         "?format=json / Accept: application/json; with &mask=png the JSON carries the "
+                         "index-mask PNG as base64 (mask_png), with &mask=rle each class carries its pixels "
+                         "as COCO's uncompressed RLE (rle: {size: [height, width], counts}, column-major, "
+                         "counts start with a run of zeros; pycocotools.mask.frPyObjects reads it)",
           "content": {"image/png": {}, "application/json": {}}},
     400: {"description": "empty body, corrupt image or malformed form"},
-    408: {"description": "the upload took longer than the server's upload timeout"},
+    408: {"description": "the upload took longer than the server's upload timeout, or paused too long"},
     413: {"description": "upload over the byte limit or image over the pixel limit"},
     415: {"description": "Content-Type is not an image or multipart form"},
+    421: {"description": "the Host header names a host this server was not started for (--allow-host)"},
     422: {"description": "a query parameter is out of bounds"},
-    503: {"description": "busy: all inference threads and the waiting line are full; see Retry-After"},
+    503: {"description": "busy (all inference threads and the waiting line are full, or too many requests) "
+                         "or shutting down; see Retry-After"},
 }
 
 
@@ -130,6 +141,19 @@ def png_bytes(mask: np.ndarray, palette) -> bytes:
     return encode_image(img, "PNG", compress_level=3)
 
 
+def coco_rle(mask: np.ndarray, class_id: int) -> dict:
+    """Where ``mask == class_id``, as COCO's uncompressed RLE: {"size": [h, w], "counts": [...]}, runs
+    over the pixels in column-major order, alternating absent/present and starting with absent
+    (a leading 0 when the first pixel is present). pycocotools' frPyObjects and decode read it."""
+    flat = (mask == class_id).ravel(order="F")
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate(([0], edges, [flat.size]))
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        counts.insert(0, 0)
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
+
+
 def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": " ".join(str(message).split())}, status_code=status, headers=headers)
 
@@ -140,8 +164,11 @@ def create_app(segmenter, config: ServeConfig) -> FastAPI:
     palette = class_palette(segmenter)
     names = segmenter.class_names
     source = Path(config.checkpoint or config.weights).name  # never the server's folders
+    meta = segmenter.meta
+    trained_on = getattr(meta, "trained_on", None) or (meta.get("trained_on") if hasattr(meta, "get") else None)
     model_info = {
         "model": segmenter.meta["model_name"], "source": source, "num_classes": segmenter.num_classes,
+        "trained_on": trained_on if isinstance(trained_on, (str, dict)) else None,
         "classes": [{"id": i, "name": names[i], "color": list(palette[i])} for i in range(segmenter.num_classes)],
         "normalization": normalization_info(segmenter.normalization),
         "model_kwargs": {k: v for k, v in segmenter.meta.get("model_kwargs", {}).items()
@@ -157,17 +184,27 @@ def create_app(segmenter, config: ServeConfig) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        yield
+        # the state reaches GuardedH11Protocol in every worker process (uvicorn's app_state)
+        yield {GUARD_STATE: ConnectionLimits(config.header_timeout, config.max_connections)}
         pool.shutdown()
 
-    app = FastAPI(title="fcnseg", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description=f"Semantic segmentation with {model_info['model']} ({segmenter.num_classes} "
-                              "classes). POST an image to /predict; GET /model for the classes.")
+    from fastapi_offline import FastAPIOffline
+
+    app = FastAPIOffline(title="fcnseg", version=_version(), lifespan=lifespan, docs_url="/docs", redoc_url=None,
+                         static_url="/docs-assets", favicon_url="/static/icon.svg",
+                         description=f"Semantic segmentation with {model_info['model']} ({segmenter.num_classes} "
+                                     "classes). POST an image to /predict; GET /model for the classes.")
     app.state.segmenter, app.state.pool, app.state.config = segmenter, pool, config
+    app.add_middleware(Guard, config=config, retry_after=pool.retry_after)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
         return error_response(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(ClientGone)
+    async def _gone(request: Request, exc: ClientGone):
+        log.info("%s %s: the client hung up during its upload", request.method, request.url.path)
+        return Response(status_code=400)  # nobody reads it; uvicorn drops it quietly
 
     @app.exception_handler(Busy)
     async def _busy(request: Request, exc: Busy):
@@ -220,7 +257,10 @@ def create_app(segmenter, config: ServeConfig) -> FastAPI:
         request: Request,
         format: str | None = Query(None, pattern="^(png|json)$",
                                    description="png (default) or json; or send Accept: application/json"),
-        mask: bool = Query(False, description="with format=json: include the index-mask PNG, base64"),
+        mask: str | None = Query(None, pattern="^(png|rle|true|false)$",
+                                 description="with format=json: png = the index-mask PNG as base64 (mask_png; "
+                                             "true means png), rle = each class's pixels as COCO "
+                                             "uncompressed RLE (column-major)"),
         tile: int | None = Query(None, ge=0, le=MAX_TILE,
                                  description=f"sliding-window tile in pixels (0 = whole image; default: "
                                              f"whole image up to 2.25 MP); {MIN_TILE}-{MAX_TILE}"),
@@ -235,15 +275,11 @@ def create_app(segmenter, config: ServeConfig) -> FastAPI:
         options = {"tile": tile, "overlap": overlap, "tta_flip": flip, "scales": parse_scales(scales)}
         as_json = wants_json(format, request.headers.get("accept"))
         start = time.perf_counter()
+        # the whole body first, holding nothing: only a complete upload asks the pool for a place
+        data = await image_bytes(request, config.max_upload_bytes, config.upload_timeout, config.header_timeout)
         async with pool.admit() as job:
-            try:  # a place in the pool is held while the body arrives: slow senders must not keep it
-                data = await asyncio.wait_for(image_bytes(request, config.max_upload_bytes),
-                                              config.upload_timeout_s)
-            except asyncio.TimeoutError:
-                raise ApiError(408, f"the upload took longer than {config.upload_timeout_s:g} s; send it "
-                                    "faster or start the server with a larger --upload-timeout") from None
             result = await job.run(lambda: _segment(segmenter, data, config.max_pixels, options))
-        mask_png = png_bytes(result["mask"], palette) if (mask or not as_json) else None
+        mask_png = png_bytes(result["mask"], palette) if (mask in ("png", "true") or not as_json) else None
         total_ms = (time.perf_counter() - start) * 1000
         height, width = result["mask"].shape
         timing = {"inference_ms": round(result["inference_ms"], 2), "decode_ms": round(result["decode_ms"], 2),
@@ -261,6 +297,9 @@ def create_app(segmenter, config: ServeConfig) -> FastAPI:
                 "classes": [{"id": int(c), "name": names[c], "color": list(palette[c]), "pixels": int(counts[c]),
                              "share": counts[c] / pixels}
                             for c in sorted(np.flatnonzero(counts), key=lambda c: -counts[c])]}
+        if mask == "rle":
+            for entry in body["classes"]:
+                entry["rle"] = coco_rle(result["mask"], entry["id"])
         if mask_png is not None:
             body["mask_png"] = base64.b64encode(mask_png).decode("ascii")
         return JSONResponse(body)

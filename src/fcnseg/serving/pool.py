@@ -1,9 +1,13 @@
 """The bounded inference pool: a few threads run the model; a bounded number of requests wait.
 
-A request is *admitted* before its body is read and holds its place until its inference has
-finished (even if the client hung up meanwhile), so at most ``threads + waiting`` uploads and
-images are in memory at once. A request that finds the pool full is refused at once with
-:class:`Busy` (HTTP 503 with Retry-After) instead of piling up.
+A request is *admitted* only once its whole body has arrived (so a slow or stalled sender never
+holds a place) and holds its place until its inference has finished (even if the client hung up
+meanwhile), so at most ``threads + waiting`` images are decoded or waiting at once; the bodies
+still arriving are bounded by the app's request limit (``ServeConfig.max_requests``). A request
+that finds the pool full is refused at once with :class:`Busy` (HTTP 503 with Retry-After).
+
+At shutdown the work still waiting is cancelled (its requests get 503); the inferences running
+finish, since a thread cannot be interrupted, so stopping takes at most one inference longer.
 
 The counters are only touched on the event loop's thread (done callbacks are handed back to it).
 """
@@ -85,7 +89,7 @@ class InferencePool:
                 "served": self.served, "refused": self.refused}
 
     def shutdown(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=False)
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     def _release(self) -> None:
         self.admitted -= 1

@@ -6,6 +6,7 @@ instead. Nothing from a request is ever used as a path on the server.
 
 from __future__ import annotations
 
+import asyncio
 
 import numpy as np
 
@@ -13,6 +14,7 @@ from fcnseg.errors import FcnsegError
 from fcnseg.images import ImageTooLarge, open_image_bytes
 from fcnseg.inference.image_io import pil_to_rgb
 
+CLOSE = {"Connection": "close"}  # refused before the body was read: the connection cannot be reused
 RAW_TYPES = ("image/", "application/octet-stream")
 HOW = "send the image as the body with Content-Type image/* (curl -H 'Content-Type: image/jpeg' " \
       "--data-binary @photo.jpg) or as multipart/form-data (curl -F image=@photo.jpg)"
@@ -37,21 +39,46 @@ def check_content_type(content_type: str | None) -> str:
         return "multipart"
     if not kind or kind.startswith(RAW_TYPES):
         return "raw"
-    raise ApiError(415, f"Content-Type {kind} is not an image; {HOW}")
+    raise ApiError(415, f"Content-Type {kind} is not an image; {HOW}", CLOSE)
 
 
 def too_large(limit: int) -> ApiError:
     return ApiError(413, f"upload exceeds this server's limit of {limit / 2**20:.3g} MB; send a smaller "
-                         "image (or start the server with a larger --max-upload-mb)")
+                         "image (or start the server with a larger --max-upload-mb)", CLOSE)
 
 
-async def read_body(request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes (declared or streamed)."""
+class ClientGone(Exception):
+    """The client hung up before its upload had arrived: nobody is left to answer."""
+
+
+async def read_body(request, limit: int, timeout_s: float, stall_s: float) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes (declared or streamed),
+    with 408 when it takes longer than ``timeout_s`` in all or no bytes come for ``stall_s``;
+    :class:`ClientGone` when the client disconnects. Nothing of the server is held meanwhile."""
+    from starlette.requests import ClientDisconnect
+
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        left = deadline - loop.time()
+        wait = min(stall_s, left)
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(wait, 0.001))
+        except StopAsyncIteration:
+            break
+        except ClientDisconnect:
+            raise ClientGone() from None
+        except asyncio.TimeoutError:
+            if wait < stall_s:
+                raise ApiError(408, f"the upload took longer than {timeout_s:g} s; send it faster or start "
+                                    "the server with a larger --upload-timeout", CLOSE) from None
+            raise ApiError(408, f"no bytes of the upload arrived for {stall_s:g} s; send it without pausing "
+                                "(or start the server with a larger --header-timeout)", CLOSE) from None
         size += len(chunk)
         if size > limit:
             raise too_large(limit)
@@ -59,10 +86,11 @@ async def read_body(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def image_bytes(request, limit: int) -> bytes:
-    """The uploaded image's bytes, from a raw body or the first file of a multipart form."""
+async def image_bytes(request, limit: int, timeout_s: float, stall_s: float) -> bytes:
+    """The uploaded image's bytes, from a raw body or the first file of a multipart form (see
+    :func:`read_body` for the limits)."""
     kind = check_content_type(request.headers.get("content-type"))
-    body = await read_body(request, limit)
+    body = await read_body(request, limit, timeout_s, stall_s)
     if not body:
         raise ApiError(400, f"the request body is empty; {HOW}")
     if kind == "raw":
