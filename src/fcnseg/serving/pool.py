@@ -78,7 +78,12 @@ class InferencePool:
                 self._release()
             else:  # keep the place until the thread is really done, even if the client has gone
                 loop = asyncio.get_running_loop()
-                job.future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
+
+                def release(_) -> None:
+                    if not loop.is_closed():  # else the server has stopped: nothing left to count
+                        loop.call_soon_threadsafe(self._release)
+
+                job.future.add_done_callback(release)
 
     def retry_after(self) -> int:
         """Seconds until a place is likely free: the work ahead shared among the threads."""
