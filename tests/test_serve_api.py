@@ -32,14 +32,14 @@ META = {"model_name": "fcn8s", "model_kwargs": {"num_classes": 5, "width": 1 / 1
 BASE = "http://127.0.0.1"  # the server answers only its own host names (TestClient's default is testserver)
 
 
-def tiny_checkpoint(path):
+def tiny_checkpoint(path, **meta):
     torch.manual_seed(0)
     model = create_model("fcn8s", **META["model_kwargs"])
     with torch.no_grad():  # score layers start at zero: give them noise so several classes appear
         for p in model.parameters():
             if p.dim() > 1 and p.abs().sum() == 0:
                 p.normal_(0, 0.1)
-    save_checkpoint(path, model.state_dict(), META)
+    save_checkpoint(path, model.state_dict(), {**META, **meta})
     return path
 
 

@@ -66,6 +66,7 @@ def drive_page(url: str, image: Path, screenshot: Path, tmp: Path, opacity: int 
                 "model": page.inner_text("#model-name"),
                 "summary": page.inner_text("#model-summary"),
                 "norm": page.inner_text("#model-norm"),
+                "trained": page.inner_text("#model-trained"),
                 "classes": page.locator("#classes li").all_inner_texts(),
                 "legend": page.locator("#legend li .name").all_inner_texts(),
                 "shares": page.locator("#legend li .share").all_inner_texts(),
@@ -96,6 +97,14 @@ def drive_page(url: str, image: Path, screenshot: Path, tmp: Path, opacity: int 
             page.set_input_files("#file", str(bad))
             page.wait_for_selector('body[data-state="error"]', timeout=60_000)
             shown["error"] = page.inner_text("#status")
+            # ... and nothing of the previous image is left beside the error
+            shown["after_error"] = page.evaluate("""() => {
+                const c = document.getElementById('overlay'), a = document.getElementById('download');
+                return {canvas: [c.width, c.height], filled: c.parentElement.classList.contains('filled'),
+                        legend: Array.from(document.querySelectorAll('#legend li')).map(li => li.textContent),
+                        href: a.getAttribute('href'), disabled: a.classList.contains('disabled'),
+                        timing: document.getElementById('timing').textContent};
+            }""")
         finally:
             browser.close()
     return shown
@@ -107,7 +116,7 @@ def test_page_in_headless_chromium(tmp_path):
     from fcnseg.viz import colorize
 
     chromium_path()
-    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt", trained_on="shapes train (400 images)")
     image = scene(tmp_path / "street.png")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the server runs it: one thread per inference
@@ -150,5 +159,10 @@ def test_page_in_headless_chromium(tmp_path):
     assert shown["download_name"] == "street_mask.png"
     np.testing.assert_array_equal(np.asarray(Image.open(shown["download"])), expected)
     assert "not an image" in shown["error"]
+    after = shown["after_error"]
+    assert after["canvas"] == [0, 0] and not after["filled"], after  # no overlay of the previous image
+    assert after["href"] is None and after["disabled"], after  # no download of the previous mask
+    assert len(after["legend"]) == 1 and "Segment an image" in after["legend"][0] and after["timing"] == ""
+    assert shown["trained"] == "shapes train (400 images)"  # the model card says what it learnt from
     shot = Image.open(tmp_path / "page.png")
     assert shot.width == 1200 and shot.height > 600

@@ -68,7 +68,7 @@ def image_png(width: int, height: int) -> bytes:
 def slow_sender_gets_408(port: int) -> bool:
     """A client that announces 1000 bytes and sends 10 is answered 408 and its pool place is freed."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
                      b"Content-Length: 1000\r\n\r\n" + b"\x89PNG\r\n\x1a\n\0\0")
         reply = b""
         while b"took longer" not in reply:  # headers and body may come in separate segments

@@ -37,6 +37,7 @@ log = logging.getLogger("fcnseg.serve")
 
 GUARD_STATE = "fcnseg_guard"
 NOT_COUNTED = ("/health",)
+CLOSE = {"Connection": "close"}  # answered without reading the body: the connection cannot be reused
 
 
 @dataclass(frozen=True)
@@ -77,13 +78,13 @@ class Guard:
         if host is not None and not self.config.allowed_host(host):
             log.warning("refused a request for host %r (not an allowed host name)", host[:80])
             await json_error(421, f"this server does not answer for host {host[:80]!r}; start it with "
-                                  f"--allow-host {host[:80]} (or open it by its address)")(scope, receive, send)
+                                  f"--allow-host {host[:80]} (or open it by its address)", CLOSE)(scope, receive, send)
             return
         counted = scope["path"] not in NOT_COUNTED
         if counted and self.active >= self.config.max_requests:
             wait = self.retry_after()
             await json_error(503, f"the server is handling {self.active} requests, its limit; retry in {wait} s",
-                             {"Retry-After": str(wait)})(scope, receive, send)
+                             {"Retry-After": str(wait), **CLOSE})(scope, receive, send)
             return
         started = False
 
@@ -101,7 +102,7 @@ class Guard:
                         scope["method"], scope["path"])
             if not started:
                 await json_error(503, "the server is shutting down; retry in a moment",
-                                 {"Retry-After": "5", "Connection": "close"})(scope, receive, send)
+                                 {"Retry-After": "5", **CLOSE})(scope, receive, send)
         finally:
             self.active -= counted
 

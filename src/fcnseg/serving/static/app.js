@@ -36,6 +36,7 @@ async function loadModel() {
     $("model-detail").textContent = `${model.model}${model.source ? ` from ${model.source}` : ""}${kwargs ? ` (${kwargs})` : ""}`;
     $("model-runtime").textContent = model.description;
     $("model-norm").textContent = norm.description;
+    $("model-trained").textContent = trainedOn(model.trained_on);
     $("model-limits").textContent =
       `uploads up to ${megabytes(model.limits.max_upload_bytes)}, images up to ` +
       `${(model.limits.max_pixels / 1e6).toFixed(0)} megapixels; ${model.limits.threads} inference ` +
@@ -55,6 +56,17 @@ async function loadModel() {
   } catch (err) {
     setStatus(`cannot read the model description: ${err.message}`, true);
   }
+}
+
+// What the model was trained on, as its file records it: a name, or an object whose "dataset" or
+// "name" comes first, then its other fields.
+function trainedOn(value) {
+  if (!value) return "not recorded in this model file";
+  if (typeof value === "string") return value;
+  const head = value.dataset || value.name || "";
+  const rest = Object.entries(value).filter(([k, v]) => k !== "dataset" && k !== "name" && v !== null && typeof v !== "object")
+    .map(([k, v]) => `${k} ${v}`).join(", ");
+  return [head, rest].filter(Boolean).join(" · ") || "not recorded in this model file";
 }
 
 function base64Bytes(text) {
@@ -117,6 +129,28 @@ function draw() {
   ctx.globalAlpha = 1;
 }
 
+// Forget the previous result, so a failed upload never leaves another image's overlay, legend or
+// download on the page next to its error.
+const LEGEND_HINT = "Segment an image to see which classes it holds and their share of the pixels.";
+function clearResult() {
+  state.mask = null;
+  if (state.maskUrl) URL.revokeObjectURL(state.maskUrl);
+  state.maskUrl = null;
+  const canvas = $("overlay");
+  canvas.width = 0;
+  canvas.height = 0;
+  canvas.parentElement.classList.remove("filled");
+  const hint = document.createElement("li");
+  hint.className = "muted";
+  hint.textContent = LEGEND_HINT;
+  $("legend").replaceChildren(hint);
+  $("timing").textContent = "";
+  const link = $("download");
+  link.removeAttribute("href");
+  link.classList.add("disabled");
+  link.setAttribute("aria-disabled", "true");
+}
+
 function showLegend(result) {
   const list = $("legend");
   list.replaceChildren();
@@ -151,6 +185,7 @@ async function segment(file) {
   state.busy = true;
   document.body.dataset.state = "busy";
   $("overlay").dataset.ready = "false";
+  clearResult();
   setStatus(`segmenting ${file.name}…`);
   const stem = (file.name || "image").replace(/\.[^.]+$/, "") || "image";
   const small = (w) => w < 480;
@@ -170,13 +205,12 @@ async function segment(file) {
       $("photo-size").textContent = "(this browser cannot display the format)";
     }
     const started = performance.now();
-    const response = await fetch("predict?format=json&mask=true", {
+    const response = await fetch("predict?format=json&mask=png", {
       method: "POST", body: file, headers: { "Content-Type": file.type || "application/octet-stream" },
     });
     const result = await response.json();
     if (!response.ok) throw new Error(result.error || `${response.status} ${response.statusText}`);
     const roundTrip = performance.now() - started;
-    if (state.maskUrl) URL.revokeObjectURL(state.maskUrl);
     state.maskUrl = URL.createObjectURL(new Blob([base64Bytes(result.mask_png)], { type: "image/png" }));
     state.mask = await loadImage(state.maskUrl);
     const frame = $("overlay").parentElement;
