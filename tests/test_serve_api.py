@@ -377,3 +377,74 @@ def test_model_states_its_normalisation(mode, words):
     info = normalization_info(mode)
     assert info["mode"] == mode and info["kind"] == mode.split(":")[0]
     assert all(w in info["description"] for w in words), info["description"]
+
+
+def rle_decode(rle: dict) -> np.ndarray:
+    """COCO's uncompressed RLE back to a bool mask (runs alternate absent/present, column-major)."""
+    h, w = rle["size"]
+    values = np.concatenate([np.full(n, i % 2 == 1) for i, n in enumerate(rle["counts"])])
+    return values.reshape((h, w), order="F")
+
+
+def test_json_answer_carries_the_mask_as_rle_or_png(client, segmenter):
+    data = png((40, 30), seed=4)
+    expected = segmenter.predict(Image.open(io.BytesIO(data)))
+    body = client.post("/predict?format=json&mask=rle", content=data).json()
+    assert "mask_png" not in body
+    rebuilt = np.full(expected.shape, -1)
+    for entry in body["classes"]:
+        assert entry["rle"]["size"] == [30, 40] and sum(entry["rle"]["counts"]) == 30 * 40
+        pixels = rle_decode(entry["rle"])
+        assert pixels.sum() == entry["pixels"]
+        rebuilt[pixels] = entry["id"]
+    np.testing.assert_array_equal(rebuilt, expected)  # every pixel, once, with its class
+    body = client.post("/predict?format=json&mask=png", content=data).json()
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask_png"]))))
+    np.testing.assert_array_equal(decoded, expected)
+    assert "rle" not in body["classes"][0]
+    assert_one_line_error(client.post("/predict?format=json&mask=jpeg", content=data), 422)
+
+
+def test_coco_rle_starts_with_the_absent_run():
+    from fcnseg.serving.app import coco_rle
+
+    mask = np.array([[1, 1, 0], [1, 0, 0]])
+    assert coco_rle(mask, 1) == {"size": [2, 3], "counts": [0, 3, 3]}  # column-major: 1,1 | 1,0 | 0,0
+    assert coco_rle(mask, 0) == {"size": [2, 3], "counts": [3, 3]}
+    assert coco_rle(mask, 7) == {"size": [2, 3], "counts": [6]}
+
+
+def test_docs_page_and_its_assets_are_served_locally(client):
+    import re
+
+    page = client.get("/docs")
+    assert page.status_code == 200 and "swagger" in page.text.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page.text), "a script or style from elsewhere"
+    assert "cdn" not in page.text.lower()
+    assets = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", page.text)
+    urls = re.findall(r"""url:\s*['"]([^'"]+)['"]""", page.text)
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets) and any(a.endswith(".css") for a in assets)
+    for path in assets + urls:
+        response = client.get(path)
+        assert response.status_code == 200 and len(response.content) > 100, path
+    assert client.get("/redoc").status_code == 404
+
+
+def test_model_card_says_what_the_model_was_trained_on(segmenter, ckpt, tmp_path):
+    with make_client(segmenter, ckpt) as c:
+        assert c.get("/model").json()["trained_on"] is None  # not recorded: said so, not guessed
+    described = tiny_checkpoint(tmp_path / "described.pt", trained_on="shapes train (400 images)")
+    seg = Segmenter.from_checkpoint(described, max_pixels=10_000)
+    with make_client(seg, described) as c:
+        assert c.get("/model").json()["trained_on"] == "shapes train (400 images)"
+
+
+def test_allow_host_option(segmenter, ckpt):
+    config = ServeConfig(checkpoint=str(ckpt), max_pixels=10_000, concurrency=1, allow_host=["seg.example.org"])
+    with TestClient(create_app(segmenter, config), base_url="http://seg.example.org") as c:
+        assert c.get("/health").status_code == 200
+    with TestClient(create_app(segmenter, config), base_url="http://other.example.org") as c:
+        assert "--allow-host other.example.org" in assert_one_line_error(c.get("/health"), 421)
+    config = ServeConfig(checkpoint=str(ckpt), max_pixels=10_000, concurrency=1, allow_host=["*"])
+    with TestClient(create_app(segmenter, config), base_url="http://anything.example") as c:
+        assert c.get("/health").status_code == 200

@@ -105,6 +105,13 @@ def drive_page(url: str, image: Path, screenshot: Path, tmp: Path, opacity: int 
                         href: a.getAttribute('href'), disabled: a.classList.contains('disabled'),
                         timing: document.getElementById('timing').textContent};
             }""")
+            # the API's Swagger page renders from this server alone
+            requested, before = [], len(problems)
+            page.on("request", lambda req: requested.append(req.url))
+            page.goto(url + "docs")
+            page.wait_for_selector(".swagger-ui .opblock", timeout=60_000)
+            shown["docs_requests"] = requested
+            shown["docs_problems"] = problems[before:]
         finally:
             browser.close()
     return shown
@@ -163,6 +170,8 @@ def test_page_in_headless_chromium(tmp_path):
     assert after["canvas"] == [0, 0] and not after["filled"], after  # no overlay of the previous image
     assert after["href"] is None and after["disabled"], after  # no download of the previous mask
     assert len(after["legend"]) == 1 and "Segment an image" in after["legend"][0] and after["timing"] == ""
+    assert shown["docs_requests"] and all(u.startswith(f"http://127.0.0.1:{port}/") for u in shown["docs_requests"])
+    assert shown["docs_problems"] == []
     assert shown["trained"] == "shapes train (400 images)"  # the model card says what it learnt from
     shot = Image.open(tmp_path / "page.png")
     assert shot.width == 1200 and shot.height > 600

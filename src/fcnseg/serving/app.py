@@ -192,6 +192,7 @@ def create_app(segmenter, config: ServeConfig) -> FastAPI:
 
     app = FastAPIOffline(title="fcnseg", version=_version(), lifespan=lifespan, docs_url="/docs", redoc_url=None,
                          static_url="/docs-assets", favicon_url="/static/icon.svg",
+                         swagger_ui_parameters={"validatorUrl": None},  # no badge from validator.swagger.io
                          description=f"Semantic segmentation with {model_info['model']} ({segmenter.num_classes} "
                                      "classes). POST an image to /predict; GET /model for the classes.")
     app.state.segmenter, app.state.pool, app.state.config = segmenter, pool, config
