@@ -19,6 +19,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import socket
 import types
 import typing
 from dataclasses import asdict, dataclass, fields
@@ -119,7 +120,8 @@ class ServeConfig:
 
     def allowed_host(self, name: str) -> bool:
         """May a request with ``Host: name`` (port stripped) be answered? IP addresses always (DNS
-        rebinding needs a domain name), localhost, the bound --host, --allow-host names."""
+        rebinding needs a domain name), localhost, the bound --host (and this machine's name when
+        bound to every interface), --allow-host names."""
         if "*" in self.allow_host:
             return True
         name = name.strip().lower().rstrip(".")
@@ -131,6 +133,8 @@ class ServeConfig:
         except ValueError:
             pass
         allowed = {*LOOPBACK_NAMES, self.host.lower().rstrip("."), *(h.lower().rstrip(".") for h in self.allow_host)}
+        if self.host in ("0.0.0.0", "::"):  # every interface: this machine's own name too
+            allowed.add(socket.gethostname().lower())
         return name in allowed
 
     def to_env(self) -> str:
