@@ -196,24 +196,25 @@ def test_beyond_the_limits_answers_are_json_with_retry_after_and_health_still_an
 
 @pytest.mark.slow
 def test_sigterm_honours_the_shutdown_timeout(ckpt):
-    """Six ~1.5 s requests on one thread, SIGTERM with --shutdown-timeout 1: the process exits
-    within the timeout plus the one inference running, every client gets 200 or a JSON 503."""
+    """Eight requests on one thread, SIGTERM with --shutdown-timeout 1: the process exits within the
+    timeout plus the one inference running (plus the interpreter's own exit, ~2.5 s on a busy
+    machine), every client gets 200 or a JSON 503, and the queued work is not run."""
     port = free_port()
     proc = start_server(ckpt, port, "--no-access-log", "--concurrency", "1", "--shutdown-timeout", "1")
     try:
         wait_healthy(proc, port)
-        data = image_png(320, 240)
+        data = image_png(400, 300)
         start = time.monotonic()
         status, _ = post_image(port, data, "?flip=true&scales=1,1.5,2")
         one = time.monotonic() - start  # one inference here, now
         assert status == 200
         results = []
         clients = [threading.Thread(target=lambda: results.append(post_image(port, data, "?flip=true&scales=1,1.5,2")))
-                   for _ in range(6)]
+                   for _ in range(8)]
         for c in clients:
             c.start()
         deadline = time.monotonic() + 60
-        while health(port)["in_flight"] < 6:
+        while health(port)["in_flight"] < 8:
             assert time.monotonic() < deadline
             time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
@@ -226,9 +227,9 @@ def test_sigterm_honours_the_shutdown_timeout(ckpt):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out
-    assert took < 1 + one + 3, (took, one, out)  # not the 6 x one the queued work would take
+    assert took < 1 + one + 5, (took, one, out)
     statuses = sorted(s for s, _ in results)
-    assert len(statuses) == 6 and set(statuses) <= {200, 503}, statuses
+    assert len(statuses) == 8 and set(statuses) <= {200, 503}, statuses
     assert 503 in statuses, (took, one, out)
     for status, body in results:
         if status == 503:
