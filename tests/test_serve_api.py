@@ -23,10 +23,13 @@ from fcnseg.serving.config import ServeConfig  # noqa: E402
 from fcnseg.serving.pool import Busy, InferencePool  # noqa: E402
 
 # 5 classes: not a channel count of the 1/16-width trunk (4, 8, 16, 32), so no layer looks like a score layer
-META = {"model_name": "fcn8s", "model_kwargs": {"num_classes": 5, "width": 1 / 16},
-        "class_names": ["background", "sky", "road", "tree", "car"],
-        "palette": [[0, 0, 0], [70, 130, 180], [128, 64, 128], [107, 142, 35], [0, 0, 142]],
-        "normalization": "imagenet"}
+META = {
+    "model_name": "fcn8s",
+    "model_kwargs": {"num_classes": 5, "width": 1 / 16},
+    "class_names": ["background", "sky", "road", "tree", "car"],
+    "palette": [[0, 0, 0], [70, 130, 180], [128, 64, 128], [107, 142, 35], [0, 0, 142]],
+    "normalization": "imagenet",
+}
 
 
 BASE = "http://127.0.0.1"  # the server answers only its own host names (TestClient's default is testserver)
@@ -102,8 +105,18 @@ def test_page_and_static_files_are_served(client):
     assert "https://" not in js.text + client.get("/static/style.css").text  # nothing from a CDN
 
 
-@pytest.mark.parametrize("path", ["/static/index.html", "/static/..%2fapp.py", "/static/%2e%2e/%2e%2e/config.py",
-                                  "/static/../../../etc/passwd", "/static/", "/etc/passwd", "/nope"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/index.html",
+        "/static/..%2fapp.py",
+        "/static/%2e%2e/%2e%2e/config.py",
+        "/static/../../../etc/passwd",
+        "/static/",
+        "/etc/passwd",
+        "/nope",
+    ],
+)
 def test_no_request_names_a_server_file(client, path):
     assert_one_line_error(client.get(path), 404)
 
@@ -139,8 +152,10 @@ def test_predict_png_raw_and_multipart_match_the_model(client, segmenter):
 def test_predict_json_counts_shares_timing(client, segmenter):
     data = png((50, 40), seed=3)
     expected = segmenter.predict(Image.open(io.BytesIO(data)))
-    for response in (client.post("/predict?format=json", content=data),
-                     client.post("/predict", content=data, headers={"Accept": "application/json"})):
+    for response in (
+        client.post("/predict?format=json", content=data),
+        client.post("/predict", content=data, headers={"Accept": "application/json"}),
+    ):
         assert response.status_code == 200
         body = response.json()
         assert (body["width"], body["height"], body["model"]) == (50, 40, "fcn8s")
@@ -158,8 +173,9 @@ def test_predict_json_counts_shares_timing(client, segmenter):
 
 def test_predict_options_tiles_and_tta(client, segmenter):
     data = png((70, 45), seed=5)
-    tiled = Segmenter(segmenter.model, segmenter.meta, fast=segmenter.fast, tile=32, overlap=0.5,
-                      tta_flip=True, scales=(0.5, 1.0))
+    tiled = Segmenter(
+        segmenter.model, segmenter.meta, fast=segmenter.fast, tile=32, overlap=0.5, tta_flip=True, scales=(0.5, 1.0)
+    )
     expected = tiled.predict(Image.open(io.BytesIO(data)))
     response = client.post("/predict?tile=32&overlap=0.5&flip=true&scales=0.5,1&format=json&mask=png", content=data)
     assert response.status_code == 200, response.text
@@ -170,8 +186,21 @@ def test_predict_options_tiles_and_tta(client, segmenter):
     assert segmenter.tile is None and not segmenter.tta_flip  # the shared model's settings are untouched
 
 
-@pytest.mark.parametrize("query", ["tile=5", "tile=5000", "tile=-1", "overlap=0.9", "overlap=x", "scales=3",
-                                   "scales=0.5,1,1.5,1.75,2", "scales=a,b", "format=xml", "flip=maybe"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "tile=5",
+        "tile=5000",
+        "tile=-1",
+        "overlap=0.9",
+        "overlap=x",
+        "scales=3",
+        "scales=0.5,1,1.5,1.75,2",
+        "scales=a,b",
+        "format=xml",
+        "flip=maybe",
+    ],
+)
 def test_out_of_bounds_options_are_refused(client, query):
     assert_one_line_error(client.post(f"/predict?{query}", content=png()), 422)
 
@@ -185,8 +214,11 @@ def test_bad_uploads_get_one_line_errors_and_the_server_keeps_serving(client):
         (dict(content=truncated, headers={"Content-Type": "image/png"}), 400, "truncated or corrupt"),
         (dict(content=good, headers={"Content-Type": "text/plain"}), 415, "text/plain"),
         (dict(content=b'{"image": "/etc/passwd"}', headers={"Content-Type": "application/json"}), 415, "json"),
-        (dict(content=b"image=/etc/passwd", headers={"Content-Type": "application/x-www-form-urlencoded"}), 415,
-         "curl"),
+        (
+            dict(content=b"image=/etc/passwd", headers={"Content-Type": "application/x-www-form-urlencoded"}),
+            415,
+            "curl",
+        ),
         (dict(data={"note": "no file"}, files={"other": ("", b"", "")}), 400, ""),
         (dict(content=b"--x\r\nbroken", headers={"Content-Type": "multipart/form-data; boundary=x"}), 400, ""),
         (dict(files={"image": ("a.png", b"", "image/png")}), 400, "empty"),
@@ -228,8 +260,10 @@ def test_wrong_method_and_unknown_path(client):
 
 def test_internal_error_is_500_and_the_server_keeps_serving(segmenter, ckpt, monkeypatch):
     with make_client(segmenter, ckpt) as c:
+
         def boom(*args, **kwargs):
             raise RuntimeError("out of memory\nsecond line")
+
         monkeypatch.setattr(type(segmenter), "segment", boom)
         assert "RuntimeError" in assert_one_line_error(c.post("/predict", content=png()), 500)
         monkeypatch.undo()
@@ -368,9 +402,14 @@ def test_weights_option_loads_through_the_weights_resolver(ckpt):
         assert c.post("/predict", content=png()).status_code == 200
 
 
-@pytest.mark.parametrize("mode, words", [("imagenet", ["ImageNet", "0.485", "0.229"]),
-                                         ("caffe", ["Caffe", "BGR", "104.01, 116.67, 122.68"]),
-                                         ("caffe:116.190,97.203,92.318", ["Caffe", "116.19, 97.20, 92.32"])])
+@pytest.mark.parametrize(
+    "mode, words",
+    [
+        ("imagenet", ["ImageNet", "0.485", "0.229"]),
+        ("caffe", ["Caffe", "BGR", "104.01, 116.67, 122.68"]),
+        ("caffe:116.190,97.203,92.318", ["Caffe", "116.19, 97.20, 92.32"]),
+    ],
+)
 def test_model_states_its_normalisation(mode, words):
     from fcnseg.serving.app import normalization_info
 

@@ -8,7 +8,6 @@ failure, not a skip; elsewhere (a user who is not root, say) the test is skipped
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 from pathlib import Path
@@ -21,8 +20,16 @@ from PIL import Image, ImageDraw
 from test_serve_api import META, tiny_checkpoint
 from test_serve_process import free_port, start_server, wait_healthy
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium_path() -> str:
@@ -30,7 +37,9 @@ def chromium_path() -> str:
     found = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
     if found is None:
         if os.environ.get("CI") == "true" and not os.environ.get("FCNSEG_SKIP_BROWSER_TEST"):
-            pytest.fail("the browser test needs Debian's chromium: apt-get install chromium (make test does this under CI=true)")
+            pytest.fail(
+                "the browser test needs Debian's chromium: apt-get install chromium (make test does this under CI=true)"
+            )
         pytest.skip("chromium is not installed (apt-get install chromium, as root, runs this test)")
     return found
 

@@ -29,8 +29,10 @@ def raw_socket(port: int) -> socket.socket:
 def stalled_upload(port: int) -> socket.socket:
     """Headers and the first bytes of a 100 kB body, then nothing."""
     sock = raw_socket(port)
-    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
-                 b"Content-Length: 100000\r\n\r\n" + b"\x89PNG\r\n\x1a\n" + b"\0" * 1000)
+    sock.sendall(
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+        b"Content-Length: 100000\r\n\r\n" + b"\x89PNG\r\n\x1a\n" + b"\0" * 1000
+    )
     return sock
 
 
@@ -39,7 +41,7 @@ def read_reply(sock: socket.socket) -> bytes:
     while True:
         try:
             chunk = sock.recv(65536)
-        except (ConnectionResetError, socket.timeout):
+        except (TimeoutError, ConnectionResetError):
             break
         if not chunk:
             break
@@ -72,8 +74,19 @@ def server(ckpt):
     """One inference thread, no waiting line: the app's request limit is 2 x 1 + 16 = 18, the
     connection limit 18 + 64 = 82. Yields (port, log lines so far)."""
     port = free_port()
-    proc = start_server(ckpt, port, "--no-access-log", "--concurrency", "1", "--queue", "0",
-                        "--header-timeout", str(HEADER_TIMEOUT), "--upload-timeout", "30")
+    proc = start_server(
+        ckpt,
+        port,
+        "--no-access-log",
+        "--concurrency",
+        "1",
+        "--queue",
+        "0",
+        "--header-timeout",
+        str(HEADER_TIMEOUT),
+        "--upload-timeout",
+        "30",
+    )
     wait_healthy(proc, port)
     log: list[str] = []
     reader = threading.Thread(target=lambda: log.extend(iter(proc.stdout.readline, "")), daemon=True)
@@ -152,20 +165,28 @@ def test_headers_sent_one_byte_a_second_get_the_connection_closed(server):
 def test_foreign_host_header_is_refused(server, host):
     """DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1."""
     port, _ = server
-    status, headers, body = raw_request(port, f"GET /model HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    status, headers, body = raw_request(
+        port, f"GET /model HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    )
     assert status == 421 and headers["content-type"] == "application/json"
     error = json.loads(body)["error"]
     assert "--allow-host" in error and "\n" not in error
     png = image_png(20, 20)
-    status, _, _ = raw_request(port, f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\n"
-                                     f"Content-Length: {len(png)}\r\nConnection: close\r\n\r\n".encode() + png)
+    status, _, _ = raw_request(
+        port,
+        f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\n"
+        f"Content-Length: {len(png)}\r\nConnection: close\r\n\r\n".encode()
+        + png,
+    )
     assert status == 421
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "192.168.1.7"])
 def test_own_names_and_addresses_are_answered(server, host):
     port, _ = server
-    status, _, body = raw_request(port, f"GET /model HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+    status, _, body = raw_request(
+        port, f"GET /model HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+    )
     assert status == 200 and json.loads(body)["model"] == "fcn8s"
 
 
@@ -175,9 +196,12 @@ def test_beyond_the_limits_answers_are_json_with_retry_after_and_health_still_an
     extra = []
     try:
         time.sleep(0.5)
-        status, headers, body = raw_request(port, b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                                                  b"Content-Type: image/png\r\nContent-Length: 4\r\n"
-                                                  b"Connection: close\r\n\r\nabcd")
+        status, headers, body = raw_request(
+            port,
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: image/png\r\nContent-Length: 4\r\n"
+            b"Connection: close\r\n\r\nabcd",
+        )
         assert status == 503 and headers["content-type"] == "application/json", body
         assert int(headers["retry-after"]) >= 1 and "limit" in json.loads(body)["error"]
         assert health(port)["status"] == "ok"  # /health is not counted
@@ -209,8 +233,10 @@ def test_sigterm_honours_the_shutdown_timeout(ckpt):
         one = time.monotonic() - start  # one inference here, now
         assert status == 200
         results = []
-        clients = [threading.Thread(target=lambda: results.append(post_image(port, data, "?flip=true&scales=1,1.5,2")))
-                   for _ in range(8)]
+        clients = [
+            threading.Thread(target=lambda: results.append(post_image(port, data, "?flip=true&scales=1,1.5,2")))
+            for _ in range(8)
+        ]
         for c in clients:
             c.start()
         deadline = time.monotonic() + 60

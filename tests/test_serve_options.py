@@ -28,22 +28,38 @@ def test_defaults_come_from_the_fields_alone():
 
 
 def test_values_are_typed_by_the_field():
-    config = parse("--max-pixels", "1.5e7", "--port", "9001", "--upload-timeout", "5", "--no-access-log",
-                   "--allow-host", "a.example", "--allow-host", "b.example", "--shutdown-timeout", "2.5")
+    config = parse(
+        "--max-pixels",
+        "1.5e7",
+        "--port",
+        "9001",
+        "--upload-timeout",
+        "5",
+        "--no-access-log",
+        "--allow-host",
+        "a.example",
+        "--allow-host",
+        "b.example",
+        "--shutdown-timeout",
+        "2.5",
+    )
     assert config.max_pixels == 15_000_000 and type(config.max_pixels) is int  # an int, as the field says
     assert config.port == 9001 and config.upload_timeout == 5.0 and config.shutdown_timeout == 2.5
     assert config.access_log is False and config.allow_host == ["a.example", "b.example"]
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--max-pixels", "2.5"], "--max-pixels"),
-    (["--max-pixels", "0"], ">= 1"),
-    (["--port", "70000"], "<= 65535"),
-    (["--workers", "0"], "--workers"),
-    (["--queue", "-2"], ">= -1"),
-    (["--header-timeout", "0"], "> 0"),
-    (["--upload-timeout", "nan"], "finite"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--max-pixels", "2.5"], "--max-pixels"),
+        (["--max-pixels", "0"], ">= 1"),
+        (["--port", "70000"], "<= 65535"),
+        (["--workers", "0"], "--workers"),
+        (["--queue", "-2"], ">= -1"),
+        (["--header-timeout", "0"], "> 0"),
+        (["--upload-timeout", "nan"], "finite"),
+    ],
+)
 def test_command_line_bounds_are_one_line_errors(argv, words, capsys):
     with pytest.raises(SystemExit) as stop:
         parse(*argv)
@@ -52,13 +68,16 @@ def test_command_line_bounds_are_one_line_errors(argv, words, capsys):
     assert err.count("\n") == 1 and words in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("values, words", [
-    ({"max_pixels": 0}, "--max-pixels must be >= 1"),
-    ({"max_pixels": "many"}, "--max-pixels expects int"),
-    ({"port": 0}, "--port must be >= 1"),
-    ({"allow_host": ["a b"]}, "--allow-host must be host names"),
-    ({"shutdown_timeout": -1}, "--shutdown-timeout"),
-])
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        ({"max_pixels": 0}, "--max-pixels must be >= 1"),
+        ({"max_pixels": "many"}, "--max-pixels expects int"),
+        ({"port": 0}, "--port must be >= 1"),
+        ({"allow_host": ["a b"]}, "--allow-host must be host names"),
+        ({"shutdown_timeout": -1}, "--shutdown-timeout"),
+    ],
+)
 def test_the_config_object_checks_the_same_bounds(values, words):
     with pytest.raises(FcnsegError, match=words):
         ServeConfig(checkpoint="m.pt", **values)

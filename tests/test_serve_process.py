@@ -31,8 +31,13 @@ def free_port() -> int:
 
 def start_server(checkpoint, port, *extra, env=None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "fcnseg", "serve", "--checkpoint", str(checkpoint), "--port", str(port), *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
 def wait_healthy(proc: subprocess.Popen, port: int, timeout: float = 120) -> dict:
@@ -43,15 +48,16 @@ def wait_healthy(proc: subprocess.Popen, port: int, timeout: float = 120) -> dic
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
                 return json.loads(r.read())
-        except (urllib.error.URLError, ConnectionError, socket.timeout):
+        except (TimeoutError, urllib.error.URLError, ConnectionError):
             time.sleep(0.2)
     proc.kill()
     raise AssertionError("server did not answer /health in time")
 
 
 def post_image(port: int, data: bytes, query: str = "") -> tuple[int, bytes]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/predict{query}", data=data,
-                                 headers={"Content-Type": "image/png"}, method="POST")
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/predict{query}", data=data, headers={"Content-Type": "image/png"}, method="POST"
+    )
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, r.read()
@@ -68,8 +74,10 @@ def image_png(width: int, height: int) -> bytes:
 def slow_sender_gets_408(port: int) -> bool:
     """A client that announces 1000 bytes and sends 10 is answered 408 and its pool place is freed."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
-                     b"Content-Length: 1000\r\n\r\n" + b"\x89PNG\r\n\x1a\n\0\0")
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b"\x89PNG\r\n\x1a\n\0\0"
+        )
         reply = b""
         while b"took longer" not in reply:  # headers and body may come in separate segments
             chunk = sock.recv(4096)
@@ -96,8 +104,9 @@ def test_sigterm_lets_the_request_in_flight_finish(ckpt):
         wait_healthy(proc, port)
         assert slow_sender_gets_408(port)
         result = {}
-        slow = threading.Thread(target=lambda: result.update(r=post_image(
-            port, image_png(320, 240), "?flip=true&scales=1,1.5,2")))
+        slow = threading.Thread(
+            target=lambda: result.update(r=post_image(port, image_png(320, 240), "?flip=true&scales=1,1.5,2"))
+        )
         slow.start()
         deadline = time.monotonic() + 60
         while True:  # send SIGTERM only once the request is inside the server
@@ -148,8 +157,7 @@ def test_workers_start_their_own_model_and_stop_on_sigterm(ckpt):
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fcnseg", "serve", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", "fcnseg", "serve", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_cli_errors_are_one_line(ckpt, tmp_path):

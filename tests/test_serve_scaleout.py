@@ -31,10 +31,23 @@ def test_torchrun_predict_shards_inputs_each_image_exactly_once(tmp_path):
     for i, name in enumerate(names):
         Image.fromarray(rng.integers(0, 255, (20 + i, 30 + 2 * i, 3), np.uint8)).save(src / name)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "fcnseg", "predict", "--checkpoint", str(ckpt), str(src), "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "fcnseg",
+        "predict",
+        "--checkpoint",
+        str(ckpt),
+        str(src),
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = [line for line in proc.stderr.splitlines() if "image(s) written" in line]
     # one line for the whole group, counting what every rank did: 5 predictions for 5 distinct files

@@ -33,15 +33,26 @@ log = logging.getLogger("fcnseg.serve")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("serve", help="serve a model over HTTP: an API and a page to try it in a browser",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a model over HTTP: an API and a page to try it in a browser",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a .pt checkpoint, .safetensors or .onnx export")
-    src.add_argument("--weights", metavar="NAME_OR_FILE",
-                     help="published weights by name (e.g. fcn8s-voc; see `fcnseg weights list`), "
-                          "or a .caffemodel / pytorch-fcn / torchvision .pth file")
-    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
-                   help="default: onnxruntime for .onnx files, torch otherwise")
+    src.add_argument(
+        "--weights",
+        metavar="NAME_OR_FILE",
+        help="published weights by name (e.g. fcn8s-voc; see `fcnseg weights list`), "
+        "or a .caffemodel / pytorch-fcn / torchvision .pth file",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime"),
+        default=None,
+        help="default: onnxruntime for .onnx files, torch otherwise",
+    )
     p.add_argument("--no-fast", action="store_true", help="disable the bf16 fast path (fp32)")
     try:  # the server options: one per ServeConfig field, defaults and bounds from the field
         from fcnseg.serving.config import add_serve_arguments
@@ -69,10 +80,10 @@ def check_port_free(host: str, port: int) -> None:
             sock.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise FcnsegError(f"--port {port}: {host}:{port} is already in use; choose another "
-                                  "port or stop the other server") from None
-            raise FcnsegError(f"--host {host} --port {port}: cannot bind ({exc.strerror}); check the "
-                              "address") from None
+                raise FcnsegError(
+                    f"--port {port}: {host}:{port} is already in use; choose another port or stop the other server"
+                ) from None
+            raise FcnsegError(f"--host {host} --port {port}: cannot bind ({exc.strerror}); check the address") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,18 +94,30 @@ def run(args: argparse.Namespace) -> int:
         from fcnseg.serving.config import ENV_VAR, config_from_args, load_segmenter
         from fcnseg.serving.guards import GuardedH11Protocol
     except ImportError as exc:
-        raise FcnsegError(f"fcnseg serve needs the serve extra ({exc.name} is missing); "
-                          "pip install 'fcnseg[serve]'") from None
-    config = config_from_args(args, checkpoint=args.checkpoint, weights=args.weights,
-                              backend=args.backend, fast=False if args.no_fast else None)
+        raise FcnsegError(
+            f"fcnseg serve needs the serve extra ({exc.name} is missing); pip install 'fcnseg[serve]'"
+        ) from None
+    config = config_from_args(
+        args,
+        checkpoint=args.checkpoint,
+        weights=args.weights,
+        backend=args.backend,
+        fast=False if args.no_fast else None,
+    )
     segmenter = load_segmenter(config)  # in the parent too: a bad checkpoint fails here, on one line
     name, classes = segmenter.meta["model_name"], segmenter.num_classes
     check_port_free(config.host, config.port)
     # the h11 protocol with a header timeout and a JSON connection limit (uvicorn's own limit is off:
     # it answers plain text without Retry-After, /health included); see fcnseg.serving.guards
-    options = {"host": config.host, "port": config.port, "timeout_graceful_shutdown": config.shutdown_timeout,
-               "access_log": config.access_log, "log_level": "info", "http": GuardedH11Protocol,
-               "timeout_keep_alive": max(1, min(5, int(config.header_timeout)))}
+    options = {
+        "host": config.host,
+        "port": config.port,
+        "timeout_graceful_shutdown": config.shutdown_timeout,
+        "access_log": config.access_log,
+        "log_level": "info",
+        "http": GuardedH11Protocol,
+        "timeout_keep_alive": max(1, min(5, int(config.header_timeout))),
+    }
     if config.workers > 1:
         os.environ[ENV_VAR] = config.to_env()  # the worker processes read it in app_from_env
         app = "fcnseg.serving.app:app_from_env"

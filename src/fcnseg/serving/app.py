@@ -44,35 +44,53 @@ from fcnseg.viz import palette_array
 
 log = logging.getLogger(__name__)
 
-STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
-          "icon.svg": "image/svg+xml"}
+STATIC = {
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+    "icon.svg": "image/svg+xml",
+}
 MAX_TILE = 4096
 MIN_TILE = 32
 MAX_SCALES = 4
 SCALE_RANGE = (0.25, 2.0)
 MAX_OVERLAP = 0.75
 
-REQUEST_BODY = {"requestBody": {"required": True, "description": "the image: raw bytes or a multipart form with one file",
-                                "content": {"image/*": {"schema": {"type": "string", "format": "binary"}},
-                                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                                            "multipart/form-data": {"schema": {
-                                                "type": "object", "required": ["image"],
-                                                "properties": {"image": {"type": "string", "format": "binary"}}}}}}}
+REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "the image: raw bytes or a multipart form with one file",
+        "content": {
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                }
+            },
+        },
+    }
+}
 PREDICT_RESPONSES = {
-    200: {"description": "index-mask PNG (pixel value = class id, palette = class colours), or JSON with "
-                         "?format=json / Accept: application/json; with &mask=png the JSON carries the "
-                         "index-mask PNG as base64 (mask_png), with &mask=rle each class carries its pixels "
-                         "as COCO's uncompressed RLE (rle: {size: [height, width], counts}, column-major, "
-                         "counts start with a run of zeros; pycocotools.mask.frPyObjects reads it)",
-          "content": {"image/png": {}, "application/json": {}}},
+    200: {
+        "description": "index-mask PNG (pixel value = class id, palette = class colours), or JSON with "
+        "?format=json / Accept: application/json; with &mask=png the JSON carries the "
+        "index-mask PNG as base64 (mask_png), with &mask=rle each class carries its pixels "
+        "as COCO's uncompressed RLE (rle: {size: [height, width], counts}, column-major, "
+        "counts start with a run of zeros; pycocotools.mask.frPyObjects reads it)",
+        "content": {"image/png": {}, "application/json": {}},
+    },
     400: {"description": "empty body, corrupt image or malformed form"},
     408: {"description": "the upload took longer than the server's upload timeout, or paused too long"},
     413: {"description": "upload over the byte limit or image over the pixel limit"},
     415: {"description": "Content-Type is not an image or multipart form"},
     421: {"description": "the Host header names a host this server was not started for (--allow-host)"},
     422: {"description": "a query parameter is out of bounds"},
-    503: {"description": "busy (all inference threads and the waiting line are full, or too many requests) "
-                         "or shutting down; see Retry-After"},
+    503: {
+        "description": "busy (all inference threads and the waiting line are full, or too many requests) "
+        "or shutting down; see Retry-After"
+    },
 }
 
 
@@ -101,13 +119,24 @@ def normalization_info(mode: str) -> dict:
     """What the model expects of its input, for people: the mode, its mean (and std), one sentence."""
     kind, mean = parse_mode(mode)
     if kind == "caffe":
-        return {"mode": mode, "kind": "caffe", "mean_bgr": list(mean),
-                "description": "Caffe: pixels as BGR in [0, 255], minus the mean (B, G, R) = "
-                               + ", ".join(f"{v:.2f}" for v in mean)}
-    return {"mode": mode, "kind": "imagenet", "mean_rgb": list(mean), "std_rgb": list(IMAGENET_STD_RGB),
-            "description": "ImageNet: RGB scaled to [0, 1], minus mean ("
-                           + ", ".join(f"{v:g}" for v in mean) + "), divided by std ("
-                           + ", ".join(f"{v:g}" for v in IMAGENET_STD_RGB) + ")"}
+        return {
+            "mode": mode,
+            "kind": "caffe",
+            "mean_bgr": list(mean),
+            "description": "Caffe: pixels as BGR in [0, 255], minus the mean (B, G, R) = "
+            + ", ".join(f"{v:.2f}" for v in mean),
+        }
+    return {
+        "mode": mode,
+        "kind": "imagenet",
+        "mean_rgb": list(mean),
+        "std_rgb": list(IMAGENET_STD_RGB),
+        "description": "ImageNet: RGB scaled to [0, 1], minus mean ("
+        + ", ".join(f"{v:g}" for v in mean)
+        + "), divided by std ("
+        + ", ".join(f"{v:g}" for v in IMAGENET_STD_RGB)
+        + ")",
+    }
 
 
 def parse_scales(text: str | None) -> tuple[float, ...]:
@@ -119,8 +148,10 @@ def parse_scales(text: str | None) -> tuple[float, ...]:
         scales = ()
     lo, hi = SCALE_RANGE
     if not scales or len(scales) > MAX_SCALES or not all(lo <= s <= hi for s in scales):
-        raise ApiError(422, f"scales={text!r}: give 1 to {MAX_SCALES} comma-separated numbers in "
-                            f"[{lo:g}, {hi:g}], e.g. 0.75,1,1.25")
+        raise ApiError(
+            422,
+            f"scales={text!r}: give 1 to {MAX_SCALES} comma-separated numbers in [{lo:g}, {hi:g}], e.g. 0.75,1,1.25",
+        )
     return scales
 
 
@@ -167,17 +198,32 @@ def create_app(segmenter, config: ServeConfig) -> FastAPI:
     meta = segmenter.meta
     trained_on = getattr(meta, "trained_on", None) or (meta.get("trained_on") if hasattr(meta, "get") else None)
     model_info = {
-        "model": segmenter.meta["model_name"], "source": source, "num_classes": segmenter.num_classes,
+        "model": segmenter.meta["model_name"],
+        "source": source,
+        "num_classes": segmenter.num_classes,
         "trained_on": trained_on if isinstance(trained_on, (str, dict)) else None,
         "classes": [{"id": i, "name": names[i], "color": list(palette[i])} for i in range(segmenter.num_classes)],
         "normalization": normalization_info(segmenter.normalization),
-        "model_kwargs": {k: v for k, v in segmenter.meta.get("model_kwargs", {}).items()
-                         if isinstance(v, (int, float, str, bool)) or v is None},
-        "backend": segmenter.backend, "fast_path": bool(segmenter.fast), "description": segmenter.describe(),
-        "limits": {"max_upload_bytes": config.max_upload_bytes, "max_pixels": config.max_pixels,
-                   "threads": pool.threads, "waiting": pool.waiting},
-        "options": {"tile": f"0 (whole image) or {MIN_TILE}-{MAX_TILE}", "overlap": f"0-{MAX_OVERLAP}",
-                    "flip": "true/false", "scales": f"1-{MAX_SCALES} of {SCALE_RANGE[0]:g}-{SCALE_RANGE[1]:g}"},
+        "model_kwargs": {
+            k: v
+            for k, v in segmenter.meta.get("model_kwargs", {}).items()
+            if isinstance(v, (int, float, str, bool)) or v is None
+        },
+        "backend": segmenter.backend,
+        "fast_path": bool(segmenter.fast),
+        "description": segmenter.describe(),
+        "limits": {
+            "max_upload_bytes": config.max_upload_bytes,
+            "max_pixels": config.max_pixels,
+            "threads": pool.threads,
+            "waiting": pool.waiting,
+        },
+        "options": {
+            "tile": f"0 (whole image) or {MIN_TILE}-{MAX_TILE}",
+            "overlap": f"0-{MAX_OVERLAP}",
+            "flip": "true/false",
+            "scales": f"1-{MAX_SCALES} of {SCALE_RANGE[0]:g}-{SCALE_RANGE[1]:g}",
+        },
     }
     index_html = page_file("index.html")
     static = {name: page_file(name) for name in STATIC}
@@ -190,11 +236,18 @@ def create_app(segmenter, config: ServeConfig) -> FastAPI:
 
     from fastapi_offline import FastAPIOffline
 
-    app = FastAPIOffline(title="fcnseg", version=_version(), lifespan=lifespan, docs_url="/docs", redoc_url=None,
-                         static_url="/docs-assets", favicon_url="/static/icon.svg",
-                         swagger_ui_parameters={"validatorUrl": None},  # no badge from validator.swagger.io
-                         description=f"Semantic segmentation with {model_info['model']} ({segmenter.num_classes} "
-                                     "classes). POST an image to /predict; GET /model for the classes.")
+    app = FastAPIOffline(
+        title="fcnseg",
+        version=_version(),
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        static_url="/docs-assets",
+        favicon_url="/static/icon.svg",
+        swagger_ui_parameters={"validatorUrl": None},  # no badge from validator.swagger.io
+        description=f"Semantic segmentation with {model_info['model']} ({segmenter.num_classes} "
+        "classes). POST an image to /predict; GET /model for the classes.",
+    )
     app.state.segmenter, app.state.pool, app.state.config = segmenter, pool, config
     app.add_middleware(Guard, config=config, retry_after=pool.retry_after)
 
@@ -209,9 +262,12 @@ def create_app(segmenter, config: ServeConfig) -> FastAPI:
 
     @app.exception_handler(Busy)
     async def _busy(request: Request, exc: Busy):
-        return error_response(503, f"all {pool.threads} inference threads are busy and {pool.waiting} "
-                                   f"requests are waiting; retry in {exc.retry_after} s",
-                              {"Retry-After": str(exc.retry_after)})
+        return error_response(
+            503,
+            f"all {pool.threads} inference threads are busy and {pool.waiting} "
+            f"requests are waiting; retry in {exc.retry_after} s",
+            {"Retry-After": str(exc.retry_after)},
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -256,20 +312,31 @@ def create_app(segmenter, config: ServeConfig) -> FastAPI:
     @app.post("/predict", summary="segment one image", openapi_extra=REQUEST_BODY, responses=PREDICT_RESPONSES)
     async def predict(
         request: Request,
-        format: str | None = Query(None, pattern="^(png|json)$",
-                                   description="png (default) or json; or send Accept: application/json"),
-        mask: str | None = Query(None, pattern="^(png|rle|true|false)$",
-                                 description="with format=json: png = the index-mask PNG as base64 (mask_png; "
-                                             "true means png), rle = each class's pixels as COCO "
-                                             "uncompressed RLE (column-major)"),
-        tile: int | None = Query(None, ge=0, le=MAX_TILE,
-                                 description=f"sliding-window tile in pixels (0 = whole image; default: "
-                                             f"whole image up to 2.25 MP); {MIN_TILE}-{MAX_TILE}"),
+        format: str | None = Query(
+            None, pattern="^(png|json)$", description="png (default) or json; or send Accept: application/json"
+        ),
+        mask: str | None = Query(
+            None,
+            pattern="^(png|rle|true|false)$",
+            description="with format=json: png = the index-mask PNG as base64 (mask_png; "
+            "true means png), rle = each class's pixels as COCO "
+            "uncompressed RLE (column-major)",
+        ),
+        tile: int | None = Query(
+            None,
+            ge=0,
+            le=MAX_TILE,
+            description=f"sliding-window tile in pixels (0 = whole image; default: "
+            f"whole image up to 2.25 MP); {MIN_TILE}-{MAX_TILE}",
+        ),
         overlap: float = Query(0.25, ge=0.0, le=MAX_OVERLAP, description="tile overlap fraction"),
         flip: bool = Query(False, description="test-time augmentation: average with the mirrored image"),
-        scales: str | None = Query(None, max_length=64,
-                                   description=f"test-time scales, e.g. 0.75,1,1.25 (1-{MAX_SCALES} values "
-                                               f"in {SCALE_RANGE[0]:g}-{SCALE_RANGE[1]:g})"),
+        scales: str | None = Query(
+            None,
+            max_length=64,
+            description=f"test-time scales, e.g. 0.75,1,1.25 (1-{MAX_SCALES} values "
+            f"in {SCALE_RANGE[0]:g}-{SCALE_RANGE[1]:g})",
+        ),
     ):
         if tile is not None and 0 < tile < MIN_TILE:
             raise ApiError(422, f"tile={tile}: give 0 (whole image) or {MIN_TILE}-{MAX_TILE}")
@@ -283,21 +350,42 @@ def create_app(segmenter, config: ServeConfig) -> FastAPI:
         mask_png = png_bytes(result["mask"], palette) if (mask in ("png", "true") or not as_json) else None
         total_ms = (time.perf_counter() - start) * 1000
         height, width = result["mask"].shape
-        timing = {"inference_ms": round(result["inference_ms"], 2), "decode_ms": round(result["decode_ms"], 2),
-                  "total_ms": round(total_ms, 2)}
+        timing = {
+            "inference_ms": round(result["inference_ms"], 2),
+            "decode_ms": round(result["decode_ms"], 2),
+            "total_ms": round(total_ms, 2),
+        }
         if not as_json:
             present = ",".join(str(c) for c in np.flatnonzero(result["counts"]))
-            return Response(mask_png, media_type="image/png", headers={
-                "X-Inference-Ms": f"{timing['inference_ms']:.2f}", "X-Image-Size": f"{width}x{height}",
-                "X-Classes-Present": present,
-                "Server-Timing": f"decode;dur={timing['decode_ms']:.2f}, model;dur={timing['inference_ms']:.2f}"})
+            return Response(
+                mask_png,
+                media_type="image/png",
+                headers={
+                    "X-Inference-Ms": f"{timing['inference_ms']:.2f}",
+                    "X-Image-Size": f"{width}x{height}",
+                    "X-Classes-Present": present,
+                    "Server-Timing": f"decode;dur={timing['decode_ms']:.2f}, model;dur={timing['inference_ms']:.2f}",
+                },
+            )
         pixels = width * height
         counts = result["counts"]
-        body = {"model": model_info["model"], "width": width, "height": height, **timing,
-                "options": {**options, "scales": list(options["scales"])},
-                "classes": [{"id": int(c), "name": names[c], "color": list(palette[c]), "pixels": int(counts[c]),
-                             "share": counts[c] / pixels}
-                            for c in sorted(np.flatnonzero(counts), key=lambda c: -counts[c])]}
+        body = {
+            "model": model_info["model"],
+            "width": width,
+            "height": height,
+            **timing,
+            "options": {**options, "scales": list(options["scales"])},
+            "classes": [
+                {
+                    "id": int(c),
+                    "name": names[c],
+                    "color": list(palette[c]),
+                    "pixels": int(counts[c]),
+                    "share": counts[c] / pixels,
+                }
+                for c in sorted(np.flatnonzero(counts), key=lambda c: -counts[c])
+            ],
+        }
         if mask == "rle":
             for entry in body["classes"]:
                 entry["rle"] = coco_rle(result["mask"], entry["id"])

@@ -48,29 +48,41 @@ def host_name_problem(value: list) -> str | None:
 @dataclass
 class ServeConfig:
     # the model: set by the shared model options (--checkpoint/--weights/--backend/--no-fast)
-    checkpoint: str | None = None     # .pt, .safetensors or .onnx
-    weights: str | None = None        # published weights by name (fcn8s-voc, ...) or any weights file
-    backend: str | None = None        # torch / onnxruntime; None = by file type
-    fast: bool | None = None          # bf16 fast path; None = where the CPU supports it
+    checkpoint: str | None = None  # .pt, .safetensors or .onnx
+    weights: str | None = None  # published weights by name (fcn8s-voc, ...) or any weights file
+    backend: str | None = None  # torch / onnxruntime; None = by file type
+    fast: bool | None = None  # bf16 fast path; None = where the CPU supports it
     # the server: each field is also a `fcnseg serve` option
     host: str = _opt("127.0.0.1", "address to bind (127.0.0.1: this machine only; 0.0.0.0 = every interface)")
     port: int = _opt(8000, "TCP port", min=1, max=65535)
     workers: int = _opt(1, "server processes, each with its own model (uvicorn workers)", min=1, max=256)
     concurrency: int = _opt(0, "inference threads per process (0: cores / workers)", min=0, max=1024)
-    queue: int = _opt(-1, "requests that may wait for a thread before others get 503 "
-                          "(-1: 16, or 4 x threads if more)", min=-1, max=100_000)
+    queue: int = _opt(
+        -1,
+        "requests that may wait for a thread before others get 503 (-1: 16, or 4 x threads if more)",
+        min=-1,
+        max=100_000,
+    )
     max_upload_mb: float = _opt(20.0, "largest request body in MB", above=0, max=4096)
     max_pixels: int = _opt(16_000_000, "largest decoded image in pixels, checked before decoding", min=1)
     upload_timeout: float = _opt(60.0, "seconds an upload may take in all; slower ones get 408", above=0)
-    header_timeout: float = _opt(10.0, "seconds a client has to send a request's headers (and an idle "
-                                       "upload to send its next bytes) before the connection is closed",
-                                 above=0, max=3600)
-    shutdown_timeout: float = _opt(60.0, "on SIGTERM, seconds requests in flight may take to finish; "
-                                         "later ones get 503", min=0, max=86400)
-    allow_host: list = _opt([], "also answer requests whose Host header is NAME (repeatable; * = any). By "
-                                "default only IP addresses, localhost and the --host name are answered, "
-                                "so web pages cannot reach the server by DNS rebinding",
-                            check=host_name_problem)
+    header_timeout: float = _opt(
+        10.0,
+        "seconds a client has to send a request's headers (and an idle "
+        "upload to send its next bytes) before the connection is closed",
+        above=0,
+        max=3600,
+    )
+    shutdown_timeout: float = _opt(
+        60.0, "on SIGTERM, seconds requests in flight may take to finish; later ones get 503", min=0, max=86400
+    )
+    allow_host: list = _opt(
+        [],
+        "also answer requests whose Host header is NAME (repeatable; * = any). By "
+        "default only IP addresses, localhost and the --host name are answered, "
+        "so web pages cannot reach the server by DNS rebinding",
+        check=host_name_problem,
+    )
     access_log: bool = _opt(True, "log every request")
 
     def __post_init__(self) -> None:
@@ -141,7 +153,7 @@ class ServeConfig:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_env(cls) -> "ServeConfig":
+    def from_env(cls) -> ServeConfig:
         text = os.environ.get(ENV_VAR)
         if not text:
             raise FcnsegError(f"{ENV_VAR} is not set; start the server with `fcnseg serve`")
@@ -184,8 +196,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         typ, meta = _base_type(f), f.metadata
         default = getattr(defaults, f.name)
-        help_text = meta["help"] + (f" (default: {default:g})" if isinstance(default, float)
-                                    else f" (default: {default})" if default != [] and default is not True else "")
+        help_text = meta["help"] + (
+            f" (default: {default:g})"
+            if isinstance(default, float)
+            else f" (default: {default})"
+            if default != [] and default is not True
+            else ""
+        )
         common = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if typ is bool:
             parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **common)
@@ -193,8 +210,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag(f.name), action="append", metavar="NAME", **common)
         else:
             bounds = {k: meta[k] for k in ("min", "max", "above", "below", "check") if meta.get(k) is not None}
-            parser.add_argument(flag(f.name), metavar="S" if "timeout" in f.name else f.name.split("_")[-1].upper(),
-                                type=arg_type(typ, choices=meta.get("choices"), **bounds), **common)
+            parser.add_argument(
+                flag(f.name),
+                metavar="S" if "timeout" in f.name else f.name.split("_")[-1].upper(),
+                type=arg_type(typ, choices=meta.get("choices"), **bounds),
+                **common,
+            )
 
 
 def config_from_args(args: argparse.Namespace, **model) -> ServeConfig:
@@ -212,8 +233,12 @@ def load_segmenter(config: ServeConfig):
     from fcnseg.inference import Segmenter
 
     torch.set_num_threads(config.intra_op_threads)
-    options = {"backend": config.backend, "fast": config.fast, "max_pixels": config.max_pixels,
-               "threads": config.intra_op_threads}
+    options = {
+        "backend": config.backend,
+        "fast": config.fast,
+        "max_pixels": config.max_pixels,
+        "threads": config.intra_op_threads,
+    }
     if config.weights is not None:
         return Segmenter.from_pretrained(config.weights, **options)
     return Segmenter.from_checkpoint(config.checkpoint, **options)

@@ -77,14 +77,21 @@ class Guard:
         host = host_of(scope)
         if host is not None and not self.config.allowed_host(host):
             log.warning("refused a request for host %r (not an allowed host name)", host[:80])
-            await json_error(421, f"this server does not answer for host {host[:80]!r}; start it with "
-                                  f"--allow-host {host[:80]} (or open it by its address)", CLOSE)(scope, receive, send)
+            await json_error(
+                421,
+                f"this server does not answer for host {host[:80]!r}; start it with "
+                f"--allow-host {host[:80]} (or open it by its address)",
+                CLOSE,
+            )(scope, receive, send)
             return
         counted = scope["path"] not in NOT_COUNTED
         if counted and self.active >= self.config.max_requests:
             wait = self.retry_after()
-            await json_error(503, f"the server is handling {self.active} requests, its limit; retry in {wait} s",
-                             {"Retry-After": str(wait), **CLOSE})(scope, receive, send)
+            await json_error(
+                503,
+                f"the server is handling {self.active} requests, its limit; retry in {wait} s",
+                {"Retry-After": str(wait), **CLOSE},
+            )(scope, receive, send)
             return
         started = False
 
@@ -98,11 +105,13 @@ class Guard:
         try:
             await self.app(scope, receive, tracked)
         except asyncio.CancelledError:  # uvicorn's graceful-shutdown timeout ran out on this request
-            log.warning("%s %s was still running when --shutdown-timeout ran out; answered 503",
-                        scope["method"], scope["path"])
+            log.warning(
+                "%s %s was still running when --shutdown-timeout ran out; answered 503", scope["method"], scope["path"]
+            )
             if not started:
-                await json_error(503, "the server is shutting down; retry in a moment",
-                                 {"Retry-After": "5", **CLOSE})(scope, receive, send)
+                await json_error(503, "the server is shutting down; retry in a moment", {"Retry-After": "5", **CLOSE})(
+                    scope, receive, send
+                )
         finally:
             self.active -= counted
 
@@ -126,11 +135,16 @@ class GuardedH11Protocol(H11Protocol):
             return
         if len(self.connections) > limits.max_connections:
             log.warning("refused a connection: %d are open, the limit", len(self.connections) - 1)
-            body = json.dumps({"error": f"the server has {limits.max_connections} connections open, its "
-                                        "limit; retry in 5 s"}).encode()
-            transport.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-                            b"retry-after: 5\r\nconnection: close\r\ncontent-length: "
-                            + str(len(body)).encode() + b"\r\n\r\n" + body)
+            body = json.dumps(
+                {"error": f"the server has {limits.max_connections} connections open, its limit; retry in 5 s"}
+            ).encode()
+            transport.write(
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                b"retry-after: 5\r\nconnection: close\r\ncontent-length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+                + body
+            )
             transport.close()
             return
         self._arm_header_timer(limits)

@@ -18,8 +18,9 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import AsyncIterator, Callable, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -35,7 +36,7 @@ class Busy(Exception):
 class Job:
     """An admitted request's handle: run its one piece of blocking work on the pool."""
 
-    def __init__(self, pool: "InferencePool") -> None:
+    def __init__(self, pool: InferencePool) -> None:
         self._pool = pool
         self.future: Future | None = None
 
@@ -54,10 +55,10 @@ class InferencePool:
             raise ValueError("threads >= 1 and waiting >= 0")
         self.threads, self.waiting = threads, waiting
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="fcnseg-infer")
-        self.admitted = 0          # running + waiting
+        self.admitted = 0  # running + waiting
         self.served = 0
         self.refused = 0
-        self._mean_s = 0.5         # running mean of one inference, for Retry-After
+        self._mean_s = 0.5  # running mean of one inference, for Retry-After
 
     @property
     def capacity(self) -> int:
@@ -90,8 +91,13 @@ class InferencePool:
         return max(1, math.ceil(self._mean_s * self.capacity / self.threads))
 
     def stats(self) -> dict:
-        return {"threads": self.threads, "waiting_limit": self.waiting, "in_flight": self.admitted,
-                "served": self.served, "refused": self.refused}
+        return {
+            "threads": self.threads,
+            "waiting_limit": self.waiting,
+            "in_flight": self.admitted,
+            "served": self.served,
+            "refused": self.refused,
+        }
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

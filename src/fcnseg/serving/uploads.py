@@ -16,8 +16,10 @@ from fcnseg.inference.image_io import pil_to_rgb
 
 CLOSE = {"Connection": "close"}  # refused before the body was read: the connection cannot be reused
 RAW_TYPES = ("image/", "application/octet-stream")
-HOW = "send the image as the body with Content-Type image/* (curl -H 'Content-Type: image/jpeg' " \
-      "--data-binary @photo.jpg) or as multipart/form-data (curl -F image=@photo.jpg)"
+HOW = (
+    "send the image as the body with Content-Type image/* (curl -H 'Content-Type: image/jpeg' "
+    "--data-binary @photo.jpg) or as multipart/form-data (curl -F image=@photo.jpg)"
+)
 
 
 class ApiError(Exception):
@@ -43,8 +45,12 @@ def check_content_type(content_type: str | None) -> str:
 
 
 def too_large(limit: int) -> ApiError:
-    return ApiError(413, f"upload exceeds this server's limit of {limit / 2**20:.3g} MB; send a smaller "
-                         "image (or start the server with a larger --max-upload-mb)", CLOSE)
+    return ApiError(
+        413,
+        f"upload exceeds this server's limit of {limit / 2**20:.3g} MB; send a smaller "
+        "image (or start the server with a larger --max-upload-mb)",
+        CLOSE,
+    )
 
 
 class ClientGone(Exception):
@@ -73,12 +79,20 @@ async def read_body(request, limit: int, timeout_s: float, stall_s: float) -> by
             break
         except ClientDisconnect:
             raise ClientGone() from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if wait < stall_s:
-                raise ApiError(408, f"the upload took longer than {timeout_s:g} s; send it faster or start "
-                                    "the server with a larger --upload-timeout", CLOSE) from None
-            raise ApiError(408, f"no bytes of the upload arrived for {stall_s:g} s; send it without pausing "
-                                "(or start the server with a larger --header-timeout)", CLOSE) from None
+                raise ApiError(
+                    408,
+                    f"the upload took longer than {timeout_s:g} s; send it faster or start "
+                    "the server with a larger --upload-timeout",
+                    CLOSE,
+                ) from None
+            raise ApiError(
+                408,
+                f"no bytes of the upload arrived for {stall_s:g} s; send it without pausing "
+                "(or start the server with a larger --header-timeout)",
+                CLOSE,
+            ) from None
         size += len(chunk)
         if size > limit:
             raise too_large(limit)
@@ -95,8 +109,8 @@ async def image_bytes(request, limit: int, timeout_s: float, stall_s: float) -> 
         raise ApiError(400, f"the request body is empty; {HOW}")
     if kind == "raw":
         return body
-    from starlette.requests import Request
     from starlette.datastructures import UploadFile
+    from starlette.requests import Request
 
     async def replay() -> dict:  # the body is already read (within the limit); parse it from memory
         return {"type": "http.request", "body": body, "more_body": False}
@@ -126,10 +140,10 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             return pil_to_rgb(img)
     except ImageTooLarge as exc:
         what = str(exc).split(";")[0]  # the CLI's advice (--max-pixels) is not the client's to take
-        raise ApiError(413, f"{what}; this server's limit is {max_pixels / 1e6:g} megapixels, send a smaller image") from None
+        raise ApiError(
+            413, f"{what}; this server's limit is {max_pixels / 1e6:g} megapixels, send a smaller image"
+        ) from None
     except FcnsegError as exc:
         why = str(exc).removeprefix("upload: ").split(";")[0]
         kind = "is truncated or corrupt" if "truncated" in str(exc) else "is not an image fcnseg can read"
         raise ApiError(400, f"the upload {kind} ({why}); send a PNG, JPEG, WebP, BMP, GIF or TIFF file") from None
-
-
