@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         "access_log": config.access_log,
         "log_level": "info",
         "http": GuardedH11Protocol,
+        "ws": "none",  # no websocket routes: an Upgrade request is plain HTTP and passes the Guard
         "timeout_keep_alive": max(1, min(5, int(config.header_timeout))),
     }
     if config.workers > 1:
