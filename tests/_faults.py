@@ -108,3 +108,29 @@ def set_mask(path: Path, value: int) -> None:
 
 TINY_TRAIN = ["--model", "fcn8s", "--width", "0.0625", "--geometry", "same", "--num-samples", "1",
               "--optimizer", "adamw", "--lr", "1e-3", "--no-progress"]
+
+
+@contextmanager
+def fifo_watchdog(fifo: Path, seconds: float = 60):
+    """Yields a dict; if something opens ``fifo`` for reading and blocks, after ``seconds`` the FIFO is
+    opened for writing and closed (the reader sees end of file, so the test ends) and
+    ``state["opened"]`` is set: assert it stayed False."""
+    import threading
+
+    state = {"opened": False}
+    done = threading.Event()
+
+    def release():
+        while not done.wait(seconds):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # succeeds only if a reader waits
+                state["opened"] = True
+            except OSError:
+                pass
+
+    watchdog = threading.Thread(target=release, daemon=True)
+    watchdog.start()
+    try:
+        yield state
+    finally:
+        done.set()

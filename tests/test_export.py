@@ -93,3 +93,16 @@ def test_cli_export_then_predict_with_onnxruntime(model, tmp_path, capsys):
         assert Image.open(out / "i.png").size == (35, 25)
     assert main(["export", "--checkpoint", str(tmp_path / "c.pt"), "--out", str(tmp_path / "m.bin")]) == 2
     assert "--format" in capsys.readouterr().err
+
+
+def test_out_suffix_must_agree_with_format(model, tmp_path, capsys):
+    save_checkpoint(tmp_path / "c.pt", model.state_dict(), META)
+    for fmt, name in (("onnx", "x.safetensors"), ("safetensors", "x.onnx"), ("onnx", "x")):
+        capsys.readouterr()
+        assert main(["export", "--checkpoint", str(tmp_path / "c.pt"), "--format", fmt,
+                     "--out", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert f"does not end in .{fmt}" in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / name).exists()
+    assert main(["export", "--checkpoint", str(tmp_path / "c.pt"), "--format", "safetensors",
+                 "--out", str(tmp_path / "X.SafeTensors")]) == 0  # the suffix is compared without case

@@ -104,3 +104,71 @@ def test_not_a_checkpoint_and_wrong_model_exit_2(tmp_path, checkpoint, capsys):
                "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and "alien.pt" in err and "deeplabv3" in err
+
+
+def test_outputs_never_collide_and_the_count_is_what_was_written(tmp_path, checkpoint, capsys):
+    from fcnseg.cli.predict import output_stems
+
+    for folder in ("a", "b", "c"):
+        (tmp_path / folder).mkdir()
+    inputs = [write_image(tmp_path / "a" / "x.png"), write_image(tmp_path / "b" / "x.png", (20, 10)),
+              write_image(tmp_path / "c" / "x_2.png", (12, 8))]
+    assert output_stems(inputs) == ["x", "x_3", "x_2"]
+    assert output_stems([tmp_path / "X.png", tmp_path / "d" / "x.png"]) == ["X", "x_2"]  # case-blind file systems
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(checkpoint), *map(str, inputs), "--out", str(out)]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["x.png", "x_2.png", "x_3.png"]
+    sizes = {name: Image.open(out / name).size for name in written}
+    assert sizes == {"x.png": (40, 30), "x_3.png": (20, 10), "x_2.png": (12, 8)}  # each input its own file
+    err = capsys.readouterr().err
+    assert "3 image(s) written" in err and f"{inputs[1]} -> x_3.png" in err
+
+
+def test_a_model_without_palette_gets_the_same_colours_as_serve(tmp_path, capsys):
+    from fcnseg.palette import class_colours, voc_colormap
+    from fcnseg.serving.app import class_palette
+
+    torch.manual_seed(0)
+    model = randomize_scores(create_model("fcn8s", **META["model_kwargs"]))
+    bare = tmp_path / "bare.pt"
+    save_checkpoint(bare, model.state_dict(), {**META, "palette": []})
+    image = write_image(tmp_path / "i.png")
+    for run in ("one", "two"):
+        assert main(["predict", "--checkpoint", str(bare), str(image), "--out", str(tmp_path / run)]) == 0
+    first, second = (Image.open(tmp_path / run / "i.png").getpalette()[:9] for run in ("one", "two"))
+    assert first == second == voc_colormap(3).reshape(-1).tolist()  # deterministic, VOC's map
+
+    class Bare:
+        palette, num_classes = [], 3
+    assert [list(c) for c in class_palette(Bare)] == [list(c) for c in class_colours(None, 3)]
+    assert first == [v for c in class_palette(Bare) for v in c]
+
+
+@pytest.mark.parametrize("option", [["--tile", "5"], ["--tile", "5000"], ["--scales", "3"], ["--scales", "0.5,1,1.5,1.75,2"]])
+def test_tile_and_scales_bounds_are_serves(tmp_path, checkpoint, capsys, option):
+    image = write_image(tmp_path / "i.png")
+    try:
+        code = main(["predict", "--checkpoint", str(checkpoint), str(image), "--out", str(tmp_path / "o"), *option])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2 and not (tmp_path / "o").exists()
+
+
+def test_a_folder_with_a_fifo_and_a_link_loop_reports_them_without_blocking(tmp_path, checkpoint, capsys):
+    import os
+
+    src = tmp_path / "in"
+    src.mkdir()
+    write_image(src / "good.png")
+    os.mkfifo(src / "pipe.png")
+    (src / "l1.jpg").symlink_to(src / "l2.jpg")
+    (src / "l2.jpg").symlink_to(src / "l1.jpg")
+    from _faults import fifo_watchdog
+
+    with fifo_watchdog(src / "pipe.png") as watch:
+        rc = main(["predict", "--checkpoint", str(checkpoint), str(src), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert not watch["opened"] and rc == 1 and (tmp_path / "out" / "good.png").is_file()
+    assert "pipe.png: image is a FIFO, not a regular file" in err and "l1.jpg: image is a symlink loop" in err
+    assert "1 image(s) written" in err and "3 failed" in err

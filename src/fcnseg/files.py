@@ -71,6 +71,30 @@ def read_error(path: str | os.PathLike, exc: OSError) -> FcnsegError:
     return FcnsegError(os_error_message(exc, "cannot read", path))
 
 
+def check_input_file(path: str | os.PathLike, what: str = "file") -> os.stat_result:
+    """The stat of ``path`` if it is a regular file to read; otherwise one FcnsegError that says what
+    is true: it does not exist, it is a folder, it is a FIFO/socket/device (never opened: a FIFO would
+    block), a symlink loop, or it cannot be reached (permission)."""
+    import stat
+
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        broken = " (a broken symlink)" if path.is_symlink() else ""
+        raise FcnsegError(f"{path}: {what} does not exist{broken}; check the path") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FcnsegError(f"{path}: {what} is a symlink loop; point the link at a real file") from None
+        raise read_error(path, exc) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise FcnsegError(f"{path}: {what} is a folder, not a file; give a file inside it")
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "a device"
+        raise FcnsegError(f"{path}: {what} is {kind}, not a regular file; give a regular file")
+    return info
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -309,8 +333,7 @@ def safe_torch_load(path: str | os.PathLike, what: str = "weights file") -> Any:
     import torch
 
     path = Path(path)
-    if not path.is_file():
-        raise FcnsegError(f"{what} {path} does not exist; check the path")
+    check_input_file(path, what)
     try:
         is_torch = zipfile.is_zipfile(path) or _is_legacy_torch_file(path)
     except OSError as exc:
@@ -334,8 +357,7 @@ def safe_torch_load(path: str | os.PathLike, what: str = "weights file") -> Any:
 def read_safetensors(path: str | os.PathLike, what: str = "weights file") -> tuple[dict, dict]:
     """(tensors, header metadata) of a .safetensors file; no code can run from it. One-line errors."""
     path = Path(path)
-    if not path.is_file():
-        raise FcnsegError(f"{what} {path} does not exist; check the path")
+    check_input_file(path, what)
     try:
         from safetensors import SafetensorError
         from safetensors.torch import load_file, safe_open

@@ -22,6 +22,22 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def export_format(out, fmt: str | None) -> str:
+    """The format to write: --format, which must agree with the --out suffix, or the suffix alone."""
+    from fcnseg.errors import FcnsegError
+
+    suffix = out.suffix.lower().lstrip(".")
+    if fmt is None:
+        if suffix not in FORMATS:
+            raise FcnsegError(f"--out {out}: cannot tell the format from the name; end it in .onnx or "
+                              ".safetensors, or pass --format")
+        return suffix
+    if suffix != fmt:
+        raise FcnsegError(f"--out {out} does not end in .{fmt} but --format is {fmt}; name the file "
+                          f"{out.with_suffix('.' + fmt).name}, or drop --format to take the format from the name")
+    return fmt
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -31,9 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from fcnseg.inference import export
 
     out = check_output_file(args.out, "--out")
-    fmt = args.format or out.suffix.lower().lstrip(".")
-    if fmt not in FORMATS:
-        raise FcnsegError(f"cannot tell the format of {out}; pass --format onnx or --format safetensors")
+    fmt = export_format(out, args.format)
     if out.resolve() == Path(args.checkpoint).resolve():
         raise FcnsegError(f"--out {out} is the --checkpoint itself; choose another file name")
     model, meta = model_from_checkpoint(args.checkpoint)

@@ -3,7 +3,10 @@
 Writes, per input, ``NAME.png`` (palette PNG whose pixel values are class ids), with --overlay
 ``NAME_overlay.jpg`` (class colours blended over the photo, background left as it is, and a legend
 band below naming the classes found) and with --probs ``NAME_probs.npy``
-(C x H x W float16). An input that cannot be read is reported on one line and skipped; the
+(C x H x W float16). NAME is the input's file stem; inputs that share one (a/x.png, b/x.png) get
+NAME_2, NAME_3, ... skipping every other input's own stem, all decided before anything is written
+and the renamed ones listed in one line. Masks without a model palette use PASCAL VOC's colour map,
+as `fcnseg serve` does. An input that cannot be read is reported on one line and skipped; the
 command exits 1 when any input failed. Every file is written whole or not at all (temp file +
 rename); a full disk stops the command with one line. Inputs are never overwritten: the output
 folder's contents are never read as inputs, and a run whose outputs would replace an input is
@@ -22,6 +25,7 @@ import numpy as np
 
 from fcnseg.config import arg_type
 from fcnseg.errors import FcnsegError
+from fcnseg.predict_options import MAX_SCALES, MAX_TILE, MIN_TILE, SCALE_RANGE, parse_scales, tile_problem
 
 GLOB_CHARS = "*?["
 log = logging.getLogger(__name__)
@@ -39,12 +43,14 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overlay", action="store_true", help="also write colour overlays (NAME_overlay.jpg)")
     p.add_argument("--probs", action="store_true", help="also write probabilities (NAME_probs.npy, float16)")
-    p.add_argument("--tile", type=arg_type(int, min=0), default=None,
-                   help="sliding-window tile size in pixels (default: whole image up to 2.25 MP, "
-                        "1024 tiles above; 0 = always whole image)")
+    p.add_argument("--tile", type=arg_type(int, check=tile_problem), default=None,
+                   help=f"sliding-window tile size in pixels, {MIN_TILE}-{MAX_TILE} (default: whole image up "
+                        "to 2.25 MP, 1024 tiles above; 0 = always whole image)")
     p.add_argument("--overlap", type=arg_type(float, min=0, below=1), default=0.25, help="tile overlap fraction (default 0.25)")
     p.add_argument("--tta-flip", action="store_true", help="average with the horizontally flipped image")
-    p.add_argument("--scales", default="1", help="test-time scales, e.g. 0.75,1,1.25 (default 1)")
+    p.add_argument("--scales", default="1",
+                   help=f"test-time scales, e.g. 0.75,1,1.25: 1-{MAX_SCALES} numbers in "
+                        f"{SCALE_RANGE[0]:g}-{SCALE_RANGE[1]:g} (default 1)")
     p.add_argument("--shift-stitch", action="store_true",
                    help="shift-and-stitch (paper Sec. 3.2) at the model's output stride; costs "
                         "stride^2 forward passes")
@@ -65,16 +71,6 @@ def register(subparsers) -> None:
                         "uses autocast and channels_last")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p.set_defaults(func=run)
-
-
-def parse_scales(text: str) -> tuple[float, ...]:
-    try:
-        scales = tuple(float(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        scales = ()
-    if not scales or any(not s > 0 or s == float("inf") for s in scales):
-        raise FcnsegError(f"--scales {text!r} is not a list of positive numbers; e.g. 0.75,1,1.25")
-    return scales
 
 
 def _glob_base(pattern: str) -> Path:
@@ -113,7 +109,9 @@ def collect_inputs(inputs: list[str], out: Path | None = None) -> tuple[list[Pat
             paths.extend(found)
         elif Path(item).is_dir():
             ours = _results_of(out, Path(item))
-            found = sorted(p for p in Path(item).rglob("*") if is_image_file(p) and not ours(p))
+            entries = sorted(p for p in Path(item).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not ours(p))
+            found = [p for p in entries if is_image_file(p)]
+            errors.extend(_not_a_file(p) for p in entries if not is_image_file(p) and not p.is_dir())
             if not found:
                 errors.append(f"{item}: folder holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
             paths.extend(found)
@@ -125,15 +123,46 @@ def collect_inputs(inputs: list[str], out: Path | None = None) -> tuple[list[Pat
     return list(reversed(unique.values())), errors
 
 
+def _not_a_file(path: Path) -> str:
+    """The line for an image-named entry that is no regular file (a link loop, broken link, FIFO):
+    reported, never opened."""
+    from fcnseg.files import check_input_file
+
+    try:
+        check_input_file(path, "image")
+    except FcnsegError as exc:
+        return str(exc)
+    return f"{path}: image is not a regular file; skipped"
+
+
 def output_stems(paths: list[Path]) -> list[str]:
-    """Output base names: the file stem, made unique with a _2, _3 ... suffix where stems repeat."""
-    seen: dict[str, int] = {}
+    """Output base names, one per input, all different, decided before anything is written.
+
+    An input keeps its file stem when no other input has it; inputs sharing a stem (a/x.png, b/x.png)
+    get the stem, then STEM_2, STEM_3, ... in input order, skipping every name that is some other
+    input's own stem (so a/x.png b/x.png c/x_2.png give x, x_3, x_2) or already given. Names are
+    compared without case, so the outputs stay distinct on case-insensitive file systems too."""
+    own = [path.stem for path in paths]
+    taken = {stem.casefold() for stem in own}
+    claimed: set[str] = set()
     stems = []
-    for path in paths:
-        count = seen.get(path.stem, 0) + 1
-        seen[path.stem] = count
-        stems.append(path.stem if count == 1 else f"{path.stem}_{count}")
+    for stem in own:
+        name, k = stem, 1
+        while name.casefold() in claimed or (k > 1 and name.casefold() in taken):
+            k += 1
+            name = f"{stem}_{k}"
+        claimed.add(name.casefold())
+        stems.append(name)
     return stems
+
+
+def report_renamed(paths: list[Path], stems: list[str], limit: int = 5) -> None:
+    """One line naming the inputs whose outputs are not named after their own stem."""
+    renamed = [f"{path} -> {stem}.png" for path, stem in zip(paths, stems) if stem != path.stem]
+    if renamed:
+        more = f", ... {len(renamed) - limit} more" if len(renamed) > limit else ""
+        log.info("%d input(s) share a file name with another input, so their outputs are renamed: %s%s",
+                 len(renamed), ", ".join(renamed[:limit]), more)
 
 
 def output_files(out: Path, stem: str, args: argparse.Namespace) -> list[Path]:
@@ -160,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
     from fcnseg.viz import save_index_png, save_overlay
 
     scales = parse_scales(args.scales)
+    from fcnseg.palette import class_colours
     device = resolve_device(args.device)  # a bad --device is one line before anything is loaded
     world = init_distributed(device)  # torchrun: one share of the inputs per process
     out = check_output_dir(args.out, "--out")
@@ -167,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
     errors = errors if world.is_main else []
     stems = output_stems(paths)
     check_no_overwrite(paths, stems, out, args)
+    if world.is_main:
+        report_renamed(paths, stems)
     for line in errors:
         log.error("%s", line)
     if args.int8 and not args.checkpoint:
@@ -179,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
                shift_stitch=args.stitch_factor or args.shift_stitch or None,
                max_pixels=int(args.max_pixels), compile=args.compile, device=args.device, **extra)
     clean_stale_temps(out, older_than_s=600)  # left by a killed earlier run (not by one running now)
-    palette = seg.palette or _default_palette(seg.num_classes)
+    palette = class_colours(seg.palette, seg.num_classes)  # the one palette rule, as serve and plots use
     failed = len(errors)
     done = 0
     jobs = shard(list(zip(paths, stems)))  # stems from the whole list: same names on every rank
@@ -209,8 +241,3 @@ def run(args: argparse.Namespace) -> int:
         ranks = f" by {world.world_size} processes" if world.enabled else ""
         log.info("fcnseg predict: %d image(s) written to %s%s, %d failed", done, out, ranks, failed)
     return 1 if failed else 0
-
-
-def _default_palette(n: int) -> list[tuple[int, int, int]]:
-    rng = np.random.default_rng(0)
-    return [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(n)]

@@ -150,6 +150,8 @@ def check_split(split: str, choices: Sequence[str], what: str) -> str:
 def require_dir(path: str | Path, what: str) -> Path:
     """``path`` as a Path, or FcnsegError if it is not an existing directory."""
     p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise FcnsegError(f"{what}: {p} is a file, not a folder; give the dataset's folder in the dataset spec")
     if not p.is_dir():
         raise FcnsegError(f"{what}: directory {p} does not exist; check the path in the dataset spec")
     return p

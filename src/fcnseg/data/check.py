@@ -1,7 +1,9 @@
 """`fcnseg data check`: read every sample of a dataset and list every problem found.
 
 Problems: image without mask (and mask without image), missing, unreadable or truncated files,
-mask size differing from its image, label values that are neither a class id nor 255.
+broken links, symlink loops, FIFOs and other non-files, two files with one name, mask size differing
+from its image, label values that are neither a class id nor 255. Entries that are not data files
+(another suffix, a subfolder) are listed as SKIPPED, without failing the check.
 The report also gives sample counts, image sizes and pixel counts per class.
 """
 
@@ -67,6 +69,7 @@ def check_split(spec: str, split: str, workers: int = 2) -> dict[str, Any]:
     except FcnsegError as exc:
         return {"split": split, "samples": 0, "problems": [_problem(spec, str(exc))]}
     problems = [_problem(path, problem) for path, problem in getattr(dataset, "orphans", [])]
+    skipped = [_problem(path, reason) for path, reason in getattr(dataset, "skipped", [])]
     sizes: Counter[str] = Counter()
     counts = np.zeros(256, dtype=np.int64)
     with ThreadPoolExecutor(max(1, workers)) as pool:  # Pillow and zlib release the GIL while decoding
@@ -85,6 +88,7 @@ def check_split(spec: str, split: str, workers: int = 2) -> dict[str, Any]:
         "class_pixels": {name: int(c) for name, c in zip(dataset.class_names, counts[:n])},
         "ignore_pixels": int(counts[dataset.ignore_index]),
         "problems": problems,
+        "skipped": skipped,
     }
 
 
@@ -159,5 +163,9 @@ def format_report(report: dict[str, Any], max_problems: int = 50) -> str:
             lines.append(f"    PROBLEM {p['file']}: {p['problem']}")
         if len(r["problems"]) > max_problems:
             lines.append(f"    ... {len(r['problems']) - max_problems} more problems (all in --json FILE)")
+        for p in r.get("skipped", [])[:max_problems]:
+            lines.append(f"    SKIPPED {p['file']}: {p['problem']}")
+        if len(r.get("skipped", [])) > max_problems:
+            lines.append(f"    ... {len(r['skipped']) - max_problems} more skipped (all in --json FILE)")
     lines.append("OK: no problems" if report["num_problems"] == 0 else f"FAILED: {_plural(report['num_problems'], 'problem')}")
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Reading images and label masks from disk, with one clear error per bad file.
 
-* ``read_image``: any Pillow-readable image -> (H, W, 3) uint8 RGB.
+* ``read_image``: any Pillow-readable image -> (H, W, 3) uint8 RGB (``fcnseg.images.read_rgb``).
 * ``read_label_png``: a palette ('P') or greyscale PNG -> (H, W) uint8 class ids (the palette is
   ignored: pixel values *are* the labels, as in PASCAL VOC's SegmentationClass).
 * ``decode_colors``: an RGB colour-coded mask -> class ids through a colour table, vectorised.
@@ -8,61 +8,45 @@
 * ``PairedFileDataset``: the dataset class shared by every on-disk format.
 
 Every reader raises FcnsegError naming the file when it is missing, unreadable, truncated or a
-decompression bomb (the guards are ``fcnseg.images.open_image``, the same as predict's).
+decompression bomb (the one reader, ``fcnseg.images``, the same as predict's and serve's).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image
 
 from fcnseg.data.base import IGNORE_INDEX, SegmentationDataset
 from fcnseg.errors import FcnsegError
-from fcnseg.images import open_image
+from fcnseg.files import check_input_file, read_error
+from fcnseg.images import IMAGE_SUFFIXES, read_label, read_rgb
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
-
-
-def _open(path: str | os.PathLike, what: str) -> Image.Image:
-    """Open and fully decode an image file with every guard (``fcnseg.images``, shared with predict)."""
-    return open_image(path, what)
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # one list of image file names: fcnseg.images
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """(H, W, 3) uint8 RGB."""
-    img = _open(path, "image")
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.asarray(img)
+    """(H, W, 3) uint8 RGB through ``fcnseg.images.read_rgb``, the reader predict and serve use too."""
+    return read_rgb(path)
 
 
 def read_label_png(path: str | os.PathLike) -> np.ndarray:
-    """Class ids of an index mask: 'P' and 'L' modes as they are; 16/32-bit greyscale checked to fit
-    in 0..255. Colour masks raise (they need a colour table: see ``decode_colors``)."""
-    img = _open(path, "mask")
-    if img.mode == "1":  # bilevel: 0/255, like a binary mask saved as greyscale
-        img = img.convert("L")
-    if img.mode in ("P", "L"):
-        return np.asarray(img)
-    if img.mode in ("I", "I;16", "I;16B", "I;16L"):
-        labels = np.asarray(img)
-        if labels.size and (labels.min() < 0 or labels.max() > 255):
-            raise FcnsegError(f"{path}: mask values must be 0..255 (found {labels.min()}..{labels.max()})")
-        return labels.astype(np.uint8)
-    raise FcnsegError(f"{path}: mask has mode {img.mode}, not a single-channel index PNG; "
-                      "save masks as palette/greyscale PNGs of class ids, or give the colours in classes.json")
+    """Class ids of an index mask (``fcnseg.images.read_label``: 'P' indices, greyscale, 16-bit
+    within 0..255). Colour masks raise (they need a colour table: see ``decode_colors``)."""
+    labels = read_label(path)
+    if labels.ndim != 2:
+        raise FcnsegError(f"{path}: mask is a colour image, not a single-channel index PNG; save masks as "
+                          "palette/greyscale PNGs of class ids, or give the colours in classes.json")
+    return labels
 
 
-def read_mask_image(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
-    """A mask file as (array, is_color): (H, W) ids for index masks, (H, W, 3) RGB for colour masks."""
-    img = _open(path, "mask")
-    if img.mode in ("RGB", "RGBA"):
-        return np.asarray(img.convert("RGB")), True
-    return read_label_png(path), False
+def read_mask_image(path: str | os.PathLike, by_colour: bool = False) -> tuple[np.ndarray, bool]:
+    """A mask file as (array, is_color): (H, W) ids for index masks, (H, W, 3) RGB for colour masks;
+    ``by_colour`` reads a palette mask by its colours (see ``fcnseg.images.read_label``)."""
+    mask = read_label(path, by_colour=by_colour)
+    return mask, mask.ndim == 3
 
 
 def color_codes(rgb: np.ndarray) -> np.ndarray:
@@ -91,6 +75,7 @@ def read_sbd_mat(path: str | os.PathLike) -> np.ndarray:
     """The class segmentation of an SBD ``cls/<id>.mat`` file (struct GTcls, field Segmentation)."""
     from scipy.io import loadmat  # scipy is slow to import; only SBD needs it
 
+    check_input_file(path, "SBD mask")  # a folder, a FIFO or a link loop: said as it is, never opened
     try:
         mat = loadmat(path, variable_names=["GTcls"], squeeze_me=True, struct_as_record=False)
         return np.asarray(mat["GTcls"].Segmentation, dtype=np.uint8)
@@ -108,6 +93,8 @@ def read_id_list(path: Path, what: str) -> list[str]:
         return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     except FileNotFoundError:
         raise FcnsegError(f"{path}: split list not found; {what}") from None
+    except OSError as exc:  # a folder where the list should be, permissions, ...
+        raise read_error(path, exc) from None
 
 
 class PairedFileDataset(SegmentationDataset):
@@ -122,7 +109,8 @@ class PairedFileDataset(SegmentationDataset):
         self.palette = tuple(tuple(int(v) for v in c) for c in palette)
         self.split = split
         self.identity = identity
-        self.orphans: list[tuple[str, str]] = []  # (path, problem) for files left unpaired
+        self.orphans: list[tuple[str, str]] = []  # (path, problem) for files left unpaired or unusable
+        self.skipped: list[tuple[str, str]] = []  # (path, reason) for entries that are not data files
         if not self.samples:
             raise FcnsegError(f"{identity}: the {split!r} split has no samples; check the dataset directory and split name")
         if check_files:

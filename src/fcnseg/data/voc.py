@@ -34,25 +34,13 @@ import numpy as np
 from fcnseg.data.base import check_split, require_dir
 from fcnseg.data.io import PairedFileDataset, decode_colors, read_id_list, read_mask_image, read_sbd_mat
 from fcnseg.errors import FcnsegError
+from fcnseg.palette import voc_colormap  # noqa: F401 (re-exported: fcnseg.data.voc.voc_colormap)
 
 CLASS_NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
 VOID_INDEX = 255
-
-
-def voc_colormap(n: int = 256) -> np.ndarray:
-    """The PASCAL VOC colour map, (n, 3) uint8: the bits of the label index are spread over the
-    high bits of R, G and B (bit 0 -> R, bit 1 -> G, bit 2 -> B, then the next three bits ...)."""
-    index = np.arange(n)
-    cmap = np.zeros((n, 3), dtype=np.int64)
-    for shift in range(8):
-        for channel in range(3):
-            bit = (index >> (3 * shift + channel)) & 1
-            cmap[:, channel] |= bit << (7 - shift)
-    return cmap.astype(np.uint8)
-
 
 PALETTE = tuple(tuple(int(v) for v in c) for c in voc_colormap(len(CLASS_NAMES)))
 VOID_COLOR = tuple(int(v) for v in voc_colormap()[VOID_INDEX])  # (224, 224, 192)

@@ -154,8 +154,10 @@ def save_sample_strip(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, pa
     "ignore (255)"). Without ``class_names`` the legend says "class 0", "class 1", ...
     """
     from fcnseg.files import write_bytes
+    from fcnseg.palette import class_colours
     from fcnseg.viz import colorize, display_factor, legend, paint_ignore, png_bytes, upscale
 
+    palette = class_colours(palette, len(class_names) if class_names is not None else len(palette or ()))
     factor = display_factor(image.shape, min_panel)
     ignored = np.asarray(truth) == ignore_index
     panels = [upscale(np.asarray(image)[..., :3], factor),

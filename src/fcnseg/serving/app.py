@@ -31,16 +31,18 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fcnseg.data.normalize import IMAGENET_STD_RGB, parse_mode
-from fcnseg.images import encode_image
+from fcnseg.errors import FcnsegError
+from fcnseg.palette import class_colours
+from fcnseg.predict_options import MAX_SCALES, MAX_TILE, MIN_TILE, SCALE_RANGE, tile_problem
+from fcnseg.predict_options import parse_scales as parse_scales_option
 from fcnseg.serving.config import ServeConfig, load_segmenter
 from fcnseg.serving.guards import GUARD_STATE, ConnectionLimits, Guard
 from fcnseg.serving.pool import Busy, InferencePool
 from fcnseg.serving.uploads import ApiError, ClientGone, decode_image, image_bytes
-from fcnseg.viz import palette_array
+from fcnseg.viz import index_png_bytes
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,6 @@ STATIC = {
     "style.css": "text/css; charset=utf-8",
     "icon.svg": "image/svg+xml",
 }
-MAX_TILE = 4096
-MIN_TILE = 32
-MAX_SCALES = 4
-SCALE_RANGE = (0.25, 2.0)
 MAX_OVERLAP = 0.75
 
 REQUEST_BODY = {
@@ -99,20 +97,8 @@ def page_file(name: str) -> str:
 
 
 def class_palette(seg) -> list[tuple[int, int, int]]:
-    """The model's class colours; where the checkpoint has none, PASCAL VOC's colour map."""
-    if seg.palette and len(seg.palette) >= seg.num_classes:
-        return [tuple(int(v) for v in c) for c in seg.palette]
-    colours = []
-    for i in range(seg.num_classes):  # VOC's bit-interleaved map: distinct, stable colours
-        r = g = b = 0
-        c = i
-        for bit in range(8):
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        colours.append((r, g, b))
-    return colours
+    """The model's class colours by the one palette rule (``fcnseg.palette``), as predict uses."""
+    return class_colours(seg.palette, seg.num_classes)
 
 
 def normalization_info(mode: str) -> dict:
@@ -140,19 +126,10 @@ def normalization_info(mode: str) -> dict:
 
 
 def parse_scales(text: str | None) -> tuple[float, ...]:
-    if text is None or not text.strip():
-        return (1.0,)
     try:
-        scales = tuple(float(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        scales = ()
-    lo, hi = SCALE_RANGE
-    if not scales or len(scales) > MAX_SCALES or not all(lo <= s <= hi for s in scales):
-        raise ApiError(
-            422,
-            f"scales={text!r}: give 1 to {MAX_SCALES} comma-separated numbers in [{lo:g}, {hi:g}], e.g. 0.75,1,1.25",
-        )
-    return scales
+        return parse_scales_option(text, "scales")
+    except FcnsegError as exc:
+        raise ApiError(422, str(exc)) from None
 
 
 def wants_json(fmt: str | None, accept: str | None) -> bool:
@@ -160,16 +137,6 @@ def wants_json(fmt: str | None, accept: str | None) -> bool:
         return fmt == "json"
     accept = (accept or "").lower()
     return "application/json" in accept and "image/png" not in accept
-
-
-def png_bytes(mask: np.ndarray, palette) -> bytes:
-    """The index mask as PNG: palette PNG (VOC style) up to 256 classes, 16-bit grey above."""
-    if mask.dtype == np.uint8:
-        img = Image.fromarray(mask, mode="P")
-        img.putpalette(palette_array(palette).reshape(-1).tolist())
-    else:
-        img = Image.fromarray(mask.astype(np.uint16))
-    return encode_image(img, "PNG", compress_level=3)
 
 
 def coco_rle(mask: np.ndarray, class_id: int) -> dict:
@@ -338,8 +305,8 @@ def create_app(segmenter, config: ServeConfig) -> FastAPI:
             f"in {SCALE_RANGE[0]:g}-{SCALE_RANGE[1]:g})",
         ),
     ):
-        if tile is not None and 0 < tile < MIN_TILE:
-            raise ApiError(422, f"tile={tile}: give 0 (whole image) or {MIN_TILE}-{MAX_TILE}")
+        if tile_problem(tile):
+            raise ApiError(422, f"tile={tile}: {tile_problem(tile)}")
         options = {"tile": tile, "overlap": overlap, "tta_flip": flip, "scales": parse_scales(scales)}
         as_json = wants_json(format, request.headers.get("accept"))
         start = time.perf_counter()
@@ -347,7 +314,7 @@ def create_app(segmenter, config: ServeConfig) -> FastAPI:
         data = await image_bytes(request, config.max_upload_bytes, config.upload_timeout, config.header_timeout)
         async with pool.admit() as job:
             result = await job.run(lambda: _segment(segmenter, data, config.max_pixels, options))
-        mask_png = png_bytes(result["mask"], palette) if (mask in ("png", "true") or not as_json) else None
+        mask_png = index_png_bytes(result["mask"], palette) if (mask in ("png", "true") or not as_json) else None
         total_ms = (time.perf_counter() - start) * 1000
         height, width = result["mask"].shape
         timing = {

@@ -11,8 +11,7 @@ import asyncio
 import numpy as np
 
 from fcnseg.errors import FcnsegError
-from fcnseg.images import ImageTooLarge, open_image_bytes
-from fcnseg.inference.image_io import pil_to_rgb
+from fcnseg.images import ImageTooLarge, read_rgb
 
 CLOSE = {"Connection": "close"}  # refused before the body was read: the connection cannot be reused
 RAW_TYPES = ("image/", "application/octet-stream")
@@ -136,8 +135,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Image bytes -> HxWx3 uint8 RGB through fcnseg.images, the one reader with predict's guards
     (pixel limit from the header before decoding, bombs, truncation); its errors become 4xx answers."""
     try:
-        with open_image_bytes(data, "upload", max_pixels=max_pixels) as img:
-            return pil_to_rgb(img)
+        return read_rgb(data, max_pixels, label="upload")
     except ImageTooLarge as exc:
         what = str(exc).split(";")[0]  # the CLI's advice (--max-pixels) is not the client's to take
         raise ApiError(
