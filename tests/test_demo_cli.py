@@ -7,7 +7,7 @@ from fcnseg.errors import FcnsegError
 
 def test_demo_runs_end_to_end_and_reruns(tmp_path, capsys, monkeypatch):
     # A tiny budget: the point is the whole path (train -> evaluate -> predict -> report), twice.
-    from fcnseg import config
+    from fcnseg.config import sources as config
 
     real = config.load_preset
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from fcnseg.data.normalize import normalize
-from fcnseg.engine.runtime import autocast_dtype, resolve_device
+from fcnseg.devices import autocast_dtype, resolve_device
 from fcnseg.errors import FcnsegError
 from fcnseg.inference import export, fastpath, runtimes
 from fcnseg.inference.image_io import DEFAULT_MAX_PIXELS, ImageInput, image_list, load_image

@@ -1,0 +1,77 @@
+"""Device and precision helpers shared by training, evaluation and inference (below engine/ and
+inference/, so neither reaches into the other for them): the one --device check, the autocast
+precision and whether bf16 is fast here, and moving a uint8 batch to the device normalised."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from fcnseg.config import device_problem
+from fcnseg.data.normalize import normalize
+from fcnseg.errors import FcnsegError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str | torch.device | None = "auto", option: str = "--device") -> torch.device:
+    """The one device check of train, evaluate and predict: 'auto' (or None) -> cuda where available,
+    else cpu; 'cpu', 'cuda' and 'cuda:N' must exist here. Anything else is one FcnsegError naming ``option``."""
+    text = "auto" if name is None else str(name).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    problem = device_problem(text)
+    if problem:
+        raise FcnsegError(f"{option} {problem}, got {name!r}")
+    device = torch.device(text)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise FcnsegError(f"{option} {name!r} requested but CUDA is not available ({why}); "
+                              "use --device cpu (or auto)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise FcnsegError(f"{option} {name!r}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    return device
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """The reduced precision for inference on ``device``: bf16 where supported, else fp16 (CUDA)."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast is the fast path here: a GPU with bf16, or a CPU with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' where :func:`fast_bf16`, else 'fp32'; other values pass through."""
+    if precision == "auto":
+        return "bf16" if fast_bf16(device) else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast to bf16/fp16 (a no-op for fp32)."""
+    if precision not in DTYPES:
+        raise FcnsegError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def prepare_input(images: torch.Tensor, mode: str, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 batch -> normalised float on ``device`` (channels_last if asked)."""
+    x = normalize(images.to(device, non_blocking=True), mode)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
