@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -352,6 +353,38 @@ def safe_torch_load(path: str | os.PathLike, what: str = "weights file") -> Any:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FcnsegError(f"{what} {path} is corrupt or truncated ({first[:120]}); "
                           "download or save it again") from None
+
+
+def content_digest(obj: Any) -> str:
+    """SHA-256 over a nest of dicts, lists, tensors and primitives, in order: each tensor's dtype,
+    shape and bytes, each key and primitive's repr. A checkpoint stores it when saved and is checked
+    against it when read (weights.format), so bytes changed on disk are found, not trained on."""
+    import torch
+
+    h = hashlib.sha256()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+        elif isinstance(value, dict):
+            h.update(b"{")
+            for key, item in value.items():
+                h.update(repr(key).encode())
+                walk(item)
+            h.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            h.update(b"[")
+            for item in value:
+                walk(item)
+            h.update(b"]")
+        else:
+            h.update(repr(value).encode())
+
+    walk(obj)
+    return h.hexdigest()
 
 
 def read_safetensors(path: str | os.PathLike, what: str = "weights file") -> tuple[dict, dict]:

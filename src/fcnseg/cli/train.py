@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fcnseg.config import add_config_arguments, list_presets, overrides_from_args, resolve_config, resume_config
+from fcnseg.config import add_config_arguments, list_presets, overrides_from_args, resolve_config
 
 
 def register(subparsers) -> None:
@@ -22,6 +22,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fcnseg.engine import train
+    from fcnseg.engine.checkpoint import resume_config
     from fcnseg.engine.runtime import shutdown_distributed
 
     overrides = overrides_from_args(args)

@@ -7,4 +7,13 @@ from fcnseg.config.schema import (FIELDS, DEVICE_PATTERN, TrainConfig, arg_type,
                                   fields_of, option, range_problem, scale_range_problem, _base_type, _opt)
 from fcnseg.config.sources import (DATASET_SPLITS, RESUME_FIXED, add_config_arguments,  # noqa: F401
                                    check_resume_unchanged, dataset_split_defaults, list_presets, load_config_file,
-                                   load_preset, overrides_from_args, resolve_config, resume_config, save_config)
+                                   load_preset, overrides_from_args, resolve_config, save_config)
+
+def __getattr__(name: str):
+    """``resume_config`` reads a checkpoint, so it lives with checkpoints (fcnseg.engine.checkpoint);
+    this keeps ``from fcnseg.config import resume_config`` working for existing callers."""
+    if name == "resume_config":
+        from fcnseg.engine.checkpoint import resume_config
+
+        return resume_config
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

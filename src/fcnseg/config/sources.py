@@ -23,7 +23,6 @@ import yaml
 from fcnseg.config.schema import FIELDS, TrainConfig, coerce, field_type
 from fcnseg.errors import FcnsegError
 
-
 # ---------------------------------------------------------------------------------------------
 # sources: presets, files, command line
 
@@ -128,42 +127,6 @@ RESUME_FIXED = {
     **dict.fromkeys(("data", "train_split", "batch_size", "seed"),
                     "the checkpoint's position in the training data would no longer match"),
 }
-
-
-def resume_config(run_dir: str | Path, overrides: dict | None = None) -> TrainConfig:
-    """The config of the run in ``run_dir`` with ``overrides`` on top, set to resume it.
-
-    Everything is checked before anything is written: the run's last.pt must exist, its saved
-    config is the base (config.yaml only where the checkpoint predates saving one), and an
-    override of an option in ``RESUME_FIXED`` that differs from the run's value is refused with one
-    line. Options that do not change the maths (``iterations`` to extend a run, ``eval_every``,
-    ``workers``, ``progress``, ...) may be overridden."""
-    from fcnseg.files import safe_torch_load
-
-    run = Path(run_dir)
-    saved = run / "config.yaml"
-    last = run / "last.pt"
-    if not run.is_dir():
-        raise FcnsegError(f"cannot resume: {run} is not a folder; pass a run directory written by `fcnseg train`")
-    if not last.is_file():
-        raise FcnsegError(f"cannot resume: {last} does not exist (the run stopped before its first checkpoint); "
-                          "start it again without --resume")
-    ckpt = safe_torch_load(last, "checkpoint")
-    train_state = ckpt.get("train_state") if isinstance(ckpt, dict) else None
-    if not isinstance(train_state, dict):
-        raise FcnsegError(f"cannot resume from {last}: it holds no training state; pass a run directory "
-                          "written by `fcnseg train`")
-    if isinstance(train_state.get("config"), dict):
-        base, where = train_state["config"], f"checkpoint {last}"
-    elif saved.is_file():
-        base, where = load_config_file(saved), f"config file {saved}"
-    else:
-        raise FcnsegError(f"cannot resume: neither {last} nor {saved} holds the run's config")
-    values = {k: coerce(k, v, where) for k, v in base.items() if k in FIELDS}
-    new = {**values, **{k: coerce(k, v, "command line") for k, v in (overrides or {}).items()}}
-    check_resume_unchanged(values, new, run)
-    new.update(resume=str(run), out=str(run))
-    return TrainConfig(**new)
 
 
 def check_resume_unchanged(saved: dict, new: dict, run: str | Path) -> None:

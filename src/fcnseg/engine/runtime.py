@@ -13,7 +13,6 @@ from torch import nn
 
 from fcnseg.devices import (DTYPES, autocast, autocast_dtype, fast_bf16, prepare_input,  # noqa: F401
                              resolve_device, resolve_precision)
-from fcnseg.errors import FcnsegError
 
 T = TypeVar("T")
 

@@ -16,15 +16,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from fcnseg.config import TrainConfig, check_resume_unchanged, config_from_dict, save_config
+from fcnseg.config import TrainConfig, config_from_dict, save_config
 from fcnseg.data import TrainTransform, load_dataset
 from fcnseg.data.normalize import mean_pixel
 from fcnseg.engine.batches import training_batches
-from fcnseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from fcnseg.engine.checkpoint import (load_checkpoint, load_resume_checkpoint, raise_diverged, restore_training,
+                                      save_training_checkpoint)
 from fcnseg.engine.evaluator import check_compatible, check_not_empty, evaluate, predict_logits
 from fcnseg.engine.losses import load_class_weights, segmentation_loss
 from fcnseg.engine.optim import build_optimizer, build_scheduler
-from fcnseg.engine.rng import capture_rng, mix_seed, restore_rng, seed_everything
+from fcnseg.engine.rng import mix_seed, seed_everything
 from fcnseg.engine.progress import TrainProgress, log_summary, scalars
 from fcnseg.engine.rundir import plot_confusion, plot_curves, prepare_run_dir, read_metrics, save_sample_strip, write_json
 from fcnseg.engine.runtime import (Dist, all_reduce_sum, autocast, barrier, broadcast_flag, init_distributed,
@@ -38,7 +39,7 @@ log = logging.getLogger("fcnseg.train")
 def train(config: TrainConfig | dict) -> dict:
     """Train as ``config`` says; returns the run summary (also written to RUN/summary.json).
 
-    To continue a stopped run: ``train(resume_config(run_dir))`` (see fcnseg.config).
+    To continue a stopped run: ``train(resume_config(run_dir))`` (see fcnseg.engine.checkpoint).
     """
     cfg = config if isinstance(config, TrainConfig) else config_from_dict(config)
     configure_if_unset()  # progress lines and the summary are log records (fcnseg.logs)
@@ -152,13 +153,6 @@ def train_step(net: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, cfg
     scaler.step(optimizer)
     scaler.update()
     return value
-
-
-def raise_diverged(run: Path, iteration: int, value: float | str) -> None:
-    kept = run / "last.pt"
-    where = f"the last good checkpoint {kept} is intact" if kept.exists() else "no checkpoint was written yet"
-    raise FcnsegError(f"training diverged: loss is {value} at iteration {iteration}; stopped ({where}); "
-                      "lower --lr, check the data, or use --precision fp32")
 
 
 def due(iteration: int, every: int) -> bool:
@@ -300,76 +294,6 @@ def setup_run_dir(run: Path, cfg: TrainConfig, resuming: bool, world: Dist) -> N
             error = exc
     if broadcast_flag(error is not None):
         raise error or FcnsegError(f"rank 0 could not prepare the run directory {run}; see its message")
-
-
-def load_resume_checkpoint(cfg: TrainConfig) -> dict | None:
-    if not cfg.resume:
-        return None
-    path = Path(cfg.resume) / "last.pt"
-    if not path.is_file():
-        raise FcnsegError(f"cannot resume: {path} does not exist (the run stopped before its first checkpoint); "
-                          "start it again without --resume")
-    ckpt = load_checkpoint(path)
-    if not ckpt.get("train_state"):
-        raise FcnsegError(f"cannot resume from {path}: it holds no training state; pass a run directory "
-                          "written by `fcnseg train`")
-    saved = ckpt["train_state"].get("config")
-    if isinstance(saved, dict):  # also for library callers that skip config.resume_config
-        check_resume_unchanged(saved, cfg.to_dict(), cfg.resume)
-    return ckpt
-
-
-def per_rank(value: Any, world: Dist) -> list:
-    """``value`` of every process, in rank order (all processes must call this together)."""
-    if not world.enabled:
-        return [value]
-    import torch.distributed as dist
-
-    gathered = [None] * world.world_size
-    dist.all_gather_object(gathered, value)
-    return gathered
-
-
-def save_training_checkpoint(path: Path, model: nn.Module, meta: dict, optimizer, scheduler, scaler,
-                             state: dict, cfg: TrainConfig, world: Dist, stream: tuple[int, int] = (0, 0)) -> None:
-    """Everything needed to continue exactly, including every process's random state and place in the
-    batch stream; written by rank 0 only, never with non-finite weights."""
-    rng_ranks = per_rank(capture_rng(), world)
-    streams = per_rank(list(stream), world)
-    if not world.is_main:
-        return
-    params = model.state_dict()
-    if not all(torch.isfinite(t).all() for t in params.values() if t.is_floating_point()):
-        raise_diverged(path.parent, state["iteration"], "finite but the weights are not")
-    train_state = {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                   "scaler": scaler.state_dict(), "rng": rng_ranks[0], "rng_ranks": rng_ranks,
-                   "stream": streams, "config": cfg.to_dict()}
-    save_checkpoint(path, params, meta, train_state)
-
-
-def restore_training(ckpt: dict, model: nn.Module, optimizer, scheduler, scaler, state: dict,
-                     world: Dist) -> tuple[int, int] | None:
-    """Load weights, optimiser, schedule and this process's random state; returns this process's
-    place in the batch stream (None: derive it from the iteration)."""
-    ts = ckpt["train_state"]
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ts["optimizer"])
-    scheduler.load_state_dict(ts["scheduler"])
-    if ts.get("scaler"):
-        scaler.load_state_dict(ts["scaler"])
-    for key in state:
-        state[key] = ts.get(key, state[key])  # elapsed_s: absent in older checkpoints
-    ranks, streams = ts.get("rng_ranks"), ts.get("stream")
-    if ranks and len(ranks) == world.world_size:
-        restore_rng(ranks[world.rank])
-        return tuple(streams[world.rank]) if streams and len(streams) == world.world_size else None
-    if world.enabled or (ranks and len(ranks) != world.world_size):
-        log.warning("resuming with %d process(es) a run saved with %d: it continues, but not bit-identically",
-                    world.world_size, len(ranks) if ranks else 1)
-        if world.enabled:
-            return None  # keep this process's own seed (set before the restore)
-    restore_rng(ts["rng"])
-    return None
 
 
 # ---------------------------------------------------------------------------------------------

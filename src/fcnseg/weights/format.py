@@ -18,9 +18,10 @@ VERSION = 1
 
 def payload(model_state: dict, meta: dict, train_state: dict | None = None) -> dict:
     from fcnseg import __version__
+    from fcnseg.files import content_digest
 
-    return {"format": FORMAT, "version": VERSION, "model": model_state,
-            "meta": {**meta, "fcnseg_version": __version__}, "train_state": train_state}
+    body = {"model": model_state, "meta": {**meta, "fcnseg_version": __version__}, "train_state": train_state}
+    return {"format": FORMAT, "version": VERSION, **body, "digest": content_digest(body)}
 
 
 def is_checkpoint(obj: Any) -> bool:
@@ -37,6 +38,14 @@ def check(obj: Any, path: str | os.PathLike) -> dict:
         raise FcnsegError(f"checkpoint {path} has format version {obj['version']}, newer than this "
                           f"fcnseg understands ({VERSION}); upgrade fcnseg")
     problem = structure_problem(obj)
+    if not problem and "digest" in obj:  # older checkpoints have none and still load
+        from fcnseg.files import content_digest
+
+        body = {k: obj.get(k) for k in ("model", "meta", "train_state")}
+        if obj["digest"] != content_digest(body):
+            raise FcnsegError(f"checkpoint {path} is corrupt: its contents no longer match the digest saved "
+                              "with them (bytes changed on disk); use another checkpoint (e.g. the run's best.pt) "
+                              "or copy it again")
     if problem:
         raise FcnsegError(f"checkpoint {path} has the fcnseg marker but {problem}; it is damaged or was not "
                           "written by `fcnseg train`: use another checkpoint (e.g. the run's best.pt or last.pt)")
