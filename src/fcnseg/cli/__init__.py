@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FcnsegError as exc:
+        if getattr(exc, "exit_code", None):  # stopped on request (engine.runtime.RunStopped), already logged
+            return exc.exit_code
         print(f"fcnseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

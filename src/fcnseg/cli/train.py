@@ -23,19 +23,17 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from fcnseg.engine import train
     from fcnseg.engine.checkpoint import resume_config
-    from fcnseg.engine.runtime import shutdown_distributed
+    from fcnseg.engine.runtime import fail_together, shutdown_distributed
 
     overrides = overrides_from_args(args)
     if overrides.get("resume"):
         config = resume_config(overrides.pop("resume"), overrides)
     else:
         config = resolve_config(args.preset, args.config, overrides)
-        if config.backbone_weights:  # a registered name (e.g. vgg16): the verified file in the cache;
-            from fcnseg.weights import backbone_file  # neither name nor file: "did you mean"
-
-            config.backbone_weights = str(backbone_file(config.backbone_weights))
+        # a registered --backbone-weights name (e.g. vgg16) is fetched by train() once the data is checked
     try:
-        train(config)
+        with fail_together():  # under torchrun: every process exits with the same one line
+            train(config)
     finally:
         shutdown_distributed()
     return 0

@@ -24,21 +24,66 @@ from fcnseg.files import append_text, clean_stale_temps, to_json, write_bytes, w
 RUN_SUBDIRS = ("", "plots", "samples")
 
 
-def prepare_run_dir(out: str | os.PathLike, resuming: bool) -> Path:
-    """Create the run directory (or check the one being resumed) and prove it is writable."""
+class RunLock:
+    """The one writer of a run directory: an exclusive ``flock`` on RUN/.lock, held until ``release``
+    or until the process ends (the OS drops it even after kill -9, so no stale lock is left). The
+    file holds the owner's pid for the message a second writer gets; it is never replaced (the lock
+    belongs to the file's inode), so it is written in place, not through files.atomic_write."""
+
+    def __init__(self, run: Path):
+        import fcntl
+
+        self.path = run / ".lock"
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(self.fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(self.fd)
+            raise FcnsegError(f"{run} is in use by another training (pid {owner}): one run directory has one "
+                              "writer; wait for it to end (or stop it), or choose another --out") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = -1
+
+
+def prepare_run_dir(out: str | os.PathLike, resuming: bool) -> tuple[Path, RunLock, bool]:
+    """Create the run directory (or check the one being resumed), take its lock (one writer per run
+    directory), and prove it is writable. Returns (run, lock, created: the folder is new)."""
     run = Path(out)
-    if not resuming and (run / "last.pt").exists():
-        raise FcnsegError(f"{run} already holds a run (last.pt); continue it with --resume {run} "
-                          "or choose another --out")
+    created = not run.exists()
     try:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise write_error(run, exc) from None
-    for sub in RUN_SUBDIRS:  # temporary files a kill -9 left in the middle of a write
-        clean_stale_temps(run / sub)
-    write_text(run / ".write-test", "ok")
-    (run / ".write-test").unlink()
-    return run
+    lock = RunLock(run)
+    try:
+        if not resuming and (run / "last.pt").exists():
+            raise FcnsegError(f"{run} already holds a run (last.pt); continue it with --resume {run} "
+                              "or choose another --out")
+        for sub in RUN_SUBDIRS:  # temporary files a kill -9 left in the middle of a write (under the lock:
+            clean_stale_temps(run / sub)  # never another live writer's)
+        write_text(run / ".write-test", "ok")
+        (run / ".write-test").unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return run, lock, created
+
+
+def remove_new_run_dir(run: Path) -> None:
+    """Remove a run directory this process created, for a run that failed before its first step: it
+    holds only what set-up wrote (config, empty logs, the lock), nothing worth keeping."""
+    import shutil
+
+    shutil.rmtree(run, ignore_errors=True)
 
 
 class MetricsLog:

@@ -3,14 +3,18 @@ in fcnseg.devices (used by inference too) and are re-exported here for existing 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from fcnseg.errors import FcnsegError
 from fcnseg.devices import (DTYPES, autocast, autocast_dtype, fast_bf16, prepare_input,  # noqa: F401
                              resolve_device, resolve_precision)
 
@@ -101,3 +105,130 @@ def broadcast_flag(flag: bool) -> bool:
     t = torch.tensor([int(flag)])
     dist.broadcast(t, src=0)
     return bool(t.item())
+
+
+# ---------------------------------------------------------------------------------------------
+# stopping: signals, and failing as one process group
+
+
+class StopSignals:
+    """While active (a ``with`` block in the main thread), SIGTERM and SIGINT only set ``signum``: the
+    training loop finishes its step, saves last.pt and stops (see ``requested``). A second Ctrl-C
+    interrupts at once, as usual."""
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                number = getattr(signal, name)
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    def requested(self) -> bool:
+        """Whether any process of the group received a stop signal (collective when distributed, so
+        every process stops after the same step)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.signum is not None
+        t = torch.tensor([float(self.signum or 0)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        if self.signum is None and t.item():
+            self.signum = int(t.item())
+        return bool(t.item())
+
+
+class RunStopped(FcnsegError):
+    """A run stopped on request (a signal) after saving its checkpoint and logging how to resume;
+    ``exit_code`` is 128 + the signal (130 for Ctrl-C, 143 for SIGTERM), which the CLI exits with."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
+
+
+ERROR_KEY = "fcnseg/error"
+
+
+def _store():
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        return _get_default_store()
+    except Exception:  # noqa: BLE001  (no store reachable: nothing to share)
+        return None
+
+
+def share_error(message: str) -> None:
+    """Publish this process's fatal error to the process group's store (the first one wins), so the
+    other processes, whose collectives now fail, exit with the same line instead of a gloo traceback."""
+    store = _store()
+    if store is None:
+        return
+    try:
+        store.compare_set(ERROR_KEY, "", message)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def peer_error(wait_s: float = 10.0) -> str | None:
+    """The error another process published with ``share_error`` (waiting up to ``wait_s`` for it), or None."""
+    import datetime
+
+    store = _store()
+    if store is None:
+        return None
+    try:
+        store.wait([ERROR_KEY], datetime.timedelta(seconds=wait_s))
+        value = store.get(ERROR_KEY).decode("utf-8", "replace")
+    except Exception:  # noqa: BLE001  (timed out, or the store went away)
+        return None
+    return value or None
+
+
+@contextlib.contextmanager
+def fail_together() -> Iterator[None]:
+    """Around a distributed command: a process that fails publishes its one-line error; a process
+    whose collective then breaks (the peer is gone) raises that same line as FcnsegError. Every
+    process of the group so exits with one line naming the fault (exit 2), not a gloo traceback."""
+    rank = current_dist().rank
+    try:
+        yield
+    except RunStopped:
+        raise
+    except FcnsegError as exc:
+        share_error(str(exc))
+        raise
+    except OSError as exc:  # the CLI prints these as one line too: share that line
+        from fcnseg.files import os_error_message
+
+        share_error(os_error_message(exc))
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if not (dist.is_available() and dist.is_initialized()):
+            raise
+        message = peer_error()
+        if message is None:  # this process failed first, with something other than a user mistake
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            share_error(f"process of rank {rank} failed ({type(exc).__name__}: {first}); see its traceback")
+            raise
+        raise FcnsegError(message) from None

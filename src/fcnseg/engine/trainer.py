@@ -6,12 +6,13 @@ log lines happen every ``eval_every`` / ``checkpoint_every`` / ``log_every`` ite
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -27,10 +28,12 @@ from fcnseg.engine.losses import load_class_weights, segmentation_loss
 from fcnseg.engine.optim import build_optimizer, build_scheduler
 from fcnseg.engine.rng import mix_seed, seed_everything
 from fcnseg.engine.progress import TrainProgress, log_summary, scalars
-from fcnseg.engine.rundir import plot_confusion, plot_curves, prepare_run_dir, read_metrics, save_sample_strip, write_json
-from fcnseg.engine.runtime import (Dist, all_reduce_sum, autocast, barrier, broadcast_flag, init_distributed,
-                                   prepare_input, resolve_device, resolve_precision, unwrap)
+from fcnseg.engine.rundir import (RunLock, plot_confusion, plot_curves, prepare_run_dir, read_metrics, remove_new_run_dir,
+                                  save_sample_strip, write_json)
+from fcnseg.engine.runtime import (Dist, RunStopped, StopSignals, all_reduce_sum, autocast, barrier, broadcast_flag,
+                                   init_distributed, prepare_input, resolve_device, resolve_precision, unwrap)
 from fcnseg.errors import FcnsegError
+from fcnseg.files import check_output_dir
 from fcnseg.logs import configure_if_unset
 
 log = logging.getLogger("fcnseg.train")
@@ -40,6 +43,8 @@ def train(config: TrainConfig | dict) -> dict:
     """Train as ``config`` says; returns the run summary (also written to RUN/summary.json).
 
     To continue a stopped run: ``train(resume_config(run_dir))`` (see fcnseg.engine.checkpoint).
+    SIGTERM or Ctrl-C during training: the current step ends, last.pt is saved and ``RunStopped``
+    (exit status 128 + signal) says how to resume.
     """
     cfg = config if isinstance(config, TrainConfig) else config_from_dict(config)
     configure_if_unset()  # progress lines and the summary are log records (fcnseg.logs)
@@ -48,20 +53,36 @@ def train(config: TrainConfig | dict) -> dict:
     world = init_distributed(device)
     resume = load_resume_checkpoint(cfg)
     run = Path(cfg.out)
-    setup_run_dir(run, cfg, resuming=resume is not None, world=world)
+    check_output_dir(run, "--out")
 
-    # data (checked before any compute is spent), model, loss, optimiser
+    # data (checked before any compute is spent or any file written), model (a backbone download
+    # only once the data is known good), loss, optimiser
     train_set, val_set = open_datasets(cfg)
     skipped = check_data(cfg, train_set, val_set)
     seed_everything(cfg.seed)
     model, meta = build_model(cfg, train_set)
+    lock, created = setup_run_dir(run, cfg, resuming=resume is not None, world=world)
+    state = {"iteration": 0, "best_mean_iu": -1.0, "best_iteration": 0, "elapsed_s": 0.0}
+    try:
+        return run_training(cfg, run, device, world, resume, train_set, val_set, skipped, model, meta, state)
+    except BaseException:
+        if created and world.is_main and state["iteration"] == 0 and not (run / "last.pt").exists():
+            lock.release()
+            remove_new_run_dir(run)  # failed before its first step: leave no folder behind
+        raise
+    finally:
+        lock.release()
+
+
+def run_training(cfg: TrainConfig, run: Path, device: torch.device, world: Dist, resume: dict | None,
+                 train_set: Any, val_set: Any, skipped: dict, model: nn.Module, meta: dict, state: dict) -> dict:
+    """The loop of :func:`train`, once the data, the model and the run directory are ready."""
     weights = class_weights(cfg, train_set)
     optimizer = build_optimizer(model, name=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, bias_lr_mult=cfg.bias_lr_mult, bias_decay=cfg.bias_decay)
     scheduler = build_scheduler(optimizer, total=cfg.iterations, schedule=cfg.lr_schedule, power=cfg.poly_power,
                                 warmup=cfg.warmup_iters)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    state = {"iteration": 0, "best_mean_iu": -1.0, "best_iteration": 0, "elapsed_s": 0.0}
     if world.enabled:
         seed_everything(mix_seed(cfg.seed, world.rank))  # different dropout / loss-sampling draws per process
     position = None
@@ -99,27 +120,36 @@ def train(config: TrainConfig | dict) -> dict:
 
     val = None
 
-    # the loop
-    while state["iteration"] < cfg.iterations:
-        images, masks = next(batches)
-        loss = train_step(net, images, masks, cfg=cfg, meta=meta, device=device, weights=weights,
-                          optimizer=optimizer, scaler=scaler, world=world, iteration=state["iteration"], run=run)
-        scheduler.step()
-        state["iteration"] += 1
-        it = state["iteration"]
-        done = it == cfg.iterations
-        report.step(it, len(images) * world.world_size, loss, optimizer.param_groups[0]["lr"])
+    # the loop; a stop signal ends it after the current step, with last.pt saved
+    with StopSignals() as stop:
+        while state["iteration"] < cfg.iterations:
+            images, masks = next(batches)
+            loss = train_step(net, images, masks, cfg=cfg, meta=meta, device=device, weights=weights,
+                              optimizer=optimizer, scaler=scaler, world=world, iteration=state["iteration"], run=run)
+            scheduler.step()
+            state["iteration"] += 1
+            it = state["iteration"]
+            done = it == cfg.iterations
+            report.step(it, len(images) * world.world_size, loss, optimizer.param_groups[0]["lr"])
 
-        if due(it, cfg.eval_every) or done:
-            checkpoint("last.pt")  # before validating: a failing validation never costs the training
-            val = validate()
-            report.validation(it, val, best=val["mean_iu"] > state["best_mean_iu"])
-            if val["mean_iu"] > state["best_mean_iu"]:
-                state["best_mean_iu"], state["best_iteration"] = val["mean_iu"], it
-                checkpoint("best.pt")
-                checkpoint("last.pt")  # again, now holding the new best
-        elif due(it, cfg.checkpoint_every):
-            checkpoint("last.pt")
+            if due(it, cfg.eval_every) or done:
+                checkpoint("last.pt")  # before validating: a failing validation never costs the training
+                val = validate()
+                report.validation(it, val, best=val["mean_iu"] > state["best_mean_iu"])
+                if val["mean_iu"] > state["best_mean_iu"]:
+                    state["best_mean_iu"], state["best_iteration"] = val["mean_iu"], it
+                    checkpoint("best.pt")
+                    checkpoint("last.pt")  # again, now holding the new best
+            elif due(it, cfg.checkpoint_every):
+                checkpoint("last.pt")
+            if stop.requested() and not done:
+                checkpoint("last.pt")
+                report.close()
+                message = (f"stopped by {stop.name} at iteration {it} of {cfg.iterations}; last.pt saved; "
+                           f"resume with `fcnseg train --resume {run}`")
+                if world.is_main:
+                    log.warning("%s", message)
+                raise RunStopped(message, stop.signum)
     report.close()
 
     if val is None:  # resumed a run that had already finished
@@ -138,21 +168,45 @@ def train_step(net: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, cfg
                device: torch.device, weights: torch.Tensor | None, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, world: Dist, iteration: int, run: Path) -> float:
     """Forward, loss, backward, update. Stops the run (FcnsegError) on a non-finite loss, before the update."""
-    x = prepare_input(images, meta["normalization"], device, cfg.channels_last)
-    with autocast(device, cfg.precision):
-        logits = net(x)
-    loss = segmentation_loss(logits, masks.to(device), ignore_index=cfg.ignore_index, weight=weights,
-                             reduction=cfg.loss_reduction, sample_prob=cfg.loss_sample_prob)
+    with out_of_memory_advice(cfg, device, iteration + 1, images.shape):
+        x = prepare_input(images, meta["normalization"], device, cfg.channels_last)
+        with autocast(device, cfg.precision):
+            logits = net(x)
+        loss = segmentation_loss(logits, masks.to(device), ignore_index=cfg.ignore_index, weight=weights,
+                                 reduction=cfg.loss_reduction, sample_prob=cfg.loss_sample_prob)
     value = float(loss.detach())
     if world.enabled:
         value = all_reduce_sum([value])[0] / world.world_size
     if not math.isfinite(value):
         raise_diverged(run, iteration + 1, value)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
+    with out_of_memory_advice(cfg, device, iteration + 1, images.shape):
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
     scaler.update()
     return value
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's allocation failures: CUDA's OutOfMemoryError, the CPU allocator's RuntimeError, MemoryError."""
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("DefaultCPUAllocator" in text or "can't allocate memory" in text
+                                              or "out of memory" in text.lower())
+
+
+@contextlib.contextmanager
+def out_of_memory_advice(cfg: TrainConfig, device: torch.device, iteration: int, shape: tuple) -> Iterator[None]:
+    """An allocation failure inside the block becomes one FcnsegError naming the options to lower."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        crop = f"--crop-size (now {cfg.crop_size})" if cfg.crop_size else "--crop-size (now none: whole images)"
+        raise FcnsegError(f"out of memory on {device} at iteration {iteration} (a batch of {tuple(shape)}): lower "
+                          f"--batch-size (now {cfg.batch_size}) or {crop}, or --width (now {cfg.width:g})") from None
 
 
 def due(iteration: int, every: int) -> bool:
@@ -218,7 +272,12 @@ def build_model(cfg: TrainConfig, dataset: Any) -> tuple[nn.Module, dict]:
     from fcnseg.models import create_model, load_matching
 
     meta = model_meta(cfg, dataset)
-    model = create_model(cfg.model, backbone_weights=cfg.backbone_weights, **meta["model_kwargs"])
+    backbone_weights = cfg.backbone_weights
+    if backbone_weights:  # a registered name (e.g. vgg16): the verified file in the cache, fetched now
+        from fcnseg.weights import backbone_file
+
+        backbone_weights = str(backbone_file(backbone_weights))
+    model = create_model(cfg.model, backbone_weights=backbone_weights, **meta["model_kwargs"])
     if cfg.init_from:
         source = load_init_source(cfg.init_from)
         check_compatible(source["meta"], dataset, f"--init-from checkpoint {cfg.init_from}")
@@ -227,6 +286,16 @@ def build_model(cfg: TrainConfig, dataset: Any) -> tuple[nn.Module, dict]:
             raise FcnsegError(f"--init-from checkpoint {cfg.init_from} shares no layer with {cfg.model}; "
                               "pass a checkpoint of a related model (e.g. fcn32s for fcn16s)")
     return model, meta
+
+
+def check_backbone_weights(cfg: TrainConfig) -> None:
+    """Before any work: a --backbone-weights that is neither a registered name nor a file is one line
+    ("did you mean"); a registered name is only downloaded by build_model, once the data is checked."""
+    if cfg.backbone_weights:
+        from fcnseg.weights import backbone_file, is_registered
+
+        if not is_registered(cfg.backbone_weights):
+            backbone_file(cfg.backbone_weights)
 
 
 def load_init_source(path: str) -> dict:
@@ -283,17 +352,31 @@ def wrap_model(model: nn.Module, cfg: TrainConfig, device: torch.device, world: 
 # checkpoints and resume
 
 
-def setup_run_dir(run: Path, cfg: TrainConfig, resuming: bool, world: Dist) -> None:
-    """Rank 0 creates the run directory and writes config.yaml; every rank learns if that failed."""
-    error = None
+def setup_run_dir(run: Path, cfg: TrainConfig, resuming: bool, world: Dist) -> tuple[RunLock | None, bool]:
+    """Rank 0 creates the run directory, takes its lock and (for a new run) writes config.yaml; every
+    rank learns if that failed. A resumed run's config.yaml is left as it is: it already equals the
+    checkpoint's config or holds edits the command line applied (see resume_config); it is rewritten
+    with the next last.pt. Returns (the lock, or None on other ranks; whether the folder is new)."""
+    error, lock, created = None, None, False
     if world.is_main:
         try:
-            prepare_run_dir(run, resuming=resuming)
-            save_config(cfg, run / "config.yaml")
+            _, lock, created = prepare_run_dir(run, resuming=resuming)
+            if not resuming:
+                save_config(cfg, run / "config.yaml")
         except FcnsegError as exc:
+            if lock is not None:
+                lock.release()
+                if created:
+                    remove_new_run_dir(run)
             error = exc
     if broadcast_flag(error is not None):
         raise error or FcnsegError(f"rank 0 could not prepare the run directory {run}; see its message")
+    return lock or _NoLock(), created
+
+
+class _NoLock:
+    def release(self) -> None:
+        pass
 
 
 # ---------------------------------------------------------------------------------------------
