@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fcnseg.config import MAX_SIDE, MIN_SIDE, arg_type, zero_or_between
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("quantize", help="int8 model of a checkpoint, calibrated on training images",
@@ -22,9 +24,11 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, metavar="SPEC", help="dataset spec with the training images, "
                    "e.g. folder:PATH or voc:PATH")
     p.add_argument("--split", default="train", help="split to calibrate on (default: train)")
-    p.add_argument("--images", type=int, default=32, help="calibration images (default 32, spread over the split)")
-    p.add_argument("--max-side", type=int, default=1024,
-                   help="scale calibration images down to this longest side (default 1024; 0 = never)")
+    p.add_argument("--images", type=arg_type(int, name="images", min=1, max=100000), default=32,
+                   help="calibration images (default 32, spread over the split)")
+    p.add_argument("--max-side", type=arg_type(int, name="max-side", check=zero_or_between(MIN_SIDE, MAX_SIDE, "never")),
+                   default=1024, help=f"scale calibration images down to this longest side, 0 or {MIN_SIDE}..{MAX_SIDE} "
+                                      "(default 1024; 0 = never)")
     p.add_argument("--out", required=True, metavar="MODEL", help="output int8 model (e.g. model.int8.onnx)")
     p.set_defaults(func=run)
 

@@ -4,7 +4,8 @@ files, command-line options, resumed runs). ``from fcnseg.config import X`` work
 
 from fcnseg.config.schema import (FIELDS, DEVICE_PATTERN, TrainConfig, arg_type, check_option,  # noqa: F401
                                   coerce, config_from_dict, data_spec_problem, device_problem, field_type,
-                                  fields_of, option, range_problem, scale_range_problem, _base_type, _opt)
+                                  fields_of, option, range_problem, scale_range_problem, zero_or_between, _base_type, _opt,
+                                  MAX_CLASSES, MAX_CROP, MAX_SEED, MAX_SIDE, MIN_SIDE)
 from fcnseg.config.sources import (DATASET_SPLITS, RESUME_FIXED, add_config_arguments,  # noqa: F401
                                    check_resume_unchanged, dataset_split_defaults, list_presets, load_config_file,
                                    load_preset, overrides_from_args, resolve_config, save_config)

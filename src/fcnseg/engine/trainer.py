@@ -123,9 +123,11 @@ def run_training(cfg: TrainConfig, run: Path, device: torch.device, world: Dist,
     # the loop; a stop signal ends it after the current step, with last.pt saved
     with StopSignals() as stop:
         while state["iteration"] < cfg.iterations:
-            images, masks = next(batches)
-            loss = train_step(net, images, masks, cfg=cfg, meta=meta, device=device, weights=weights,
-                              optimizer=optimizer, scaler=scaler, world=world, iteration=state["iteration"], run=run)
+            with out_of_memory_advice(f"at iteration {state['iteration'] + 1}", device, memory_options(cfg)):
+                images, masks = next(batches)
+                loss = train_step(net, images, masks, cfg=cfg, meta=meta, device=device, weights=weights,
+                                  optimizer=optimizer, scaler=scaler, world=world, iteration=state["iteration"],
+                                  run=run)
             scheduler.step()
             state["iteration"] += 1
             it = state["iteration"]
@@ -168,21 +170,19 @@ def train_step(net: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, cfg
                device: torch.device, weights: torch.Tensor | None, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, world: Dist, iteration: int, run: Path) -> float:
     """Forward, loss, backward, update. Stops the run (FcnsegError) on a non-finite loss, before the update."""
-    with out_of_memory_advice(cfg, device, iteration + 1, images.shape):
-        x = prepare_input(images, meta["normalization"], device, cfg.channels_last)
-        with autocast(device, cfg.precision):
-            logits = net(x)
-        loss = segmentation_loss(logits, masks.to(device), ignore_index=cfg.ignore_index, weight=weights,
-                                 reduction=cfg.loss_reduction, sample_prob=cfg.loss_sample_prob)
+    x = prepare_input(images, meta["normalization"], device, cfg.channels_last)
+    with autocast(device, cfg.precision):
+        logits = net(x)
+    loss = segmentation_loss(logits, masks.to(device), ignore_index=cfg.ignore_index, weight=weights,
+                             reduction=cfg.loss_reduction, sample_prob=cfg.loss_sample_prob)
     value = float(loss.detach())
     if world.enabled:
         value = all_reduce_sum([value])[0] / world.world_size
     if not math.isfinite(value):
         raise_diverged(run, iteration + 1, value)
     optimizer.zero_grad(set_to_none=True)
-    with out_of_memory_advice(cfg, device, iteration + 1, images.shape):
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
     scaler.update()
     return value
 
@@ -197,16 +197,21 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def out_of_memory_advice(cfg: TrainConfig, device: torch.device, iteration: int, shape: tuple) -> Iterator[None]:
-    """An allocation failure inside the block becomes one FcnsegError naming the options to lower."""
+def out_of_memory_advice(where: str, device: torch.device, lower: str) -> Iterator[None]:
+    """An allocation failure inside the block becomes one FcnsegError saying where, and which options
+    to lower (``lower``)."""
     try:
         yield
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
-        crop = f"--crop-size (now {cfg.crop_size})" if cfg.crop_size else "--crop-size (now none: whole images)"
-        raise FcnsegError(f"out of memory on {device} at iteration {iteration} (a batch of {tuple(shape)}): lower "
-                          f"--batch-size (now {cfg.batch_size}) or {crop}, or --width (now {cfg.width:g})") from None
+        raise FcnsegError(f"out of memory on {device} {where}: lower {lower}") from None
+
+
+def memory_options(cfg: TrainConfig) -> str:
+    """The options that size a training step, with their values."""
+    crop = f"--crop-size (now {cfg.crop_size})" if cfg.crop_size else "--crop-size (now unset: whole images)"
+    return f"--batch-size (now {cfg.batch_size}) or {crop}, or --width (now {cfg.width:g})"
 
 
 def due(iteration: int, every: int) -> bool:
@@ -277,7 +282,8 @@ def build_model(cfg: TrainConfig, dataset: Any) -> tuple[nn.Module, dict]:
         from fcnseg.weights import backbone_file
 
         backbone_weights = str(backbone_file(backbone_weights))
-    model = create_model(cfg.model, backbone_weights=backbone_weights, **meta["model_kwargs"])
+    with out_of_memory_advice(f"creating {cfg.model}", torch.device("cpu"), f"--width (now {cfg.width:g})"):
+        model = create_model(cfg.model, backbone_weights=backbone_weights, **meta["model_kwargs"])
     if cfg.init_from:
         source = load_init_source(cfg.init_from)
         check_compatible(source["meta"], dataset, f"--init-from checkpoint {cfg.init_from}")

@@ -64,6 +64,10 @@ def structure_problem(ckpt: dict) -> str | None:
     kwargs = meta.get("model_kwargs")
     if not isinstance(kwargs, dict) or not isinstance(kwargs.get("num_classes", 0), int):
         return "no valid model options in its metadata"
+    from fcnseg.config import MAX_CLASSES
+
+    if not 1 <= kwargs.get("num_classes", 1) <= MAX_CLASSES:
+        return f"it claims {kwargs['num_classes']} classes (fcnseg models have 1 to {MAX_CLASSES})"
     train_state = ckpt.get("train_state")
     if train_state is not None:
         missing = ([k for k in ("iteration", "optimizer", "scheduler", "rng") if k not in train_state]
