@@ -76,3 +76,22 @@ def test_torchrun_training_writes_one_run(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records if r["kind"] == "val"] == [2, 4]  # written once, by rank 0
     assert json.loads((run / "summary.json").read_text())["final"]["mean_iu"] >= 0
+
+
+@pytest.mark.slow
+def test_a_fault_on_one_rank_stops_every_rank_with_its_one_line(tmp_path):
+    """A real fault on rank 0 only (best.pt cannot be written: a folder stands there); rank 1, whose next
+    collective then breaks, exits with rank 0's line instead of a gloo traceback."""
+    run = tmp_path / "ddp"
+    (run / "best.pt").mkdir(parents=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fcnseg",
+           "train", "--data", "shapes", "--model", "fcn8s", "--width", "0.0625", "--geometry", "same",
+           "--iterations", "4", "--eval-every", "2", "--max-val-images", "2", "--num-samples", "0", "--no-progress",
+           "--out", str(run)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("fcnseg train: error:")]
+    assert len(lines) == 2 and lines[0] == lines[1] and "best.pt" in lines[0], proc.stderr[-3000:]
+    for noise in ("gloo", "Connection closed", "DistBackendError", "fcnseg/engine"):
+        assert noise not in proc.stderr, proc.stderr[-3000:]  # no worker traceback (the launcher's own summary stays)
