@@ -80,3 +80,26 @@ def test_allocation_failure_names_the_options_to_lower(tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert_one_line_error(proc, "out of memory", "at iteration 1", "--batch-size (now 8)", "--crop-size (now 4096)")
     assert not run.exists()  # failed before its first step: no folder left
+
+
+def test_other_option_sets_use_the_same_field_system():
+    """What serving's ServeConfig relies on: ``option`` fields, ``coerce(schema=...)``, argparse options."""
+    import argparse
+    from dataclasses import dataclass
+
+    from fcnseg.config import add_config_arguments, coerce, option, overrides_from_args
+    from fcnseg.errors import FcnsegError
+
+    @dataclass
+    class Options:
+        port: int = option(8000, "TCP port", min=1, max=65535)
+        host: str = option("127.0.0.1", "address to listen on")
+
+    assert coerce("port", "8080", "command line", schema=Options) == 8080
+    with pytest.raises(FcnsegError, match=r"option 'port' must be >= 1 and <= 65535, got 70000"):
+        coerce("port", 70000, "config file x.yaml", schema=Options)
+    with pytest.raises(FcnsegError, match="fcnseg serve --help"):
+        coerce("prot", 1, "command line", schema=Options, command="serve")
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, schema=Options)
+    assert overrides_from_args(parser.parse_args(["--port", "9"]), schema=Options) == {"port": "9"}

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from fcnseg.config.schema import FIELDS, TrainConfig, coerce, field_type
+from fcnseg.config.schema import TrainConfig, coerce, field_type, fields_of
 from fcnseg.errors import FcnsegError
 
 # ---------------------------------------------------------------------------------------------
@@ -96,11 +96,13 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
     write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one --option per TrainConfig field; unset options stay out of the namespace."""
-    defaults = TrainConfig()
-    for name, f in FIELDS.items():
-        typ, _ = field_type(f)
+def add_config_arguments(parser: argparse.ArgumentParser, schema: type = TrainConfig) -> None:
+    """Add one --option per field of ``schema`` (TrainConfig unless given; any dataclass whose fields
+    are declared with ``option``); unset options stay out of the namespace, so ``overrides_from_args``
+    returns only what the user typed, for ``coerce`` to check."""
+    defaults = schema()
+    for name, f in fields_of(schema).items():
+        typ, _ = field_type(f, schema)
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
         choices = f.metadata.get("choices")
@@ -113,9 +115,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                                 metavar=name.upper(), choices=choices)
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict:
-    """The TrainConfig fields the user set explicitly on the command line."""
-    return {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
+def overrides_from_args(args: argparse.Namespace, schema: type = TrainConfig) -> dict:
+    """The fields of ``schema`` the user set explicitly on the command line."""
+    return {name: getattr(args, name) for name in fields_of(schema) if hasattr(args, name)}
 
 
 # Options a resumed run may not change, and why: the checkpoint's weights, optimiser state and
