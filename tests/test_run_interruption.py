@@ -134,3 +134,17 @@ def test_backbone_download_waits_for_the_data_check(tmp_path, monkeypatch, capsy
                     "--backbone-weights", "vgg16", "--out", tmp_path / "R")
     assert_one_line_error(proc, "val1.png")
     assert fetched == [] and not (tmp_path / "R").exists()
+
+
+def test_resume_refuses_a_last_pt_with_changed_bytes(tmp_path, capsys):
+    import torch
+
+    run = _stopped_run(tmp_path / "R")
+    rng = load_checkpoint(run / "last.pt")["train_state"]["rng"]["torch"].numpy().tobytes()
+    data = bytearray((run / "last.pt").read_bytes())
+    at = data.find(rng[:64])
+    assert at > 0
+    data[at + 3000] ^= 0x01
+    (run / "last.pt").write_bytes(bytes(data))
+    assert torch.load(run / "last.pt", weights_only=True)  # torch itself does not notice
+    assert_one_line_error(run_main(capsys, "train", "--resume", run), str(run / "last.pt"), "corrupt")

@@ -26,9 +26,10 @@ def register(subparsers) -> None:
     p.add_argument("--split", default="train", help="split to calibrate on (default: train)")
     p.add_argument("--images", type=arg_type(int, name="images", min=1, max=100000), default=32,
                    help="calibration images (default 32, spread over the split)")
-    p.add_argument("--max-side", type=arg_type(int, name="max-side", check=zero_or_between(MIN_SIDE, MAX_SIDE, "never")),
-                   default=1024, help=f"scale calibration images down to this longest side, 0 or {MIN_SIDE}..{MAX_SIDE} "
-                                      "(default 1024; 0 = never)")
+    never_or_side = zero_or_between(MIN_SIDE, MAX_SIDE, "never")
+    p.add_argument("--max-side", type=arg_type(int, name="max-side", check=never_or_side), default=1024,
+                   help=f"scale calibration images down to this longest side, 0 or {MIN_SIDE}..{MAX_SIDE} "
+                        "(default 1024; 0 = never)")
     p.add_argument("--out", required=True, metavar="MODEL", help="output int8 model (e.g. model.int8.onnx)")
     p.set_defaults(func=run)
 

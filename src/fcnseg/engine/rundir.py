@@ -54,6 +54,14 @@ class RunLock:
             self.fd = -1
 
 
+def check_new_run_dir(run: Path, resuming: bool) -> None:
+    """A new run never goes into a folder holding another run's checkpoint (checked before any work,
+    and again under the lock)."""
+    if not resuming and (run / "last.pt").exists():
+        raise FcnsegError(f"{run} already holds a run (last.pt); continue it with --resume {run} "
+                          "or choose another --out")
+
+
 def prepare_run_dir(out: str | os.PathLike, resuming: bool) -> tuple[Path, RunLock, bool]:
     """Create the run directory (or check the one being resumed), take its lock (one writer per run
     directory), and prove it is writable. Returns (run, lock, created: the folder is new)."""
@@ -65,9 +73,7 @@ def prepare_run_dir(out: str | os.PathLike, resuming: bool) -> tuple[Path, RunLo
         raise write_error(run, exc) from None
     lock = RunLock(run)
     try:
-        if not resuming and (run / "last.pt").exists():
-            raise FcnsegError(f"{run} already holds a run (last.pt); continue it with --resume {run} "
-                              "or choose another --out")
+        check_new_run_dir(run, resuming)
         for sub in RUN_SUBDIRS:  # temporary files a kill -9 left in the middle of a write (under the lock:
             clean_stale_temps(run / sub)  # never another live writer's)
         write_text(run / ".write-test", "ok")

@@ -28,8 +28,8 @@ from fcnseg.engine.losses import load_class_weights, segmentation_loss
 from fcnseg.engine.optim import build_optimizer, build_scheduler
 from fcnseg.engine.rng import mix_seed, seed_everything
 from fcnseg.engine.progress import TrainProgress, log_summary, scalars
-from fcnseg.engine.rundir import (RunLock, plot_confusion, plot_curves, prepare_run_dir, read_metrics, remove_new_run_dir,
-                                  save_sample_strip, write_json)
+from fcnseg.engine.rundir import (RunLock, check_new_run_dir, plot_confusion, plot_curves, prepare_run_dir,
+                                  read_metrics, remove_new_run_dir, save_sample_strip, write_json)
 from fcnseg.engine.runtime import (Dist, RunStopped, StopSignals, all_reduce_sum, autocast, barrier, broadcast_flag,
                                    init_distributed, prepare_input, resolve_device, resolve_precision, unwrap)
 from fcnseg.errors import FcnsegError
@@ -54,6 +54,7 @@ def train(config: TrainConfig | dict) -> dict:
     resume = load_resume_checkpoint(cfg)
     run = Path(cfg.out)
     check_output_dir(run, "--out")
+    check_new_run_dir(run, resuming=resume is not None)
 
     # data (checked before any compute is spent or any file written), model (a backbone download
     # only once the data is known good), loss, optimiser
