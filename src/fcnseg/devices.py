@@ -75,3 +75,12 @@ def prepare_input(images: torch.Tensor, mode: str, device: torch.device, channel
     """uint8 batch -> normalised float on ``device`` (channels_last if asked)."""
     x = normalize(images.to(device, non_blocking=True), mode)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's allocation failures: CUDA's OutOfMemoryError, the CPU allocator's RuntimeError, MemoryError."""
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("DefaultCPUAllocator" in text or "can't allocate memory" in text
+                                              or "out of memory" in text.lower())

@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"fcnseg {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
         return 2
-    except MemoryError:
+    except (MemoryError, RuntimeError) as exc:  # torch's allocation failures are RuntimeErrors too
+        from fcnseg.devices import is_out_of_memory
+
+        if not is_out_of_memory(exc):
+            raise
         print(f"fcnseg {args.command}: error: out of memory; use smaller images, tiles (--tile) or a "
               "smaller --batch-size", file=sys.stderr)
         return 2

@@ -30,6 +30,7 @@ from fcnseg.engine.rng import mix_seed, seed_everything
 from fcnseg.engine.progress import TrainProgress, log_summary, scalars
 from fcnseg.engine.rundir import (RunLock, check_new_run_dir, plot_confusion, plot_curves, prepare_run_dir,
                                   read_metrics, remove_new_run_dir, save_sample_strip, write_json)
+from fcnseg.devices import is_out_of_memory
 from fcnseg.engine.runtime import (Dist, RunStopped, StopSignals, all_reduce_sum, autocast, barrier, broadcast_flag,
                                    init_distributed, prepare_input, resolve_device, resolve_precision, unwrap)
 from fcnseg.errors import FcnsegError
@@ -186,15 +187,6 @@ def train_step(net: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, cfg
     scaler.step(optimizer)
     scaler.update()
     return value
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """torch's allocation failures: CUDA's OutOfMemoryError, the CPU allocator's RuntimeError, MemoryError."""
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("DefaultCPUAllocator" in text or "can't allocate memory" in text
-                                              or "out of memory" in text.lower())
 
 
 @contextlib.contextmanager
