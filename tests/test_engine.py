@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fcnseg.cli import build_parser
-from fcnseg.config import FIELDS, TrainConfig, list_presets, resolve_config, resume_config, save_config
+from fcnseg.config import FIELDS, TrainConfig, list_presets, resolve_config, save_config
 from fcnseg.engine.batches import EpochSampler, SeededAugment, batches_per_epoch, training_batches
+from fcnseg.engine.checkpoint import resume_config
 from fcnseg.engine.evaluator import evaluate
 from fcnseg.engine.losses import load_class_weights, segmentation_loss
 from fcnseg.engine.metrics import ConfusionMatrix

@@ -16,21 +16,37 @@ import torch
 from _faults import TINY_TRAIN, assert_one_line_error, run_main
 from fcnseg.engine.checkpoint import load_checkpoint, save_checkpoint
 
-META = {"model_name": "fcn8s", "model_kwargs": {"num_classes": 6, "width": 1 / 16, "geometry": "same"},
-        "class_names": [str(i) for i in range(6)], "palette": [[0, 0, 0]] * 6, "normalization": "imagenet"}
+META = {
+    "model_name": "fcn8s",
+    "model_kwargs": {"num_classes": 6, "width": 1 / 16, "geometry": "same"},
+    "class_names": [str(i) for i in range(6)],
+    "palette": [[0, 0, 0]] * 6,
+    "normalization": "imagenet",
+}
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["train", "--data", "shapes", "--seed", str(2**70)], ("seed", "< 9223372036854775808")),
-    (["train", "--data", "shapes", "--seed", "2**70"], ("seed", "expects int")),
-    (["train", "--data", "shapes", "--crop-size", "100000"], ("crop_size", "<= 8192")),
-    (["train", "--data", "shapes", "--width", "1e9"], ("width", "<= 16")),
-    (["train", "--data", "shapes", "--batch-size", "100000"], ("batch_size", "<= 4096")),
-    (["predict", "--checkpoint", "x.pt", "a.png", "--out", "o", "--tile", "1"], ("--tile", "0 (whole image)", "32")),
-    (["quantize", "--checkpoint", "x.pt", "--data", "shapes", "--out", "q.onnx", "--max-side", "-1"],
-     ("--max-side", "between 32")),
-    (["quantize", "--checkpoint", "x.pt", "--data", "shapes", "--out", "q.onnx", "--max-side", "1"], ("--max-side",)),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["train", "--data", "shapes", "--seed", str(2**70)], ("seed", "< 9223372036854775808")),
+        (["train", "--data", "shapes", "--seed", "2**70"], ("seed", "expects int")),
+        (["train", "--data", "shapes", "--crop-size", "100000"], ("crop_size", "<= 8192")),
+        (["train", "--data", "shapes", "--width", "1e9"], ("width", "<= 16")),
+        (["train", "--data", "shapes", "--batch-size", "100000"], ("batch_size", "<= 4096")),
+        (
+            ["predict", "--checkpoint", "x.pt", "a.png", "--out", "o", "--tile", "1"],
+            ("--tile", "0 (whole image)", "32"),
+        ),
+        (
+            ["quantize", "--checkpoint", "x.pt", "--data", "shapes", "--out", "q.onnx", "--max-side", "-1"],
+            ("--max-side", "between 32"),
+        ),
+        (
+            ["quantize", "--checkpoint", "x.pt", "--data", "shapes", "--out", "q.onnx", "--max-side", "1"],
+            ("--max-side",),
+        ),
+    ],
+)
 def test_numbers_are_bounded_where_parsed(tmp_path, capsys, monkeypatch, args, fragments):
     monkeypatch.chdir(tmp_path)
     assert_one_line_error(run_main(capsys, *args), *fragments)
@@ -40,8 +56,9 @@ def test_numbers_are_bounded_where_parsed(tmp_path, capsys, monkeypatch, args, f
 def test_checkpoint_claiming_ten_thousand_classes_is_refused(tmp_path, capsys):
     path = tmp_path / "huge.pt"
     save_checkpoint(path, {}, {**META, "model_kwargs": {**META["model_kwargs"], "num_classes": 10_000}})
-    assert_one_line_error(run_main(capsys, "evaluate", "--checkpoint", path, "--data", "shapes"),
-                          "huge.pt", "10000 classes", "4096")
+    assert_one_line_error(
+        run_main(capsys, "evaluate", "--checkpoint", path, "--data", "shapes"), "huge.pt", "10000 classes", "4096"
+    )
 
 
 def test_flipped_byte_is_found_and_old_checkpoints_still_load(tmp_path, capsys):
@@ -58,8 +75,10 @@ def test_flipped_byte_is_found_and_old_checkpoints_still_load(tmp_path, capsys):
     data[at + 5] ^= 0x04  # one bit of one weight, as a bad disk or copy would change it
     bad = tmp_path / "flipped.pt"
     bad.write_bytes(bytes(data))
-    for args in (["evaluate", "--checkpoint", bad, "--data", "shapes"],
-                 ["train", "--data", "shapes", *TINY_TRAIN, "--init-from", bad, "--out", tmp_path / "R"]):
+    for args in (
+        ["evaluate", "--checkpoint", bad, "--data", "shapes"],
+        ["train", "--data", "shapes", *TINY_TRAIN, "--init-from", bad, "--out", tmp_path / "R"],
+    ):
         assert_one_line_error(run_main(capsys, *args), "flipped.pt", "corrupt", "digest")
     assert not (tmp_path / "R").exists()
     old = load_checkpoint(path)
@@ -70,14 +89,35 @@ def test_flipped_byte_is_found_and_old_checkpoints_still_load(tmp_path, capsys):
 
 def test_allocation_failure_names_the_options_to_lower(tmp_path):
     """A real allocation failure: the step of a 4096-pixel crop of 8 images under a 3 GB address-space limit."""
+
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 
     run = tmp_path / "R"
-    proc = subprocess.run([sys.executable, "-m", "fcnseg", "train", "--data", "shapes", *TINY_TRAIN, "--iterations",
-                           "2", "--crop-size", "4096", "--batch-size", "8", "--out", str(run)],
-                          preexec_fn=limit, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fcnseg",
+            "train",
+            "--data",
+            "shapes",
+            *TINY_TRAIN,
+            "--iterations",
+            "2",
+            "--crop-size",
+            "4096",
+            "--batch-size",
+            "8",
+            "--out",
+            str(run),
+        ],
+        preexec_fn=limit,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert_one_line_error(proc, "out of memory", "at iteration 1", "--batch-size (now 8)", "--crop-size (now 4096)")
     assert not run.exists()  # failed before its first step: no folder left
 

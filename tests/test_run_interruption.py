@@ -22,8 +22,13 @@ LONG = ["--data", "shapes", *TINY_TRAIN, "--iterations", "100000", "--log-every"
 
 def start_training(run: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "fcnseg", "train", *LONG, *args, "--out", str(run)],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fcnseg", "train", *LONG, *args, "--out", str(run)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
 
 
 def wait_for_iterations(proc: subprocess.Popen, count: int, timeout: float = 120) -> list[str]:
@@ -70,8 +75,10 @@ def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
     from fcnseg.engine.rundir import prepare_run_dir
 
     run = tmp_path / "R"
-    script = (f"import os, signal\nfrom fcnseg.engine.rundir import prepare_run_dir\n"
-              f"prepare_run_dir({str(run)!r}, resuming=False)\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    script = (
+        f"import os, signal\nfrom fcnseg.engine.rundir import prepare_run_dir\n"
+        f"prepare_run_dir({str(run)!r}, resuming=False)\nos.kill(os.getpid(), signal.SIGKILL)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
     assert proc.returncode == -signal.SIGKILL and (run / ".lock").is_file()
     _, lock, created = prepare_run_dir(run, resuming=False)  # the OS dropped the dead process's lock
@@ -85,13 +92,32 @@ def _stopped_run(run: Path) -> Path:
     from fcnseg.engine.checkpoint import save_checkpoint
     from fcnseg.engine.rng import capture_rng
 
-    cfg = TrainConfig(data="shapes", model="fcn8s", width=0.0625, geometry="same", optimizer="adamw",
-                      iterations=2, progress=False, out=str(run))
+    cfg = TrainConfig(
+        data="shapes",
+        model="fcn8s",
+        width=0.0625,
+        geometry="same",
+        optimizer="adamw",
+        iterations=2,
+        progress=False,
+        out=str(run),
+    )
     run.mkdir(parents=True)
     save_config(cfg, run / "config.yaml")
-    save_checkpoint(run / "last.pt", {}, {"model_name": "fcn8s", "model_kwargs": {"num_classes": 6}},
-                    {"iteration": 2, "best_mean_iu": 0.1, "best_iteration": 2, "optimizer": {}, "scheduler": {},
-                     "rng": capture_rng(), "config": cfg.to_dict()})
+    save_checkpoint(
+        run / "last.pt",
+        {},
+        {"model_name": "fcn8s", "model_kwargs": {"num_classes": 6}},
+        {
+            "iteration": 2,
+            "best_mean_iu": 0.1,
+            "best_iteration": 2,
+            "optimizer": {},
+            "scheduler": {},
+            "rng": capture_rng(),
+            "config": cfg.to_dict(),
+        },
+    )
     return run
 
 
@@ -103,9 +129,13 @@ def test_edited_config_yaml_is_refused_unless_applied_as_options(tmp_path, capsy
     values.update(iterations=50, lr=0.01)
     (run / "config.yaml").write_text(yaml.safe_dump(values))
     edited = (run / "config.yaml").read_bytes()
-    line = assert_one_line_error(run_main(capsys, "train", "--resume", run), "config.yaml was edited",
-                                 "iterations: 2 -> 50", "lr: 0.001 -> 0.01",
-                                 f"fcnseg train --resume {run} --iterations 50 --lr 0.01")
+    line = assert_one_line_error(
+        run_main(capsys, "train", "--resume", run),
+        "config.yaml was edited",
+        "iterations: 2 -> 50",
+        "lr: 0.001 -> 0.01",
+        f"fcnseg train --resume {run} --iterations 50 --lr 0.01",
+    )
     assert "cannot resume" in line
     assert (run / "config.yaml").read_bytes() == edited  # never overwritten
     assert_one_line_error(run_main(capsys, "train", "--resume", run, "--iterations", "50"), "lr: 0.001 -> 0.01")
@@ -116,8 +146,19 @@ def test_edited_config_yaml_is_refused_unless_applied_as_options(tmp_path, capsy
 
 def test_run_failing_before_its_first_step_leaves_no_folder(tmp_path, capsys):
     run = tmp_path / "R"
-    proc = run_main(capsys, "train", "--data", "shapes", *TINY_TRAIN, "--iterations", "2",
-                    "--class-weights", tmp_path / "missing.txt", "--out", run)
+    proc = run_main(
+        capsys,
+        "train",
+        "--data",
+        "shapes",
+        *TINY_TRAIN,
+        "--iterations",
+        "2",
+        "--class-weights",
+        tmp_path / "missing.txt",
+        "--out",
+        run,
+    )
     assert_one_line_error(proc, "missing.txt")
     assert not run.exists()
 
@@ -130,8 +171,19 @@ def test_backbone_download_waits_for_the_data_check(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(weights, "backbone_file", lambda name: fetched.append(name) or 1 / 0)
     data = folder_dataset(tmp_path / "d")
     (data / "val" / "masks" / "val1.png").write_bytes(b"not a png")
-    proc = run_main(capsys, "train", "--data", f"folder:{data}", *TINY_TRAIN, "--backbone", "vgg16",
-                    "--backbone-weights", "vgg16", "--out", tmp_path / "R")
+    proc = run_main(
+        capsys,
+        "train",
+        "--data",
+        f"folder:{data}",
+        *TINY_TRAIN,
+        "--backbone",
+        "vgg16",
+        "--backbone-weights",
+        "vgg16",
+        "--out",
+        tmp_path / "R",
+    )
     assert_one_line_error(proc, "val1.png")
     assert fetched == [] and not (tmp_path / "R").exists()
 

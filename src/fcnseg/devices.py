@@ -28,8 +28,9 @@ def resolve_device(name: str | torch.device | None = "auto", option: str = "--de
     if device.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise FcnsegError(f"{option} {name!r} requested but CUDA is not available ({why}); "
-                              "use --device cpu (or auto)")
+            raise FcnsegError(
+                f"{option} {name!r} requested but CUDA is not available ({why}); use --device cpu (or auto)"
+            )
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             raise FcnsegError(f"{option} {name!r}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
@@ -82,5 +83,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
         return True
     text = str(exc)
-    return isinstance(exc, RuntimeError) and ("DefaultCPUAllocator" in text or "can't allocate memory" in text
-                                              or "out of memory" in text.lower())
+    return isinstance(exc, RuntimeError) and (
+        "DefaultCPUAllocator" in text or "can't allocate memory" in text or "out of memory" in text.lower()
+    )

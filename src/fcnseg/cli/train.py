@@ -9,12 +9,15 @@ from fcnseg.config import add_config_arguments, list_presets, overrides_from_arg
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "train", help="train a segmentation model",
+        "train",
+        help="train a segmentation model",
         description="Train a model. Values come from, later winning: defaults < --preset < --config file < "
-                    "options on this command line. The resolved config is saved as RUN/config.yaml. "
-                    "Multi-process: torchrun --nproc_per_node N -m fcnseg train ...")
-    parser.add_argument("--preset", metavar="NAME",
-                        help=f"named config shipped with fcnseg: {', '.join(list_presets())}")
+        "options on this command line. The resolved config is saved as RUN/config.yaml. "
+        "Multi-process: torchrun --nproc_per_node N -m fcnseg train ...",
+    )
+    parser.add_argument(
+        "--preset", metavar="NAME", help=f"named config shipped with fcnseg: {', '.join(list_presets())}"
+    )
     parser.add_argument("--config", metavar="FILE", help="YAML or TOML file of option: value pairs")
     add_config_arguments(parser)
     parser.set_defaults(func=run)

@@ -1,20 +1,42 @@
 """Training configuration: the schema (``fcnseg.config.schema``: TrainConfig, field metadata,
 ``coerce``, ``arg_type``) and where values come from (``fcnseg.config.sources``: presets, YAML/TOML
-files, command-line options, resumed runs). ``from fcnseg.config import X`` works for both."""
+files, command-line options). ``from fcnseg.config import X`` works for both. Resuming a run reads its
+checkpoint, so ``resume_config`` lives with checkpoints: ``fcnseg.engine.checkpoint``."""
 
-from fcnseg.config.schema import (FIELDS, DEVICE_PATTERN, TrainConfig, arg_type, check_option,  # noqa: F401
-                                  coerce, config_from_dict, data_spec_problem, device_problem, field_type,
-                                  fields_of, option, range_problem, scale_range_problem, zero_or_between, _base_type, _opt,
-                                  MAX_CLASSES, MAX_CROP, MAX_SEED, MAX_SIDE, MIN_SIDE)
-from fcnseg.config.sources import (DATASET_SPLITS, RESUME_FIXED, add_config_arguments,  # noqa: F401
-                                   check_resume_unchanged, dataset_split_defaults, list_presets, load_config_file,
-                                   load_preset, overrides_from_args, resolve_config, save_config)
-
-def __getattr__(name: str):
-    """``resume_config`` reads a checkpoint, so it lives with checkpoints (fcnseg.engine.checkpoint);
-    this keeps ``from fcnseg.config import resume_config`` working for existing callers."""
-    if name == "resume_config":
-        from fcnseg.engine.checkpoint import resume_config
-
-        return resume_config
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+from fcnseg.config.schema import (  # noqa: F401
+    DEVICE_PATTERN,
+    FIELDS,
+    MAX_CLASSES,
+    MAX_CROP,
+    MAX_SEED,
+    MAX_SIDE,
+    MIN_SIDE,
+    TrainConfig,
+    _base_type,
+    _opt,
+    arg_type,
+    check_option,
+    coerce,
+    config_from_dict,
+    data_spec_problem,
+    device_problem,
+    field_type,
+    fields_of,
+    option,
+    range_problem,
+    scale_range_problem,
+    zero_or_between,
+)
+from fcnseg.config.sources import (  # noqa: F401
+    DATASET_SPLITS,
+    RESUME_FIXED,
+    add_config_arguments,
+    check_resume_unchanged,
+    dataset_split_defaults,
+    list_presets,
+    load_config_file,
+    load_preset,
+    overrides_from_args,
+    resolve_config,
+    save_config,
+)

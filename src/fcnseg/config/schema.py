@@ -30,9 +30,17 @@ import yaml
 from fcnseg.errors import FcnsegError
 
 
-def option(default: Any, help: str, choices: tuple | None = None, *, min: float | None = None,
-           max: float | None = None, above: float | None = None, below: float | None = None,
-           check: Any = None) -> Any:
+def option(
+    default: Any,
+    help: str,
+    choices: tuple | None = None,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    check: Any = None,
+) -> Any:
     """A dataclass field carrying its --help text and its constraints as metadata: allowed values
     (``choices``), a range (``min``/``max`` inclusive, ``above``/``below`` exclusive) and ``check``, a
     function returning what is wrong with a value (or None). ``coerce`` enforces them all, for
@@ -41,8 +49,7 @@ def option(default: Any, help: str, choices: tuple | None = None, *, min: float 
     Public and stable: any dataclass of options (TrainConfig, serving's ServeConfig) declares its
     fields with ``option`` and checks values with ``coerce(name, value, where, schema=ThatClass)``;
     ``field_type`` gives a field's underlying type, ``add_arguments`` one --option per field."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "above": above, "below": below,
-            "check": check}
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "above": above, "below": below, "check": check}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -86,9 +93,9 @@ def data_spec_problem(value: str) -> str | None:
 # Bounds of numbers a user types, checked where they are parsed (before any work); each is far beyond
 # any sensible use, so only typos and mistakes meet them. (predict/serve's --tile and --scales:
 # fcnseg.predict_options.)
-MAX_SEED = 2**63            # torch.manual_seed takes 64 bits; seeds are mixed as 63-bit numbers (engine.rng)
-MAX_CROP = 8192             # --crop-size: a square crop of 8192 px is 268 MB of float input per image
-MAX_CLASSES = 4096          # a model's class count (checkpoints claiming more are refused on reading)
+MAX_SEED = 2**63  # torch.manual_seed takes 64 bits; seeds are mixed as 63-bit numbers (engine.rng)
+MAX_CROP = 8192  # --crop-size: a square crop of 8192 px is 268 MB of float input per image
+MAX_CLASSES = 4096  # a model's class count (checkpoints claiming more are refused on reading)
 MIN_SIDE, MAX_SIDE = 32, 16384  # quantize --max-side: calibration images must still look like images
 
 
@@ -98,14 +105,20 @@ def _number(x: float) -> str:
 
 def zero_or_between(low: int, high: int, zero: str) -> Any:
     """A ``check`` for options where 0 has a meaning of its own (``zero``) and others lie in [low, high]."""
+
     def problem(value: int) -> str | None:
         return None if value == 0 or low <= value <= high else f"must be 0 ({zero}) or between {low} and {high}"
 
     return problem
 
 
-def range_problem(value: float, min: float | None = None, max: float | None = None,
-                  above: float | None = None, below: float | None = None) -> str | None:
+def range_problem(
+    value: float,
+    min: float | None = None,
+    max: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+) -> str | None:
     """What is wrong with ``value`` for these bounds (NaN and infinity never pass), or None."""
     if isinstance(value, float) and not math.isfinite(value):
         return "must be a finite number"
@@ -118,8 +131,12 @@ def range_problem(value: float, min: float | None = None, max: float | None = No
         parts.append(f"<= {_number(max)}")
     if below is not None:
         parts.append(f"< {_number(below)}")
-    ok = ((min is None or value >= min) and (above is None or value > above)
-          and (max is None or value <= max) and (below is None or value < below))
+    ok = (
+        (min is None or value >= min)
+        and (above is None or value > above)
+        and (max is None or value <= max)
+        and (below is None or value < below)
+    )
     return None if ok else "must be " + " and ".join(parts)
 
 
@@ -169,18 +186,24 @@ class TrainConfig:
     """Everything a training run needs. See ``fcnseg train --help`` for the meaning of each field."""
 
     # data
-    data: str = _opt("", "dataset spec: shapes, voc:PATH, sbd:PATH, voc-aug:VOC,SBD, cityscapes:PATH, folder:PATH",
-                     check=data_spec_problem)
+    data: str = _opt(
+        "",
+        "dataset spec: shapes, voc:PATH, sbd:PATH, voc-aug:VOC,SBD, cityscapes:PATH, folder:PATH",
+        check=data_spec_problem,
+    )
     train_split: str = _opt("train", "split to train on (voc-aug: train_aug unless set)")
     val_split: str = _opt("val", "split to evaluate on (voc-aug: seg11valid unless set)")
     max_val_images: int | None = _opt(None, "evaluate on at most this many val images (None = all)", min=1)
     workers: int = _opt(0, "data-loading worker processes", min=0, max=256)
-    skip_bad: bool = _opt(False, "skip unreadable training samples with a warning naming each file, instead of stopping")
+    skip_bad: bool = _opt(
+        False, "skip unreadable training samples with a warning naming each file, instead of stopping"
+    )
     # model
     model: str = _opt("fcn8s", "model name (see `fcnseg models`)")
     backbone: str | None = _opt(None, "backbone network (default: the model's own, e.g. vgg16)")
-    geometry: str | None = _opt(None, "layer geometry: 'caffe' (the paper's 100-pixel pad and crops) or 'same' "
-                                      "(default: the model's own)")
+    geometry: str | None = _opt(
+        None, "layer geometry: 'caffe' (the paper's 100-pixel pad and crops) or 'same' (default: the model's own)"
+    )
     width: float = _opt(1.0, "channel-width multiplier (e.g. 0.25 for a small fast model)", above=0, max=16)
     model_options: dict = _opt({}, "extra keyword arguments for create_model, e.g. '{learn_final_upsample: true}'")
     backbone_weights: str | None = _opt(None, "ImageNet weight file for the backbone (torchvision key names)")
@@ -188,8 +211,7 @@ class TrainConfig:
     normalization: str = _opt("imagenet", "input normalisation, stored in the checkpoint", ("imagenet", "caffe"))
     # optimisation
     iterations: int = _opt(1000, "number of optimiser steps", min=1, max=10**9)
-    batch_size: int = _opt(1, "images per step (per process); > 1 pads with the padding collate", min=1,
-                          max=4096)
+    batch_size: int = _opt(1, "images per step (per process); > 1 pads with the padding collate", min=1, max=4096)
     optimizer: str = _opt("sgd", "optimiser", ("sgd", "adamw"))
     lr: float = _opt(1e-3, "base learning rate (biases get lr * bias_lr_mult)", min=0)
     momentum: float = _opt(0.9, "SGD momentum", min=0, below=1)
@@ -200,27 +222,35 @@ class TrainConfig:
     poly_power: float = _opt(0.9, "exponent of the poly schedule: lr * (1 - it/iterations) ** power", above=0)
     warmup_iters: int = _opt(0, "linear learning-rate warm-up steps", min=0, max=10**9)
     # loss
-    loss_reduction: str = _opt("mean", "'sum' = unnormalised loss as in the paper, 'mean' over labelled pixels", ("mean", "sum"))
+    loss_reduction: str = _opt(
+        "mean", "'sum' = unnormalised loss as in the paper, 'mean' over labelled pixels", ("mean", "sum")
+    )
     class_weights: str | None = _opt(None, "'median' (median-frequency balancing) or a file with one weight per class")
-    loss_sample_prob: float = _opt(1.0, "keep each output cell's loss with this probability (paper Section 3.4)",
-                                  above=0, max=1)
+    loss_sample_prob: float = _opt(
+        1.0, "keep each output cell's loss with this probability (paper Section 3.4)", above=0, max=1
+    )
     ignore_index: int = _opt(255, "label ignored by loss and metrics", min=0, max=255)
     # augmentation
-    crop_size: int | None = _opt(None, "random crop (square, pixels) after scaling; padded if smaller", min=1,
-                                max=MAX_CROP)
+    crop_size: int | None = _opt(
+        None, "random crop (square, pixels) after scaling; padded if smaller", min=1, max=MAX_CROP
+    )
     scale_range: list | None = _opt(None, "random rescale range, e.g. 0.5,2.0", check=scale_range_problem)
     hflip: bool = _opt(False, "random horizontal flips")
     jitter: float = _opt(0.0, "colour jitter strength", min=0)
     # evaluation, logging, checkpoints
     eval_every: int = _opt(0, "evaluate on the val split every N iterations (0 = only at the end)", min=0)
     checkpoint_every: int = _opt(0, "write last.pt every N iterations (0 = at evaluations and at the end)", min=0)
-    log_every: int = _opt(10, "log the training loss (and, when stderr is not a terminal, a progress line) every N iterations", min=0)
+    log_every: int = _opt(
+        10, "log the training loss (and, when stderr is not a terminal, a progress line) every N iterations", min=0
+    )
     tensorboard: bool = _opt(False, "also write TensorBoard scalars to RUN/tensorboard (needs the [tensorboard] extra)")
-    num_samples: int = _opt(4, "val images rendered as image | truth | prediction in samples/", min=0,
-                           max=1000)
+    num_samples: int = _opt(4, "val images rendered as image | truth | prediction in samples/", min=0, max=1000)
     # speed and reproducibility
-    precision: str = _opt("fp32", "autocast precision; 'auto' = bf16 where the CPU/GPU runs it fast "
-                                  "(AVX512-BF16/AMX), else fp32", ("fp32", "bf16", "fp16", "auto"))
+    precision: str = _opt(
+        "fp32",
+        "autocast precision; 'auto' = bf16 where the CPU/GPU runs it fast (AVX512-BF16/AMX), else fp32",
+        ("fp32", "bf16", "fp16", "auto"),
+    )
     channels_last: bool = _opt(False, "channels_last memory format (faster with bf16 on CPU)")
     compile: bool = _opt(False, "torch.compile the model")
     device: str = _opt("auto", "'cpu', 'cuda', 'cuda:N' or 'auto'", check=device_problem)

@@ -29,7 +29,9 @@ from fcnseg.errors import FcnsegError
 
 def list_presets() -> list[str]:
     """Names of the presets shipped with the package."""
-    return sorted(p.name[:-5] for p in resources.files("fcnseg").joinpath("presets").iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[:-5] for p in resources.files("fcnseg").joinpath("presets").iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def load_preset(name: str) -> dict:
@@ -62,15 +64,18 @@ def _mapping(data: Any, where: str) -> dict:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def resolve_config(preset: str | None = None, config_file: str | Path | None = None,
-                   overrides: dict | None = None) -> TrainConfig:
+def resolve_config(
+    preset: str | None = None, config_file: str | Path | None = None, overrides: dict | None = None
+) -> TrainConfig:
     """Merge defaults < preset < config file < overrides into a checked TrainConfig."""
     file_values = load_config_file(config_file) if config_file else {}
     preset = preset or file_values.pop("preset", None)
     file_values.pop("preset", None)
-    layers = [(load_preset(preset) if preset else {}, f"preset {preset}"),
-              (file_values, f"config file {config_file}"),
-              (overrides or {}, "command line")]
+    layers = [
+        (load_preset(preset) if preset else {}, f"preset {preset}"),
+        (file_values, f"config file {config_file}"),
+        (overrides or {}, "command line"),
+    ]
     values: dict = {}
     for mapping, where in layers:
         for key, value in mapping.items():
@@ -106,13 +111,17 @@ def add_config_arguments(parser: argparse.ArgumentParser, schema: type = TrainCo
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
         choices = f.metadata.get("choices")
-        help_text = f.metadata["help"] + (f"; one of {', '.join(choices)}" if choices else "") + f" (default: {default!r})"
+        help_text = (
+            f.metadata["help"] + (f"; one of {', '.join(choices)}" if choices else "") + f" (default: {default!r})"
+        )
         if typ is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
         else:
-            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=help_text,
-                                metavar=name.upper(), choices=choices)
+            parser.add_argument(
+                flag, dest=name, default=argparse.SUPPRESS, help=help_text, metavar=name.upper(), choices=choices
+            )
 
 
 def overrides_from_args(args: argparse.Namespace, schema: type = TrainConfig) -> dict:
@@ -123,11 +132,15 @@ def overrides_from_args(args: argparse.Namespace, schema: type = TrainConfig) ->
 # Options a resumed run may not change, and why: the checkpoint's weights, optimiser state and
 # position in the batch stream would no longer fit them.
 RESUME_FIXED = {
-    **dict.fromkeys(("model", "backbone", "geometry", "width", "model_options", "normalization"),
-                    "it would change the model's architecture"),
+    **dict.fromkeys(
+        ("model", "backbone", "geometry", "width", "model_options", "normalization"),
+        "it would change the model's architecture",
+    ),
     "optimizer": "the saved optimiser state belongs to the run's optimiser",
-    **dict.fromkeys(("data", "train_split", "batch_size", "seed"),
-                    "the checkpoint's position in the training data would no longer match"),
+    **dict.fromkeys(
+        ("data", "train_split", "batch_size", "seed"),
+        "the checkpoint's position in the training data would no longer match",
+    ),
 }
 
 
@@ -137,6 +150,8 @@ def check_resume_unchanged(saved: dict, new: dict, run: str | Path) -> None:
     for key, why in RESUME_FIXED.items():
         before, after = saved.get(key, getattr(defaults, key)), new.get(key, getattr(defaults, key))
         if before != after:
-            raise FcnsegError(f"cannot resume {run} with --{key.replace('_', '-')} {after} (the run used "
-                              f"{before!r}): {why}; start a new run with --init-from {Path(run) / 'last.pt'} "
-                              "instead")
+            raise FcnsegError(
+                f"cannot resume {run} with --{key.replace('_', '-')} {after} (the run used "
+                f"{before!r}): {why}; start a new run with --init-from {Path(run) / 'last.pt'} "
+                "instead"
+            )

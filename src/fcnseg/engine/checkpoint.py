@@ -52,8 +52,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     save_torch(obj, path)
 
 
-def save_checkpoint(path: str | os.PathLike, model_state: dict, meta: dict,
-                    train_state: dict | None = None) -> None:
+def save_checkpoint(path: str | os.PathLike, model_state: dict, meta: dict, train_state: dict | None = None) -> None:
     """Write a checkpoint atomically, with its digest (see the module docstring for the layout)."""
     atomic_save(payload(model_state, meta, train_state), path)
 
@@ -80,8 +79,10 @@ def model_from_checkpoint(ckpt: dict | str | os.PathLike, path_hint: str | None 
 def raise_diverged(run: Path, iteration: int, value: float | str) -> None:
     kept = run / "last.pt"
     where = f"the last good checkpoint {kept} is intact" if kept.exists() else "no checkpoint was written yet"
-    raise FcnsegError(f"training diverged: loss is {value} at iteration {iteration}; stopped ({where}); "
-                      "lower --lr, check the data, or use --precision fp32")
+    raise FcnsegError(
+        f"training diverged: loss is {value} at iteration {iteration}; stopped ({where}); "
+        "lower --lr, check the data, or use --precision fp32"
+    )
 
 
 def per_rank(value: Any, world: Dist) -> list:
@@ -95,8 +96,18 @@ def per_rank(value: Any, world: Dist) -> list:
     return gathered
 
 
-def save_training_checkpoint(path: Path, model: nn.Module, meta: dict, optimizer, scheduler, scaler,
-                             state: dict, cfg: TrainConfig, world: Dist, stream: tuple[int, int] = (0, 0)) -> None:
+def save_training_checkpoint(
+    path: Path,
+    model: nn.Module,
+    meta: dict,
+    optimizer,
+    scheduler,
+    scaler,
+    state: dict,
+    cfg: TrainConfig,
+    world: Dist,
+    stream: tuple[int, int] = (0, 0),
+) -> None:
     """Everything needed to continue exactly, including every process's random state and place in the
     batch stream; written by rank 0 only, never with non-finite weights. RUN/config.yaml is kept
     equal to the config the checkpoint records (so an edit made to it later is recognised on resume)."""
@@ -107,9 +118,16 @@ def save_training_checkpoint(path: Path, model: nn.Module, meta: dict, optimizer
     params = model.state_dict()
     if not all(torch.isfinite(t).all() for t in params.values() if t.is_floating_point()):
         raise_diverged(path.parent, state["iteration"], "finite but the weights are not")
-    train_state = {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                   "scaler": scaler.state_dict(), "rng": rng_ranks[0], "rng_ranks": rng_ranks,
-                   "stream": streams, "config": cfg.to_dict()}
+    train_state = {
+        **state,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": rng_ranks[0],
+        "rng_ranks": rng_ranks,
+        "stream": streams,
+        "config": cfg.to_dict(),
+    }
     if path.name == "last.pt":
         from fcnseg.config import save_config
 
@@ -119,8 +137,9 @@ def save_training_checkpoint(path: Path, model: nn.Module, meta: dict, optimizer
     save_checkpoint(path, params, meta, train_state)
 
 
-def restore_training(ckpt: dict, model: nn.Module, optimizer, scheduler, scaler, state: dict,
-                     world: Dist) -> tuple[int, int] | None:
+def restore_training(
+    ckpt: dict, model: nn.Module, optimizer, scheduler, scaler, state: dict, world: Dist
+) -> tuple[int, int] | None:
     """Load weights, optimiser, schedule and this process's random state; returns this process's
     place in the batch stream (None: derive it from the iteration)."""
     ts = ckpt["train_state"]
@@ -136,8 +155,11 @@ def restore_training(ckpt: dict, model: nn.Module, optimizer, scheduler, scaler,
         restore_rng(ranks[world.rank])
         return tuple(streams[world.rank]) if streams and len(streams) == world.world_size else None
     if world.enabled or (ranks and len(ranks) != world.world_size):
-        log.warning("resuming with %d process(es) a run saved with %d: it continues, but not bit-identically",
-                    world.world_size, len(ranks) if ranks else 1)
+        log.warning(
+            "resuming with %d process(es) a run saved with %d: it continues, but not bit-identically",
+            world.world_size,
+            len(ranks) if ranks else 1,
+        )
         if world.enabled:
             return None  # keep this process's own seed (set before the restore)
     restore_rng(ts["rng"])
@@ -151,12 +173,15 @@ def load_resume_checkpoint(cfg: TrainConfig) -> dict | None:
         return None
     path = Path(cfg.resume) / "last.pt"
     if not path.is_file():
-        raise FcnsegError(f"cannot resume: {path} does not exist (the run stopped before its first checkpoint); "
-                          "start it again without --resume")
+        raise FcnsegError(
+            f"cannot resume: {path} does not exist (the run stopped before its first checkpoint); "
+            "start it again without --resume"
+        )
     ckpt = load_checkpoint(path)
     if not ckpt.get("train_state"):
-        raise FcnsegError(f"cannot resume from {path}: it holds no training state; pass a run directory "
-                          "written by `fcnseg train`")
+        raise FcnsegError(
+            f"cannot resume from {path}: it holds no training state; pass a run directory written by `fcnseg train`"
+        )
     saved = ckpt["train_state"].get("config")
     if isinstance(saved, dict):  # also for library callers that skip resume_config
         check_resume_unchanged(saved, cfg.to_dict(), cfg.resume)
@@ -183,13 +208,16 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None) -> TrainCo
     if not run.is_dir():
         raise FcnsegError(f"cannot resume: {run} is not a folder; pass a run directory written by `fcnseg train`")
     if not last.is_file():
-        raise FcnsegError(f"cannot resume: {last} does not exist (the run stopped before its first checkpoint); "
-                          "start it again without --resume")
+        raise FcnsegError(
+            f"cannot resume: {last} does not exist (the run stopped before its first checkpoint); "
+            "start it again without --resume"
+        )
     ckpt = load_checkpoint(last)
     train_state = ckpt.get("train_state")
     if not isinstance(train_state, dict):
-        raise FcnsegError(f"cannot resume from {last}: it holds no training state; pass a run directory "
-                          "written by `fcnseg train`")
+        raise FcnsegError(
+            f"cannot resume from {last}: it holds no training state; pass a run directory written by `fcnseg train`"
+        )
     given = {k: coerce(k, v, "command line") for k, v in (overrides or {}).items()}
     if isinstance(train_state.get("config"), dict):
         values = _config_values(train_state["config"], f"checkpoint {last}")
@@ -211,15 +239,18 @@ def check_config_edits(recorded: dict, edited: dict, given: dict, run: Path) -> 
     unseen. The message lists the changed keys and the options that apply them."""
     defaults = TrainConfig().to_dict()
     changed = {k: v for k, v in edited.items() if v != recorded.get(k, defaults.get(k))}
-    changed.update({k: defaults[k] for k in recorded if k not in edited and recorded[k] != defaults[k]
-                    and k in defaults})
+    changed.update(
+        {k: defaults[k] for k in recorded if k not in edited and recorded[k] != defaults[k] and k in defaults}
+    )
     pending = {k: v for k, v in changed.items() if given.get(k, recorded.get(k)) != v}
     if not pending:
         return
     what = ", ".join(f"{k}: {recorded.get(k, defaults.get(k))!r} -> {v!r}" for k, v in pending.items())
     flags = " ".join(_as_option(k, v) for k, v in pending.items())
-    raise FcnsegError(f"cannot resume {run}: {run / 'config.yaml'} was edited after last.pt was saved ({what}); "
-                      f"apply the edits as options, `fcnseg train --resume {run} {flags}`, or undo them")
+    raise FcnsegError(
+        f"cannot resume {run}: {run / 'config.yaml'} was edited after last.pt was saved ({what}); "
+        f"apply the edits as options, `fcnseg train --resume {run} {flags}`, or undo them"
+    )
 
 
 def _as_option(name: str, value: Any) -> str:

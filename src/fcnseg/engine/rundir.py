@@ -1,11 +1,11 @@
 """What a run leaves on disk, each in a small helper:
 
-    RUN/config.yaml          the resolved configuration
-    RUN/last.pt, best.pt     checkpoints (best by mean IU)
-    RUN/metrics.jsonl        one JSON record per log line: {"iteration", "kind": "train"|"val", ...}
-    RUN/plots/*.png          loss and mean-IU curves, confusion matrix
-    RUN/samples/*.png        val images as image | truth | prediction
-    RUN/summary.json         final metrics and where everything is
+RUN/config.yaml          the resolved configuration
+RUN/last.pt, best.pt     checkpoints (best by mean IU)
+RUN/metrics.jsonl        one JSON record per log line: {"iteration", "kind": "train"|"val", ...}
+RUN/plots/*.png          loss and mean-IU curves, confusion matrix
+RUN/samples/*.png        val images as image | truth | prediction
+RUN/summary.json         final metrics and where everything is
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -43,8 +43,10 @@ class RunLock:
         except BlockingIOError:
             owner = os.pread(self.fd, 32, 0).decode("ascii", "replace").strip() or "?"
             os.close(self.fd)
-            raise FcnsegError(f"{run} is in use by another training (pid {owner}): one run directory has one "
-                              "writer; wait for it to end (or stop it), or choose another --out") from None
+            raise FcnsegError(
+                f"{run} is in use by another training (pid {owner}): one run directory has one "
+                "writer; wait for it to end (or stop it), or choose another --out"
+            ) from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
 
@@ -58,8 +60,9 @@ def check_new_run_dir(run: Path, resuming: bool) -> None:
     """A new run never goes into a folder holding another run's checkpoint (checked before any work,
     and again under the lock)."""
     if not resuming and (run / "last.pt").exists():
-        raise FcnsegError(f"{run} already holds a run (last.pt); continue it with --resume {run} "
-                          "or choose another --out")
+        raise FcnsegError(
+            f"{run} already holds a run (last.pt); continue it with --resume {run} or choose another --out"
+        )
 
 
 def prepare_run_dir(out: str | os.PathLike, resuming: bool) -> tuple[Path, RunLock, bool]:
@@ -110,7 +113,6 @@ class MetricsLog:
         if not self.enabled:
             return
         append_text(self.path, to_json(record, indent=None) + "\n")
-
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -187,16 +189,30 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
         for i in range(n):
             for j in range(n):
                 if rows[i, j] >= 0.005:
-                    ax.text(j, i, f"{rows[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if rows[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{rows[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if rows[i, j] > 0.5 else "black",
+                    )
     ax.set(xlabel="prediction", ylabel="truth", title="confusion (row-normalised)")
     fig.colorbar(im, fraction=0.046)
     return save_figure(fig, path)
 
 
-def save_sample_strip(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette, path: Path,
-                      class_names: Sequence[str] | None = None, ignore_index: int = 255,
-                      min_panel: int = 256) -> Path:
+def save_sample_strip(
+    image: np.ndarray,
+    truth: np.ndarray,
+    pred: np.ndarray,
+    palette,
+    path: Path,
+    class_names: Sequence[str] | None = None,
+    ignore_index: int = 255,
+    min_panel: int = 256,
+) -> Path:
     """image | truth | prediction side by side, titled, with a colour legend (class names) underneath.
 
     ``image`` is HxWx3 uint8, ``truth`` and ``pred`` HxW label maps. Small images are enlarged by an
@@ -211,9 +227,11 @@ def save_sample_strip(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, pa
     palette = class_colours(palette, len(class_names) if class_names is not None else len(palette or ()))
     factor = display_factor(image.shape, min_panel)
     ignored = np.asarray(truth) == ignore_index
-    panels = [upscale(np.asarray(image)[..., :3], factor),
-              paint_ignore(upscale(colorize(truth, palette, ignore_index), factor), upscale(ignored, factor)),
-              upscale(colorize(pred, palette, ignore_index), factor)]
+    panels = [
+        upscale(np.asarray(image)[..., :3], factor),
+        paint_ignore(upscale(colorize(truth, palette, ignore_index), factor), upscale(ignored, factor)),
+        upscale(colorize(pred, palette, ignore_index), factor),
+    ]
     names = list(class_names) if class_names is not None else [f"class {i}" for i in range(len(palette))]
     labels = np.unique(np.concatenate([np.ravel(truth), np.ravel(pred)]))
     shown = range(len(names)) if len(names) <= 12 else [int(i) for i in labels if i < len(names)]
@@ -238,8 +256,7 @@ def titled_row(panels: Sequence[np.ndarray], titles: Sequence[str], gap: int = 6
     for panel, title in zip(panels, titles):
         canvas.paste(Image.fromarray(np.ascontiguousarray(panel)), (x, head))
         left, top, right, bottom = f.getbbox(title)
-        draw.text((x + (panel.shape[1] - right - left) // 2, (head - top - bottom) // 2), title,
-                  fill=(0, 0, 0), font=f)
+        draw.text((x + (panel.shape[1] - right - left) // 2, (head - top - bottom) // 2), title, fill=(0, 0, 0), font=f)
         x += panel.shape[1] + gap
     return np.asarray(canvas)
 

@@ -7,16 +7,16 @@ import contextlib
 import os
 import signal
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from fcnseg.devices import DTYPES, autocast, autocast_dtype, fast_bf16, prepare_input, resolve_device, resolve_precision  # noqa: F401
 from fcnseg.errors import FcnsegError
-from fcnseg.devices import (DTYPES, autocast, autocast_dtype, fast_bf16, prepare_input,  # noqa: F401
-                             resolve_device, resolve_precision)
 
 T = TypeVar("T")
 
@@ -75,7 +75,7 @@ def shard(items: Sequence[T]) -> list[T]:
     """This process's share of ``items``: every world_size-th one from its rank (all of them in a
     single process), so across the process group each item is handled exactly once."""
     info = current_dist()
-    return list(items[info.rank::info.world_size])
+    return list(items[info.rank :: info.world_size])
 
 
 def shutdown_distributed() -> None:
@@ -127,7 +127,7 @@ class StopSignals:
             raise KeyboardInterrupt
         self.signum = signum
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for name in self.SIGNALS:
                 number = getattr(signal, name)

@@ -11,8 +11,9 @@ import dataclasses
 import json
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,19 +21,45 @@ from torch import nn
 from fcnseg.config import TrainConfig, config_from_dict, save_config
 from fcnseg.data import TrainTransform, load_dataset
 from fcnseg.data.normalize import mean_pixel
+from fcnseg.devices import is_out_of_memory
 from fcnseg.engine.batches import training_batches
-from fcnseg.engine.checkpoint import (load_checkpoint, load_resume_checkpoint, raise_diverged, restore_training,
-                                      save_training_checkpoint)
+from fcnseg.engine.checkpoint import (
+    load_checkpoint,
+    load_resume_checkpoint,
+    raise_diverged,
+    restore_training,
+    save_training_checkpoint,
+)
 from fcnseg.engine.evaluator import check_compatible, check_not_empty, evaluate, predict_logits
 from fcnseg.engine.losses import load_class_weights, segmentation_loss
 from fcnseg.engine.optim import build_optimizer, build_scheduler
-from fcnseg.engine.rng import mix_seed, seed_everything
 from fcnseg.engine.progress import TrainProgress, log_summary, scalars
-from fcnseg.engine.rundir import (RunLock, check_new_run_dir, plot_confusion, plot_curves, prepare_run_dir,
-                                  read_metrics, remove_new_run_dir, save_sample_strip, write_json)
-from fcnseg.devices import is_out_of_memory
-from fcnseg.engine.runtime import (Dist, RunStopped, StopSignals, all_reduce_sum, autocast, barrier, broadcast_flag,
-                                   init_distributed, prepare_input, resolve_device, resolve_precision, unwrap)
+from fcnseg.engine.rng import mix_seed, seed_everything
+from fcnseg.engine.rundir import (
+    RunLock,
+    check_new_run_dir,
+    plot_confusion,
+    plot_curves,
+    prepare_run_dir,
+    read_metrics,
+    remove_new_run_dir,
+    save_sample_strip,
+    write_json,
+)
+from fcnseg.engine.runtime import (
+    Dist,
+    RunStopped,
+    StopSignals,
+    all_reduce_sum,
+    autocast,
+    barrier,
+    broadcast_flag,
+    init_distributed,
+    prepare_input,
+    resolve_device,
+    resolve_precision,
+    unwrap,
+)
 from fcnseg.errors import FcnsegError
 from fcnseg.files import check_output_dir
 from fcnseg.logs import configure_if_unset
