@@ -95,3 +95,34 @@ def test_a_fault_on_one_rank_stops_every_rank_with_its_one_line(tmp_path):
     assert len(lines) == 2 and lines[0] == lines[1] and "best.pt" in lines[0], proc.stderr[-3000:]
     for noise in ("gloo", "Connection closed", "DistBackendError", "fcnseg/engine"):
         assert noise not in proc.stderr, proc.stderr[-3000:]  # no worker traceback (the launcher's own summary stays)
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step(tmp_path):
+    """torchrun forwards SIGTERM to each worker; the ranks agree on the stop (one collective per step), save
+    last.pt once and log one resume line."""
+    import signal
+    import time
+
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fcnseg",
+           "train", "--data", "shapes", "--model", "fcn8s", "--width", "0.0625", "--geometry", "same",
+           "--iterations", "100000", "--log-every", "1", "--max-val-images", "2", "--num-samples", "0",
+           "--no-progress", "--out", str(run)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    seen, deadline = [], time.monotonic() + 200
+    try:
+        while not any("iteration 2/" in line for line in seen):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(seen)[-3000:]
+            seen.append(proc.stderr.readline())
+        proc.send_signal(signal.SIGTERM)
+        err = "".join(seen) + proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    stopped = [line for line in err.splitlines() if "stopped by SIGTERM" in line]
+    assert len(stopped) == 1 and f"--resume {run}" in stopped[0], err[-3000:]
+    at = load_checkpoint(run / "last.pt")["train_state"]["iteration"]
+    assert at >= 2 and f"at iteration {at} of" in stopped[0]
+    for noise in ("gloo", "fcnseg/engine", "error:"):
+        assert noise not in err, err[-3000:]
