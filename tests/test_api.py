@@ -118,7 +118,7 @@ def test_confusion_matrix_takes_numpy_and_mixes(seg):
 
 def test_help_shows_an_example_and_every_option():
     text = pydoc.render_doc(fcnseg.Segmenter, renderer=pydoc.plaintext)
-    assert "Segmenter.from_checkpoint(" in text and "seg.predict(" in text and "ConfusionMatrix" in text
+    assert "Segmenter.from_pretrained(" in text and "seg.predict(" in text and "ConfusionMatrix" in text
     doc = inspect.getdoc(fcnseg.Segmenter)
     for name in inspect.signature(fcnseg.Segmenter.__init__).parameters:
         if name != "self":

@@ -90,7 +90,7 @@ def test_checkpoint_plus_int8_must_match(quantized, tmp_path):
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
     result = cli("predict", "--checkpoint", other_arch, "--int8", out, image, "--out", tmp_path / "p")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "fcnseg quantize --checkpoint" in result.stderr
+    assert "fcnseg quantize --weights" in result.stderr
 
 
 def test_predict_and_evaluate_accept_the_int8_model(quantized, tmp_path):

@@ -105,17 +105,21 @@ def test_init_from_takes_safetensors_and_names_the_types_it_takes(exported, tmp_
 
     source = load_init_source(str(exported / "m.safetensors"))
     assert source["meta"]["model_kwargs"]["num_classes"] == 6 and source["model"]
-    onnx = tmp_path / "m.onnx"
-    onnx.write_bytes(b"whatever")
-    proc = run_main(capsys, "train", "--data", "shapes", "--init-from", onnx, "--out", tmp_path / "R")
-    assert_one_line_error(proc, "ONNX model cannot initialise training", ".safetensors")
+    onnx = exported / "m.onnx"
+    if onnx.exists():  # an ONNX model holds no PyTorch weights to start from
+        proc = run_main(capsys, "train", "--data", "shapes", "--init-from", onnx, "--out", tmp_path / "R")
+        assert_one_line_error(proc, "is an ONNX model; --init-from needs PyTorch weights", ".safetensors")
+    junk = tmp_path / "m.onnx"
+    junk.write_bytes(b"whatever")  # the name says ONNX, the content says nothing we read
+    proc = run_main(capsys, "train", "--data", "shapes", "--init-from", junk, "--out", tmp_path / "R")
+    assert_one_line_error(proc, "is not a model file fcnseg reads", ".safetensors")
 
 
 def test_evaluate_names_the_file_types_it_takes(tmp_path, capsys):
     odd = tmp_path / "weights.bin"
     odd.write_bytes(b"\0" * 100)
     assert_one_line_error(run_main(capsys, "evaluate", "--checkpoint", odd, "--data", "shapes"),
-                          ".pt checkpoint", ".safetensors or .onnx")
+                          "fcnseg .pt or .safetensors", "int8 .onnx", ".caffemodel")
 
 
 # ------------------------------------------------------------------ one write path, one image reader

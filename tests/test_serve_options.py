@@ -16,11 +16,11 @@ from fcnseg.serving.config import ServeConfig, config_from_args  # noqa: E402
 
 def parse(*argv):
     args = build_parser().parse_args(["serve", "--checkpoint", "m.pt", *argv])
-    return config_from_args(args, checkpoint=args.checkpoint, weights=args.weights)
+    return config_from_args(args, weights=args.weights)  # --checkpoint is an alias of --weights
 
 
 def test_defaults_come_from_the_fields_alone():
-    assert parse() == ServeConfig(checkpoint="m.pt")
+    assert parse() == ServeConfig(weights="m.pt")
     server_fields = [f.name for f in dataclasses.fields(ServeConfig) if f.metadata]
     serve = build_parser()._subparsers._group_actions[0].choices["serve"]
     options = {a.dest for a in serve._actions}

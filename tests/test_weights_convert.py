@@ -400,7 +400,7 @@ def test_bad_weight_files_are_one_line_errors(tmp_path, capsys):
     torch.save({k: v for k, v in state.items() if k != "fc7.bias"}, missing)
     extra = tmp_path / "extra.pth"
     torch.save({**state, "score_extra.weight": torch.zeros(5, 5, 1, 1)}, extra)
-    cases = {truncated: "truncated or corrupt", alexnet: "conv1 has shape 8x3x3x3", wrong_shape: "conv3_2 has shape",
+    cases = {truncated: "looks like a Caffe model but is truncated at byte", alexnet: "conv1 has shape 8x3x3x3", wrong_shape: "conv3_2 has shape",
              missing: "no weights for backbone.classifier.3.bias", extra: "score_extra"}
     for path, expected in cases.items():
         out = tmp_path / f"{path.stem}.pt"

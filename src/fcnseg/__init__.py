@@ -2,7 +2,7 @@
 
 The public API is small and imported lazily (importing fcnseg does not import torch):
 
-    create_model                   fcnseg.weights (fcnseg.models.create_model + weights="fcn8s-voc")
+    create_model                   fcnseg.weights (= fcnseg.models.create_model; takes weights="fcn8s-voc")
     list_models                    fcnseg.models
     list_weights                   fcnseg.weights
     load_dataset                   fcnseg.data

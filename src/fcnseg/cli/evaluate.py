@@ -1,15 +1,14 @@
-"""`fcnseg evaluate`: the paper's four metrics, per-class IoU, confusion matrix and loss of a checkpoint."""
+"""`fcnseg evaluate`: the paper's four metrics, per-class IoU, confusion matrix and loss of a model."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
+from fcnseg.cli._model_options import add_model_options, open_from_args
 from fcnseg.config import arg_type, device_problem
 
 log = logging.getLogger("fcnseg.evaluate")
-MODEL_FILES = "a .pt checkpoint from `fcnseg train`, or a .safetensors or .onnx file from `fcnseg export`"
 
 
 def register(subparsers) -> None:
@@ -17,11 +16,7 @@ def register(subparsers) -> None:
         "evaluate", help="evaluate a checkpoint on a dataset split",
         description="Pixel accuracy, mean accuracy, mean IU, frequency-weighted IU, per-class IoU, confusion "
                     "matrix and loss of a checkpoint. Multi-process: torchrun --nproc_per_node N -m fcnseg evaluate ...")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", metavar="CKPT", help=MODEL_FILES)
-    source.add_argument("--weights", metavar="NAME_OR_FILE",
-                        help="published weights by name (e.g. fcn8s-voc; see `fcnseg weights list`) or a "
-                             ".caffemodel / pytorch-fcn / torchvision file")
+    add_model_options(parser, int8=True)
     parser.add_argument("--data", required=True, metavar="SPEC", help="dataset spec, e.g. shapes or voc:PATH")
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
     parser.add_argument("--json", metavar="FILE", help="also write the metrics as JSON to FILE")
@@ -38,35 +33,27 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=arg_type(int, min=1), default=1,
                         help="images per forward pass (padded; default 1)")
     parser.add_argument("--workers", type=arg_type(int, min=0), default=0, help="data-loading worker processes")
-    parser.add_argument("--int8", metavar="MODEL", default=None,
-                        help="evaluate this int8 model of the checkpoint (from `fcnseg quantize`; "
-                             "--checkpoint MODEL works too)")
     parser.set_defaults(func=run)
 
 
-def load_model_file(path: str):
-    """(model, meta) from any file evaluate takes (see MODEL_FILES); .onnx runs on onnxruntime."""
-    from fcnseg.errors import FcnsegError
+def runnable(opened):
+    """A torch module for an OpenedModel: its own module, or the ONNX model on a CPU runtime (int8
+    models on their default runtime, fp32 exports on onnxruntime), measured exactly as they run."""
+    from fcnseg.inference import int8
+    from fcnseg.inference.export import OnnxModel
 
-    suffix = Path(path).suffix.lower()
-    if suffix == ".onnx":
-        from fcnseg.inference.export import OnnxModel
+    if opened.is_int8:
+        module = int8.Int8Model(opened.onnx)
+        module.num_classes = opened.meta.num_classes
+        return module
+    if opened.is_onnx:
+        try:
+            return OnnxModel(opened.onnx, opened.meta)
+        except ImportError:
+            from fcnseg.errors import FcnsegError
 
-        return OnnxModel.from_file(path)
-    if suffix == ".safetensors":
-        from fcnseg.engine.checkpoint import model_from_checkpoint
-        from fcnseg.inference.export import load_safetensors
-
-        state, meta = load_safetensors(path)
-        return model_from_checkpoint({"model": state, "meta": meta}, path_hint=path)
-    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
-
-    try:
-        return model_from_checkpoint(load_checkpoint(path), path_hint=path)
-    except FcnsegError as exc:
-        if "not a PyTorch file" in str(exc) or "not an fcnseg checkpoint" in str(exc):
-            raise FcnsegError(f"--checkpoint {path} is not a model file evaluate takes; pass {MODEL_FILES}") from None
-        raise
+            raise FcnsegError(f"running {opened.label} needs the onnx extra; pip install 'fcnseg[onnx]'") from None
+    return opened.module
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,7 +66,6 @@ def run(args: argparse.Namespace) -> int:
     from fcnseg.engine.runtime import init_distributed, resolve_device, resolve_precision, shutdown_distributed
     from fcnseg.errors import FcnsegError
     from fcnseg.files import check_output_file, write_json
-    from fcnseg.inference import int8
 
     # where results go is checked before any work; the plot is drawn only where asked
     json_path = check_output_file(args.json, "--json") if args.json else None
@@ -91,19 +77,14 @@ def run(args: argparse.Namespace) -> int:
     precision = resolve_precision(args.precision, device)
     world = init_distributed(device)
     dataset = load_dataset(args.data, args.split)
-    if args.weights:
-        from fcnseg.weights import load
-
-        model, meta = load(args.weights)
-    elif args.int8 or int8.is_int8_model(args.checkpoint):  # an int8 model runs on the CPU runtimes
-        model, meta, _ = int8.load(args.int8 or args.checkpoint, checkpoint=args.checkpoint)
+    opened = open_from_args(args)
+    model, meta = runnable(opened), opened.meta
+    if opened.is_onnx:  # ONNX models run on the CPU runtimes
         device, precision = resolve_device("cpu"), "fp32"
-    else:
-        model, meta = load_model_file(args.checkpoint)
-    name = args.checkpoint or args.weights
-    check_compatible(meta, dataset, f"checkpoint {name}")
+    name = args.int8 or args.weights
+    check_compatible(meta, dataset, f"model {name}")
     model.to(device)
-    if args.channels_last and not isinstance(model, int8.Int8Model):
+    if args.channels_last and not opened.is_onnx:
         model.to(memory_format=torch.channels_last)
     try:
         metrics = evaluate(model, dataset, meta=meta, precision=precision, channels_last=args.channels_last,

@@ -1,7 +1,9 @@
-"""`fcnseg export`: write a checkpoint as ONNX (dynamic height/width) or safetensors (no pickle).
+"""`fcnseg export`: write a model as ONNX (dynamic height/width) or safetensors (no pickle).
 
-Both carry the checkpoint's metadata (classes, palette, normalisation) so that
-`fcnseg predict --checkpoint FILE` works on the exported file directly.
+The model is any source with PyTorch weights: a .pt from `fcnseg train`, a published name
+(fcn8s-voc), a .caffemodel, a pytorch-fcn or torchvision .pth, a .safetensors. Both formats carry
+the model's metadata (classes, palette, normalisation, what it was trained on) so that
+`fcnseg predict --weights FILE` works on the exported file directly.
 """
 
 from __future__ import annotations
@@ -9,13 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fcnseg.cli._model_options import add_model_options, open_from_args
+
 FORMATS = ("onnx", "safetensors")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("export", help="export a checkpoint to ONNX or safetensors",
+    p = subparsers.add_parser("export", help="export a model to ONNX or safetensors",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a .pt checkpoint written by fcnseg train")
+    add_model_options(p)
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="output format (default: from the --out suffix)")
     p.add_argument("--out", required=True, help="output file (.onnx or .safetensors)")
@@ -41,16 +45,16 @@ def export_format(out, fmt: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fcnseg.engine.checkpoint import model_from_checkpoint
     from fcnseg.errors import FcnsegError
     from fcnseg.files import check_output_file
     from fcnseg.inference import export
 
     out = check_output_file(args.out, "--out")
     fmt = export_format(out, args.format)
-    if out.resolve() == Path(args.checkpoint).resolve():
-        raise FcnsegError(f"--out {out} is the --checkpoint itself; choose another file name")
-    model, meta = model_from_checkpoint(args.checkpoint)
+    if out.resolve() == Path(args.weights).expanduser().resolve():
+        raise FcnsegError(f"--out {out} is the --weights file itself; choose another file name")
+    opened = open_from_args(args)
+    model, meta = opened.require_module("export"), opened.meta
     if fmt == "onnx":
         try:
             export.export_onnx(model, meta, out)

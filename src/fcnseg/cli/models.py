@@ -20,10 +20,11 @@ def register(subparsers) -> None:
 
 
 def model_rows(num_classes: int = 21, size: tuple[int, int] = (500, 500), width: float = 1.0) -> list[dict]:
-    """One row per (model, backbone, geometry): params, GFLOPs at ``size``, output stride, summary."""
+    """One row per (model, backbone, geometry): params, GFLOPs at ``size``, the stride of the scores
+    upsampled to the input (FCN-32s 32, FCN-16s 16, FCN-8s 8), summary."""
     import torch
 
-    from fcnseg.models import count_flops, count_parameters, create_model, list_models, model_entry
+    from fcnseg.models import count_flops, count_parameters, build_model, list_models, model_entry
 
     rows = []
     for name in list_models():
@@ -31,11 +32,12 @@ def model_rows(num_classes: int = 21, size: tuple[int, int] = (500, 500), width:
         for backbone in entry.backbones:
             for geometry in entry.geometries:
                 with torch.device("meta"):
-                    model = create_model(name, num_classes, backbone=backbone, geometry=geometry, width=width)
+                    model = build_model(name, num_classes, backbone=backbone, geometry=geometry, width=width)
                 rows.append({
                     "model": name, "backbone": backbone, "geometry": geometry,
                     "params": count_parameters(model),
-                    "gflops": count_flops(model, size) / 1e9, "stride": model.output_stride,
+                    "gflops": count_flops(model, size) / 1e9,
+                    "stride": getattr(model, "score_stride", model.output_stride),
                     "summary": entry.summary,
                 })
     return rows
@@ -56,5 +58,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r['model']:<14}{r['backbone']:<11}{r['geometry']:<10}{r['params'] / 1e6:>8.1f}M"
               f"{r['gflops']:>17.1f}{r['stride']:>8}  {r['summary']}")
     print(f"\n{args.num_classes} classes, width {args.width:g}; params include fixed upsampling filters; "
-          "FLOPs counted with torch.utils.flop_counter (multiply-add = 2).")
+          "FLOPs counted with torch.utils.flop_counter (multiply-add = 2); stride: of the finest score map, "
+          "the one upsampled to the input.")
     return 0

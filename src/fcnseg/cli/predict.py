@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fcnseg.cli._model_options import BACKENDS, add_model_options, segmenter_from_args
 from fcnseg.config import arg_type
 from fcnseg.errors import FcnsegError
 from fcnseg.predict_options import MAX_SCALES, MAX_TILE, MIN_TILE, SCALE_RANGE, parse_scales, tile_problem
@@ -32,14 +33,10 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("predict", help="segment images, folders or globs with a checkpoint",
+    p = subparsers.add_parser("predict", help="segment images, folders or globs with a model",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a .pt checkpoint, .safetensors or .onnx export")
-    source.add_argument("--weights", metavar="NAME_OR_FILE",
-                        help="published weights by name (e.g. fcn8s-voc; see `fcnseg weights list`), "
-                             "downloaded once, or a .caffemodel / pytorch-fcn / torchvision file")
+    add_model_options(p, int8=True, backends=BACKENDS)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overlay", action="store_true", help="also write colour overlays (NAME_overlay.jpg)")
     p.add_argument("--probs", action="store_true", help="also write probabilities (NAME_probs.npy, float16)")
@@ -56,11 +53,7 @@ def register(subparsers) -> None:
                         "stride^2 forward passes")
     p.add_argument("--stitch-factor", type=arg_type(int, min=1), default=None, metavar="F",
                    help="shift-and-stitch with stride F instead (implies --shift-stitch)")
-    p.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default=None,
-                   help="default: onnxruntime for .onnx files, torch otherwise")
     p.add_argument("--no-fast", action="store_true", help="disable the bf16 fast path (fp32)")
-    p.add_argument("--int8", metavar="MODEL", default=None,
-                   help="run this int8 model of the checkpoint (from `fcnseg quantize`; --checkpoint MODEL works too)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (slow first call per image/tile shape; pays off "
                         "with --tile or many same-size images)")
@@ -185,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     from fcnseg.engine.progress import track
     from fcnseg.engine.runtime import all_reduce_sum, init_distributed, resolve_device, shard, shutdown_distributed
     from fcnseg.files import WriteError, atomic_npy_rows, check_output_dir, clean_stale_temps
-    from fcnseg.inference import Segmenter, load_image
+    from fcnseg.inference import load_image
     from fcnseg.viz import save_index_png, save_overlay
 
     scales = parse_scales(args.scales)
@@ -201,15 +194,10 @@ def run(args: argparse.Namespace) -> int:
         report_renamed(paths, stems)
     for line in errors:
         log.error("%s", line)
-    if args.int8 and not args.checkpoint:
-        raise FcnsegError("--int8 MODEL pairs with --checkpoint (the checkpoint it was quantized from); "
-                          "or pass --checkpoint MODEL alone")
-    load = (Segmenter.from_checkpoint if args.checkpoint else Segmenter.from_pretrained)
-    extra = {"int8": args.int8} if args.int8 else {}
-    seg = load(args.checkpoint or args.weights, backend=args.backend, fast=False if args.no_fast else None,
-               tile=args.tile, overlap=args.overlap, tta_flip=args.tta_flip, scales=scales,
-               shift_stitch=args.stitch_factor or args.shift_stitch or None,
-               max_pixels=int(args.max_pixels), compile=args.compile, device=args.device, **extra)
+    seg = segmenter_from_args(args, fast=False if args.no_fast else None, tile=args.tile, overlap=args.overlap,
+                              tta_flip=args.tta_flip, scales=scales,
+                              shift_stitch=args.stitch_factor or args.shift_stitch or None,
+                              max_pixels=int(args.max_pixels), compile=args.compile, device=args.device)
     clean_stale_temps(out, older_than_s=600)  # left by a killed earlier run (not by one running now)
     palette = class_colours(seg.palette, seg.num_classes)  # the one palette rule, as serve and plots use
     failed = len(errors)

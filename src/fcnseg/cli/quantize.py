@@ -1,8 +1,12 @@
 """`fcnseg quantize`: an int8 model of a checkpoint, calibrated on your own training images.
 
-    fcnseg quantize --checkpoint runs/x/best.pt --data folder:DATA --out model.int8.onnx
-    fcnseg predict  --checkpoint model.int8.onnx photos/ --out preds/
-    fcnseg evaluate --checkpoint model.int8.onnx --data folder:DATA --split val
+    fcnseg quantize --weights runs/x/best.pt --out model.int8.onnx     # calibrates on its training data
+    fcnseg quantize --weights fcn8s-voc --data voc:VOC2012 --out fcn8s.int8.onnx
+    fcnseg predict  --weights model.int8.onnx photos/ --out preds/
+    fcnseg evaluate --weights model.int8.onnx --data folder:DATA --split val
+
+The model is any source with PyTorch weights (--checkpoint is the same option as --weights).
+--data defaults to the dataset the model was trained on, as its checkpoint records it.
 
 The model is quantized with onnxruntime (static QDQ: per-channel int8 weights, int8 activations
 whose ranges come from running the fp32 model on the calibration images; the class-score layers
@@ -14,16 +18,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fcnseg.cli._model_options import add_model_options
 from fcnseg.config import MAX_SIDE, MIN_SIDE, arg_type, zero_or_between
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("quantize", help="int8 model of a checkpoint, calibrated on training images",
+    p = subparsers.add_parser("quantize", help="int8 model of a model, calibrated on training images",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .pt checkpoint written by fcnseg train")
-    p.add_argument("--data", required=True, metavar="SPEC", help="dataset spec with the training images, "
-                   "e.g. folder:PATH or voc:PATH")
-    p.add_argument("--split", default="train", help="split to calibrate on (default: train)")
+    add_model_options(p)
+    p.add_argument("--data", default=None, metavar="SPEC", help="dataset spec with the training images, "
+                   "e.g. folder:PATH or voc:PATH (default: the data the model was trained on)")
+    p.add_argument("--split", default=None,
+                   help="split to calibrate on (default: the model's training split, else train)")
     p.add_argument("--images", type=arg_type(int, name="images", min=1, max=100000), default=32,
                    help="calibration images (default 32, spread over the split)")
     never_or_side = zero_or_between(MIN_SIDE, MAX_SIDE, "never")
@@ -41,10 +47,11 @@ def run(args: argparse.Namespace) -> int:
     from fcnseg.inference import int8
 
     start = time.perf_counter()
-    record = int8.quantize_checkpoint(args.checkpoint, args.data, args.out, split=args.split,
-                                      images=args.images, max_side=args.max_side or None)
+    record = int8.quantize_checkpoint(args.weights, args.data, args.out, split=args.split,
+                                      images=args.images, max_side=args.max_side or None, mirror=args.mirror)
     out = Path(args.out)
+    calib = record["calibration"]
     print(f"fcnseg quantize: wrote {out} (int8, {out.stat().st_size / 1e6:.1f} MB, calibrated on "
-          f"{record['calibration']['images']} images of {args.data} {args.split}, "
+          f"{calib['images']} images of {calib['data']} {calib['split']}, "
           f"{time.perf_counter() - start:.0f} s)", file=sys.stderr)
     return 0

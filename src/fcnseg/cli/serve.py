@@ -1,6 +1,6 @@
 """`fcnseg serve`: an HTTP API and a web page for one model.
 
-    fcnseg serve --checkpoint runs/demo/best.pt          # .pt, .safetensors or .onnx
+    fcnseg serve --weights runs/demo/best.pt             # any model file (--checkpoint works too)
     -> serving fcn8s (6 classes) on http://127.0.0.1:8000
     fcnseg serve --weights fcn8s-voc                     # published weights (downloaded once)
 
@@ -27,6 +27,7 @@ import signal
 import socket
 import threading
 
+from fcnseg.cli._model_options import add_model_options
 from fcnseg.errors import FcnsegError
 
 log = logging.getLogger("fcnseg.serve")
@@ -39,20 +40,7 @@ def register(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="a .pt checkpoint, .safetensors or .onnx export")
-    src.add_argument(
-        "--weights",
-        metavar="NAME_OR_FILE",
-        help="published weights by name (e.g. fcn8s-voc; see `fcnseg weights list`), "
-        "or a .caffemodel / pytorch-fcn / torchvision .pth file",
-    )
-    p.add_argument(
-        "--backend",
-        choices=("torch", "onnxruntime"),
-        default=None,
-        help="default: onnxruntime for .onnx files, torch otherwise",
-    )
+    add_model_options(p, backends=("torch", "onnxruntime"))
     p.add_argument("--no-fast", action="store_true", help="disable the bf16 fast path (fp32)")
     try:  # the server options: one per ServeConfig field, defaults and bounds from the field
         from fcnseg.serving.config import add_serve_arguments
@@ -97,15 +85,18 @@ def run(args: argparse.Namespace) -> int:
         raise FcnsegError(
             f"fcnseg serve needs the serve extra ({exc.name} is missing); pip install 'fcnseg[serve]'"
         ) from None
+    if args.mirror:  # the worker processes fetch nothing: the parent downloads before they start
+        from fcnseg.weights.download import MIRROR_ENV
+
+        os.environ[MIRROR_ENV] = args.mirror
     config = config_from_args(
         args,
-        checkpoint=args.checkpoint,
         weights=args.weights,
         backend=args.backend,
         fast=False if args.no_fast else None,
     )
     segmenter = load_segmenter(config)  # in the parent too: a bad checkpoint fails here, on one line
-    name, classes = segmenter.meta["model_name"], segmenter.num_classes
+    name, classes = segmenter.meta.model_name, segmenter.num_classes
     check_port_free(config.host, config.port)
     # the h11 protocol with a header timeout and a JSON connection limit (uvicorn's own limit is off:
     # it answers plain text without Retry-After, /health included); see fcnseg.serving.guards

@@ -6,13 +6,9 @@ structure check and digest, is ``fcnseg.weights.format``, below engine so conver
     {
       "format": "fcnseg.checkpoint", "version": 1,
       "model": <state_dict>,
-      "meta": {                      # everything a predictor needs, nothing about training
-        "model_name": "fcn8s",
-        "model_kwargs": {"num_classes": 21, "backbone": "vgg16", "geometry": "caffe", ...},
-        "class_names": [...], "palette": [[r, g, b], ...],
-        "normalization": "imagenet" | "caffe" | "caffe:B,G,R" (fcnseg.data.normalize),
-        "fcnseg_version": "0.1.0",
-      },
+      "meta": ModelMeta.to_dict(),   # everything a predictor needs, nothing about training
+                                     # (fcnseg.weights.meta: model, classes, palette, normalisation,
+                                     # trained_on, data; older layouts still read)
       "train_state": {...} | None,   # optimiser, scheduler, iteration, RNG states, best metric, config
       "digest": "<sha256>",          # of model, meta and train_state (files.content_digest); checked on read
     }
@@ -64,12 +60,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def model_from_checkpoint(ckpt: dict | str | os.PathLike, path_hint: str | None = None):
-    """Build the model a checkpoint describes and load its weights. Returns (model, meta)."""
+    """Build the model a checkpoint describes and load its weights. Returns (model, ModelMeta).
+    For any model file (exports, converted formats, published names) use fcnseg.weights.open_model."""
+    from fcnseg.weights.meta import ModelMeta
+
     if not isinstance(ckpt, dict):
         path_hint = str(ckpt)
         ckpt = load_checkpoint(ckpt)
-    meta = ckpt["meta"]
-    return build_model(meta, ckpt["model"], path_hint or "(in memory)"), meta
+    label = path_hint or "(in memory)"
+    meta = ModelMeta.from_dict(ckpt["meta"], f"checkpoint {label}")
+    return build_model(meta, ckpt["model"], label), meta
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,18 +10,19 @@ from torch import nn
 
 from fcnseg.data import build_loader
 from fcnseg.data.normalize import mean_pixel
-from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from fcnseg.engine.checkpoint import model_from_checkpoint
 from fcnseg.engine.losses import segmentation_loss
 from fcnseg.engine.metrics import ConfusionMatrix
 from fcnseg.engine.progress import track
 from fcnseg.engine.runtime import (all_reduce_sum, autocast, current_dist, prepare_input, resolve_device,
                                    resolve_precision, unwrap)
 from fcnseg.errors import FcnsegError
+from fcnseg.weights.meta import ModelMeta, as_meta
 
 
-def check_compatible(meta: dict, dataset: Any, what: str) -> None:
+def check_compatible(meta: ModelMeta | dict, dataset: Any, what: str) -> None:
     """FcnsegError when the model's number of classes differs from the dataset's."""
-    model_classes = meta["model_kwargs"].get("num_classes")
+    model_classes = as_meta(meta).model_kwargs.get("num_classes")
     if model_classes is not None and model_classes != dataset.num_classes:
         raise FcnsegError(f"{what} predicts {model_classes} classes but dataset {dataset!r} has "
                           f"{dataset.num_classes}; evaluate on the data it was trained for or retrain")
@@ -33,18 +34,24 @@ def check_not_empty(dataset: Any, what: str) -> None:
 
 
 def load_for_eval(checkpoint_or_model: nn.Module | dict | str | os.PathLike,
-                  meta: dict | None) -> tuple[nn.Module, dict, str]:
+                  meta: ModelMeta | dict | None) -> tuple[nn.Module, ModelMeta, str]:
     """(model, meta, description) from a checkpoint path/dict or a model plus its meta."""
     if isinstance(checkpoint_or_model, nn.Module):
-        meta = meta or {"model_kwargs": {"num_classes": getattr(unwrap(checkpoint_or_model), "num_classes", None)},
-                        "normalization": "imagenet"}
-        return checkpoint_or_model, meta, "the model"
+        if meta is None:
+            classes = getattr(unwrap(checkpoint_or_model), "num_classes", None)
+            meta = ModelMeta(type(unwrap(checkpoint_or_model)).__name__,
+                             {"num_classes": classes} if classes is not None else {})
+        if isinstance(meta, dict) and "model_name" not in meta:  # a partial dict: what evaluate needs
+            meta = {"model_name": type(unwrap(checkpoint_or_model)).__name__, **meta}
+        return checkpoint_or_model, as_meta(meta), "the model"
     if isinstance(checkpoint_or_model, dict):
         model, meta = model_from_checkpoint(checkpoint_or_model)
         return model, meta, "the checkpoint"
+    from fcnseg.weights import open_model  # any model source: .pt, .safetensors, published name, ...
+
     path = str(checkpoint_or_model)
-    model, meta = model_from_checkpoint(load_checkpoint(path), path_hint=path)
-    return model, meta, f"checkpoint {path}"
+    opened = open_model(path)
+    return opened.require_module("evaluate"), opened.meta, f"model {path}"
 
 
 @torch.no_grad()
@@ -56,7 +63,8 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, normalization: str
         return model(x).float()
 
 
-def evaluate(checkpoint_or_model: nn.Module | dict | str | os.PathLike, dataset: Any, *, meta: dict | None = None,
+def evaluate(checkpoint_or_model: nn.Module | dict | str | os.PathLike, dataset: Any, *,
+             meta: ModelMeta | dict | None = None,
              batch_size: int = 1, precision: str = "fp32", channels_last: bool = False, device: str = "auto",
              max_images: int | None = None, workers: int = 0, class_weights: torch.Tensor | None = None,
              ignore_index: int | None = None, progress: bool = False) -> dict:
@@ -70,7 +78,7 @@ def evaluate(checkpoint_or_model: nn.Module | dict | str | os.PathLike, dataset:
     """
     model, meta, what = load_for_eval(checkpoint_or_model, meta)
     check_not_empty(dataset, "evaluation split of")
-    if meta["model_kwargs"].get("num_classes") is not None:
+    if meta.model_kwargs.get("num_classes") is not None:
         check_compatible(meta, dataset, what)
     ignore = dataset.ignore_index if ignore_index is None else ignore_index
     dev = resolve_device(device) if isinstance(device, str) else device
@@ -92,11 +100,11 @@ def evaluate(checkpoint_or_model: nn.Module | dict | str | os.PathLike, dataset:
     info = current_dist()
     shard = list(range(info.rank, n, info.world_size))
     loader = build_loader(dataset, batch_size=batch_size, shuffle=False, sampler=shard, workers=workers,
-                          pad_value=mean_pixel(meta.get("normalization", "imagenet")))
+                          pad_value=mean_pixel(meta.normalization))
     confusion = ConfusionMatrix(dataset.num_classes, ignore_index=ignore)
     loss_sum, labelled = 0.0, 0.0
     for images, masks in track(loader, len(loader), "evaluate", enabled=progress and info.is_main, unit="batches"):
-        logits = predict_logits(net, images, normalization=meta.get("normalization", "imagenet"), device=dev,
+        logits = predict_logits(net, images, normalization=meta.normalization, device=dev,
                                 precision=precision, channels_last=channels_last)
         masks = masks.to(dev)
         loss_sum += float(segmentation_loss(logits, masks, ignore_index=ignore, weight=weight, reduction="sum"))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 from collections.abc import Iterator
@@ -63,6 +62,7 @@ from fcnseg.engine.runtime import (
 from fcnseg.errors import FcnsegError
 from fcnseg.files import check_output_dir
 from fcnseg.logs import configure_if_unset
+from fcnseg.weights.meta import ModelMeta, describe_data
 
 log = logging.getLogger("fcnseg.train")
 
@@ -284,12 +284,12 @@ def check_data(cfg: TrainConfig, train_set: Any, val_set: Any) -> dict[str, str]
     return skipped
 
 
-def model_meta(cfg: TrainConfig, dataset: Any) -> dict:
-    """Everything a predictor needs to rebuild the model and read its output."""
+def model_meta(cfg: TrainConfig, dataset: Any) -> ModelMeta:
+    """Everything a predictor needs to rebuild the model and read its output, and what it learnt from."""
     kwargs = {"num_classes": dataset.num_classes, "backbone": cfg.backbone, "geometry": cfg.geometry,
               "width": cfg.width, **cfg.model_options}
-    return {"model_name": cfg.model, "model_kwargs": kwargs, "class_names": list(dataset.class_names),
-            "palette": [list(c) for c in dataset.palette], "normalization": cfg.normalization}
+    return ModelMeta(cfg.model, kwargs, dataset.class_names, dataset.palette, cfg.normalization,
+                     trained_on=describe_data(cfg.data, cfg.train_split), data=cfg.data, train_split=cfg.train_split)
 
 
 def build_model(cfg: TrainConfig, dataset: Any) -> tuple[nn.Module, dict]:
@@ -325,23 +325,12 @@ def check_backbone_weights(cfg: TrainConfig) -> None:
 
 
 def load_init_source(path: str) -> dict:
-    """{"model", "meta"} from a .pt checkpoint of `fcnseg train` or a .safetensors of `fcnseg export`."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".onnx":
-        raise FcnsegError(f"--init-from {path}: an ONNX model cannot initialise training; pass the .pt checkpoint "
-                          "it was exported from, or a .safetensors file from `fcnseg export`")
-    if suffix == ".safetensors":
-        from fcnseg.files import read_safetensors
+    """{"model": state dict, "meta": ModelMeta} from any model source with PyTorch weights (a .pt of
+    `fcnseg train`, a .safetensors export, a published name, a .caffemodel, ...: weights.open_model)."""
+    from fcnseg.weights import open_model
 
-        state, header = read_safetensors(path, "--init-from file")
-        try:
-            meta = json.loads(header.get("fcnseg", ""))
-            meta["model_kwargs"]["num_classes"]
-        except (ValueError, TypeError, KeyError):
-            raise FcnsegError(f"--init-from file {path} has no fcnseg metadata; pass a .safetensors written by "
-                              "`fcnseg export` or a .pt checkpoint from `fcnseg train`") from None
-        return {"model": state, "meta": meta}
-    return load_checkpoint(path)
+    opened = open_model(path)
+    return {"model": opened.require_module("--init-from").state_dict(), "meta": opened.meta}
 
 
 def class_weights(cfg: TrainConfig, dataset: Any) -> torch.Tensor | None:

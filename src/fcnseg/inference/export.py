@@ -19,22 +19,23 @@ from torch import nn
 
 from fcnseg.errors import FcnsegError
 from fcnseg.files import read_safetensors, write_bytes
+from fcnseg.weights.format import META_KEY
+from fcnseg.weights.meta import ModelMeta, as_meta
 
-META_KEY = "fcnseg"
 ONNX_OPSET = 17
 
 
-def export_meta(model: nn.Module, meta: dict) -> dict:
-    """The checkpoint meta plus the model's output stride (needed by shift-and-stitch without torch)."""
+def export_meta(model: nn.Module, meta: ModelMeta | dict) -> ModelMeta:
+    """The model's ModelMeta plus its output stride (needed by shift-and-stitch without torch)."""
     stride = getattr(model, "output_stride", None)
-    return {**meta, "output_stride": int(stride)} if stride else dict(meta)
+    return as_meta(meta).with_(output_stride=int(stride) if stride else None)
 
 
-def _encode_meta(meta: dict) -> str:
-    return json.dumps(meta, sort_keys=True)
+def _encode_meta(meta: ModelMeta) -> str:
+    return json.dumps(meta.to_dict(), sort_keys=True)
 
 
-def _decode_meta(text: str | None, path: Path, fmt: str) -> dict:
+def _decode_meta(text: str | None, path: Path, fmt: str) -> ModelMeta:
     try:
         meta = json.loads(text) if text else None
     except json.JSONDecodeError:
@@ -42,10 +43,10 @@ def _decode_meta(text: str | None, path: Path, fmt: str) -> dict:
     if not isinstance(meta, dict) or "model_name" not in meta:
         raise FcnsegError(f"{path} has no fcnseg metadata; it was not written by `fcnseg export "
                           f"--format {fmt}`, export it again")
-    return meta
+    return ModelMeta.from_dict(meta, str(path))
 
 
-def onnx_bytes(model: nn.Module, meta: dict, sample_size: tuple[int, int] = (64, 64)) -> bytes:
+def onnx_bytes(model: nn.Module, meta: ModelMeta | dict, sample_size: tuple[int, int] = (64, 64)) -> bytes:
     """The model as a serialised ONNX ModelProto with dynamic batch, height and width."""
     import onnx
 
@@ -64,24 +65,12 @@ def onnx_bytes(model: nn.Module, meta: dict, sample_size: tuple[int, int] = (64,
     return proto.SerializeToString()
 
 
-def export_onnx(model: nn.Module, meta: dict, path: str | os.PathLike) -> Path:
+def export_onnx(model: nn.Module, meta: ModelMeta | dict, path: str | os.PathLike) -> Path:
     """Write the model as ONNX (metadata embedded) to ``path``."""
     return write_bytes(path, onnx_bytes(model, meta))
 
 
-def onnx_meta(model_bytes: bytes, path: Path) -> dict:
-    """Read the fcnseg metadata embedded in ONNX model bytes."""
-    import onnx
-
-    try:
-        proto = onnx.load_from_string(model_bytes)
-    except Exception:  # onnx raises DecodeError from protobuf, which has no common base
-        raise FcnsegError(f"{path} is not a valid ONNX model; export it again with `fcnseg export`") from None
-    props = {p.key: p.value for p in proto.metadata_props}
-    return _decode_meta(props.get(META_KEY), path, "onnx")
-
-
-def export_safetensors(model: nn.Module, meta: dict, path: str | os.PathLike) -> Path:
+def export_safetensors(model: nn.Module, meta: ModelMeta | dict, path: str | os.PathLike) -> Path:
     """Write the weights as safetensors with the metadata as JSON in the header."""
     from safetensors.torch import save
 
@@ -90,7 +79,7 @@ def export_safetensors(model: nn.Module, meta: dict, path: str | os.PathLike) ->
     return write_bytes(path, save(state, metadata={META_KEY: _encode_meta(export_meta(model, meta))}))
 
 
-def load_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
+def load_safetensors(path: str | os.PathLike) -> tuple[dict, ModelMeta]:
     """Read (state_dict, meta) from a file written by :func:`export_safetensors` (no pickle involved)."""
     path = Path(path)
     state, header = read_safetensors(path)
@@ -101,23 +90,24 @@ class OnnxModel(nn.Module):
     """An exported .onnx model as a torch module: normalised float batch in, raw scores out, run on
     onnxruntime (CPU). Lets `fcnseg evaluate` measure an exported file exactly as it will be used."""
 
-    def __init__(self, model_bytes: bytes, meta: dict, threads: int | None = None):
+    def __init__(self, model_bytes: bytes, meta: ModelMeta | dict, threads: int | None = None):
         super().__init__()
         from fcnseg.inference.runtimes import onnxruntime_session as _ort_session
 
-        self.meta = meta
-        self.num_classes = int(meta["model_kwargs"]["num_classes"])
+        self.meta = as_meta(meta)
+        self.num_classes = self.meta.num_classes
         self._session = _ort_session(model_bytes, threads)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> tuple["OnnxModel", dict]:
-        path = Path(path)
-        if not path.is_file():
-            raise FcnsegError(f"ONNX model {path} does not exist; check the path")
+    def from_file(cls, path: str | os.PathLike) -> tuple["OnnxModel", ModelMeta]:
+        """(module, meta) of an fp32 ONNX export; any model file: fcnseg.weights.open_model."""
+        from fcnseg.weights import open_model
+
+        opened = open_model(path)
+        if not opened.is_onnx:
+            raise FcnsegError(f"{path} is not an ONNX model (it holds PyTorch weights); load it with open_model")
         try:
-            data = path.read_bytes()
-            meta = onnx_meta(data, path)
-            return cls(data, meta), meta
+            return cls(opened.onnx or b"", opened.meta), opened.meta
         except ImportError:
             raise FcnsegError(f"running {path} needs the onnx extra; pip install 'fcnseg[onnx]'") from None
 

@@ -1,9 +1,9 @@
 """The int8 path: a model quantized with onnxruntime (static QDQ, per-channel weights), calibrated on
 the user's own training images, and the runtime that executes it.
 
-    fcnseg quantize --checkpoint runs/x/best.pt --data folder:DATA --out model.int8.onnx
-    fcnseg predict  --checkpoint model.int8.onnx photos/ --out preds/
-    fcnseg evaluate --checkpoint model.int8.onnx --data folder:DATA
+    fcnseg quantize --weights runs/x/best.pt --out model.int8.onnx   (--data: default, the training data)
+    fcnseg predict  --weights model.int8.onnx photos/ --out preds/
+    fcnseg evaluate --weights model.int8.onnx --data folder:DATA
 
 The file is an ONNX model (input ``image``: normalised float32 N x 3 x H x W, dynamic H and W; output
 ``scores``) whose convolutions read int8 activations and int8 per-output-channel weights and
@@ -34,10 +34,11 @@ from torch import nn
 from fcnseg.errors import FcnsegError
 from fcnseg.files import write_bytes
 from fcnseg.inference import export
+from fcnseg.weights.format import INT8_KEY  # the int8 record's key, beside the meta key
+from fcnseg.weights.meta import as_meta
 
 log = logging.getLogger(__name__)
 
-INT8_KEY = "fcnseg_int8"
 ENGINE = "onnxruntime static QDQ, per-channel int8 weights, int8 activations (MinMax calibration)"
 SUFFIX = ".int8.onnx"
 
@@ -94,7 +95,8 @@ def quantize(model: nn.Module, meta: dict, calibration: Iterable[torch.Tensor], 
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     except ImportError:
         raise FcnsegError("int8 quantization needs the onnx extra; pip install 'fcnseg[onnx]'") from None
-    num_classes = int(meta["model_kwargs"]["num_classes"])
+    meta = as_meta(meta)
+    num_classes = meta.num_classes
     count = [0]
 
     def batches() -> Iterator[np.ndarray]:
@@ -103,8 +105,8 @@ def quantize(model: nn.Module, meta: dict, calibration: Iterable[torch.Tensor], 
             yield x.float().contiguous().numpy()
 
     fp32 = onnx.load_from_string(export.onnx_bytes(model, meta))
-    record = {"engine": ENGINE, "source": {"model_name": meta.get("model_name"),
-                                            "model_kwargs": meta.get("model_kwargs"),
+    record = {"engine": ENGINE, "source": {"model_name": meta.model_name,
+                                            "model_kwargs": meta.model_kwargs,
                                             "weights_sha256": weights_digest(model)},
               **(source or {})}
     with tempfile.TemporaryDirectory(prefix="fcnseg-int8-") as tmp:
@@ -153,12 +155,10 @@ def read_record(model_bytes: bytes) -> dict | None:
 
 def is_int8_model(path: str | os.PathLike) -> bool:
     """True for a file written by ``fcnseg quantize`` (recognised by its content, whatever its name)."""
+    from fcnseg.weights.open import file_kind
+
     path = Path(path)
-    if not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head[:2] == b"PK":  # a torch checkpoint (zip)
+    if not path.is_file() or file_kind(path) != "onnx":
         return False
     return read_record(path.read_bytes()) is not None
 
@@ -167,14 +167,15 @@ def check_source(record: dict, model_path: str | os.PathLike, meta: dict, model:
                  checkpoint: str | os.PathLike) -> None:
     """FcnsegError unless the int8 model was quantized from this checkpoint's architecture and weights."""
     source = record.get("source", {})
-    arch = (meta.get("model_name"), meta.get("model_kwargs"))
+    meta = as_meta(meta)
+    arch = (meta.model_name, meta.model_kwargs)
     if (source.get("model_name"), source.get("model_kwargs")) != arch:
         raise FcnsegError(f"{model_path} was quantized from a {source.get('model_name')} "
                           f"{source.get('model_kwargs')} checkpoint, not {checkpoint} ({arch[0]} {arch[1]}); "
-                          f"pass its own checkpoint or run `fcnseg quantize --checkpoint {checkpoint}` again")
+                          f"pass its own checkpoint or run `fcnseg quantize --weights {checkpoint}` again")
     if model is not None and source.get("weights_sha256") not in (None, weights_digest(model)):
         raise FcnsegError(f"{model_path} was quantized from other weights than {checkpoint}; run "
-                          f"`fcnseg quantize --checkpoint {checkpoint}` again")
+                          f"`fcnseg quantize --weights {checkpoint}` again")
 
 
 class Int8Model(nn.Module):
@@ -201,29 +202,28 @@ def session(model_bytes: bytes, threads: int | None = None):
 
 
 def read_model(path: str | os.PathLike) -> tuple[bytes, dict, dict]:
-    """(model bytes, meta, quantization record) of an int8 model file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FcnsegError(f"int8 model {path} does not exist; check the path or run `fcnseg quantize`")
-    data = path.read_bytes()
-    record = read_record(data)
-    if record is None:
+    """(model bytes, ModelMeta, quantization record) of an int8 model file (via weights.open_model)."""
+    from fcnseg.weights import open_model
+
+    opened = open_model(path)
+    if not opened.is_int8:
         raise FcnsegError(f"{path} is not an int8 model from `fcnseg quantize`; quantize the checkpoint first")
-    return data, export.onnx_meta(data, path), record
+    return opened.onnx, opened.meta, opened.int8_record
 
 
 def load(path: str | os.PathLike, threads: int | None = None, checkpoint: str | os.PathLike | None = None,
          runtime: str | None = None) -> tuple[Int8Model, dict, dict]:
     """(module, meta, quantization record) of an int8 model file; with ``checkpoint``, first check
-    that the model was quantized from that checkpoint."""
-    data, meta, record = read_model(path)
-    if checkpoint is not None and Path(checkpoint) != Path(path):
-        from fcnseg.engine.checkpoint import model_from_checkpoint
+    that the model was quantized from that checkpoint (fcnseg.inference.segmenter.open_source)."""
+    from fcnseg.inference.segmenter import open_source
 
-        model, ckpt_meta = model_from_checkpoint(checkpoint)
-        check_source(record, path, ckpt_meta, model, checkpoint)
+    if checkpoint is not None:
+        opened = open_source(checkpoint, int8=path)
+        data, meta, record = opened.onnx, opened.meta, opened.int8_record
+    else:
+        data, meta, record = read_model(path)
     module = Int8Model(data, threads, runtime)
-    module.num_classes = int(meta["model_kwargs"]["num_classes"])
+    module.num_classes = meta.num_classes
     return module, meta, record
 
 
@@ -247,12 +247,15 @@ def calibration_images(dataset, count: int, normalization: str, max_side: int | 
         yield normalize(image, normalization)
 
 
-def quantize_checkpoint(checkpoint: str | os.PathLike, data: str, out: str | os.PathLike, *,
-                        split: str = "train", images: int = 32, max_side: int | None = 1024) -> dict:
-    """``fcnseg quantize``: calibrate the checkpoint's model on ``images`` images of ``data``'s
-    ``split`` and write the int8 model to ``out``. Returns the quantization record."""
+def quantize_checkpoint(checkpoint: str | os.PathLike, data: str | None, out: str | os.PathLike, *,
+                        split: str | None = None, images: int = 32, max_side: int | None = 1024,
+                        mirror: str | None = None) -> dict:
+    """``fcnseg quantize``: calibrate the model of ``checkpoint`` (any model source with PyTorch
+    weights: .pt, .safetensors, published name, .caffemodel, ...) on ``images`` images of ``data``'s
+    ``split`` and write the int8 model to ``out``. ``data``/``split`` default to the dataset the
+    model was trained on (its ModelMeta). Returns the quantization record."""
     from fcnseg.data import load_dataset
-    from fcnseg.engine.checkpoint import model_from_checkpoint
+    from fcnseg.weights import open_model
 
     if images < 1:
         raise FcnsegError(f"--images {images} must be at least 1")
@@ -260,17 +263,26 @@ def quantize_checkpoint(checkpoint: str | os.PathLike, data: str, out: str | os.
     if out.resolve() == Path(checkpoint).resolve():
         raise FcnsegError(f"--out {out} is the checkpoint itself; choose another file (e.g. {Path(checkpoint).stem}"
                           f"{SUFFIX})")
-    model, meta = model_from_checkpoint(checkpoint)
+    opened = open_model(checkpoint, mirror=mirror)
+    model, meta = opened.require_module("quantize"), opened.meta
+    if data is None:
+        if not meta.data:
+            raise FcnsegError(f"{checkpoint} does not record the data it was trained on; give --data SPEC "
+                              "with training images to calibrate on (e.g. folder:PATH or voc:PATH)")
+        data = meta.data
+        split = split or meta.train_split
+        log.info("calibrating on %s (%s), the data %s was trained on", data, split or "train", checkpoint)
+    split = split or "train"
     dataset = load_dataset(data, split)
     if len(dataset) == 0:
         raise FcnsegError(f"calibration split {split!r} of {data} is empty; give --data/--split with "
                           "training images")
-    classes = int(meta["model_kwargs"]["num_classes"])
+    classes = meta.num_classes
     if dataset.num_classes != classes:
         raise FcnsegError(f"{checkpoint} predicts {classes} classes but {data} ({split}) has "
                           f"{dataset.num_classes}; calibrate on the data the model was trained on")
     record = {"calibration": {"data": data, "split": split, "max_side": max_side}}
-    batches = calibration_images(dataset, images, meta.get("normalization", "imagenet"), max_side)
+    batches = calibration_images(dataset, images, meta.normalization, max_side)
     save(quantize(model, meta, batches, source=record), out)
     return read_record(out.read_bytes())
 

@@ -1,7 +1,7 @@
 """Segmenter: a trained FCN ready to label images of any size.
 
-    seg = Segmenter.from_checkpoint("runs/voc/best.pt")     # or .safetensors / .onnx
-    seg = Segmenter.from_pretrained("fcn8s-voc")            # published weights, by name or file
+    seg = Segmenter.from_pretrained("runs/voc/best.pt")     # any source: .pt, .safetensors, .onnx, ...
+    seg = Segmenter.from_pretrained("fcn8s-voc")            # published weights by name (from_checkpoint: alias)
     mask = seg.predict("photo.jpg")                          # H x W class ids at the photo's size
     probs = seg.predict_proba(image_array)                   # C x H x W probabilities
     masks = seg.predict(["a.jpg", pil_image, tensor_chw])    # a list in, a list out
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import zipfile
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -31,6 +29,7 @@ from fcnseg.inference import export, fastpath, runtimes
 from fcnseg.inference.image_io import DEFAULT_MAX_PIXELS, ImageInput, image_list, load_image
 from fcnseg.inference.shift_stitch import shift_and_stitch, subsampled
 from fcnseg.inference.window import sliding_window, tta
+from fcnseg.weights.meta import ModelMeta, as_meta
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ class Segmenter:
 
         import fcnseg
 
-        seg = fcnseg.Segmenter.from_checkpoint("runs/8s/best.pt")   # .pt, .safetensors or .onnx
+        seg = fcnseg.Segmenter.from_pretrained("runs/8s/best.pt")   # any name or model file
         mask = seg.predict("photo.jpg")          # H x W class ids (uint8) at the photo's size
         probs = seg.predict_proba(pil_image)     # C x H x W float32 probabilities
         masks = seg.predict([path, array_hwc, tensor_chw])   # one result per image, in order
@@ -62,10 +61,10 @@ class Segmenter:
     those; an N x C x H x W tensor or N x H x W x 3 array counts as a list. Same-size images of a
     list run as one batch (up to ``batch_size``) when the image needs no tiling.
 
-    Constructor options (``from_checkpoint`` passes them through):
+    Constructor options (``from_pretrained`` passes them through):
 
-    * ``model``, ``meta``: the network and its checkpoint metadata (model name, classes, palette,
-      normalisation); ``from_checkpoint`` reads both from a file.
+    * ``model``, ``meta``: the network and its :class:`fcnseg.weights.ModelMeta` (or a metadata dict
+      of any layout: model name, classes, palette, normalisation); ``from_pretrained`` reads both.
     * ``device``: "auto" (default: cuda where available, else cpu), "cpu", "cuda" or "cuda:N";
       checked like ``fcnseg train --device``. On a GPU, prediction runs under autocast (bf16, or
       fp16 where the GPU lacks bf16) with channels_last.
@@ -84,11 +83,11 @@ class Segmenter:
     * ``max_pixels``: refuse larger images (decompression-bomb guard; default 100 megapixels).
     * ``threads``: onnxruntime / OpenVINO threads (default: torch's thread count).
     * ``int8_record``: the quantization record of an int8 ``onnx_model`` (from ``fcnseg quantize``;
-      :meth:`from_checkpoint` fills it in), shown by :meth:`describe`.
+      :meth:`from_pretrained` fills it in), shown by :meth:`describe`.
     * ``compile``: torch.compile with weight freezing; faster per call, each new shape compiles first.
     """
 
-    def __init__(self, model: nn.Module | None, meta: dict, *, fast: bool | None = None,
+    def __init__(self, model: nn.Module | None, meta: ModelMeta | dict, *, fast: bool | None = None,
                  backend: str = "torch", onnx_model: bytes | None = None, tile: int | None = None,
                  overlap: float = 0.25, tta_flip: bool = False, scales: Sequence[float] = (1.0,),
                  shift_stitch: int | bool | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -102,17 +101,18 @@ class Segmenter:
             raise FcnsegError(f"--overlap {overlap} must be in [0, 1)")
         if any(s <= 0 for s in scales):
             raise FcnsegError(f"--scales {scales} must all be positive")
+        meta = as_meta(meta)
         if shift_stitch is True:  # the model's own output stride
-            shift_stitch = getattr(model, "output_stride", None) or meta.get("output_stride")
+            shift_stitch = getattr(model, "output_stride", None) or meta.output_stride
             if not shift_stitch:
                 raise FcnsegError("this model does not state its output stride; give --stitch-factor F")
         if shift_stitch not in (None, False) and int(shift_stitch) < 1:
             raise FcnsegError(f"--shift-stitch {shift_stitch} must be a positive stride")
         self.meta = meta
-        self.num_classes = int(meta["model_kwargs"]["num_classes"])
-        self.class_names = list(meta.get("class_names") or [str(i) for i in range(self.num_classes)])
-        self.palette = [tuple(c) for c in meta.get("palette") or []]
-        self.normalization = meta.get("normalization", "imagenet")
+        self.num_classes = meta.num_classes
+        self.class_names = meta.names
+        self.palette = [tuple(c) for c in meta.palette]
+        self.normalization = meta.normalization
         self.backend = backend
         self.tile, self.overlap = tile, overlap
         self.tta_flip, self.scales = tta_flip, tuple(float(s) for s in scales)
@@ -140,71 +140,39 @@ class Segmenter:
         log.info("%s", self.describe())
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, backend: str | None = None,
-                        int8: str | os.PathLike | None = None, **options) -> "Segmenter":
-        """Load a ``.pt`` checkpoint, an exported ``.safetensors``, an ``.onnx`` file or an int8 model
-        from ``fcnseg quantize`` (recognised by its content, whatever its name).
+    def from_pretrained(cls, source: str | os.PathLike, *, backend: str | None = None,
+                        int8: str | os.PathLike | None = None, mirror: str | None = None,
+                        **options) -> "Segmenter":
+        """Any model source: a published name (downloaded and verified once; `fcnseg weights list`)
+        or a file recognised by its content, whatever its name: fcnseg .pt / .safetensors, fp32 or
+        int8 .onnx, .caffemodel, pytorch-fcn or torchvision .pth (see fcnseg.weights.open_model).
 
-        ``backend`` defaults to "onnxruntime" for .onnx files and int8 models and "torch" otherwise;
-        asking for onnxruntime with a PyTorch checkpoint exports it to ONNX in memory first. ``int8``:
-        run this int8 model of the checkpoint ``path`` (it must have been quantized from that
-        checkpoint's architecture and weights). Every other keyword is a constructor option
+        ``backend`` defaults to "onnxruntime" for ONNX files (OpenVINO where installed for int8
+        models) and "torch" otherwise; asking for onnxruntime with PyTorch weights exports them to
+        ONNX in memory first. ``int8``: run this int8 model of ``source`` (it must have been
+        quantized from that architecture and weights). Every other keyword is a constructor option
         (``device``, ``fast``, ``tile``, ``overlap``, ``tta_flip``, ``scales``, ``shift_stitch``,
         ``max_pixels``, ``threads``, ``compile``: see the class).
         """
-        from fcnseg.engine.checkpoint import model_from_checkpoint
-        from fcnseg.inference import int8 as int8_models
+        opened = open_source(source, int8=int8, mirror=mirror)
+        return cls.from_opened(opened, backend=backend, **options)
 
-        path = Path(path)
-        suffix = path.suffix.lower()
-        if int8 is None and suffix not in (".pt", ".pth", ".safetensors") and int8_models.is_int8_model(path):
-            int8 = path
-        if int8 is not None:
-            if backend not in (None, *runtimes.RUNTIMES):
-                raise FcnsegError(f"{int8} is an int8 model; it runs on onnxruntime or openvino, "
-                                  f"not --backend {backend}")
-            backend = backend or int8_models.default_runtime()
-            data, meta, record = int8_models.read_model(int8)
-            if Path(int8) != path:  # paired with a checkpoint: it must be the one it was quantized from
-                model, ckpt_meta = model_from_checkpoint(path)
-                int8_models.check_source(record, int8, ckpt_meta, model, path)
-            return cls(None, meta, backend=backend, onnx_model=data, int8_record=record, **options)
-        if suffix == ".onnx":
-            if backend not in (None, *runtimes.RUNTIMES):
-                raise FcnsegError(f"{path} is an ONNX model; use --backend onnxruntime or openvino, or pass "
-                                  "the .pt checkpoint")
-            if not path.is_file():
-                raise FcnsegError(f"ONNX model {path} does not exist; check the path")
-            data = path.read_bytes()
-            return cls(None, export.onnx_meta(data, path), backend=backend or "onnxruntime", onnx_model=data,
-                       **options)
-        if suffix == ".safetensors":
-            state, meta = export.load_safetensors(path)
-            source = {"model": state, "meta": meta}
-        else:
-            if path.is_file() and not zipfile.is_zipfile(path):  # torch.save writes zip archives
-                raise FcnsegError(f"{path} is not an fcnseg checkpoint; pass a .pt file written by "
-                                  "`fcnseg train`, or a .safetensors/.onnx file from `fcnseg export`")
-            source = path
-        try:
-            model, meta = model_from_checkpoint(source, str(path))
-        except FcnsegError as exc:  # e.g. "unknown model": say which file asked for it
-            if str(path) in str(exc):
-                raise
-            raise FcnsegError(f"checkpoint {path}: {exc}") from None
-        return cls(model, meta, backend=backend or "torch", **options)
+    from_checkpoint = from_pretrained  # the older name; any source works with either
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, backend: str | None = None,
-                        mirror: str | None = None, **options) -> "Segmenter":
-        """Published weights by name (downloaded and verified once; see `fcnseg weights list`), or
-        any weights file: .caffemodel, pytorch-fcn or torchvision .pth, fcnseg .pt/.safetensors/.onnx."""
-        from fcnseg.weights import is_registered, load
+    def from_opened(cls, opened, *, backend: str | None = None, **options) -> "Segmenter":
+        """A Segmenter for an :class:`fcnseg.weights.OpenedModel` (torch module or ONNX bytes)."""
+        if opened.is_onnx:
+            from fcnseg.inference import int8 as int8_models
 
-        if not is_registered(name_or_path) and Path(name_or_path).suffix.lower() in (".onnx", ".safetensors"):
-            return cls.from_checkpoint(name_or_path, backend=backend, **options)
-        model, meta = load(name_or_path, mirror=mirror)
-        return cls(model, meta, backend=backend or "torch", **options)
+            kind = "an int8 model" if opened.is_int8 else "an ONNX model"
+            if backend not in (None, *runtimes.RUNTIMES):
+                raise FcnsegError(f"{opened.label} is {kind}; it runs on --backend onnxruntime or openvino, "
+                                  f"not --backend {backend} (pass the .pt it was made from for torch)")
+            default = int8_models.default_runtime() if opened.is_int8 else "onnxruntime"
+            return cls(None, opened.meta, backend=backend or default, onnx_model=opened.onnx,
+                       int8_record=opened.int8_record, **options)
+        return cls(opened.module, opened.meta, backend=backend or "torch", **options)
 
     # ----------------------------------------------------------------------------- prediction
 
@@ -295,7 +263,8 @@ class Segmenter:
 
     def describe(self) -> str:
         """One line saying what runs and how (model, backend, fast path, tiling, TTA)."""
-        parts = [f"{self.meta['model_name']} ({self.num_classes} classes, {self.normalization} "
+        trained = f"trained on {self.meta.trained_on}" if self.meta.trained_on else "training data not recorded"
+        parts = [f"{self.meta.model_name} ({self.num_classes} classes, {trained}, {self.normalization} "
                  "normalisation)"]
         if self.backend != "torch" and self.int8_record:
             calib = self.int8_record.get("calibration", {})
@@ -330,6 +299,26 @@ class Segmenter:
         if self.shift_stitch and self.shift_stitch > 1:
             parts.append(f"shift-and-stitch x{self.shift_stitch}")
         return " | ".join(parts)
+
+
+def open_source(source: str | os.PathLike, *, int8: str | os.PathLike | None = None,
+                mirror: str | None = None):
+    """fcnseg.weights.open_model(source), or with ``int8`` that int8 model, after checking it was
+    quantized from ``source``'s architecture and weights (the one place such a pair is checked)."""
+    from fcnseg.inference import int8 as int8_models
+    from fcnseg.weights import open_model
+
+    opened = open_model(source, mirror=mirror)
+    if int8 is None:
+        return opened
+    paired = open_model(int8)
+    if not paired.is_int8:
+        raise FcnsegError(f"--int8 {int8} is not an int8 model from `fcnseg quantize`; run "
+                          f"`fcnseg quantize --weights {source}` first")
+    if paired.path != opened.path:
+        int8_models.check_source(paired.int8_record, int8, opened.meta,
+                                 opened.require_module("--int8 (checking the pair)"), source)
+    return paired
 
 
 def _inference_device(device: str | torch.device | None, backend: str) -> torch.device:

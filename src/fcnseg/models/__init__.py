@@ -1,7 +1,10 @@
 """Segmentation models: the FCN family on VGG16/AlexNet, dilated-ResNet FCN, U-Net.
 
-    create_model(name, num_classes, *, backbone=None, geometry=None, backbone_weights=None,
-                 width=1.0, **options) -> nn.Module     (see create_model's docstring for names)
+    build_model(name, num_classes, *, backbone=None, geometry=None, backbone_weights=None,
+                width=1.0, **options) -> nn.Module      the bare architecture (docstring: every name)
+    create_model(name, num_classes, ..., weights=None)  the public one: build_model, or trained weights
+                                                        by name/file (= fcnseg.create_model, defined in
+                                                        fcnseg.weights.api, imported on first use)
     list_models() -> list[str]
     load_matching(model, state_dict) -> (loaded_keys, skipped_keys)     staged initialisation
     count_flops(model, (H, W)) -> int                                    counted, not estimated
@@ -16,8 +19,17 @@ from fcnseg.models import fcn, resnet, unet  # noqa: F401  (importing registers 
 from fcnseg.models.fcn import FCN
 from fcnseg.models.flops import count_flops, count_parameters
 from fcnseg.models.layers import BilinearUpsample, bilinear_kernel
-from fcnseg.models.registry import create_model, list_models, model_entry
+from fcnseg.models.registry import build_model, list_models, model_entry
 from fcnseg.models.surgery import load_backbone_weights, load_matching
 
-__all__ = ["FCN", "BilinearUpsample", "bilinear_kernel", "count_flops", "count_parameters", "create_model",
+__all__ = ["FCN", "BilinearUpsample", "bilinear_kernel", "count_flops", "count_parameters", "build_model",
+           "create_model",
            "list_models", "model_entry", "load_backbone_weights", "load_matching"]
+
+
+def __getattr__(name: str):
+    if name == "create_model":  # one public create_model: the one that also takes trained weights
+        from fcnseg.weights.api import create_model
+
+        return create_model
+    raise AttributeError(f"module 'fcnseg.models' has no attribute {name!r}")

@@ -40,7 +40,8 @@ class FCN(nn.Module):
 
     ``forward(x)`` takes (N, 3, H, W) and returns (N, num_classes, H, W) scores for any H, W >= 1.
     ``output_stride`` is the trunk's coarsest stride (32 for VGG16 and AlexNet, whatever the skips):
-    the pooling grid repeats every ``output_stride`` pixels.
+    the pooling grid repeats every ``output_stride`` pixels. ``score_stride`` is the stride of the
+    finest score map, the one upsampled to the input (FCN-32s 32, FCN-16s 16, FCN-8s 8).
     """
 
     def __init__(self, backbone: ClassifierTrunk, num_classes: int, skips: tuple[str, ...] = (),
@@ -66,6 +67,7 @@ class FCN(nn.Module):
             scores = upsampled if offset >= 0 else skip  # the fused map has the cropped-to grid
             previous = tap
         factor = int(scores.stride)
+        self.score_stride = factor
         self.final_name = f"upscore{factor}"
         kernel = 2 * factor - 1 if backbone.odd_upsampler else None  # FCN-AlexNet: 63x63, crop 18
         setattr(self, self.final_name, BilinearUpsample(num_classes, factor, learn_final_upsample, kernel))

@@ -1,4 +1,7 @@
-"""The model registry: ``create_model`` and ``list_models``."""
+"""The model registry: ``build_model`` (the bare architecture) and ``list_models``.
+
+The public ``create_model`` (``fcnseg.create_model`` = ``fcnseg.models.create_model``) lives in
+``fcnseg.weights.api``: it calls ``build_model`` and also takes trained ``weights=``."""
 
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ def register_model(name: str, entry: ModelEntry) -> None:
 
 
 def list_models() -> list[str]:
-    """Names accepted by ``create_model``, sorted."""
+    """Names accepted by ``build_model`` / ``create_model``, sorted."""
     return sorted(_REGISTRY)
 
 
@@ -40,10 +43,11 @@ def model_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def create_model(name: str, num_classes: int, *, backbone: str | None = None, geometry: str | None = None,
+def build_model(name: str, num_classes: int, *, backbone: str | None = None, geometry: str | None = None,
                  backbone_weights: WeightsSource | None = None, width: float = 1.0,
                  **options) -> nn.Module:
-    """Build a segmentation model. ``forward(x)``: (N, 3, H, W) float -> (N, num_classes, H, W) scores.
+    """Build a segmentation model (random or backbone-initialised weights; for trained weights use
+    ``fcnseg.create_model(..., weights=)``). ``forward(x)``: (N, 3, H, W) float -> (N, num_classes, H, W) scores.
 
     Models (``backbone`` / ``geometry``: the first listed is the default; None picks it):
         fcn32s        VGG16, "alexnet" (torchvision's) or "caffenet" (the reference FCN-AlexNet's

@@ -162,18 +162,17 @@ def create_app(segmenter, config: ServeConfig) -> FastAPI:
     palette = class_palette(segmenter)
     names = segmenter.class_names
     source = Path(config.checkpoint or config.weights).name  # never the server's folders
-    meta = segmenter.meta
-    trained_on = getattr(meta, "trained_on", None) or (meta.get("trained_on") if hasattr(meta, "get") else None)
+    meta = segmenter.meta  # a fcnseg.weights.ModelMeta
     model_info = {
-        "model": segmenter.meta["model_name"],
+        "model": meta.model_name,
         "source": source,
         "num_classes": segmenter.num_classes,
-        "trained_on": trained_on if isinstance(trained_on, (str, dict)) else None,
+        "trained_on": meta.trained_on,
         "classes": [{"id": i, "name": names[i], "color": list(palette[i])} for i in range(segmenter.num_classes)],
         "normalization": normalization_info(segmenter.normalization),
         "model_kwargs": {
             k: v
-            for k, v in segmenter.meta.get("model_kwargs", {}).items()
+            for k, v in meta.model_kwargs.items()
             if isinstance(v, (int, float, str, bool)) or v is None
         },
         "backend": segmenter.backend,

@@ -48,8 +48,8 @@ def host_name_problem(value: list) -> str | None:
 @dataclass
 class ServeConfig:
     # the model: set by the shared model options (--checkpoint/--weights/--backend/--no-fast)
-    checkpoint: str | None = None  # .pt, .safetensors or .onnx
-    weights: str | None = None  # published weights by name (fcn8s-voc, ...) or any weights file
+    checkpoint: str | None = None  # the older name of ``weights`` (either may be given)
+    weights: str | None = None  # published weights by name (fcn8s-voc, ...) or any model file
     backend: str | None = None  # torch / onnxruntime; None = by file type
     fast: bool | None = None  # bf16 fast path; None = where the CPU supports it
     # the server: each field is also a `fcnseg serve` option
@@ -87,7 +87,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.weights is None):
-            raise FcnsegError("give exactly one of --checkpoint FILE or --weights NAME")
+            raise FcnsegError("give exactly one model: --weights NAME_OR_FILE (or its alias --checkpoint)")
         for f in fields(self):
             if f.metadata:
                 value = _typed(f, getattr(self, f.name))
@@ -239,6 +239,4 @@ def load_segmenter(config: ServeConfig):
         "max_pixels": config.max_pixels,
         "threads": config.intra_op_threads,
     }
-    if config.weights is not None:
-        return Segmenter.from_pretrained(config.weights, **options)
-    return Segmenter.from_checkpoint(config.checkpoint, **options)
+    return Segmenter.from_pretrained(config.weights or config.checkpoint, **options)  # any model source

@@ -2,7 +2,7 @@
 
     resolve("fcn8s-voc")            -> ~/.cache/fcnseg/weights/fcn8s-heavy-pascal.caffemodel (downloaded once)
     resolve("my.caffemodel")        -> my.caffemodel (an existing file is used as it is)
-    load("fcn8s-voc")               -> (model in eval mode, meta)     meta as in an fcnseg checkpoint
+    load("fcn8s-voc")               -> (model in eval mode, ModelMeta)   torch weights via open_model
     convert("x.caffemodel", "x.pt") -> an ordinary fcnseg checkpoint (weights_only, metadata inside)
 """
 
@@ -30,16 +30,16 @@ def resolve(name_or_path: str | os.PathLike, *, mirror: str | None = None,
     if is_registered(name_or_path):
         return download(get_entry(str(name_or_path)), mirror=mirror, progress=progress)
     path = Path(name_or_path).expanduser()
-    if path.is_file():
+    if path.exists():
         return path
     raise FcnsegError(unknown_message(str(name_or_path), kind))
 
 
-def load(name_or_path: str | os.PathLike, *, model: str | None = None, mirror: str | None = None,
-         progress: bool | None = None):
-    """(model, meta) for a registered name or a weights file of any supported format."""
-    from fcnseg.weights.loaders import load_file
-
+def resolve_entry(name_or_path: str | os.PathLike, *, mirror: str | None = None,
+                  progress: bool | None = None):
+    """(registry entry or None, local path) of a model source. A registered name is downloaded once;
+    a file keeps the entry of the published file it is (same name, in the weights cache) so its
+    classes and palette are known. Backbones and entries fcnseg cannot run yet are refused here."""
     entry = get_entry(str(name_or_path)) if is_registered(name_or_path) else None
     if entry is not None and entry.kind == "backbone":
         raise FcnsegError(f"{entry.name!r} are ImageNet backbone weights, not a segmentation model; pass "
@@ -50,8 +50,16 @@ def load(name_or_path: str | os.PathLike, *, model: str | None = None, mirror: s
     if entry is None:  # a published file under its published name: take its classes and palette
         entry = next((e for e in REGISTRY.values() if e.kind == "model" and e.runnable
                       and e.filename == path.name), None)
-    return load_file(path, model=model or (entry.model if entry else None),
-                     meta=entry.meta() if entry else None)
+    return entry, path
+
+
+def load(name_or_path: str | os.PathLike, *, model: str | None = None, mirror: str | None = None,
+         progress: bool | None = None):
+    """(torch model in eval mode, ModelMeta) for any model source (see :func:`open_model`)."""
+    from fcnseg.weights.open import open_model
+
+    opened = open_model(name_or_path, model=model, mirror=mirror, progress=progress)
+    return opened.require_module("a PyTorch model"), opened.meta
 
 
 def backbone_file(name_or_path: str | os.PathLike, *, mirror: str | None = None,
@@ -79,20 +87,22 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, model: str | N
 
 def create_model(name: str, num_classes: int | None = None, *, weights: str | os.PathLike | None = None,
                  backbone_weights=None, **kwargs):
-    """``fcnseg.models.create_model`` that also takes trained ``weights`` (a registered name or a file
-    of any supported format) and a registered backbone name for ``backbone_weights``.
+    """Build a model: the one public ``create_model`` (``fcnseg.create_model``, ``fcnseg.models.create_model``).
 
-    With ``weights`` the architecture and class count come from the weights; ``num_classes`` and
-    other options, if given, must agree with them.
+    Without ``weights``: ``fcnseg.models.build_model`` (see its docstring for every model name and
+    option), with a registered backbone name (e.g. "vgg16") accepted for ``backbone_weights``.
+    With ``weights`` (a registered name or a file of any supported format) the architecture and
+    class count come from the weights; ``num_classes`` and other options, if given, must agree
+    with them. The model's ModelMeta is ``model.fcnseg_meta``.
     """
-    from fcnseg.models import create_model as build
+    from fcnseg.models import build_model
 
     if weights is not None:
         model, meta = load(weights, model=name)
-        found = meta["model_kwargs"]
-        if meta["model_name"] != name:
-            raise FcnsegError(f"weights {weights} are a {meta['model_name']}, not a {name}; "
-                              f"use create_model({meta['model_name']!r}, weights=...)")
+        found = meta.model_kwargs
+        if meta.model_name != name:
+            raise FcnsegError(f"weights {weights} are a {meta.model_name}, not a {name}; "
+                              f"use create_model({meta.model_name!r}, weights=...)")
         for key, value in {"num_classes": num_classes, **kwargs}.items():
             if value is not None and key in found and found[key] != value:
                 raise FcnsegError(f"weights {weights} have {key}={found[key]!r}, not {value!r}; "
@@ -104,4 +114,4 @@ def create_model(name: str, num_classes: int | None = None, *, weights: str | os
     if isinstance(backbone_weights, str) and (is_registered(backbone_weights)
                                               or not Path(backbone_weights).expanduser().exists()):
         backbone_weights = backbone_file(backbone_weights)  # a name, or a missing file: "did you mean"
-    return build(name, num_classes, backbone_weights=backbone_weights, **kwargs)
+    return build_model(name, num_classes, backbone_weights=backbone_weights, **kwargs)

@@ -35,6 +35,10 @@ class _Malformed(Exception):
     pass
 
 
+class CaffeModelDamaged(FcnsegError):
+    """The bytes stop being a NetParameter: a truncated or corrupt .caffemodel."""
+
+
 def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
     result = shift = 0
     while True:
@@ -161,18 +165,12 @@ def parse_caffemodel(raw: bytes, label: str = "(in memory)") -> dict[str, CaffeL
             if layer.blobs:
                 layers[layer.name] = layer
     except (_Malformed, ValueError, IndexError) as exc:
-        raise FcnsegError(f"caffemodel {label} is truncated or corrupt ({exc}); download it again "
+        raise CaffeModelDamaged(f"caffemodel {label} is truncated or corrupt ({exc}); download it again "
                           "(or check that it is a .caffemodel, not a .prototxt)") from None
     if not layers:
         raise FcnsegError(f"{label} holds no Caffe layers with weights; pass a .caffemodel file "
                           "(the weights), not a .prototxt (the net description)")
     return layers
-
-
-def looks_like_caffemodel(path: str | os.PathLike) -> bool:
-    """Cheap content check: a NetParameter starts with a field that a NetParameter can have."""
-    with open(path, "rb") as f:
-        return is_caffemodel_head(f.read(3))
 
 
 def is_caffemodel_head(head: bytes) -> bool:

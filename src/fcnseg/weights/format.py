@@ -2,7 +2,9 @@
 
 A checkpoint is a plain dict of tensors and primitives (read with weights_only=True):
 ``{"format": "fcnseg.checkpoint", "version": 1, "model": state_dict, "meta": {...},
-"train_state": {...} | None}``; see fcnseg.engine.checkpoint for the fields of ``meta``.
+"train_state": {...} | None}``; ``meta`` is :meth:`fcnseg.weights.meta.ModelMeta.to_dict`.
+Exports carry the same dict as JSON under ``META_KEY`` (safetensors header, ONNX metadata_props);
+int8 models add their quantization record under ``INT8_KEY``.
 """
 
 from __future__ import annotations
@@ -14,13 +16,18 @@ from fcnseg.errors import FcnsegError
 
 FORMAT = "fcnseg.checkpoint"
 VERSION = 1
+META_KEY = "fcnseg"          # exports: the ModelMeta dict as JSON
+INT8_KEY = "fcnseg_int8"     # int8 models: the quantization record as JSON
 
 
-def payload(model_state: dict, meta: dict, train_state: dict | None = None) -> dict:
+def payload(model_state: dict, meta, train_state: dict | None = None) -> dict:
+    """The checkpoint dict; ``meta`` is a ModelMeta (or a dict of any layout ModelMeta reads)."""
     from fcnseg import __version__
     from fcnseg.files import content_digest
+    from fcnseg.weights.meta import as_meta
 
-    body = {"model": model_state, "meta": {**meta, "fcnseg_version": __version__}, "train_state": train_state}
+    meta = as_meta(meta).with_(fcnseg_version=__version__).to_dict()
+    body = {"model": model_state, "meta": meta, "train_state": train_state}
     return {"format": FORMAT, "version": VERSION, **body, "digest": content_digest(body)}
 
 
@@ -54,16 +61,18 @@ def check(obj: Any, path: str | os.PathLike) -> dict:
 
 def structure_problem(ckpt: dict) -> str | None:
     """What is missing from a checkpoint that everything reading it relies on, or None."""
+    from fcnseg.weights.meta import ModelMeta
+
     meta = ckpt.get("meta")
     if not isinstance(ckpt.get("model"), dict):
         return "no weights ('model' is missing)"
     if not isinstance(meta, dict):
         return "no metadata ('meta' is missing)"
-    if not isinstance(meta.get("model_name"), str):
-        return "no model name in its metadata"
-    kwargs = meta.get("model_kwargs")
-    if not isinstance(kwargs, dict) or not isinstance(kwargs.get("num_classes", 0), int):
-        return "no valid model options in its metadata"
+    try:
+        ModelMeta.from_dict(meta)
+    except FcnsegError as exc:
+        return str(exc).split(" has ", 1)[-1].split(";")[0]
+    kwargs = meta["model_kwargs"]
     from fcnseg.config import MAX_CLASSES
 
     if not 1 <= kwargs.get("num_classes", 1) <= MAX_CLASSES:
@@ -77,14 +86,37 @@ def structure_problem(ckpt: dict) -> str | None:
     return None
 
 
-def build_model(meta: dict, state: dict, label: str):
-    """The model ``meta`` describes, with ``state`` loaded strictly."""
-    from fcnseg.models import create_model
+def _shape(t) -> str:
+    return "x".join(map(str, t.shape)) or "scalar"
 
-    model = create_model(meta["model_name"], **meta["model_kwargs"])
+
+def build_model(meta, state: dict, label: str):
+    """The model ``meta`` (a ModelMeta) describes, with ``state`` loaded strictly; a tensor that is
+    missing, extra or of another shape is named."""
+    from fcnseg.models import build_model as build
+    from fcnseg.weights.meta import as_meta
+
+    meta = as_meta(meta, label)
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise FcnsegError(f"checkpoint {label} does not match model {meta['model_name']} "
-                          f"({str(exc).splitlines()[0][:160]})") from None
+        model = build(meta.model_name, **meta.model_kwargs)
+    except FcnsegError as exc:  # e.g. "unknown model": say which file asked for it
+        raise FcnsegError(f"{label}: {exc}") from None
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and hasattr(value, "shape") and tuple(value.shape) != tuple(own[key].shape):
+            raise FcnsegError(f"{label}: tensor {key} has shape {_shape(value)}, model {meta.model_name} "
+                              f"{_kwargs_text(meta)} expects {_shape(own[key])}; the weights do not belong "
+                              "to this model (damaged metadata?)")
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    if missing or extra:
+        what = f"has no tensor {missing[0]}" if missing else f"has a tensor {extra[0]} that the model lacks"
+        more = len(missing) + len(extra) - 1
+        raise FcnsegError(f"{label} {what}{f' (and {more} more differences)' if more else ''}; it does not "
+                          f"match model {meta.model_name} {_kwargs_text(meta)}")
+    model.load_state_dict(state, strict=True)
     return model
+
+
+def _kwargs_text(meta) -> str:
+    return "(" + ", ".join(f"{k}={v}" for k, v in meta.model_kwargs.items()) + ")"

@@ -3,7 +3,8 @@
     .caffemodel           the FCN authors' Caffe models (fcn.berkeleyvision.org), ``layer`` or V1 ``layers``
     pytorch-fcn .pth      wkentaro/pytorch-fcn's state dicts (conv1_1.weight, ..., score_fr, upscore8)
     torchvision seg .pth  fcn_resnet50/101 (backbone.*, classifier.*; aux_classifier.* dropped)
-    fcnseg checkpoint     {"format": "fcnseg.checkpoint", ...}
+
+(fcnseg's own checkpoints and exports, and which of these a file is, are read by fcnseg.weights.open.)
 
 The Caffe and pytorch-fcn files use the reference's layer names, mapped here onto fcnseg's keys:
 conv1_1 ... conv5_3 (FCN-AlexNet: conv1 ... conv5, on the caffenet trunk) -> ``backbone.features.<i>``
@@ -18,9 +19,6 @@ file must be used (or be a known extra, e.g. SIFT Flow's geometric head, which i
 from __future__ import annotations
 
 import logging
-import os
-import zipfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,8 +26,6 @@ import torch
 from torch import nn
 
 from fcnseg.errors import FcnsegError
-from fcnseg.files import safe_torch_load
-from fcnseg.weights import format as ckpt_format
 
 log = logging.getLogger(__name__)
 
@@ -55,31 +51,21 @@ def reference_names(model: nn.Module) -> dict[str, str]:
     return names
 
 
-# ------------------------------------------------------------------------- reading the formats
+# ------------------------------------------------------------------------- state dicts and reference layers
 
-def detect(path: Path) -> tuple[str, Any]:
-    """(format, content): "caffe" -> {name: [arrays]}, "pytorch-fcn"/"torchvision-seg"/"torchvision"
-    /"state-dict" -> state dict, "checkpoint" -> the checkpoint dict."""
-    from fcnseg.weights.caffe import looks_like_caffemodel, read_caffemodel
-
-    if not path.is_file():
-        raise FcnsegError(f"weights file {path} does not exist; check the path")
-    if not zipfile.is_zipfile(path) and looks_like_caffemodel(path):
-        layers = read_caffemodel(path)
-        return "caffe", {name: layer.blobs for name, layer in layers.items()}
-    obj = safe_torch_load(path, "weights file")
-    if ckpt_format.is_checkpoint(obj):
-        return "checkpoint", ckpt_format.check(obj, path)
+def state_dict_kind(obj: Any, label: str) -> str:
+    """"pytorch-fcn", "torchvision-seg", "torchvision" or "state-dict" for a dict of tensors read from a
+    torch or safetensors file (the file format itself is decided by fcnseg.weights.open.file_kind)."""
     if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
-        raise FcnsegError(f"weights file {path} is neither an fcnseg checkpoint nor a state dict of "
-                          "tensors; pass a .caffemodel, a pytorch-fcn/torchvision .pth or an fcnseg .pt")
-    if "conv1_1.weight" in obj:
-        return "pytorch-fcn", obj
+        raise FcnsegError(f"{label} is a PyTorch file but neither an fcnseg checkpoint nor a state dict of "
+                          "tensors; pass an fcnseg .pt, a pytorch-fcn/torchvision .pth or a .caffemodel")
+    if "conv1_1.weight" in obj or ("conv1.weight" in obj and "fc6.weight" in obj and "score_fr.weight" in obj):
+        return "pytorch-fcn"
     if "backbone.conv1.weight" in obj and "classifier.4.weight" in obj:
-        return "torchvision-seg", obj
+        return "torchvision-seg"
     if "features.0.weight" in obj or "conv1.weight" in obj:
-        return "torchvision", obj
-    return "state-dict", obj
+        return "torchvision"
+    return "state-dict"
 
 
 def _reference_layers_from_state(state: dict) -> dict[str, list[torch.Tensor]]:
@@ -192,79 +178,78 @@ def _torchvision_seg(state: dict, label: str) -> tuple[str, dict, dict]:
     return f"fcn-{depth}", kwargs, state
 
 
-def _default_meta(model_name: str, kwargs: dict, normalization: str) -> dict:
+def _meta(model_name: str, kwargs: dict, normalization: str, entry, label: str):
+    """The ModelMeta of a converted file: the registry entry's classes, palette and normalisation
+    where the file is a published one, else VOC's names for 21 classes, none otherwise."""
     from fcnseg.data.voc import CLASS_NAMES, PALETTE
+    from fcnseg.weights.meta import ModelMeta, published_data
 
     n = kwargs["num_classes"]
-    names, palette = (list(CLASS_NAMES), [list(c) for c in PALETTE]) if n == len(CLASS_NAMES) else ([], [])
-    return {"model_name": model_name, "model_kwargs": kwargs, "class_names": names, "palette": palette,
-            "normalization": normalization}
+    if entry is not None:
+        if entry.model_kwargs.get("num_classes", n) != n or (entry.class_names and len(entry.class_names) != n):
+            raise FcnsegError(f"{label} has {n} classes, the registry entry {entry.name} "
+                              f"{entry.num_classes or entry.model_kwargs.get('num_classes')}; the file is not "
+                              f"the published one: re-download it with `fcnseg weights download {entry.name} --force`")
+        return ModelMeta(model_name, kwargs, entry.class_names, entry.palette, entry.normalization,
+                         source=entry.name, trained_on=published_data(entry.name))
+    voc = n == len(CLASS_NAMES)
+    return ModelMeta(model_name, kwargs, CLASS_NAMES if voc else (), PALETTE if voc else (), normalization,
+                     trained_on=None)
 
 
-def load_file(path: str | os.PathLike, *, model: str | None = None, meta: dict | None = None
-              ) -> tuple[nn.Module, dict]:
-    """(model, meta) from a weights file of any supported format (see the module docstring).
+def from_reference(layers: dict[str, list], kind: str, label: str, *, model: str | None = None, entry=None):
+    """(model, ModelMeta) from reference-named layers: a .caffemodel's blobs ("caffe") or a
+    pytorch-fcn state dict regrouped ("pytorch-fcn")."""
+    from fcnseg.models import build_model
 
-    ``model`` (e.g. "fcn8s-atonce") names the architecture where the file cannot tell it apart;
-    ``meta`` (from the registry) supplies class names, palette and normalisation.
-    """
-    from fcnseg.models import create_model
+    name, num_classes, width, suffix, backbone = _arch_from_reference(layers, label)
+    model = model or (entry.model if entry is not None else None)
+    if model and model != name and {model, name} != {"fcn8s", "fcn8s-atonce"}:
+        raise FcnsegError(f"{label} holds an {name} ({kind} layer names), not a {model}; "
+                          f"pass --model {name} or the matching file")
+    name = model or name
+    kwargs = {"num_classes": num_classes, "backbone": backbone, "geometry": "caffe"}
+    if width != 1:
+        kwargs["width"] = width
+    net = build_model(name, **kwargs)
+    load_reference(net, layers, label, suffix)
+    return net.eval(), _meta(name, kwargs, "caffe", entry, label)
 
-    path = Path(path)
-    label = str(path)
-    kind, content = detect(path)
-    if kind == "checkpoint":
-        found = content["meta"]
-        if model and model != found["model_name"]:
-            raise FcnsegError(f"{label} holds a {found['model_name']}, not a {model}; drop --model or pass "
-                              "the matching file")
-        return ckpt_format.build_model(found, content["model"], label), found
-    if kind in ("caffe", "pytorch-fcn"):
+
+def from_state_dict(state: dict, label: str, *, model: str | None = None, entry=None):
+    """(model, ModelMeta) from a state dict without fcnseg metadata: pytorch-fcn or torchvision's
+    fcn_resnet. Backbone (classification) weights and unknown key sets are refused, naming the fix."""
+    from fcnseg.models import build_model
+
+    kind = state_dict_kind(state, label)
+    if kind == "pytorch-fcn":
         try:
-            layers = content if kind == "caffe" else _reference_layers_from_state(content)
+            layers = _reference_layers_from_state(state)
         except FcnsegError as exc:
             raise FcnsegError(f"{label}: {exc}; {FIX}") from None
-        name, num_classes, width, suffix, backbone = _arch_from_reference(layers, label)
-        if model and model != name and {model, name} != {"fcn8s", "fcn8s-atonce"}:
-            raise FcnsegError(f"{label} holds an {name} ({kind} layer names), not a {model}; "
-                              f"pass --model {name} or the matching file")
-        name = model or name
-        kwargs = {"num_classes": num_classes, "backbone": backbone, "geometry": "caffe"}
-        if width != 1:
-            kwargs["width"] = width
-        net = create_model(name, **kwargs)
-        load_reference(net, layers, label, suffix)
-        normalization = "caffe"
-    elif kind == "torchvision-seg":
-        name, kwargs, state = _torchvision_seg(content, label)
+        return from_reference(layers, kind, label, model=model, entry=entry)
+    if kind == "torchvision-seg":
+        name, kwargs, state = _torchvision_seg(state, label)
+        model = model or (entry.model if entry is not None else None)
         if model and model != name:
             raise FcnsegError(f"{label} holds a torchvision {name}, not a {model}; pass --model {name}")
         if kwargs["width"] == 1:
             del kwargs["width"]
-        net = create_model(name, **kwargs)
+        net = build_model(name, **kwargs)
+        own = net.state_dict()
+        for key, value in state.items():
+            if key in own and tuple(value.shape) != tuple(own[key].shape):
+                _fit(value, own[key], f"{label}: tensor {key}")
         missing, unexpected = net.load_state_dict(state, strict=False)
         bad = [k for k in missing if not k.endswith("num_batches_tracked")] or unexpected
         if bad:
             what = "lacks" if [k for k in missing if not k.endswith("num_batches_tracked")] else "has unexpected"
             raise FcnsegError(f"{label} {what} {bad[0]}{' and more' if len(bad) > 1 else ''}; "
                               f"expected a torchvision {name} state dict")
-        normalization = "imagenet"
-    elif kind == "torchvision":
+        return net.eval(), _meta(name, kwargs, "imagenet", entry, label)
+    if kind == "torchvision":
         raise FcnsegError(f"{label} is an ImageNet backbone (torchvision classification weights), not a "
                           "segmentation model; pass it as --backbone-weights / backbone_weights=")
-    else:
-        raise FcnsegError(f"{label} is a state dict whose keys fcnseg does not recognise "
-                          f"({', '.join(list(content)[:3])}, ...); save it as an fcnseg checkpoint "
-                          "(fcnseg train) or pass a .caffemodel / pytorch-fcn / torchvision file")
-    out_meta = _default_meta(name, dict(kwargs), normalization)
-    if meta:
-        out_meta.update({k: v for k, v in meta.items() if k not in ("model_name", "model_kwargs")})
-        if meta.get("model_kwargs", {}).get("num_classes", num_classes_of(out_meta)) != num_classes_of(out_meta):
-            raise FcnsegError(f"{label} has {num_classes_of(out_meta)} classes, the registry entry "
-                              f"{meta.get('source')} {meta['model_kwargs']['num_classes']}; the file is not "
-                              "the published one -- delete it and download again")
-    return net.eval(), out_meta
-
-
-def num_classes_of(meta: dict) -> int:
-    return int(meta["model_kwargs"]["num_classes"])
+    raise FcnsegError(f"{label} is a state dict whose keys fcnseg does not recognise "
+                      f"({', '.join(list(state)[:3])}, ...); save it as an fcnseg checkpoint "
+                      "(fcnseg train) or pass a .caffemodel / pytorch-fcn / torchvision file")
