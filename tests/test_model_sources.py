@@ -12,12 +12,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_weights_convert import (
-    caffemodel_bytes,
-    pytorch_fcn_state,
-    random_reference,
-    torchvision_fcn_state,
-)
 
 import fcnseg.models  # noqa: F401  (the converters test builds through fcnseg.models)
 from fcnseg.cli import main
@@ -26,6 +20,12 @@ from fcnseg.errors import FcnsegError
 from fcnseg.serving.config import ServeConfig, load_segmenter
 from fcnseg.weights import ModelMeta, file_kind, open_model
 from fcnseg.weights.meta import META_VERSION
+from test_weights_convert import (
+    caffemodel_bytes,
+    pytorch_fcn_state,
+    random_reference,
+    torchvision_fcn_state,
+)
 
 CLASSES = 6  # the built-in shapes data
 VGG_TORCH = ("pt", "safetensors", "caffemodel", "pytorch-fcn")   # the same weights in four files

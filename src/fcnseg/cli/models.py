@@ -24,7 +24,7 @@ def model_rows(num_classes: int = 21, size: tuple[int, int] = (500, 500), width:
     upsampled to the input (FCN-32s 32, FCN-16s 16, FCN-8s 8), summary."""
     import torch
 
-    from fcnseg.models import count_flops, count_parameters, build_model, list_models, model_entry
+    from fcnseg.models import build_model, count_flops, count_parameters, list_models, model_entry
 
     rows = []
     for name in list_models():

@@ -14,8 +14,15 @@ from fcnseg.engine.checkpoint import model_from_checkpoint
 from fcnseg.engine.losses import segmentation_loss
 from fcnseg.engine.metrics import ConfusionMatrix
 from fcnseg.engine.progress import track
-from fcnseg.engine.runtime import (all_reduce_sum, autocast, current_dist, prepare_input, resolve_device,
-                                   resolve_precision, unwrap)
+from fcnseg.engine.runtime import (
+    all_reduce_sum,
+    autocast,
+    current_dist,
+    prepare_input,
+    resolve_device,
+    resolve_precision,
+    unwrap,
+)
 from fcnseg.errors import FcnsegError
 from fcnseg.weights.meta import ModelMeta, as_meta
 

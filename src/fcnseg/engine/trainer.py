@@ -23,7 +23,6 @@ from fcnseg.data.normalize import mean_pixel
 from fcnseg.devices import is_out_of_memory
 from fcnseg.engine.batches import training_batches
 from fcnseg.engine.checkpoint import (
-    load_checkpoint,
     load_resume_checkpoint,
     raise_diverged,
     restore_training,
