@@ -97,3 +97,21 @@ def test_compile_wrapper_traces_the_plain_forward():
     assert "forward_taps" in model.backbone.__dict__
     fastpath.Compiled(model)  # compiles lazily; only the uninstall is checked here
     assert "forward_taps" not in model.backbone.__dict__
+
+
+def test_the_first_image_of_a_size_fills_the_cache_for_the_next_ones():
+    plain, cached = pair(randomised(), fast=False)
+    first_conv = cached.backbone.features[0]
+    calls = []
+    first_conv.register_forward_hook(lambda module, args, out: calls.append(tuple(args[0].shape)))
+    first = torch.randn(2, 3, 40, 52)
+    assert torch.allclose(fastpath.run_model(cached, first, False), fastpath.run_model(plain, first, False),
+                          atol=1e-5)
+    assert calls == [(2, 3, 40, 52)]  # a new size: one plain forward, no extra zero-image pass
+    assert plans(cached) and all(plan is not None for plan in plans(cached).values())
+    for batch in (1, 3):  # other images (and batch sizes) of that size take the partial forward
+        x = torch.randn(batch, 3, 40, 52) * 3
+        expected = fastpath.run_model(plain, x, False)
+        out = fastpath.run_model(cached, x, False)
+        assert torch.allclose(out, expected, atol=1e-5 * expected.abs().max().item())
+    assert len(calls) == 1  # no plain forward again: the partial one runs conv1 on its rectangle itself

@@ -3,8 +3,11 @@
 In the FCN reference geometry the first convolution pads the (normalised) image by 100 zero pixels.
 Wherever a cell's receptive field lies wholly in that pad, its activation does not depend on the
 image, only on the input size: at 500x500 that is 31% of FCN-8s VGG16's FLOPs (about half of
-conv1, 41-46% of conv2-conv3, 29-37% of conv4). :class:`PadConstantTrunk` runs the trunk once on a
-zero image per input size and keeps what later images need of it; each image then computes, layer
+conv1, 41-46% of conv2-conv3, 29-37% of conv4). :class:`PadConstantTrunk` keeps, per input size,
+what later images need of those cells, taken from the first image of that size: its forward is the
+plain one, run layer by layer, and outside the dependent rectangle its maps hold the very values
+every image of that size has, so a new size costs no more than the plain forward (a folder of
+photos in many sizes never pays for a cache it does not reuse). Each later image computes, layer
 by layer, only the *dependent rectangle* (the output cells whose receptive field touches the image),
 taking the halo around it from the cached constants of the previous layer. The result equals the
 plain forward (up to the float rounding of a different convolution shape).
@@ -99,6 +102,21 @@ class _Plan:
         self.steps, self.stop = steps, stop
 
 
+@dataclass
+class _Layout:
+    """The rectangles of the partial forward for one input size, per layer up to ``stop``
+    (see :class:`_Step`); ``whole``: the layer's output is needed as a whole map (a tap, or the last)."""
+
+    stop: int
+    sizes: list
+    tile: list
+    have: list
+    need: list
+    clip: list
+    out: list
+    whole: list
+
+
 def _out_size(geo: _Spatial, n: int, ceil_mode: bool) -> int:
     """PyTorch's output length of a convolution / pooling (padding ``geo.padding``) on ``n`` cells."""
     span = n + 2 * geo.padding - geo.kernel
@@ -152,20 +170,21 @@ class PadConstantTrunk:
                        for t in (*layer.parameters(), *layer.buffers()))
         return (tuple(x.shape[-2:]), x.dtype, x.device, params, tuple(sorted(taps)))
 
-    def _plan(self, x: Tensor, taps: set[int]) -> _Plan | None:
-        key = self._key(x, taps)
+    def _cached(self, key: tuple) -> tuple[bool, _Plan | None]:
         with self.lock:  # a server may predict from several threads
             if key in self.plans:
                 self.plans.move_to_end(key)
-                return self.plans[key]
-            plan = self._build(x, taps)
+                return True, self.plans[key]
+            return False, None
+
+    def _store(self, key: tuple, plan: _Plan | None) -> None:
+        with self.lock:
             self.plans[key] = plan
             while len(self.plans) > self.max_sizes:
                 self.plans.popitem(last=False)
-            return plan
 
-    def _build(self, x: Tensor, taps: set[int]) -> _Plan | None:
-        """Plan the rectangles for ``x``'s size; run a zero image for the frames and tap constants."""
+    def _layout(self, x: Tensor, taps: set[int]) -> _Layout | None:
+        """The rectangles for ``x``'s size (pure arithmetic, no tensors), None where caching saves too little."""
         # 1. forward: map sizes and dependent rectangles, up to the layer where the image reaches all cells
         size = tuple(x.shape[-2:])
         sizes, dep = [size], [((0, size[0]), (0, size[1]))]
@@ -175,7 +194,7 @@ class PadConstantTrunk:
                 ceil_mode = geo.is_pool and layer.ceil_mode
                 out_size = tuple(_out_size(geo, n, ceil_mode) for n in size)
                 d = tuple(_dependent(geo, dep[-1][i], out_size[i]) for i in range(2))
-                fraction = _area(d) / (out_size[0] * out_size[1])
+                fraction = _area(d) / max(1, out_size[0] * out_size[1])
                 if not geo.is_pool and fraction > self.max_fraction:
                     break  # little left to save: from here on the layers run whole
                 size = out_size
@@ -211,18 +230,32 @@ class PadConstantTrunk:
                 return None
             if not tile[i] and have[i] != need[i]:
                 return None
-        # 3. a zero image through the layers: frames for the tiles, whole maps for the taps
-        a = torch.zeros((1, *x.shape[1:]), dtype=x.dtype, device=x.device).contiguous(memory_format=_format(x))
-        steps = []
-        for i in range(stop):
-            layer, geo = self.layers[i], self.geoms[i]
-            frame = _frame(a, clip[i], have[i]) if tile[i] else ()
+        whole = [out[i] != bounds(i + 1) and (i in taps or i == stop - 1) for i in range(stop)]
+        return _Layout(stop, sizes, tile, have, need, clip, out, whole)
+
+    def _forward_capturing(self, x: Tensor, layout: _Layout | None,
+                           wanted: dict[int, str]) -> tuple[dict[str, Tensor], _Plan | None]:
+        """The plain forward of ``x`` (layer by layer, same outputs as the trunk's own), keeping on
+        the way what later images of this size need: outside its dependent rectangle a map holds
+        the same values for every image, so the first image of a size builds the cache for free."""
+        out: dict[str, Tensor] = {}
+        steps, plan_ok = [], layout is not None
+        a = x
+        for i, layer in enumerate(self.layers):
+            capture = plan_ok and i < layout.stop
+            frame = (_frame(a[:1], layout.clip[i], layout.have[i]) if capture and layout.tile[i] else ())
             a = layer(a)
-            if tuple(a.shape[-2:]) != sizes[i + 1]:
-                return None
-            full = a.clone() if (i in taps or i == stop - 1) and out[i] != bounds(i + 1) else None
-            steps.append(_Step(geo, tile[i], have[i], need[i], clip[i], out[i], frame, full))
-        return _Plan(steps, stop)
+            if i in wanted:
+                out[wanted[i]] = a
+            if capture:
+                if tuple(a.shape[-2:]) != layout.sizes[i + 1]:
+                    plan_ok = False  # a layer the arithmetic got wrong: never use the partial forward
+                    continue
+                full = a[:1].clone() if layout.whole[i] else None
+                steps.append(_Step(self.geoms[i], layout.tile[i], layout.have[i], layout.need[i], layout.clip[i],
+                                   layout.out[i], frame, full))
+        out["fc7"] = self.trunk.classifier[:6](a)
+        return out, (_Plan(steps, layout.stop) if plan_ok else None)
 
     # ----------------------------------------------------------------------------- forward
 
@@ -231,7 +264,12 @@ class PadConstantTrunk:
         if trunk.training or torch.is_grad_enabled():
             return self.plain(x, taps)
         wanted = {trunk.feature_taps[name]: name for name in taps if name != "fc7"}
-        plan = self._plan(x, set(wanted))
+        key = self._key(x, set(wanted))
+        found, plan = self._cached(key)
+        if not found:  # a new size: its own plain forward fills the cache
+            out, plan = self._forward_capturing(x, self._layout(x, set(wanted)), wanted)
+            self._store(key, plan)
+            return out
         if plan is None:
             return self.plain(x, taps)
         out: dict[str, Tensor] = {}
