@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from fcnseg.errors import FcnsegError
 from fcnseg.inference import fastpath
 from fcnseg.inference.fastpath import GemmConv2d, gemm_large_convs, prepare_model, run_model
 from fcnseg.models import create_model
@@ -145,3 +146,21 @@ def test_a_trunk_layer_as_wide_as_the_class_count_is_not_taken_for_the_score_hea
     assert trunk.weight.dtype == torch.bfloat16
     out = run_model(fast, torch.randn(1, 3, 40, 48), True)
     assert out.shape == (1, 4, 40, 48) and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("cap, bf16, described", [("avx2", False, "AVX2 (no AVX512/VNNI/BF16/AMX)"),
+                                                  ("avx512_bf16", True, "AVX2+AVX512+VNNI+BF16 (no AMX)"),
+                                                  ("native", True, "AVX2+AVX512+VNNI+BF16+AMX")])
+def test_cpu_class_can_be_capped_to_run_a_lesser_cpus_paths(monkeypatch, cap, bf16, described):
+    every = frozenset({"fma", "avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"})
+    monkeypatch.setattr(fastpath, "_cpuinfo_flags", lambda: every)
+    monkeypatch.setenv(fastpath.ISA_ENV, cap)
+    assert bool(fastpath.cpu_bf16_flags()) == bf16
+    assert fastpath.cpu_isa().startswith(described)
+    assert ("avx512f" in fastpath.cpu_flags()) == (cap != "avx2")
+
+
+def test_unknown_cpu_class_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv(fastpath.ISA_ENV, "sse2")
+    with pytest.raises(FcnsegError, match="FCNSEG_CPU_ISA='sse2' is not a CPU class; use one of native"):
+        fastpath.cpu_flags()

@@ -8,6 +8,7 @@ from torch import nn
 
 from fcnseg.errors import FcnsegError
 from fcnseg.inference import Segmenter
+from fcnseg.inference import fastpath
 from fcnseg.inference.fastpath import fast_path_supported
 
 META = {"model_name": "standin", "model_kwargs": {"num_classes": 3}, "class_names": ["a", "b", "c"],
@@ -75,7 +76,22 @@ def test_fast_path_agrees_with_fp32_and_says_so():
     assert np.abs(fast.predict_proba(rgb) - fp32).max() < 0.05
     auto = Segmenter(StandIn(), META)
     assert auto.fast == fast_path_supported()
-    assert ("bf16" in auto.describe()) == auto.fast
+
+
+@pytest.mark.parametrize("flags", [(), ("avx512_bf16",)])
+def test_fast_path_dispatch_follows_the_cpu_and_describe_says_which(monkeypatch, flags):
+    monkeypatch.setattr(fastpath, "cpu_bf16_flags", lambda: flags)
+    monkeypatch.setattr(fastpath.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    auto = Segmenter(StandIn(), META)
+    assert auto.fast == bool(flags)
+    text = auto.describe()
+    if flags:
+        assert "torch fast path: bf16 weights" in text and "avx512_bf16" in text
+    else:
+        assert "fast path off: CPU lacks native bf16" in text and "bf16 weights" not in text
+    off = Segmenter(StandIn(), META, fast=False)  # turned off by hand: says so, whatever the CPU
+    assert not off.fast and "fast path off: " + ("disabled" if flags else "CPU lacks") in off.describe()
 
 
 @pytest.mark.parametrize("options", [{"backend": "tensorflow"}, {"tile": -1}, {"overlap": 1.0},
