@@ -80,11 +80,13 @@ def flops(model: nn.Module, size: int) -> int:
     return count_flops(model, (size, size))
 
 
-def make_input(size: int, seed: int = 0) -> torch.Tensor:
-    """A normalised 1x3xSxS batch from a smooth random picture (photo-like, not white noise)."""
+def make_input(size: int, seed: int = 0, width: int | None = None) -> torch.Tensor:
+    """A normalised 1x3xSxW batch (W = S unless given) from a smooth random picture (photo-like,
+    not white noise)."""
+    width = width or size
     rng = np.random.default_rng(seed)
-    small = torch.from_numpy(rng.integers(0, 256, (1, 3, size // 16 + 1, size // 16 + 1)).astype(np.float32))
-    image = nn.functional.interpolate(small, size=(size, size), mode="bicubic", align_corners=False)
+    small = torch.from_numpy(rng.integers(0, 256, (1, 3, size // 16 + 1, width // 16 + 1)).astype(np.float32))
+    image = nn.functional.interpolate(small, size=(size, width), mode="bicubic", align_corners=False)
     return normalize(image.clamp(0, 255).to(torch.uint8), "imagenet")
 
 
@@ -107,9 +109,10 @@ def fcnseg_default(model: nn.Module, args) -> Forward:
     return lambda x: fastpath.run_model(model, x, fast)
 
 
-def fast_no_padcache(model: nn.Module, args) -> Forward:
-    fastpath.prepare_model(model, True, NUM_CLASSES, pad_constants=False)
-    return lambda x: fastpath.run_model(model, x, True)
+def default_no_padcache(model: nn.Module, args) -> Forward:
+    fast = fastpath.fast_path_supported()
+    fastpath.prepare_model(model, fast, NUM_CLASSES, pad_constants=False)
+    return lambda x: fastpath.run_model(model, x, fast)
 
 
 def autocast(model: nn.Module, args) -> Forward:
@@ -128,19 +131,26 @@ def ort_session(data: bytes) -> Forward:
     return lambda x: torch.from_numpy(sess.run(["scores"], {"image": x.numpy()})[0])
 
 
-def openvino_model(data: bytes, args) -> Forward:
+def openvino_model(data: bytes, size: int | None) -> Forward:
+    """OpenVINO's default for this CPU class: bf16 inference precision where the CPU has native bf16,
+    f32 elsewhere (stated explicitly under FCNSEG_CPU_ISA, where OpenVINO itself sees the real CPU).
+    ``size``: a static input shape (OpenVINO at its best), None: dynamic height and width."""
     import tempfile
 
     import openvino as ov
 
+    config = {"INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    if not fastpath.cpu_bf16_flags():
+        config["INFERENCE_PRECISION_HINT"] = "f32"
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
         with open(path, "wb") as f:
             f.write(data)
-        core = ov.Core()  # static shape: OpenVINO at its best; fcnseg's own int8 runs dynamic shapes
+        core = ov.Core()
         model = core.read_model(path)
-        model.reshape({"image": [1, 3, args.size, args.size]})
-        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
+        if size:
+            model.reshape({"image": [1, 3, size, size]})
+        compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
     return lambda x: torch.from_numpy(request.infer({"image": x.numpy()})[compiled.output(0)].copy())
 
@@ -150,7 +160,7 @@ def onnxruntime_fp32(model: nn.Module, args) -> Forward:
 
 
 def openvino_default(model: nn.Module, args) -> Forward:
-    return openvino_model(onnx_bytes(model, META), args)
+    return openvino_model(onnx_bytes(model, META), args.size)
 
 
 _INT8: dict = {}
@@ -183,7 +193,7 @@ def compiled(model: nn.Module, args) -> Forward:
     return lambda x: fastpath.run_model(model, x, True)
 
 
-VARIANTS = {"naive fp32": naive, "fcnseg default": fcnseg_default, "fast, no padcache": fast_no_padcache,
+VARIANTS = {"naive fp32": naive, "fcnseg default": fcnseg_default, "default, no padcache": default_no_padcache,
             "onnxruntime fp32": onnxruntime_fp32, "openvino default": openvino_default,
             "int8 onnxruntime": int8_onnxruntime, "int8 openvino": int8_openvino,
             "bf16 autocast": autocast, "fast+compile": compiled}
@@ -202,20 +212,28 @@ def openvino_installed() -> bool:
 # ------------------------------------------------------------------------------------- measuring
 
 def gemm_peaks(size: int = 2048, reps: int = 5) -> dict[str, float]:
-    """GFLOP/s of the faster of a size^3 bf16 matmul and a 512->512 3x3 bf16 convolution (oneDNN), and
-    of a size^3 int8 matmul (torch._int_mm), this process's threads: the ceilings the variants are
-    compared with."""
+    """The ceilings the variants are compared with, in this process's threads: fp32 (FMA) GFLOP/s, the
+    faster of a size^3 matmul and a 512->512 3x3 convolution (oneDNN); bf16 likewise, where the CPU
+    has native bf16 (emulated bf16 is no ceiling); int8 GOP/s of a size^3 torch._int_mm, where the
+    CPU has VNNI."""
     torch.manual_seed(0)
-    peaks = {}
-    bf = torch.randn(size, size).bfloat16(), torch.randn(size, size).bfloat16()
-    i8 = (torch.randint(-128, 128, (size, size), dtype=torch.int8),
-          torch.randint(-128, 128, (size, size), dtype=torch.int8))
-    conv_x = torch.randn(1, 512, 64, 64).bfloat16().contiguous(memory_format=torch.channels_last)
-    conv_w = torch.randn(512, 512, 3, 3).bfloat16().contiguous(memory_format=torch.channels_last)
+    flags = fastpath.cpu_flags()
+    kinds = [torch.float32] + ([torch.bfloat16] if fastpath.cpu_bf16_flags() else [])
+    tests = []
     conv_flop = 2 * 512 * 512 * 9 * 62 * 62
-    for name, fn, flop in (("bf16", lambda: bf[0] @ bf[1], 2 * size ** 3),
-                           ("bf16", lambda: nn.functional.conv2d(conv_x, conv_w), conv_flop),
-                           ("int8", lambda: torch._int_mm(*i8), 2 * size ** 3)):
+    for dtype in kinds:
+        name = "fp32" if dtype == torch.float32 else "bf16"
+        a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+        conv_x = torch.randn(1, 512, 64, 64).to(dtype).contiguous(memory_format=torch.channels_last)
+        conv_w = torch.randn(512, 512, 3, 3).to(dtype).contiguous(memory_format=torch.channels_last)
+        tests += [(name, lambda a=a, b=b: a @ b, 2 * size ** 3),
+                  (name, lambda x=conv_x, w=conv_w: nn.functional.conv2d(x, w), conv_flop)]
+    if {"avx512_vnni", "avx_vnni", "amx_int8"} & flags:
+        i8 = (torch.randint(-128, 128, (size, size), dtype=torch.int8),
+              torch.randint(-128, 128, (size, size), dtype=torch.int8))
+        tests.append(("int8", lambda: torch._int_mm(*i8), 2 * size ** 3))
+    peaks: dict[str, float] = {}
+    for name, fn, flop in tests:
         fn()
         times = []
         for _ in range(reps):
@@ -224,6 +242,17 @@ def gemm_peaks(size: int = 2048, reps: int = 5) -> dict[str, float]:
             times.append(time.perf_counter() - start)
         peaks[name] = max(peaks.get(name, 0.0), flop / min(times) / 1e9)
     return peaks
+
+
+def kernel_dtype(name: str) -> str:
+    """Which peak a variant is measured against: int8, bf16 (fast path / OpenVINO default on a bf16
+    CPU) or fp32."""
+    if name.startswith("int8"):
+        return "int8"
+    bf16 = bool(fastpath.cpu_bf16_flags())
+    if name in ("fast, no padcache", "bf16 autocast", "fast+compile") or (bf16 and name in ("fcnseg default", "openvino default")):
+        return "bf16"
+    return "fp32"
 
 
 def peak_rss_self_mb() -> float:
@@ -275,7 +304,7 @@ def bench_geometry(geometry: str, names: list[str], args: argparse.Namespace, pe
         rows.append({
             "geometry": geometry, "variant": name, "ms": ms, "gflop": gflop,
             "gflops": gflop / (ms / 1000),
-            "bf16_share": gflop / (ms / 1000) / peaks["bf16"], "int8_share": gflop / (ms / 1000) / peaks["int8"],
+            "peak": kernel_dtype(name), "share": gflop / (ms / 1000) / peaks.get(kernel_dtype(name), float("nan")),
             "speedup": statistics.median(times["naive fp32"]) * 1000 / ms,
             "agree": (outputs[name].argmax(1) == reference.argmax(1)).float().mean().item(),
             "agree_clear": (outputs[name].argmax(1) == reference.argmax(1))[clear].float().mean().item(),
@@ -288,17 +317,101 @@ def bench_geometry(geometry: str, names: list[str], args: argparse.Namespace, pe
 
 
 def print_table(rows: list[dict]) -> None:
-    head = (f"{'geometry':8} {'variant':18} {'median ms':>10} {'GFLOP/s':>8} {'%bf16pk':>8} {'%int8pk':>8} "
+    head = (f"{'geometry':8} {'variant':20} {'median ms':>10} {'GFLOP/s':>8} {'% of peak':>12} "
             f"{'speedup':>8} {'argmax agree':>13} {'margin>1%':>10} {'max|d|/max':>10} {'setup s':>8} "
             f"{'peak RSS MB':>12}")
     print(head)
     print("-" * len(head))
     for r in rows:
         rss = "-" if r["rss_mb"] != r["rss_mb"] else f"{r['rss_mb']:.0f}"
-        print(f"{r['geometry']:8} {r['variant']:18} {r['ms']:10.0f} {r['gflops']:8.1f} "
-              f"{100 * r['bf16_share']:7.1f}% {100 * r['int8_share']:7.1f}% "
+        share = f"{100 * r['share']:5.1f}% {r['peak']}"
+        print(f"{r['geometry']:8} {r['variant']:20} {r['ms']:10.0f} {r['gflops']:8.1f} {share:>12} "
               f"{r['speedup']:7.2f}x {100 * r['agree']:12.2f}% {100 * r['agree_clear']:9.2f}% {r['max_diff']:10.4f} "
               f"{r['setup_s']:8.1f} {rss:>12}")
+
+
+# ------------------------------------------------------------------------------------- a folder of photos
+
+# 20 (height, width) pairs in PASCAL VOC's mix (about half 375x500 landscape, a quarter portrait,
+# the rest assorted), in an order that revisits sizes as a folder listing does.
+VOC_SIZES = [(375, 500), (500, 375), (375, 500), (333, 500), (375, 500), (500, 333), (375, 500), (366, 500),
+             (500, 375), (375, 500), (334, 500), (375, 500), (500, 500), (333, 500), (500, 375), (375, 500),
+             (400, 500), (375, 500), (500, 400), (281, 500)]
+FOLDER_VARIANTS = ("naive fp32", "fcnseg default", "onnxruntime fp32", "openvino default")
+
+
+def bench_folder(geometry: str, args: argparse.Namespace) -> list[dict]:
+    """Each path over VOC_SIZES[:--folder] images, one at a time, as a new `fcnseg predict` meets
+    them: fcnseg's model prepared fresh (its per-size caches cold), onnxruntime and OpenVINO with
+    dynamic height and width. Images interleave the variants, so load hits them alike."""
+    base = build_model(geometry, args.width)
+    images = [make_input(h, 100 + i, w) for i, (h, w) in enumerate(VOC_SIZES[:args.folder])]
+    names = [n for n in FOLDER_VARIANTS if n not in NEEDS_OPENVINO or openvino_installed()]
+    runs, setup = {}, {}
+    for name in names:
+        start = time.perf_counter()
+        if name == "openvino default":
+            runs[name] = openvino_model(onnx_bytes(copy.deepcopy(base), META), None)
+        else:  # onnxruntime's session takes any size as is
+            runs[name] = VARIANTS[name](base if name == "naive fp32" else copy.deepcopy(base), args)
+        setup[name] = time.perf_counter() - start
+    seconds = {n: 0.0 for n in names}
+    agree = {n: [] for n in names}
+    for x in images:
+        reference = None
+        for name in names:
+            start = time.perf_counter()
+            out = runs[name](x)
+            seconds[name] += time.perf_counter() - start
+            reference = out.argmax(1) if reference is None else reference
+            agree[name].append((out.argmax(1) == reference).float().mean().item())
+    return [{"variant": n, "s": seconds[n], "setup_s": setup[n], "speedup": seconds["naive fp32"] / seconds[n],
+             "agree": statistics.mean(agree[n]), "agree_min": min(agree[n])} for n in names]
+
+
+def print_folder(rows: list[dict], count: int) -> None:
+    sizes = len(set(VOC_SIZES[:count]))
+    print(f"a folder of {count} photos in {sizes} VOC sizes, one new process's worth (fresh caches), batch 1:")
+    print(f"{'variant':20} {'total s':>8} {'vs naive':>9} {'agree mean':>11} {'agree min':>10} {'setup s':>8}")
+    for r in rows:
+        print(f"{r['variant']:20} {r['s']:8.1f} {r['speedup']:8.2f}x {100 * r['agree']:10.2f}% "
+              f"{100 * r['agree_min']:9.2f}% {r['setup_s']:8.1f}")
+
+
+# ------------------------------------------------------------------------------------- CPU classes
+
+# Environment that makes this process run as an AVX2-only CPU (no AVX512, VNNI or bf16): fcnseg's own
+# dispatch, oneDNN (torch's convolutions, and OpenVINO's, which reads the same variable) and MKL
+# (torch's fp32 matmul). onnxruntime's MLAS kernels have no such switch: they keep this CPU's best ISA,
+# which flatters onnxruntime in the emulated class.
+AVX2_ENV = {"FCNSEG_CPU_ISA": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_class() -> str:
+    return "AVX2-only (emulated)" if os.environ.get("FCNSEG_CPU_ISA") == "avx2" else "native"
+
+
+def header(args: argparse.Namespace, peaks: dict) -> None:
+    print(f"=== CPU class: {cpu_class()} ===")
+    print(f"CPU {cpu_model()}, ISA {fastpath.cpu_isa()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"load average {open('/proc/loadavg').read().split()[0]} at start")
+    if cpu_class() != "native":
+        print("emulation: " + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items())
+              + " (onnxruntime has no ISA switch: it keeps this CPU's best kernels)")
+    units = {"fp32": "GFLOP/s", "bf16": "GFLOP/s", "int8": "GOP/s"}
+    print("measured peaks: " + ", ".join(f"{k} {v:.0f} {units[k]}" for k, v in peaks.items())
+          + " (best of torch matmul 2048^3 and a 3x3 512->512 conv; int8: torch._int_mm 2048^3)")
+    print(f"fast path: {'on' if fastpath.fast_path_supported() else 'off'} ({fastpath.fast_path_reason()})")
 
 
 def main() -> None:
@@ -311,11 +424,33 @@ def main() -> None:
                         help=f"variants to run (default: all but {', '.join(EXTRA)}); naive fp32 always runs")
     parser.add_argument("--extra", action="store_true", help=f"also run {', '.join(EXTRA)}")
     parser.add_argument("--calib", type=int, default=4, help="calibration images for the int8 model (default 4)")
+    parser.add_argument("--folder", type=int, default=20, choices=range(0, len(VOC_SIZES) + 1), metavar="N",
+                        help=f"images in the folder scenario (default 20, 0 = skip; at most {len(VOC_SIZES)})")
+    parser.add_argument("--classes", nargs="+", choices=("native", "avx2"), default=["native", "avx2"],
+                        help="CPU classes to measure: this CPU as it is, and as an AVX2-only CPU (a child "
+                             "process with the ISA capped; skipped where the CPU has no more than AVX2)")
     parser.add_argument("--rss", action="store_true", help="peak RSS per variant (one fresh process each)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
+    if cpu_class() != "native":  # the child process of the emulated class
+        return measure_class(args)
+    classes = args.classes
+    if "avx2" in classes and "avx512f" not in fastpath.cpu_flags():
+        classes = [c for c in classes if c != "avx2"]
+        print("this CPU has no AVX512: its native class is the AVX2-only class")
+        classes = classes or ["native"]
+    if "native" in classes:
+        measure_class(args)
+    if "avx2" in classes:
+        print(flush=True)
+        subprocess.run([sys.executable, __file__, *sys.argv[1:], "--classes", "avx2"],
+                       env={**os.environ, **AVX2_ENV}, check=True)
+
+
+def measure_class(args: argparse.Namespace) -> None:
+    """Header, the single-image table and the folder table for the CPU class this process runs as."""
     names = args.variants or [n for n in VARIANTS if args.extra or n not in EXTRA]
     names = ["naive fp32"] + [n for n in names if n != "naive fp32"]
     notes = []
@@ -324,14 +459,16 @@ def main() -> None:
         names = [n for n in names if n not in NEEDS_OPENVINO]
         if skipped:
             notes.append(f"skipped {', '.join(skipped)}: OpenVINO is not installed (pip install 'fcnseg[openvino]')")
-    print(f"FCN-8s VGG16 (width {args.width:g}) batch 1 at {args.size}x{args.size}; torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"native bf16: {fastpath.fast_path_reason()}")
-    print("random weights; score layers (zero-initialised in FCN) given N(0, 0.01) weights so argmax "
-          f"is not trivial; {args.reps} timed rounds after one warm-up, variants interleaved")
+    if cpu_class() != "native":
+        skipped = [n for n in names if n.startswith("int8") or n in EXTRA]
+        names = [n for n in names if n not in skipped]
+        if skipped:
+            notes.append(f"skipped {', '.join(skipped)}: the int8 runtimes cannot be capped to AVX2 here")
     peaks = gemm_peaks()
-    print(f"measured peaks ({torch.get_num_threads()} threads): bf16 {peaks['bf16']:.0f} GFLOP/s "
-          f"(best of torch matmul 2048^3 and a 3x3 512->512 conv), int8 {peaks['int8']:.0f} GOP/s (torch._int_mm)")
+    header(args, peaks)
+    print(f"FCN-8s VGG16 (width {args.width:g}) batch 1 at {args.size}x{args.size}; random weights; score "
+          "layers (zero-initialised in FCN) given N(0, 0.01) weights so argmax is not trivial; "
+          f"{args.reps} timed rounds after one warm-up, variants interleaved")
     for note in notes:
         print(note)
     print()
@@ -342,20 +479,36 @@ def main() -> None:
         print(flush=True)
     for geometry in args.geometries:
         got = {r["variant"]: r for r in rows if r["geometry"] == geometry}
-        default = got["fcnseg default"] if "fcnseg default" in got else None
+        default = got.get("fcnseg default")
+        best = [got[n] for n in ("onnxruntime fp32", "openvino default") if n in got]
+        if default and best:
+            fastest = min(best, key=lambda r: r["ms"])
+            print(f"{geometry} [{cpu_class()}]: fcnseg default is {fastest['ms'] / default['ms']:.2f}x the best "
+                  f"runtime's speed ({fastest['variant']}), argmax agreement {100 * default['agree']:.2f}%")
         if default and "openvino default" in got:
-            print(f"{geometry}: fcnseg default is {got['openvino default']['ms'] / default['ms']:.2f}x OpenVINO "
-                  f"default's speed (target >= 1.00x), argmax agreement {100 * default['agree']:.2f}%")
+            print(f"{geometry} [{cpu_class()}]: fcnseg default is {got['openvino default']['ms'] / default['ms']:.2f}x "
+                  "OpenVINO default's speed")
         from fcnseg.inference.int8 import default_runtime
 
         int8_default = f"int8 {default_runtime()}"
         for name in ("int8 onnxruntime", "int8 openvino"):
             if name in got and "openvino default" in got:
-                print(f"{geometry}: {name}{' (fcnseg int8 default)' if name == int8_default else ''} is "
-                      f"{got['openvino default']['ms'] / got[name]['ms']:.2f}x OpenVINO default's speed "
-                      "(target >= 1.80x)")
-        if default and "fast, no padcache" in got:
-            print(f"{geometry}: pad-constant cache: {got['fast, no padcache']['ms'] / default['ms']:.2f}x")
+                print(f"{geometry} [{cpu_class()}]: {name}{' (fcnseg int8 default)' if name == int8_default else ''} is "
+                      f"{got['openvino default']['ms'] / got[name]['ms']:.2f}x OpenVINO default's speed")
+        if default and "default, no padcache" in got:
+            print(f"{geometry} [{cpu_class()}]: pad-constant cache: "
+                  f"{got['default, no padcache']['ms'] / default['ms']:.2f}x")
+    if args.folder:
+        print(flush=True)
+        folder = bench_folder("caffe", args)
+        print_folder(folder, args.folder)
+        got = {r["variant"]: r for r in folder}
+        others = [r for r in folder if r["variant"] in ("onnxruntime fp32", "openvino default")]
+        if "fcnseg default" in got and others:
+            fastest = min(others, key=lambda r: r["s"])
+            print(f"folder [{cpu_class()}]: fcnseg default is {fastest['s'] / got['fcnseg default']['s']:.2f}x the "
+                  f"best runtime's speed ({fastest['variant']}), {got['fcnseg default']['speedup']:.2f}x naive")
+    print(f"load average at the end: {open('/proc/loadavg').read().strip()}", flush=True)
 
 
 if __name__ == "__main__":

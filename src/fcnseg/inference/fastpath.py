@@ -2,7 +2,10 @@
 with the huge fc6/fc7 convolutions computed as one GEMM on a weight packed once.
 
 On CPUs with AVX512-BF16 or AMX (recent Xeon and EPYC) oneDNN runs bf16 convolutions several times
-faster than fp32. On other CPUs emulated bf16 is slower than fp32, so the fast path stays off there.
+faster than fp32. On other CPUs emulated bf16 is slower than fp32, so the fast path stays off there
+and the model runs in fp32 with the same layout and exact rewrites (see :func:`prepare_model`).
+``FCNSEG_CPU_ISA`` (avx2, avx512, avx512_vnni, avx512_bf16, amx) makes fcnseg treat the CPU as no
+better than that class, to run and measure a lesser CPU's path.
 
 Measured on FCN-8s VGG16, 500x500, batch 1, 2 EPYC cores with AVX512-BF16 (no AMX): 2.8x ("caffe")
 and 2.9x ("same") faster than the plain fp32 forward on an idle machine, 2.2-2.5x while another
@@ -253,7 +256,13 @@ def _inputs_to_float(module: nn.Module, args: tuple) -> tuple:
 
 def prepare_model(model: nn.Module, fast: bool, num_classes: int | None = None,
                   pad_constants: bool = True) -> nn.Module:
-    """Put ``model`` (in place) in eval mode; for the fast path convert it to bf16 + channels_last.
+    """Put ``model`` (in place) in eval mode and channels_last; for the fast path convert it to bf16.
+
+    Both paths (exact rewrites, no rounding): convolutions with huge weights (VGG16's fc6 and fc7)
+    become :class:`GemmConv2d` (packed weight) and upsamplers with a diagonal weight
+    :class:`PerClassUpsample`. On a CPU without native bf16 this fp32 path is the default; measured
+    under ONEDNN_MAX_CPU_ISA=AVX2 (FCN-8s, 300x300, 2 threads, CPU time on a busy machine): 1.2x less
+    work than the plain NCHW forward, channels_last contributing most of it.
 
     ``pad_constants`` (both paths): a Caffe-geometry trunk computes the activations that depend only
     on its 100-pixel zero pad once per input size (:mod:`fcnseg.inference.padcache`), same outputs.
@@ -262,16 +271,16 @@ def prepare_model(model: nn.Module, fast: bool, num_classes: int | None = None,
     almost nothing, and bf16's 8-bit mantissa there would turn close scores into argmax flips. The
     first convolution takes the fp32 image at near-fp32 accuracy (:class:`SplitStemConv2d`).
     Converting the weights once beats autocast, which re-casts all weights on every forward.
-    Convolutions with huge weights (VGG16's fc6 and fc7) become :class:`GemmConv2d` (packed weight)
-    and upsamplers with a diagonal weight :class:`PerClassUpsample`.
     """
     model.eval()
-    if not fast:
+    if num_classes:
+        _per_class_upsamplers(model)
+    if not fast:  # fp32 everywhere: the same layout and the same exact rewrites, no rounding
+        model.to(memory_format=torch.channels_last)
+        gemm_large_convs(model)
         if pad_constants:
             padcache.install(model)
         return model
-    if num_classes:
-        _per_class_upsamplers(model)
     head = [m for name, m in model.named_modules()
             if num_classes and not name.startswith(FEATURE_EXTRACTORS)
             and (_is_score_module(m, num_classes) or isinstance(m, PerClassUpsample))]
@@ -313,6 +322,5 @@ class Compiled(nn.Module):
 def run_model(model: nn.Module, x: torch.Tensor, fast: bool) -> torch.Tensor:
     """Forward a normalised float batch through a model from :func:`prepare_model`; float32 scores."""
     with torch.inference_mode():
-        if fast:
-            x = x.to(getattr(model, "fast_input_dtype", torch.bfloat16), memory_format=torch.channels_last)
-        return model(x).float()
+        dtype = getattr(model, "fast_input_dtype", torch.bfloat16) if fast else x.dtype
+        return model(x.to(dtype, memory_format=torch.channels_last)).float()
