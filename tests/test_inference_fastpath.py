@@ -168,3 +168,24 @@ def test_unknown_cpu_class_is_a_one_line_error(monkeypatch):
     monkeypatch.setenv(fastpath.ISA_ENV, "sse2")
     with pytest.raises(FcnsegError, match="FCNSEG_CPU_ISA='sse2' is not a CPU class; use one of native"):
         fastpath.cpu_flags()
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_prepared_model_saves_and_loads_like_the_original(fast):
+    model = randomised()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    prepared = prepare_model(copy.deepcopy(model), fast, 3)
+    gemm_large_convs(prepared.backbone, min_weight=1)  # the GEMM rewrite on every trunk conv of this tiny model
+    saved = prepared.state_dict()
+    assert saved.keys() == original.keys()
+    for key, value in original.items():
+        assert saved[key].shape == value.shape
+        assert torch.allclose(saved[key].float(), value, atol=0.01 * value.abs().max().item() if fast else 0)
+    fresh = randomised()
+    fresh.load_state_dict(saved)  # a checkpoint written from a prepared model loads into a plain one
+    prepared.load_state_dict(original)  # and a prepared model takes the original's weights back
+    x = torch.randn(1, 3, 40, 44)
+    with torch.no_grad():
+        reference = model(x)
+    assert torch.allclose(run_model(prepared, x, fast), reference,
+                          atol=(0.05 if fast else 1e-5) * reference.abs().max().item())

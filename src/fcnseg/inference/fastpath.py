@@ -161,6 +161,26 @@ class GemmConv2d(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.packed.shape[0]} -> {self.out_channels}, kernel_size={self.kernel_size}, padding={self.padding}"
 
+    def conv_weight(self) -> torch.Tensor:
+        """The (out, in, kh, kw) convolution weight the packed one came from."""
+        return self.packed.t().reshape(self.out_channels, -1, *self.kernel_size)
+
+    # state dicts keep the convolution's layout ("weight", "bias"): a prepared model saves, exports
+    # and loads like the original one
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        destination[prefix + "weight"] = self.conv_weight() if keep_vars else self.conv_weight().detach()
+        destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        weight, bias = state_dict.get(prefix + "weight"), state_dict.get(prefix + "bias")
+        if weight is None or bias is None:
+            missing_keys.extend(prefix + k for k in ("weight", "bias") if state_dict.get(prefix + k) is None)
+            return
+        with torch.no_grad():
+            self.packed.copy_(weight.reshape(weight.shape[0], -1).t())
+            self.bias.copy_(bias)
+
 
 def gemm_large_convs(model: nn.Module, min_weight: int = 1 << 24) -> nn.Module:
     """Swap every convolution of ``model`` that :meth:`GemmConv2d.applies_to` for its GEMM form (in place)."""
@@ -193,6 +213,24 @@ class PerClassUpsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv_transpose2d(x, self.weight, stride=self.stride, groups=self.weight.shape[0])
+
+    # state dicts keep the upsampler's (C, C, k, k) layout: a prepared model saves like the original
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        classes = self.weight.shape[0]
+        full = self.weight.new_zeros(classes, classes, *self.weight.shape[2:])
+        index = torch.arange(classes)
+        full[index, index] = self.weight[:, 0]
+        destination[prefix + "weight"] = full
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        weight = state_dict.get(prefix + "weight")
+        if weight is None:
+            missing_keys.append(prefix + "weight")
+            return
+        index = torch.arange(weight.shape[0])
+        with torch.no_grad():
+            self.weight.copy_(weight[index, index].unsqueeze(1))
 
 
 class SplitStemConv2d(nn.Module):
@@ -230,6 +268,25 @@ class SplitStemConv2d(nn.Module):
     def forward_unpadded(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution without its zero padding (the caller pads; see fcnseg.inference.padcache)."""
         return self.forward(x, padding=0)
+
+    # state dicts keep the convolution's (out, in, k, k) fp32 weight: hi + lo
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        inputs = self.weight.shape[1] // 3
+        destination[prefix + "weight"] = self.weight[:, :inputs].float() + self.weight[:, 2 * inputs:].float()
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        weight = state_dict.get(prefix + "weight")
+        if weight is None:
+            missing_keys.append(prefix + "weight")
+            return
+        hi = weight.float().to(torch.bfloat16)
+        with torch.no_grad():
+            self.weight.copy_(torch.cat([hi, hi, (weight.float() - hi.float()).to(torch.bfloat16)], dim=1))
+            if self.bias is not None and prefix + "bias" in state_dict:
+                self.bias.copy_(state_dict[prefix + "bias"])
 
 
 def _split_stem(model: nn.Module) -> bool:
