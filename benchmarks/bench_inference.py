@@ -1,37 +1,52 @@
-"""Batch-1 inference speed of FCN-8s VGG16 at 500x500: every path fcnseg offers, side by side with
-onnxruntime and OpenVINO, and the machine's measured bf16 and int8 GEMM peaks.
+"""Batch-1 inference speed of FCN-8s VGG16: every path fcnseg offers, side by side with onnxruntime and
+OpenVINO, per CPU class, with the machine's measured fp32, bf16 and int8 peaks and each path's share.
 
-    python benchmarks/bench_inference.py [--size 500] [--reps 3] [--width 1.0] [--geometries caffe]
-                                         [--variants ...] [--extra] [--rss] [--calib 4]
+    python benchmarks/bench_inference.py [--reps 3] [--folder 20] [--classes native avx2] [--size 500]
+                                         [--width 1.0] [--geometries caffe] [--variants ...] [--extra]
+                                         [--rss] [--calib 4]
 
-Variants, timed side by side in one run (rounds interleave the variants, so load from other
-processes hits them alike; --variants picks some):
+Each CPU class gets a header (CPU model, ISA: AVX2 / AVX512 / VNNI / bf16 / AMX, threads, load
+average, measured peaks, whether the fast path is on), a single-image table and a folder table:
 
-  naive fp32        model(x) under torch.no_grad, NCHW fp32: what a plain PyTorch user runs
-  fcnseg default    what Segmenter runs: the bf16 fast path (bf16 weights + channels_last +
-                    inference_mode, fp32 score head, split first conv, fc6/fc7 as one packed GEMM)
-                    plus the pad-constant cache (conv1-conv4 cells that see only the 100-pixel pad
-                    computed once per input size; fcnseg.inference.padcache)
-  fast, no padcache the same without the pad-constant cache (what the default was before it)
-  onnxruntime fp32  the ONNX export on onnxruntime's CPU provider
-  openvino default  the same ONNX file compiled by OpenVINO for this CPU with default settings
-                    (bf16 inference precision where the CPU has it), static input shape;
-                    skipped with a note if the `openvino` extra is not installed
-  int8 onnxruntime  `fcnseg quantize`'s model (onnxruntime static QDQ, per-channel int8 weights,
-                    calibrated on --calib images) on onnxruntime: fcnseg's int8 path without OpenVINO
-  int8 openvino     the same int8 file on OpenVINO: fcnseg's int8 path where OpenVINO is installed
-                    (both int8 rows run as Segmenter runs them: dynamic height and width)
-  --extra adds:     bf16 autocast (the textbook recipe) and fast+compile (torch.compile, freezing)
+  native     this CPU as it is
+  avx2       this CPU run as an AVX2-only one (no AVX512, VNNI, bf16), in a child process with
+             FCNSEG_CPU_ISA=avx2 (fcnseg's dispatch), ONEDNN_MAX_CPU_ISA=AVX2 (torch's and OpenVINO's
+             oneDNN kernels) and MKL_ENABLE_INSTRUCTIONS=AVX2; onnxruntime has no such switch and keeps
+             its best kernels there, so that class flatters onnxruntime. Skipped on a CPU without
+             AVX512 (its native class is that class). int8 rows are native only.
+
+Single image (--size, default 500x500), variants timed side by side (rounds interleave them, so load
+from other processes hits them alike; --variants picks some):
+
+  naive fp32            model(x) under torch.no_grad, NCHW fp32: what a plain PyTorch user runs
+  fcnseg default        what Segmenter runs on this class: where the CPU has native bf16 the fast path
+                        (bf16 weights, fp32 score head, split first conv), else fp32; both with
+                        channels_last + inference_mode, fc6/fc7 as one packed GEMM, per-class upsamplers,
+                        plus the pad-constant cache (fcnseg.inference.padcache)
+  default, no padcache  the same without the pad-constant cache
+  onnxruntime fp32      the ONNX export on onnxruntime's CPU provider
+  openvino default      the same ONNX file compiled by OpenVINO with its default for this class (bf16
+                        where the CPU has it, f32 otherwise), static input shape; skipped with a note if
+                        the `openvino` extra is not installed
+  int8 onnxruntime      `fcnseg quantize`'s model (onnxruntime static QDQ, per-channel int8 weights,
+                        calibrated on --calib images) on onnxruntime: fcnseg's int8 path without OpenVINO
+  int8 openvino         the same int8 file on OpenVINO: fcnseg's int8 path where OpenVINO is installed
+                        (both int8 rows run as Segmenter runs them: dynamic height and width)
+  --extra adds:         bf16 autocast (the textbook recipe) and fast+compile (torch.compile, freezing)
+
+Folder (--folder N, default 20): N images in PASCAL VOC's mix of sizes, one at a time, as a new
+`fcnseg predict` meets them: fcnseg's default prepared fresh (per-size caches cold), plain PyTorch,
+onnxruntime and OpenVINO with dynamic shapes; total seconds and argmax agreement with plain PyTorch.
 
 Reported: median ms, effective GFLOP/s (FLOPs of the plain model / time, counted by
-fcnseg.models.count_flops; the pad cache computes fewer), its share of the bf16 and int8 GEMM peaks
-measured in the same run (torch bf16 matmul 2048^3 or a 3x3 conv, and torch._int_mm 2048^3), speedup over naive, argmax
-agreement with naive fp32 (all pixels, and pixels whose fp32 top-2 scores differ by more than 1% of
-the score range), the largest score difference relative to the largest score, setup seconds
-(preparation, quantization, compilation) and, with --rss, the peak RSS of a fresh process.
-Random weights: FCN score layers start at zero (every argmax would be 0), so they get N(0, 0.01)
-weights here; calibration images are smooth random pictures. Agreement on trained models is what
-benchmarks/int8_agreement.py measures.
+fcnseg.models.count_flops; the pad cache computes fewer), its share of the peak of the kernels the
+path runs (fp32, bf16 or int8), measured in the same run (torch matmul 2048^3 or a 3x3 conv; int8:
+torch._int_mm 2048^3), speedup over naive, argmax agreement with naive fp32 (all pixels, and pixels
+whose fp32 top-2 scores differ by more than 1% of the score range), the largest score difference
+relative to the largest score, setup seconds (preparation, quantization, compilation) and, with
+--rss, the peak RSS of a fresh process. Random weights: FCN score layers start at zero (every argmax
+would be 0), so they get N(0, 0.01) weights here; calibration images are smooth random pictures.
+Agreement on trained models is what benchmarks/int8_agreement.py measures.
 """
 
 from __future__ import annotations

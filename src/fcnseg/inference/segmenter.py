@@ -282,7 +282,7 @@ class Segmenter:
                          f"({fastpath.fast_path_reason()})")
         else:
             reason = "disabled" if fastpath.fast_path_supported() else fastpath.fast_path_reason()
-            parts.append(f"torch fp32 + inference_mode (fast path off: {reason})")
+            parts.append(f"torch fp32 + channels_last + inference_mode (fast path off: {reason})")
         if self.backend == "torch" and fastpath.padcache.installed(self.model):
             parts[-1] += " + pad-constant cache"
         if self.compiled:
