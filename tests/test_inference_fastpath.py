@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from fcnseg import devices
 from fcnseg.errors import FcnsegError
 from fcnseg.inference import fastpath
 from fcnseg.inference.fastpath import GemmConv2d, gemm_large_convs, prepare_model, run_model
@@ -157,7 +158,7 @@ def test_a_trunk_layer_as_wide_as_the_class_count_is_not_taken_for_the_score_hea
                                                   ("native", True, "AVX2+AVX512+VNNI+BF16+AMX")])
 def test_cpu_class_can_be_capped_to_run_a_lesser_cpus_paths(monkeypatch, cap, bf16, described):
     every = frozenset({"fma", "avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"})
-    monkeypatch.setattr(fastpath, "_cpuinfo_flags", lambda: every)
+    monkeypatch.setattr(devices, "_cpuinfo_flags", lambda: every)
     monkeypatch.setenv(fastpath.ISA_ENV, cap)
     assert bool(fastpath.cpu_bf16_flags()) == bf16
     assert fastpath.cpu_isa().startswith(described)

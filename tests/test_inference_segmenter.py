@@ -7,8 +7,7 @@ from PIL import Image
 from torch import nn
 
 from fcnseg.errors import FcnsegError
-from fcnseg.inference import Segmenter
-from fcnseg.inference import fastpath
+from fcnseg.inference import Segmenter, fastpath
 from fcnseg.inference.fastpath import fast_path_supported
 
 META = {"model_name": "standin", "model_kwargs": {"num_classes": 3}, "class_names": ["a", "b", "c"],

@@ -15,71 +15,15 @@ job shares the cores; 99.55% argmax agreement with fp32 (random weights, so many
 
 from __future__ import annotations
 
-import functools
-import os
 import platform
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fcnseg.errors import FcnsegError
+from fcnseg.devices import ISA_ENV, cpu_bf16_flags, cpu_flags, cpu_isa  # noqa: F401 (used by the benchmark)
 from fcnseg.inference import padcache
 from fcnseg.models.layers import BilinearUpsample
-
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
-ISA_ENV = "FCNSEG_CPU_ISA"
-# CPU classes, lowest first, and the /proc/cpuinfo flags each one adds: FCNSEG_CPU_ISA=<class> makes
-# fcnseg treat the CPU as if it had no more than that (as ONEDNN_MAX_CPU_ISA does for oneDNN's kernels),
-# so the paths and choices of a lesser CPU can be run and measured on a better one.
-ISA_CLASSES = {"avx2": ("avx2", "fma"), "avx512": ("avx512f",), "avx512_vnni": ("avx512_vnni", "avx_vnni"),
-               "avx512_bf16": ("avx512_bf16",), "amx": ("amx_tile", "amx_int8", "amx_bf16")}
-
-
-@functools.lru_cache(maxsize=1)
-def _cpuinfo_flags() -> frozenset[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (from /proc/cpuinfo; empty where unknown), capped by $FCNSEG_CPU_ISA."""
-    flags = _cpuinfo_flags()
-    cap = os.environ.get(ISA_ENV, "").strip().lower()
-    if not cap or cap == "native":
-        return flags
-    if cap not in ISA_CLASSES:
-        raise FcnsegError(f"{ISA_ENV}={cap!r} is not a CPU class; use one of native, {', '.join(ISA_CLASSES)}")
-    names = list(ISA_CLASSES)
-    above = {f for name in names[names.index(cap) + 1:] for f in ISA_CLASSES[name]}
-    return frozenset(f for f in flags if f not in above and not (f.startswith("avx512") and cap == "avx2")
-                     and not (f.startswith("amx") and cap != "amx"))
-
-
-def cpu_isa() -> str:
-    """A short description of the CPU class, e.g. "AVX2+AVX512+VNNI+BF16 (no AMX)"."""
-    flags = cpu_flags()
-    have = [("AVX2", "avx2" in flags), ("AVX512", "avx512f" in flags),
-            ("VNNI", bool({"avx512_vnni", "avx_vnni"} & flags)), ("BF16", bool(set(BF16_CPU_FLAGS) & flags)),
-            ("AMX", "amx_tile" in flags)]
-    text = "+".join(name for name, ok in have if ok) or "no AVX2"
-    missing = [name for name, ok in have if not ok]
-    text += f" (no {'/'.join(missing)})" if missing else ""
-    capped = os.environ.get(ISA_ENV, "").strip().lower()
-    return text + (f" [{ISA_ENV}={capped}]" if capped and capped != "native" else "")
-
-
-def cpu_bf16_flags() -> tuple[str, ...]:
-    """The native-bf16 CPU features present (after $FCNSEG_CPU_ISA)."""
-    flags = cpu_flags()
-    return tuple(f for f in BF16_CPU_FLAGS if f in flags)
 
 
 def fast_path_supported() -> bool:
