@@ -115,3 +115,19 @@ def test_the_first_image_of_a_size_fills_the_cache_for_the_next_ones():
         out = fastpath.run_model(cached, x, False)
         assert torch.allclose(out, expected, atol=1e-5 * expected.abs().max().item())
     assert len(calls) == 1  # no plain forward again: the partial one runs conv1 on its rectangle itself
+
+
+def test_cache_stays_within_its_byte_budget_but_keeps_the_newest_size():
+    model = fastpath.prepare_model(randomised(), False, 3)
+    trunk = model.backbone.forward_taps.__self__
+    fastpath.run_model(model, torch.randn(1, 3, 10, 10), False)
+    one = next(iter(trunk.plans.values())).nbytes
+    assert one > 0
+    trunk.max_bytes = int(2.5 * one)  # about two sizes of this scale
+    for size in [(11, 11), (12, 12), (13, 13)]:
+        fastpath.run_model(model, torch.randn(1, 3, *size), False)
+    assert 1 <= len(trunk.plans) < 4 and sum(p.nbytes for p in trunk.plans.values()) <= trunk.max_bytes
+    assert list(trunk.plans)[-1][0] == (13, 13)
+    trunk.max_bytes = 0  # even a budget too small for one size keeps the newest
+    fastpath.run_model(model, torch.randn(1, 3, 14, 14), False)
+    assert [key[0] for key in trunk.plans] == [(14, 14)]
