@@ -76,6 +76,7 @@ def test_fast_path_agrees_with_fp32_and_fp32_path_is_exact():
     gemm_large_convs(slow.backbone, min_weight=1)  # every trunk conv as an fp32 GEMM too
     assert all(p.dtype == torch.float32 for p in slow.parameters())
     assert isinstance(slow.upscore8, fastpath.PerClassUpsample)
+    assert sum(isinstance(m, fastpath.ConvReLU) for m in slow.modules()) == 15  # 13 VGG convs, fc6, fc7 + ReLUs
     out = run_model(slow, x, False)
     assert torch.allclose(out, reference, atol=1e-5 * reference.abs().max().item())
     assert torch.equal(out.argmax(1), reference.argmax(1))

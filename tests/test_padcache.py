@@ -33,6 +33,7 @@ def plans(model):
 def test_fp32_equals_the_plain_forward_at_several_sizes(name, backbone):
     plain, cached = pair(randomised(name, backbone), fast=False)
     assert padcache.PadConstantTrunk.applies_to(cached.backbone)
+    assert any(isinstance(m, fastpath.ConvReLU) for m in cached.backbone.features)  # the fp32 path's fused layers
     for size in [(1, 1), (5, 7), (31, 64), (50, 37)]:
         x = torch.randn(2, 3, *size)
         expected = fastpath.run_model(plain, x, False)
@@ -131,3 +132,18 @@ def test_cache_stays_within_its_byte_budget_but_keeps_the_newest_size():
     trunk.max_bytes = 0  # even a budget too small for one size keeps the newest
     fastpath.run_model(model, torch.randn(1, 3, 14, 14), False)
     assert [key[0] for key in trunk.plans] == [(14, 14)]
+
+
+def test_preparing_again_for_the_other_path_runs_the_new_layers():
+    model = randomised()
+    x = torch.randn(1, 3, 30, 34)
+    with torch.no_grad():
+        reference = model(x)
+    fastpath.prepare_model(model, False, 3)
+    fastpath.run_model(model, x, False)  # caches taken from the fp32 layers
+    fastpath.prepare_model(model, True, 3)
+    assert isinstance(model.backbone.features[0], fastpath.SplitStemConv2d)
+    assert model.backbone.forward_taps.__self__.layers[0] is model.backbone.features[0]
+    for _ in range(2):
+        out = fastpath.run_model(model, x, True)
+        assert (out.argmax(1) == reference.argmax(1)).float().mean() > 0.99

@@ -48,7 +48,7 @@ class _Spatial:
 def _spatial(layer: nn.Module) -> _Spatial | None:
     """The geometry of a layer the partial forward can run, None for elementwise layers.
     Raises ValueError for anything it cannot run exactly."""
-    if isinstance(layer, (nn.ReLU, nn.Dropout)):
+    if isinstance(layer, (nn.ReLU, nn.Dropout, nn.Identity)):
         return None
     if isinstance(layer, nn.MaxPool2d):
         kernel, stride, padding, _ = layer_geometry(layer)
