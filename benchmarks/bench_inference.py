@@ -265,7 +265,8 @@ def kernel_dtype(name: str) -> str:
     if name.startswith("int8"):
         return "int8"
     bf16 = bool(fastpath.cpu_bf16_flags())
-    if name in ("fast, no padcache", "bf16 autocast", "fast+compile") or (bf16 and name in ("fcnseg default", "openvino default")):
+    if name in ("bf16 autocast", "fast+compile") or (bf16 and name in ("fcnseg default", "default, no padcache",
+                                                                    "openvino default")):
         return "bf16"
     return "fp32"
 
