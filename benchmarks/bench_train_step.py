@@ -1,48 +1,80 @@
-"""Training images/s, fp32 vs the default precision: the demo preset and FCN-8s VGG16 320x320 batch 1.
+"""Training images/s of fcnseg's step against plain PyTorch, on both CPU classes.
 
-    python benchmarks/bench_train_step.py [--reps 5] [--workloads demo vgg16-320]
+    python benchmarks/bench_train_step.py [--reps 5] [--workloads demo vgg16-320] [--classes native avx2-fp32]
 
-Workloads (each step is forward + loss + backward + optimiser update exactly as `fcnseg train` does):
+CPU classes (each measured in its own process, since oneDNN and ATen pick their kernels at start):
 
-  demo       the `demo` preset's model and batch: FCN-8s VGG16 at 1/8 width, "same" geometry,
-             96x96, batch 8, AdamW, channels_last
+  native     this CPU as it is (bf16 where it has AVX512-BF16 / AMX)
+  avx2-fp32  an AVX2-only CPU without bf16, emulated here: ONEDNN_MAX_CPU_ISA=AVX2 and
+             ATEN_CPU_CAPABILITY=avx2 (oneDNN and ATen both honour them; `--precision auto` then
+             resolves to fp32, as on such a CPU)
+
+Variants, timed side by side (rounds interleave them, so load from other processes hits all alike);
+each step is forward + loss + backward + optimiser update:
+
+  plain      what a plain PyTorch loop does: fp32, contiguous NCHW, torch's default optimiser
+             implementation (on CPU: one parameter at a time), the workload's reference batch
+  fcnseg     `fcnseg train`'s step with the workload's preset settings: precision `auto` resolved
+             for the class, channels_last, the fused optimiser update, the preset's batch size
+
+Workloads:
+
+  demo       the `demo` preset's model (FCN-8s VGG16-BN at 1/8 width, "same" geometry, 96x96,
+             AdamW); plain at batch 8 (the preset before issue 17), fcnseg at the preset's batch
   vgg16-320  FCN-8s VGG16 full width, "caffe" geometry, 320x320, batch 1, the paper's SGD
 
-Precisions, timed side by side (rounds interleave them, so load from other processes hits both alike):
-
-  fp32       NCHW float32, no autocast (`--precision fp32`)
-  default    `--precision auto` (bf16 autocast where the CPU has native bf16, else fp32) + channels_last
-
-Printed: median ms per step, images/s, speed-up over fp32, and the loss of the first step of each
-(the two must agree to bf16 accuracy). Random initialisation; score layers get N(0, 0.01) weights
-so the loss is not trivially log(C).
+Also printed for `demo`: the data pipeline's cost per batch (the `shapes` stream with the preset's
+augmentation, through the same batch stream as training) as a share of the fcnseg step.
+Random initialisation; score layers get N(0, 0.01) weights so the loss is not trivially log(C).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
-import torch
-
-from fcnseg.engine.losses import segmentation_loss
-from fcnseg.engine.optim import build_optimizer
-from fcnseg.engine.runtime import autocast, prepare_input, resolve_precision
-from fcnseg.models import create_model
-
+CLASSES = {"native": {}, "avx2-fp32": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
 WORKLOADS = {
-    "demo": dict(width=0.125, geometry="same", size=96, batch=8, optimizer="adamw", lr=1e-3,
-                 reduction="mean"),
-    "vgg16-320": dict(width=1.0, geometry="caffe", size=320, batch=1, optimizer="sgd", lr=1e-10,
-                      reduction="sum"),
+    "demo": dict(backbone="vgg16_bn", width=0.125, geometry="same", size=96, plain_batch=8, optimizer="adamw",
+                 lr=1e-3, reduction="mean", classes=6),
+    "vgg16-320": dict(backbone="vgg16", width=1.0, geometry="caffe", size=320, plain_batch=1, optimizer="sgd",
+                      lr=1e-10, reduction="sum", classes=21),
 }
 
 
-def make_step(work: dict, precision: str, channels_last: bool, images: torch.Tensor, masks: torch.Tensor):
+def cpu_header() -> str:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("", platform.machine()):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model}; {os.cpu_count()} cores; ISA: {' '.join(isa) or 'unknown'}"
+
+
+def make_step(work: dict, *, precision: str, channels_last: bool, fused: bool, batch: int):
+    import torch
+
+    from fcnseg.engine.losses import segmentation_loss
+    from fcnseg.engine.optim import build_optimizer
+    from fcnseg.engine.runtime import autocast, prepare_input
+    from fcnseg.models import create_model
+
     torch.manual_seed(0)
-    model = create_model("fcn8s", 21, width=work["width"], geometry=work["geometry"])
+    model = create_model("fcn8s", work["classes"], backbone=work["backbone"], width=work["width"],
+                         geometry=work["geometry"])
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "score" in name and p.ndim > 1:
@@ -51,7 +83,10 @@ def make_step(work: dict, precision: str, channels_last: bool, images: torch.Ten
         model.to(memory_format=torch.channels_last)
     model.train()
     optimizer = build_optimizer(model, name=work["optimizer"], lr=work["lr"], momentum=0.99, weight_decay=5e-4,
-                                bias_lr_mult=2.0, bias_decay=False)
+                                bias_lr_mult=2.0, bias_decay=False, fused=fused)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, work["size"], work["size"]), dtype=torch.uint8, generator=g)
+    masks = torch.randint(0, work["classes"], (batch, work["size"], work["size"]), generator=g)
     device = torch.device("cpu")
 
     def step() -> float:
@@ -67,36 +102,95 @@ def make_step(work: dict, precision: str, channels_last: bool, images: torch.Ten
     return step
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", "--repeats", type=int, default=5)
-    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
-    args = parser.parse_args()
+def data_ms_per_batch(batch: int, reps: int) -> float:
+    from fcnseg.config import resolve_config
+    from fcnseg.data import TrainTransform, load_dataset
+    from fcnseg.engine.batches import training_batches
+
+    cfg = resolve_config("demo")
+    stream = training_batches(load_dataset("shapes", cfg.train_split), transform=TrainTransform(hflip=cfg.hflip),
+                              batch_size=batch, seed=12345, start_iteration=0, workers=0)
+    next(stream)
+    start = time.perf_counter()
+    for _ in range(reps):
+        next(stream)
+    return 1000 * (time.perf_counter() - start) / reps
+
+
+def measure(class_name: str, workloads: list[str], reps: int) -> list[dict]:
+    """Runs in the class's own process: interleaved rounds of every variant of every workload."""
+    import torch
+
+    from fcnseg.config import resolve_config
+    from fcnseg.engine.runtime import resolve_precision
+
     default = resolve_precision("auto", torch.device("cpu"))
-    print(f"training step, FCN-8s; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}; default precision here: {default} + channels_last; "
-          f"median of {args.reps} interleaved rounds")
-    print(f"{'workload':<10} {'precision':<22} {'ms/step':>9} {'images/s':>9} {'speed-up':>9} {'first loss':>12}")
-    for name in args.workloads:
+    demo_batch = resolve_config("demo").batch_size
+    rows = []
+    for name in workloads:
         work = WORKLOADS[name]
-        g = torch.Generator().manual_seed(0)
-        shape = (work["batch"], 3, work["size"], work["size"])
-        images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
-        masks = torch.randint(0, 21, (work["batch"], work["size"], work["size"]), generator=g)
-        variants = {"fp32": ("fp32", False), f"default ({default} + CL)": (default, True)}
-        steps = {label: make_step(work, *spec, images, masks) for label, spec in variants.items()}
-        first_loss = {label: step() for label, step in steps.items()}  # warm-up (allocates optimiser state)
+        fast_batch = demo_batch if name == "demo" else work["plain_batch"]
+        variants = {
+            f"plain (fp32, NCHW, b{work['plain_batch']})": dict(precision="fp32", channels_last=False, fused=False,
+                                                                batch=work["plain_batch"]),
+            f"fcnseg ({default}, CL, fused, b{fast_batch})": dict(precision=default, channels_last=True, fused=True,
+                                                                  batch=fast_batch),
+        }
+        steps = {label: (make_step(work, **spec), spec["batch"]) for label, spec in variants.items()}
+        first_loss = {label: step() for label, (step, _) in steps.items()}  # warm-up: optimiser state, kernels
         times: dict[str, list[float]] = {label: [] for label in steps}
-        for _ in range(args.reps):
-            for label, step in steps.items():
+        for _ in range(reps):
+            for label, (step, _) in steps.items():
                 start = time.perf_counter()
                 step()
                 times[label].append(time.perf_counter() - start)
-        base = statistics.median(times["fp32"])
-        for label, samples in times.items():
-            ms = statistics.median(samples)
-            print(f"{name:<10} {label:<22} {1000 * ms:>9.0f} {work['batch'] / ms:>9.2f} {base / ms:>8.2f}x "
-                  f"{first_loss[label]:>12.5g}", flush=True)
+        for label, (_, batch) in steps.items():
+            ms = 1000 * statistics.median(times[label])
+            rows.append(dict(cls=class_name, workload=name, variant=label, ms=ms, ips=batch * 1000 / ms,
+                             loss=first_loss[label], batch=batch))
+        if name == "demo":
+            ms = data_ms_per_batch(fast_batch, max(3, reps))
+            rows.append(dict(cls=class_name, workload=name, variant=f"data: shapes stream, b{fast_batch}", ms=ms,
+                             ips=fast_batch * 1000 / ms, loss=float("nan"), batch=fast_batch))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", "--repeats", type=int, default=5)
+    parser.add_argument("--workloads", nargs="+", default=["demo"], choices=list(WORKLOADS))
+    parser.add_argument("--classes", nargs="+", default=list(CLASSES), choices=list(CLASSES))
+    parser.add_argument("--child", choices=list(CLASSES), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child, args.workloads, args.reps)))
+        return
+
+    import torch
+
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    print(f"training step, FCN-8s; torch {torch.__version__}, {torch.get_num_threads()} threads; {cpu_header()}; "
+          f"load average before: {load}; median of {args.reps} interleaved rounds")
+    print(f"{'class':<10} {'workload':<10} {'variant':<34} {'ms/step':>8} {'images/s':>9} {'vs plain':>9} "
+          f"{'first loss':>11}")
+    for cls in args.classes:
+        env = {**os.environ, **CLASSES[cls]}
+        src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+        out = subprocess.run([sys.executable, __file__, "--child", cls, "--reps", str(args.reps), "--workloads",
+                              *args.workloads], env=env, check=True, capture_output=True, text=True).stdout
+        rows = json.loads(out.strip().splitlines()[-1])
+        for row in rows:
+            plain = next(r for r in rows if r["workload"] == row["workload"] and r["variant"].startswith("plain"))
+            is_data = row["variant"].startswith("data")
+            ratio = (f"{row['ms'] / next(r['ms'] for r in rows if r['workload'] == row['workload'] and r['variant'].startswith('fcnseg')):>8.0%}"
+                     " " if is_data else f"{row['ips'] / plain['ips']:>8.2f}x")
+            print(f"{cls:<10} {row['workload']:<10} {row['variant']:<34} {row['ms']:>8.0f} {row['ips']:>9.1f} "
+                  f"{ratio} {'' if is_data else format(row['loss'], '11.5g'):>11}", flush=True)
+    with open("/proc/loadavg") as f:
+        print(f"load average after: {' '.join(f.read().split()[:3])}; for the data row, 'vs plain' is its "
+              "time as a share of the fcnseg step")
 
 
 if __name__ == "__main__":

@@ -47,11 +47,19 @@ def autocast_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16
 
 
+def onednn_cap_allows_bf16() -> bool:
+    """False when ONEDNN_MAX_CPU_ISA (or its old name DNNL_MAX_CPU_ISA) caps oneDNN below native bf16
+    (e.g. AVX2, AVX512_CORE_VNNI): its bf16 kernels are then emulated, several times slower than fp32."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return cap in ("", "ALL", "DEFAULT") or any(tag in cap for tag in ("BF16", "AMX", "FP16", "AVX10"))
+
+
 def fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 autocast is the fast path here: a GPU with bf16, or a CPU with AVX512-BF16 or AMX."""
+    """Whether bf16 autocast is the fast path here: a GPU with bf16, or a CPU with AVX512-BF16 or AMX
+    (after $FCNSEG_CPU_ISA) that oneDNN is allowed to use."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return bool(cpu_bf16_flags())
+    return bool(cpu_bf16_flags()) and onednn_cap_allows_bf16()
 
 
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")

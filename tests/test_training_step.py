@@ -1,0 +1,95 @@
+"""The training step's fast paths compute what the plain path computes: the fused optimiser update
+and channels_last give the same loss trajectory as one-parameter-at-a-time updates on contiguous
+tensors (fp32, tiny width, so this runs on any CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fcnseg.config import resolve_config
+from fcnseg.engine import train
+from fcnseg.engine.losses import segmentation_loss
+from fcnseg.engine.optim import build_optimizer
+from fcnseg.engine.rundir import read_metrics
+from fcnseg.models import create_model
+
+TORCH_HAS_CPU_FUSED = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
+
+
+def _trajectory(optimizer_name: str, fused: bool, steps: int = 6) -> tuple[list[float], dict]:
+    torch.manual_seed(0)
+    model = create_model("fcn8s", 6, backbone="vgg16_bn", geometry="same", width=1 / 16).train()
+    opt = build_optimizer(model, name=optimizer_name, lr=1e-2 if optimizer_name == "sgd" else 1e-3, momentum=0.9,
+                          weight_decay=1e-3, bias_lr_mult=2.0, bias_decay=False, fused=fused)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 32, 32, generator=g)
+    y = torch.randint(0, 6, (2, 32, 32), generator=g)
+    losses = []
+    for _ in range(steps):
+        torch.manual_seed(2)  # the same dropout masks in both runs
+        loss = segmentation_loss(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses, {"opt": opt, "params": [p.detach().clone() for p in model.parameters()]}
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_fused_update_follows_the_plain_update(name):
+    plain, plain_state = _trajectory(name, fused=False)
+    fast, fast_state = _trajectory(name, fused=True)
+    assert plain_state["opt"].defaults.get("fused") in (None, False)
+    if TORCH_HAS_CPU_FUSED:  # the fast path is really taken where torch has it, not silently skipped
+        assert fast_state["opt"].defaults.get("fused") is True
+    assert fast == pytest.approx(plain, rel=1e-4)
+    assert plain[-1] < plain[0]  # it trains at all
+    # within 1% of the largest possible total change (steps x lr x bias multiplier): Adam's update of a
+    # parameter whose gradient is rounding noise (a bias before batch norm) is as large as any other's
+    for a, b in zip(plain_state["params"], fast_state["params"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_channels_last_training_matches_contiguous(tmp_path):
+    """Through the real loop: the same run with and without channels_last logs the same losses. (SGD:
+    Adam divides by the root of squared gradients, so on biases before batch norm, whose gradients are
+    rounding noise, it turns the two layouts' different roundings into full-size updates.)"""
+    common = dict(data="shapes", model="fcn8s", width=1 / 16, geometry="same", max_val_images=2, num_samples=0,
+                  optimizer="sgd", lr=1e-2, momentum=0.9, batch_size=2, iterations=5, log_every=1, eval_every=0,
+                  precision="fp32", progress=False)
+    losses = {}
+    for channels_last in (False, True):
+        run = tmp_path / f"cl{int(channels_last)}"
+        train({**common, "channels_last": channels_last, "out": str(run)})
+        losses[channels_last] = [r["loss"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"]
+    assert len(losses[True]) == 5
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+
+
+def test_demo_preset_keeps_its_training_budget_in_images():
+    """The demo trades iterations for a bigger batch, never images seen: same budget as the
+    original 2400 x 8, and a batch big enough to keep two cores busy at 96x96."""
+    cfg = resolve_config("demo")
+    assert cfg.batch_size >= 16
+    assert cfg.iterations * cfg.batch_size >= 2400 * 8
+    assert cfg.eval_every > 0 and cfg.iterations % cfg.eval_every == 0
+
+
+@pytest.mark.parametrize("cap, allowed", [("AVX2", False), ("avx512_core_vnni", False), ("AVX512_CORE", False),
+                                          ("AVX512_CORE_BF16", True), ("AVX512_CORE_AMX", True), ("ALL", True),
+                                          ("", True)])
+def test_auto_precision_is_fp32_when_onednn_is_capped_below_bf16(monkeypatch, cap, allowed):
+    """`--precision auto` must not pick bf16 where oneDNN may not use native bf16 (it would emulate it,
+    several times slower than fp32), whatever this machine's CPU has."""
+    from fcnseg import devices as runtime
+
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert runtime.onednn_cap_allows_bf16() is allowed
+    cpu = torch.device("cpu")
+    if not allowed:
+        assert runtime.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", cap)  # the old name counts too
+    assert runtime.onednn_cap_allows_bf16() is allowed
