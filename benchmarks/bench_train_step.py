@@ -69,7 +69,7 @@ def make_step(work: dict, *, precision: str, channels_last: bool, fused: bool, b
 
     from fcnseg.engine.losses import segmentation_loss
     from fcnseg.engine.optim import build_optimizer
-    from fcnseg.engine.runtime import autocast, prepare_input
+    from fcnseg.devices import autocast, prepare_input
     from fcnseg.models import create_model
 
     torch.manual_seed(0)
@@ -122,7 +122,7 @@ def measure(class_name: str, workloads: list[str], reps: int) -> list[dict]:
     import torch
 
     from fcnseg.config import resolve_config
-    from fcnseg.engine.runtime import resolve_precision
+    from fcnseg.devices import resolve_precision
 
     default = resolve_precision("auto", torch.device("cpu"))
     demo_batch = resolve_config("demo").batch_size

@@ -82,14 +82,14 @@ def test_demo_preset_keeps_its_training_budget_in_images():
 def test_auto_precision_is_fp32_when_onednn_is_capped_below_bf16(monkeypatch, cap, allowed):
     """`--precision auto` must not pick bf16 where oneDNN may not use native bf16 (it would emulate it,
     several times slower than fp32), whatever this machine's CPU has."""
-    from fcnseg import devices as runtime
+    from fcnseg import devices
 
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
-    assert runtime.onednn_cap_allows_bf16() is allowed
+    assert devices.onednn_cap_allows_bf16() is allowed
     cpu = torch.device("cpu")
     if not allowed:
-        assert runtime.resolve_precision("auto", cpu) == "fp32"
+        assert devices.resolve_precision("auto", cpu) == "fp32"
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     monkeypatch.setenv("DNNL_MAX_CPU_ISA", cap)  # the old name counts too
-    assert runtime.onednn_cap_allows_bf16() is allowed
+    assert devices.onednn_cap_allows_bf16() is allowed
