@@ -5,7 +5,7 @@
 CPU classes (each measured in its own process, since oneDNN and ATen pick their kernels at start):
 
   native     this CPU as it is (bf16 where it has AVX512-BF16 / AMX)
-  avx2-fp32  an AVX2-only CPU without bf16, emulated here: ONEDNN_MAX_CPU_ISA=AVX2 and
+  avx2-fp32  an AVX2-only CPU without bf16, emulated here: ONEDNN_MAX_CPU_ISA=AVX2, FCNSEG_CPU_ISA=avx2 and
              ATEN_CPU_CAPABILITY=avx2 (oneDNN and ATen both honour them; `--precision auto` then
              resolves to fp32, as on such a CPU)
 
@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 
-CLASSES = {"native": {}, "avx2-fp32": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
+CLASSES = {"native": {}, "avx2-fp32": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "FCNSEG_CPU_ISA": "avx2"}}
 WORKLOADS = {
     "demo": dict(backbone="vgg16_bn", width=0.125, geometry="same", size=96, plain_batch=8, optimizer="adamw",
                  lr=1e-3, reduction="mean", classes=6),
