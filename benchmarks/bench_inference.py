@@ -115,6 +115,7 @@ def naive(model: nn.Module, args) -> Forward:
     def run(x):
         with torch.no_grad():
             return model(x)
+
     return run
 
 
@@ -136,6 +137,7 @@ def autocast(model: nn.Module, args) -> Forward:
     def run(x):
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
             return model(x.contiguous(memory_format=torch.channels_last)).float()
+
     return run
 
 
@@ -208,10 +210,17 @@ def compiled(model: nn.Module, args) -> Forward:
     return lambda x: fastpath.run_model(model, x, True)
 
 
-VARIANTS = {"naive fp32": naive, "fcnseg default": fcnseg_default, "default, no padcache": default_no_padcache,
-            "onnxruntime fp32": onnxruntime_fp32, "openvino default": openvino_default,
-            "int8 onnxruntime": int8_onnxruntime, "int8 openvino": int8_openvino,
-            "bf16 autocast": autocast, "fast+compile": compiled}
+VARIANTS = {
+    "naive fp32": naive,
+    "fcnseg default": fcnseg_default,
+    "default, no padcache": default_no_padcache,
+    "onnxruntime fp32": onnxruntime_fp32,
+    "openvino default": openvino_default,
+    "int8 onnxruntime": int8_onnxruntime,
+    "int8 openvino": int8_openvino,
+    "bf16 autocast": autocast,
+    "fast+compile": compiled,
+}
 EXTRA = ("bf16 autocast", "fast+compile")
 NEEDS_OPENVINO = ("openvino default", "int8 openvino")
 
@@ -225,6 +234,7 @@ def openvino_installed() -> bool:
 
 
 # ------------------------------------------------------------------------------------- measuring
+
 
 def gemm_peaks(size: int = 2048, reps: int = 5) -> dict[str, float]:
     """The ceilings the variants are compared with, in this process's threads: fp32 (FMA) GFLOP/s, the
@@ -241,12 +251,16 @@ def gemm_peaks(size: int = 2048, reps: int = 5) -> dict[str, float]:
         a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
         conv_x = torch.randn(1, 512, 64, 64).to(dtype).contiguous(memory_format=torch.channels_last)
         conv_w = torch.randn(512, 512, 3, 3).to(dtype).contiguous(memory_format=torch.channels_last)
-        tests += [(name, lambda a=a, b=b: a @ b, 2 * size ** 3),
-                  (name, lambda x=conv_x, w=conv_w: nn.functional.conv2d(x, w), conv_flop)]
+        tests += [
+            (name, lambda a=a, b=b: a @ b, 2 * size**3),
+            (name, lambda x=conv_x, w=conv_w: nn.functional.conv2d(x, w), conv_flop),
+        ]
     if {"avx512_vnni", "avx_vnni", "amx_int8"} & flags:
-        i8 = (torch.randint(-128, 128, (size, size), dtype=torch.int8),
-              torch.randint(-128, 128, (size, size), dtype=torch.int8))
-        tests.append(("int8", lambda: torch._int_mm(*i8), 2 * size ** 3))
+        i8 = (
+            torch.randint(-128, 128, (size, size), dtype=torch.int8),
+            torch.randint(-128, 128, (size, size), dtype=torch.int8),
+        )
+        tests.append(("int8", lambda: torch._int_mm(*i8), 2 * size**3))
     peaks: dict[str, float] = {}
     for name, fn, flop in tests:
         fn()
@@ -265,8 +279,9 @@ def kernel_dtype(name: str) -> str:
     if name.startswith("int8"):
         return "int8"
     bf16 = bool(fastpath.cpu_bf16_flags())
-    if name in ("bf16 autocast", "fast+compile") or (bf16 and name in ("fcnseg default", "default, no padcache",
-                                                                    "openvino default")):
+    if name in ("bf16 autocast", "fast+compile") or (
+        bf16 and name in ("fcnseg default", "default, no padcache", "openvino default")
+    ):
         return "bf16"
     return "fp32"
 
@@ -282,8 +297,20 @@ def peak_rss_self_mb() -> float:
 
 def peak_rss_mb(variant: str, geometry: str, args: argparse.Namespace) -> float:
     """Peak RSS of a fresh process that builds the model, prepares ``variant`` and runs one forward."""
-    cmd = [sys.executable, __file__, "--child", variant, "--geometries", geometry,
-           "--size", str(args.size), "--width", str(args.width), "--calib", str(args.calib)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        variant,
+        "--geometries",
+        geometry,
+        "--size",
+        str(args.size),
+        "--width",
+        str(args.width),
+        "--calib",
+        str(args.calib),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["rss_mb"]
 
@@ -317,42 +344,70 @@ def bench_geometry(geometry: str, names: list[str], args: argparse.Namespace, pe
     rows = []
     for name in names:
         ms = statistics.median(times[name]) * 1000
-        rows.append({
-            "geometry": geometry, "variant": name, "ms": ms, "gflop": gflop,
-            "gflops": gflop / (ms / 1000),
-            "peak": kernel_dtype(name), "share": gflop / (ms / 1000) / peaks.get(kernel_dtype(name), float("nan")),
-            "speedup": statistics.median(times["naive fp32"]) * 1000 / ms,
-            "agree": (outputs[name].argmax(1) == reference.argmax(1)).float().mean().item(),
-            "agree_clear": (outputs[name].argmax(1) == reference.argmax(1))[clear].float().mean().item(),
-            "max_diff": (outputs[name] - reference).abs().max().item() / reference.abs().max().item(),
-            "setup_s": setup[name],
-            "rss_mb": (peak_rss_mb(name, geometry, args)
-                       if args.rss and name != "fast+compile" else float("nan")),
-        })
+        rows.append(
+            {
+                "geometry": geometry,
+                "variant": name,
+                "ms": ms,
+                "gflop": gflop,
+                "gflops": gflop / (ms / 1000),
+                "peak": kernel_dtype(name),
+                "share": gflop / (ms / 1000) / peaks.get(kernel_dtype(name), float("nan")),
+                "speedup": statistics.median(times["naive fp32"]) * 1000 / ms,
+                "agree": (outputs[name].argmax(1) == reference.argmax(1)).float().mean().item(),
+                "agree_clear": (outputs[name].argmax(1) == reference.argmax(1))[clear].float().mean().item(),
+                "max_diff": (outputs[name] - reference).abs().max().item() / reference.abs().max().item(),
+                "setup_s": setup[name],
+                "rss_mb": (peak_rss_mb(name, geometry, args) if args.rss and name != "fast+compile" else float("nan")),
+            }
+        )
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    head = (f"{'geometry':8} {'variant':20} {'median ms':>10} {'GFLOP/s':>8} {'% of peak':>12} "
-            f"{'speedup':>8} {'argmax agree':>13} {'margin>1%':>10} {'max|d|/max':>10} {'setup s':>8} "
-            f"{'peak RSS MB':>12}")
+    head = (
+        f"{'geometry':8} {'variant':20} {'median ms':>10} {'GFLOP/s':>8} {'% of peak':>12} "
+        f"{'speedup':>8} {'argmax agree':>13} {'margin>1%':>10} {'max|d|/max':>10} {'setup s':>8} "
+        f"{'peak RSS MB':>12}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         rss = "-" if r["rss_mb"] != r["rss_mb"] else f"{r['rss_mb']:.0f}"
         share = f"{100 * r['share']:5.1f}% {r['peak']}"
-        print(f"{r['geometry']:8} {r['variant']:20} {r['ms']:10.0f} {r['gflops']:8.1f} {share:>12} "
-              f"{r['speedup']:7.2f}x {100 * r['agree']:12.2f}% {100 * r['agree_clear']:9.2f}% {r['max_diff']:10.4f} "
-              f"{r['setup_s']:8.1f} {rss:>12}")
+        print(
+            f"{r['geometry']:8} {r['variant']:20} {r['ms']:10.0f} {r['gflops']:8.1f} {share:>12} "
+            f"{r['speedup']:7.2f}x {100 * r['agree']:12.2f}% {100 * r['agree_clear']:9.2f}% {r['max_diff']:10.4f} "
+            f"{r['setup_s']:8.1f} {rss:>12}"
+        )
 
 
 # ------------------------------------------------------------------------------------- a folder of photos
 
 # 20 (height, width) pairs in PASCAL VOC's mix (about half 375x500 landscape, a quarter portrait,
 # the rest assorted), in an order that revisits sizes as a folder listing does.
-VOC_SIZES = [(375, 500), (500, 375), (375, 500), (333, 500), (375, 500), (500, 333), (375, 500), (366, 500),
-             (500, 375), (375, 500), (334, 500), (375, 500), (500, 500), (333, 500), (500, 375), (375, 500),
-             (400, 500), (375, 500), (500, 400), (281, 500)]
+VOC_SIZES = [
+    (375, 500),
+    (500, 375),
+    (375, 500),
+    (333, 500),
+    (375, 500),
+    (500, 333),
+    (375, 500),
+    (366, 500),
+    (500, 375),
+    (375, 500),
+    (334, 500),
+    (375, 500),
+    (500, 500),
+    (333, 500),
+    (500, 375),
+    (375, 500),
+    (400, 500),
+    (375, 500),
+    (500, 400),
+    (281, 500),
+]
 FOLDER_VARIANTS = ("naive fp32", "fcnseg default", "onnxruntime fp32", "openvino default")
 
 
@@ -361,7 +416,7 @@ def bench_folder(geometry: str, args: argparse.Namespace) -> list[dict]:
     them: fcnseg's model prepared fresh (its per-size caches cold), onnxruntime and OpenVINO with
     dynamic height and width. Images interleave the variants, so load hits them alike."""
     base = build_model(geometry, args.width)
-    images = [make_input(h, 100 + i, w) for i, (h, w) in enumerate(VOC_SIZES[:args.folder])]
+    images = [make_input(h, 100 + i, w) for i, (h, w) in enumerate(VOC_SIZES[: args.folder])]
     names = [n for n in FOLDER_VARIANTS if n not in NEEDS_OPENVINO or openvino_installed()]
     runs, setup = {}, {}
     for name in names:
@@ -381,8 +436,17 @@ def bench_folder(geometry: str, args: argparse.Namespace) -> list[dict]:
             seconds[name] += time.perf_counter() - start
             reference = out.argmax(1) if reference is None else reference
             agree[name].append((out.argmax(1) == reference).float().mean().item())
-    return [{"variant": n, "s": seconds[n], "setup_s": setup[n], "speedup": seconds["naive fp32"] / seconds[n],
-             "agree": statistics.mean(agree[n]), "agree_min": min(agree[n])} for n in names]
+    return [
+        {
+            "variant": n,
+            "s": seconds[n],
+            "setup_s": setup[n],
+            "speedup": seconds["naive fp32"] / seconds[n],
+            "agree": statistics.mean(agree[n]),
+            "agree_min": min(agree[n]),
+        }
+        for n in names
+    ]
 
 
 def print_folder(rows: list[dict], count: int) -> None:
@@ -390,8 +454,10 @@ def print_folder(rows: list[dict], count: int) -> None:
     print(f"a folder of {count} photos in {sizes} VOC sizes, one new process's worth (fresh caches), batch 1:")
     print(f"{'variant':20} {'total s':>8} {'vs naive':>9} {'agree mean':>11} {'agree min':>10} {'setup s':>8}")
     for r in rows:
-        print(f"{r['variant']:20} {r['s']:8.1f} {r['speedup']:8.2f}x {100 * r['agree']:10.2f}% "
-              f"{100 * r['agree_min']:9.2f}% {r['setup_s']:8.1f}")
+        print(
+            f"{r['variant']:20} {r['s']:8.1f} {r['speedup']:8.2f}x {100 * r['agree']:10.2f}% "
+            f"{100 * r['agree_min']:9.2f}% {r['setup_s']:8.1f}"
+        )
 
 
 # ------------------------------------------------------------------------------------- CPU classes
@@ -419,14 +485,22 @@ def cpu_class() -> str:
 
 def header(args: argparse.Namespace, peaks: dict) -> None:
     print(f"=== CPU class: {cpu_class()} ===")
-    print(f"CPU {cpu_model()}, ISA {fastpath.cpu_isa()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"load average {open('/proc/loadavg').read().split()[0]} at start")
+    print(
+        f"CPU {cpu_model()}, ISA {fastpath.cpu_isa()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"load average {open('/proc/loadavg').read().split()[0]} at start"
+    )
     if cpu_class() != "native":
-        print("emulation: " + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items())
-              + " (onnxruntime has no ISA switch: it keeps this CPU's best kernels)")
+        print(
+            "emulation: "
+            + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items())
+            + " (onnxruntime has no ISA switch: it keeps this CPU's best kernels)"
+        )
     units = {"fp32": "GFLOP/s", "bf16": "GFLOP/s", "int8": "GOP/s"}
-    print("measured peaks: " + ", ".join(f"{k} {v:.0f} {units[k]}" for k, v in peaks.items())
-          + " (best of torch matmul 2048^3 and a 3x3 512->512 conv; int8: torch._int_mm 2048^3)")
+    print(
+        "measured peaks: "
+        + ", ".join(f"{k} {v:.0f} {units[k]}" for k, v in peaks.items())
+        + " (best of torch matmul 2048^3 and a 3x3 512->512 conv; int8: torch._int_mm 2048^3)"
+    )
     print(f"fast path: {'on' if fastpath.fast_path_supported() else 'off'} ({fastpath.fast_path_reason()})")
 
 
@@ -436,15 +510,31 @@ def main() -> None:
     parser.add_argument("--reps", "--repeats", type=int, default=3, help="timed rounds (default 3)")
     parser.add_argument("--width", type=float, default=1.0, help="channel width multiplier (1 = VGG16)")
     parser.add_argument("--geometries", nargs="+", default=["caffe"])
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), metavar="VARIANT",
-                        help=f"variants to run (default: all but {', '.join(EXTRA)}); naive fp32 always runs")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        metavar="VARIANT",
+        help=f"variants to run (default: all but {', '.join(EXTRA)}); naive fp32 always runs",
+    )
     parser.add_argument("--extra", action="store_true", help=f"also run {', '.join(EXTRA)}")
     parser.add_argument("--calib", type=int, default=4, help="calibration images for the int8 model (default 4)")
-    parser.add_argument("--folder", type=int, default=20, choices=range(0, len(VOC_SIZES) + 1), metavar="N",
-                        help=f"images in the folder scenario (default 20, 0 = skip; at most {len(VOC_SIZES)})")
-    parser.add_argument("--classes", nargs="+", choices=("native", "avx2"), default=["native", "avx2"],
-                        help="CPU classes to measure: this CPU as it is, and as an AVX2-only CPU (a child "
-                             "process with the ISA capped; skipped where the CPU has no more than AVX2)")
+    parser.add_argument(
+        "--folder",
+        type=int,
+        default=20,
+        choices=range(0, len(VOC_SIZES) + 1),
+        metavar="N",
+        help=f"images in the folder scenario (default 20, 0 = skip; at most {len(VOC_SIZES)})",
+    )
+    parser.add_argument(
+        "--classes",
+        nargs="+",
+        choices=("native", "avx2"),
+        default=["native", "avx2"],
+        help="CPU classes to measure: this CPU as it is, and as an AVX2-only CPU (a child "
+        "process with the ISA capped; skipped where the CPU has no more than AVX2)",
+    )
     parser.add_argument("--rss", action="store_true", help="peak RSS per variant (one fresh process each)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -461,8 +551,9 @@ def main() -> None:
         measure_class(args)
     if "avx2" in classes:
         print(flush=True)
-        subprocess.run([sys.executable, __file__, *sys.argv[1:], "--classes", "avx2"],
-                       env={**os.environ, **AVX2_ENV}, check=True)
+        subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:], "--classes", "avx2"], env={**os.environ, **AVX2_ENV}, check=True
+        )
 
 
 def measure_class(args: argparse.Namespace) -> None:
@@ -482,16 +573,18 @@ def measure_class(args: argparse.Namespace) -> None:
             notes.append(f"skipped {', '.join(skipped)}: the int8 runtimes cannot be capped to AVX2 here")
     peaks = gemm_peaks()
     header(args, peaks)
-    print(f"FCN-8s VGG16 (width {args.width:g}) batch 1 at {args.size}x{args.size}; random weights; score "
-          "layers (zero-initialised in FCN) given N(0, 0.01) weights so argmax is not trivial; "
-          f"{args.reps} timed rounds after one warm-up, variants interleaved")
+    print(
+        f"FCN-8s VGG16 (width {args.width:g}) batch 1 at {args.size}x{args.size}; random weights; score "
+        "layers (zero-initialised in FCN) given N(0, 0.01) weights so argmax is not trivial; "
+        f"{args.reps} timed rounds after one warm-up, variants interleaved"
+    )
     for note in notes:
         print(note)
     print()
     rows = []
     for geometry in args.geometries:
         rows += bench_geometry(geometry, names, args, peaks)
-        print_table(rows[-len(names):])
+        print_table(rows[-len(names) :])
         print(flush=True)
     for geometry in args.geometries:
         got = {r["variant"]: r for r in rows if r["geometry"] == geometry}
@@ -499,21 +592,29 @@ def measure_class(args: argparse.Namespace) -> None:
         best = [got[n] for n in ("onnxruntime fp32", "openvino default") if n in got]
         if default and best:
             fastest = min(best, key=lambda r: r["ms"])
-            print(f"{geometry} [{cpu_class()}]: fcnseg default is {fastest['ms'] / default['ms']:.2f}x the best "
-                  f"runtime's speed ({fastest['variant']}), argmax agreement {100 * default['agree']:.2f}%")
+            print(
+                f"{geometry} [{cpu_class()}]: fcnseg default is {fastest['ms'] / default['ms']:.2f}x the best "
+                f"runtime's speed ({fastest['variant']}), argmax agreement {100 * default['agree']:.2f}%"
+            )
         if default and "openvino default" in got:
-            print(f"{geometry} [{cpu_class()}]: fcnseg default is {got['openvino default']['ms'] / default['ms']:.2f}x "
-                  "OpenVINO default's speed")
+            print(
+                f"{geometry} [{cpu_class()}]: fcnseg default is {got['openvino default']['ms'] / default['ms']:.2f}x "
+                "OpenVINO default's speed"
+            )
         from fcnseg.inference.int8 import default_runtime
 
         int8_default = f"int8 {default_runtime()}"
         for name in ("int8 onnxruntime", "int8 openvino"):
             if name in got and "openvino default" in got:
-                print(f"{geometry} [{cpu_class()}]: {name}{' (fcnseg int8 default)' if name == int8_default else ''} is "
-                      f"{got['openvino default']['ms'] / got[name]['ms']:.2f}x OpenVINO default's speed")
+                print(
+                    f"{geometry} [{cpu_class()}]: {name}{' (fcnseg int8 default)' if name == int8_default else ''} is "
+                    f"{got['openvino default']['ms'] / got[name]['ms']:.2f}x OpenVINO default's speed"
+                )
         if default and "default, no padcache" in got:
-            print(f"{geometry} [{cpu_class()}]: pad-constant cache: "
-                  f"{got['default, no padcache']['ms'] / default['ms']:.2f}x")
+            print(
+                f"{geometry} [{cpu_class()}]: pad-constant cache: "
+                f"{got['default, no padcache']['ms'] / default['ms']:.2f}x"
+            )
     if args.folder:
         print(flush=True)
         folder = bench_folder("caffe", args)
@@ -522,8 +623,10 @@ def measure_class(args: argparse.Namespace) -> None:
         others = [r for r in folder if r["variant"] in ("onnxruntime fp32", "openvino default")]
         if "fcnseg default" in got and others:
             fastest = min(others, key=lambda r: r["s"])
-            print(f"folder [{cpu_class()}]: fcnseg default is {fastest['s'] / got['fcnseg default']['s']:.2f}x the "
-                  f"best runtime's speed ({fastest['variant']}), {got['fcnseg default']['speedup']:.2f}x naive")
+            print(
+                f"folder [{cpu_class()}]: fcnseg default is {fastest['s'] / got['fcnseg default']['s']:.2f}x the "
+                f"best runtime's speed ({fastest['variant']}), {got['fcnseg default']['speedup']:.2f}x naive"
+            )
     print(f"load average at the end: {open('/proc/loadavg').read().strip()}", flush=True)
 
 

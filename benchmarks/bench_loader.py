@@ -61,8 +61,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         make_voc_folder(Path(tmp), args.images)
         dataset = load_dataset(f"voc:{tmp}", "train")
-        print(f"{args.images} images {WIDTH}x{HEIGHT} (JPEG + palette PNG), batch {args.batch_size}, "
-              f"augment = {augment}")
+        print(
+            f"{args.images} images {WIDTH}x{HEIGHT} (JPEG + palette PNG), batch {args.batch_size}, augment = {augment}"
+        )
         print(f"{'workers':>7} | {'decode img/s':>12} | {'decode+augment img/s':>20}")
         print(f"{'-' * 7}-+-{'-' * 12}-+-{'-' * 20}")
         for workers in args.workers:

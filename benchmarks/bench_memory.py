@@ -91,8 +91,11 @@ def child(args: argparse.Namespace) -> None:
     mask = seg.predict(image)
     seconds = time.perf_counter() - start
     assert mask.shape == (height, width)
-    print(json.dumps({"seconds": seconds, "rss_mb": proc_status_mb("VmHWM"), "model_mb": before,
-                      "describe": seg.describe()}))
+    print(
+        json.dumps(
+            {"seconds": seconds, "rss_mb": proc_status_mb("VmHWM"), "model_mb": before, "describe": seg.describe()}
+        )
+    )
 
 
 def main() -> None:
@@ -114,35 +117,56 @@ def main() -> None:
     int8_file = os.path.join(tmp.name, "model.int8.onnx")
     if "int8" in args.variants:
         write_int8(args, int8_file)
-    print(f"Sliding-window predict, FCN-8s VGG16 (width {args.width:g}, {args.geometry} geometry, "
-          f"{NUM_CLASSES} classes), tile {args.tile}, overlap {args.overlap:g}; one fresh process per size")
-    head = (f"{'variant':>8} {'size':>10} {'MP':>5} {'tiles':>5} {'tiled MP':>8} {'seconds':>8} {'s/MP':>6} "
-            f"{'s/tiled MP':>10} {'peak RSS MB':>12} {'rise MB':>8}")
+    print(
+        f"Sliding-window predict, FCN-8s VGG16 (width {args.width:g}, {args.geometry} geometry, "
+        f"{NUM_CLASSES} classes), tile {args.tile}, overlap {args.overlap:g}; one fresh process per size"
+    )
+    head = (
+        f"{'variant':>8} {'size':>10} {'MP':>5} {'tiles':>5} {'tiled MP':>8} {'seconds':>8} {'s/MP':>6} "
+        f"{'s/tiled MP':>10} {'peak RSS MB':>12} {'rise MB':>8}"
+    )
     rows = []
     jobs = [(variant, size) for size in args.sizes for variant in args.variants]
     for variant, size in jobs:
         width, height = (int(v) for v in size.split("x"))
-        cmd = [sys.executable, __file__, "--child", size, "--tile", str(args.tile), "--overlap",
-               str(args.overlap), "--width", str(args.width), "--geometry", args.geometry]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            size,
+            "--tile",
+            str(args.tile),
+            "--overlap",
+            str(args.overlap),
+            "--width",
+            str(args.width),
+            "--geometry",
+            args.geometry,
+        ]
         if variant == "int8":
             cmd += ["--int8-file", int8_file]
-        result = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True)
-                            .stdout.strip().splitlines()[-1])
+        result = json.loads(
+            subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        )
         if not rows:
             print(head)
             print("-" * len(head))
         mp = width * height / 1e6
         tiles, tiled_mp = tiling(width, height, args.tile, args.overlap)
         rows.append((variant, tiled_mp, result["seconds"]))
-        print(f"{variant:>8} {size:>10} {mp:5.1f} {tiles:5d} {tiled_mp:8.1f} {result['seconds']:8.1f} "
-              f"{result['seconds'] / mp:6.2f} {result['seconds'] / tiled_mp:10.2f} "
-              f"{result['rss_mb']:12.0f} {result['rss_mb'] - result['model_mb']:8.0f}   {result['describe']}",
-              flush=True)
+        print(
+            f"{variant:>8} {size:>10} {mp:5.1f} {tiles:5d} {tiled_mp:8.1f} {result['seconds']:8.1f} "
+            f"{result['seconds'] / mp:6.2f} {result['seconds'] / tiled_mp:10.2f} "
+            f"{result['rss_mb']:12.0f} {result['rss_mb'] - result['model_mb']:8.0f}   {result['describe']}",
+            flush=True,
+        )
     print()
     for variant in args.variants:
         per_mp = [seconds / tiled_mp for name, tiled_mp, seconds in rows if name == variant]
-        print(f"{variant}: seconds per tiled megapixel {min(per_mp):.2f} .. {max(per_mp):.2f} "
-              "(flat = cost linear in pixels)")
+        print(
+            f"{variant}: seconds per tiled megapixel {min(per_mp):.2f} .. {max(per_mp):.2f} "
+            "(flat = cost linear in pixels)"
+        )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ import numpy as np
 from PIL import Image
 
 VARIANTS = {
-    "default": [],                           # 1 process, one inference thread per core
-    "workers2": ["--workers", "2"],          # 2 processes, each one thread per core it gets
+    "default": [],  # 1 process, one inference thread per core
+    "workers2": ["--workers", "2"],  # 2 processes, each one thread per core it gets
     "concurrency1": ["--concurrency", "1"],  # 1 process, 1 inference thread using every core
 }
 
@@ -62,8 +62,18 @@ def tree_peak_rss_mb(pid: int) -> float:
 
 def start(checkpoint: str, extra: list[str]) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    cmd = [sys.executable, "-m", "fcnseg", "serve", "--checkpoint", checkpoint, "--port", str(port),
-           "--no-access-log", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fcnseg",
+        "serve",
+        "--checkpoint",
+        checkpoint,
+        "--port",
+        str(port),
+        "--no-access-log",
+        *extra,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -153,14 +163,17 @@ def main() -> int:
 
     images = load_images(20)
     cores = len(os.sched_getaffinity(0))
-    print(f"model {args.checkpoint}; {len(images)} shapes val images "
-          f"{images[0][1][0]}x{images[0][1][1]} PNG; {args.requests} requests per variant from {args.clients} "
-          f"keep-alive loopback clients; {cores} cores; load average {os.getloadavg()[0]:.1f} at start", flush=True)
+    print(
+        f"model {args.checkpoint}; {len(images)} shapes val images "
+        f"{images[0][1][0]}x{images[0][1][1]} PNG; {args.requests} requests per variant from {args.clients} "
+        f"keep-alive loopback clients; {cores} cores; load average {os.getloadavg()[0]:.1f} at start",
+        flush=True,
+    )
 
     servers = {name: start(args.checkpoint, VARIANTS[name]) for name in names}
     results = {name: {"latencies": [], "errors": 0, "wall": 0.0} for name in names}
     try:
-        for name, (_, port) in servers.items():  # warm-up: first calls allocate, not measured
+        for _, port in servers.values():  # warm-up: first calls allocate, not measured
             hammer(port, images, 2 * args.clients, args.clients)
         per_round = [args.requests // args.rounds + (r < args.requests % args.rounds) for r in range(args.rounds)]
         for n in per_round:
@@ -187,12 +200,21 @@ def main() -> int:
         r = results[name]
         lat_ms = np.asarray(r["latencies"]) * 1000
         p50, p95, p99 = np.percentile(lat_ms, [50, 95, 99])
-        rows[name] = {"args": VARIANTS[name], "requests": len(lat_ms), "rps": len(lat_ms) / r["wall"],
-                      "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "errors": r["errors"],
-                      "peak_rss_mb": r["peak_rss_mb"]}
+        rows[name] = {
+            "args": VARIANTS[name],
+            "requests": len(lat_ms),
+            "rps": len(lat_ms) / r["wall"],
+            "p50_ms": p50,
+            "p95_ms": p95,
+            "p99_ms": p99,
+            "errors": r["errors"],
+            "peak_rss_mb": r["peak_rss_mb"],
+        }
         label = f"`{' '.join(VARIANTS[name])}`" if VARIANTS[name] else "default"
-        print(f"| {label} | {len(lat_ms)} | {rows[name]['rps']:.1f} | {p50:.0f} | {p95:.0f} | {p99:.0f} | "
-              f"{r['errors']} | {r['peak_rss_mb']:.0f} |")
+        print(
+            f"| {label} | {len(lat_ms)} | {rows[name]['rps']:.1f} | {p50:.0f} | {p95:.0f} | {p99:.0f} | "
+            f"{r['errors']} | {r['peak_rss_mb']:.0f} |"
+        )
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     if args.json:
         from fcnseg.files import write_json

@@ -39,12 +39,33 @@ import subprocess
 import sys
 import time
 
-CLASSES = {"native": {}, "avx2-fp32": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "FCNSEG_CPU_ISA": "avx2"}}
+CLASSES = {
+    "native": {},
+    "avx2-fp32": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "FCNSEG_CPU_ISA": "avx2"},
+}
 WORKLOADS = {
-    "demo": dict(backbone="vgg16_bn", width=0.125, geometry="same", size=96, plain_batch=8, optimizer="adamw",
-                 lr=1e-3, reduction="mean", classes=6),
-    "vgg16-320": dict(backbone="vgg16", width=1.0, geometry="caffe", size=320, plain_batch=1, optimizer="sgd",
-                      lr=1e-10, reduction="sum", classes=21),
+    "demo": dict(
+        backbone="vgg16_bn",
+        width=0.125,
+        geometry="same",
+        size=96,
+        plain_batch=8,
+        optimizer="adamw",
+        lr=1e-3,
+        reduction="mean",
+        classes=6,
+    ),
+    "vgg16-320": dict(
+        backbone="vgg16",
+        width=1.0,
+        geometry="caffe",
+        size=320,
+        plain_batch=1,
+        optimizer="sgd",
+        lr=1e-10,
+        reduction="sum",
+        classes=21,
+    ),
 }
 
 
@@ -67,14 +88,15 @@ def cpu_header() -> str:
 def make_step(work: dict, *, precision: str, channels_last: bool, fused: bool, batch: int):
     import torch
 
+    from fcnseg.devices import autocast, prepare_input
     from fcnseg.engine.losses import segmentation_loss
     from fcnseg.engine.optim import build_optimizer
-    from fcnseg.devices import autocast, prepare_input
     from fcnseg.models import create_model
 
     torch.manual_seed(0)
-    model = create_model("fcn8s", work["classes"], backbone=work["backbone"], width=work["width"],
-                         geometry=work["geometry"])
+    model = create_model(
+        "fcn8s", work["classes"], backbone=work["backbone"], width=work["width"], geometry=work["geometry"]
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "score" in name and p.ndim > 1:
@@ -82,8 +104,16 @@ def make_step(work: dict, *, precision: str, channels_last: bool, fused: bool, b
     if channels_last:
         model.to(memory_format=torch.channels_last)
     model.train()
-    optimizer = build_optimizer(model, name=work["optimizer"], lr=work["lr"], momentum=0.99, weight_decay=5e-4,
-                                bias_lr_mult=2.0, bias_decay=False, fused=fused)
+    optimizer = build_optimizer(
+        model,
+        name=work["optimizer"],
+        lr=work["lr"],
+        momentum=0.99,
+        weight_decay=5e-4,
+        bias_lr_mult=2.0,
+        bias_decay=False,
+        fused=fused,
+    )
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, work["size"], work["size"]), dtype=torch.uint8, generator=g)
     masks = torch.randint(0, work["classes"], (batch, work["size"], work["size"]), generator=g)
@@ -108,8 +138,14 @@ def data_ms_per_batch(batch: int, reps: int) -> float:
     from fcnseg.engine.batches import training_batches
 
     cfg = resolve_config("demo")
-    stream = training_batches(load_dataset("shapes", cfg.train_split), transform=TrainTransform(hflip=cfg.hflip),
-                              batch_size=batch, seed=12345, start_iteration=0, workers=0)
+    stream = training_batches(
+        load_dataset("shapes", cfg.train_split),
+        transform=TrainTransform(hflip=cfg.hflip),
+        batch_size=batch,
+        seed=12345,
+        start_iteration=0,
+        workers=0,
+    )
     next(stream)
     start = time.perf_counter()
     for _ in range(reps):
@@ -131,10 +167,12 @@ def measure(class_name: str, workloads: list[str], reps: int) -> list[dict]:
         work = WORKLOADS[name]
         fast_batch = demo_batch if name == "demo" else work["plain_batch"]
         variants = {
-            f"plain (fp32, NCHW, b{work['plain_batch']})": dict(precision="fp32", channels_last=False, fused=False,
-                                                                batch=work["plain_batch"]),
-            f"fcnseg ({default}, CL, fused, b{fast_batch})": dict(precision=default, channels_last=True, fused=True,
-                                                                  batch=fast_batch),
+            f"plain (fp32, NCHW, b{work['plain_batch']})": dict(
+                precision="fp32", channels_last=False, fused=False, batch=work["plain_batch"]
+            ),
+            f"fcnseg ({default}, CL, fused, b{fast_batch})": dict(
+                precision=default, channels_last=True, fused=True, batch=fast_batch
+            ),
         }
         steps = {label: (make_step(work, **spec), spec["batch"]) for label, spec in variants.items()}
         first_loss = {label: step() for label, (step, _) in steps.items()}  # warm-up: optimiser state, kernels
@@ -146,12 +184,30 @@ def measure(class_name: str, workloads: list[str], reps: int) -> list[dict]:
                 times[label].append(time.perf_counter() - start)
         for label, (_, batch) in steps.items():
             ms = 1000 * statistics.median(times[label])
-            rows.append(dict(cls=class_name, workload=name, variant=label, ms=ms, ips=batch * 1000 / ms,
-                             loss=first_loss[label], batch=batch))
+            rows.append(
+                dict(
+                    cls=class_name,
+                    workload=name,
+                    variant=label,
+                    ms=ms,
+                    ips=batch * 1000 / ms,
+                    loss=first_loss[label],
+                    batch=batch,
+                )
+            )
         if name == "demo":
             ms = data_ms_per_batch(fast_batch, max(3, reps))
-            rows.append(dict(cls=class_name, workload=name, variant=f"data: shapes stream, b{fast_batch}", ms=ms,
-                             ips=fast_batch * 1000 / ms, loss=float("nan"), batch=fast_batch))
+            rows.append(
+                dict(
+                    cls=class_name,
+                    workload=name,
+                    variant=f"data: shapes stream, b{fast_batch}",
+                    ms=ms,
+                    ips=fast_batch * 1000 / ms,
+                    loss=float("nan"),
+                    batch=fast_batch,
+                )
+            )
     return rows
 
 
@@ -170,27 +226,45 @@ def main() -> None:
 
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
-    print(f"training step, FCN-8s; torch {torch.__version__}, {torch.get_num_threads()} threads; {cpu_header()}; "
-          f"load average before: {load}; median of {args.reps} interleaved rounds")
-    print(f"{'class':<10} {'workload':<10} {'variant':<34} {'ms/step':>8} {'images/s':>9} {'vs plain':>9} "
-          f"{'first loss':>11}")
+    print(
+        f"training step, FCN-8s; torch {torch.__version__}, {torch.get_num_threads()} threads; {cpu_header()}; "
+        f"load average before: {load}; median of {args.reps} interleaved rounds"
+    )
+    print(
+        f"{'class':<10} {'workload':<10} {'variant':<34} {'ms/step':>8} {'images/s':>9} {'vs plain':>9} "
+        f"{'first loss':>11}"
+    )
     for cls in args.classes:
         env = {**os.environ, **CLASSES[cls]}
         src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-        out = subprocess.run([sys.executable, __file__, "--child", cls, "--reps", str(args.reps), "--workloads",
-                              *args.workloads], env=env, check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", cls, "--reps", str(args.reps), "--workloads", *args.workloads],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         rows = json.loads(out.strip().splitlines()[-1])
         for row in rows:
             plain = next(r for r in rows if r["workload"] == row["workload"] and r["variant"].startswith("plain"))
             is_data = row["variant"].startswith("data")
-            ratio = (f"{row['ms'] / next(r['ms'] for r in rows if r['workload'] == row['workload'] and r['variant'].startswith('fcnseg')):>8.0%}"
-                     " " if is_data else f"{row['ips'] / plain['ips']:>8.2f}x")
-            print(f"{cls:<10} {row['workload']:<10} {row['variant']:<34} {row['ms']:>8.0f} {row['ips']:>9.1f} "
-                  f"{ratio} {'' if is_data else format(row['loss'], '11.5g'):>11}", flush=True)
+            ratio = (
+                f"{row['ms'] / next(r['ms'] for r in rows if r['workload'] == row['workload'] and r['variant'].startswith('fcnseg')):>8.0%}"
+                " "
+                if is_data
+                else f"{row['ips'] / plain['ips']:>8.2f}x"
+            )
+            print(
+                f"{cls:<10} {row['workload']:<10} {row['variant']:<34} {row['ms']:>8.0f} {row['ips']:>9.1f} "
+                f"{ratio} {'' if is_data else format(row['loss'], '11.5g'):>11}",
+                flush=True,
+            )
     with open("/proc/loadavg") as f:
-        print(f"load average after: {' '.join(f.read().split()[:3])}; for the data row, 'vs plain' is its "
-              "time as a share of the fcnseg step")
+        print(
+            f"load average after: {' '.join(f.read().split()[:3])}; for the data row, 'vs plain' is its "
+            "time as a share of the fcnseg step"
+        )
 
 
 if __name__ == "__main__":

@@ -39,19 +39,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model.int8.onnx"
         start = time.perf_counter()
-        record = int8.quantize_checkpoint(args.checkpoint, args.data, out, split=args.calib_split,
-                                          images=args.images)
+        record = int8.quantize_checkpoint(args.checkpoint, args.data, out, split=args.calib_split, images=args.images)
         quant_s = time.perf_counter() - start
         int8_model, _, _ = int8.load(out, checkpoint=args.checkpoint)
     fp32, meta = model_from_checkpoint(args.checkpoint)
     fp32.eval()
     fast = fastpath.fast_path_supported()
-    default = fastpath.prepare_model(model_from_checkpoint(args.checkpoint)[0], fast, meta["model_kwargs"]["num_classes"])
+    default = fastpath.prepare_model(
+        model_from_checkpoint(args.checkpoint)[0], fast, meta["model_kwargs"]["num_classes"]
+    )
     dataset = load_dataset(args.data, args.split)
     n = len(dataset) if args.max_images is None else min(len(dataset), args.max_images)
     classes, ignore = dataset.num_classes, dataset.ignore_index
-    paths = {"fp32": lambda x: fp32(x), "fcnseg default": lambda x: fastpath.run_model(default, x, fast),
-             f"int8 {int8_model.runtime}": lambda x: int8_model(x)}
+    paths = {
+        "fp32": lambda x: fp32(x),
+        "fcnseg default": lambda x: fastpath.run_model(default, x, fast),
+        f"int8 {int8_model.runtime}": lambda x: int8_model(x),
+    }
     confusion = {name: ConfusionMatrix(classes, ignore_index=ignore) for name in paths}
     agree = {name: [0, 0, 0, 0] for name in paths}  # labelled agree, labelled, all agree, all
     for index in range(n):
@@ -67,17 +71,23 @@ def main() -> None:
             agree[name][1] += int(labelled.sum())
             agree[name][2] += int(same.sum())
             agree[name][3] += same.numel()
-    print(f"{args.checkpoint} ({meta['model_name']}, {meta['model_kwargs']}) on {args.data} {args.split}, "
-          f"{n} images; int8 calibrated on {record['calibration']['images']} {args.calib_split} images "
-          f"in {quant_s:.0f} s ({record['engine']})")
-    print(f"{'path':20} {'mean IU':>8} {'pixel acc':>10} {'agree (labelled)':>17} {'agree (all)':>12} {'d mean IU':>10}")
+    print(
+        f"{args.checkpoint} ({meta['model_name']}, {meta['model_kwargs']}) on {args.data} {args.split}, "
+        f"{n} images; int8 calibrated on {record['calibration']['images']} {args.calib_split} images "
+        f"in {quant_s:.0f} s ({record['engine']})"
+    )
+    print(
+        f"{'path':20} {'mean IU':>8} {'pixel acc':>10} {'agree (labelled)':>17} {'agree (all)':>12} {'d mean IU':>10}"
+    )
     base = confusion["fp32"].compute()["mean_iu"]
     for name in paths:
         metrics = confusion[name].compute()
         a = agree[name]
-        print(f"{name:20} {100 * metrics['mean_iu']:8.2f} {100 * metrics['pixel_acc']:10.2f} "
-              f"{100 * a[0] / max(1, a[1]):16.2f}% {100 * a[2] / max(1, a[3]):11.2f}% "
-              f"{100 * (metrics['mean_iu'] - base):+10.2f}")
+        print(
+            f"{name:20} {100 * metrics['mean_iu']:8.2f} {100 * metrics['pixel_acc']:10.2f} "
+            f"{100 * a[0] / max(1, a[1]):16.2f}% {100 * a[2] / max(1, a[3]):11.2f}% "
+            f"{100 * (metrics['mean_iu'] - base):+10.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-CLASSES = [("background", (0, 0, 0)), ("red", (200, 40, 40)), ("green", (40, 180, 40)),
-           ("blue", (40, 60, 200)), ("dark", (90, 90, 90)), ("bright", (240, 240, 160))]
+CLASSES = [
+    ("background", (0, 0, 0)),
+    ("red", (200, 40, 40)),
+    ("green", (40, 180, 40)),
+    ("blue", (40, 60, 200)),
+    ("dark", (90, 90, 90)),
+    ("bright", (240, 240, 160)),
+]
 SKIP = {"lbpcascade_frontalface_opencv.xml"}
 
 
@@ -82,16 +88,18 @@ def main() -> None:
         for k in range(args.per_image):
             side = int(min(width, height) * rng.uniform(0.4, 1.0))
             x0, y0 = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
-            crop = np.asarray(photo.crop((x0, y0, x0 + side, y0 + side))
-                              .resize((args.size, args.size), Image.BILINEAR))
+            crop = np.asarray(photo.crop((x0, y0, x0 + side, y0 + side)).resize((args.size, args.size), Image.BILINEAR))
             stem = f"{path.stem}_{k:02d}"
             Image.fromarray(crop).save(out / split / "images" / f"{stem}.png")
             Image.fromarray(label(crop)).save(out / split / "masks" / f"{stem}.png")
             counts[split] += 1
-    (out / "classes.json").write_text(json.dumps(
-        {"classes": [{"name": n, "color": list(c)} for n, c in CLASSES]}, indent=1))
-    print(f"{out}: {len(photos)} photos from scikit-image, {counts['train']} train / {counts['val']} val crops "
-          f"of {args.size}x{args.size}, {len(CLASSES)} classes")
+    (out / "classes.json").write_text(
+        json.dumps({"classes": [{"name": n, "color": list(c)} for n, c in CLASSES]}, indent=1)
+    )
+    print(
+        f"{out}: {len(photos)} photos from scikit-image, {counts['train']} train / {counts['val']} val crops "
+        f"of {args.size}x{args.size}, {len(CLASSES)} classes"
+    )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,11 @@ def main(names: list[str]) -> int:
         print(f"\n===== {script.name} =====", flush=True)
         start = time.perf_counter()
         rc = subprocess.call([sys.executable, str(script)])
-        print(f"===== {script.name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'}, "
-              f"{time.perf_counter() - start:.0f} s =====", flush=True)
+        print(
+            f"===== {script.name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'}, "
+            f"{time.perf_counter() - start:.0f} s =====",
+            flush=True,
+        )
         if rc:
             failed.append(script.name)
     if failed:

@@ -21,8 +21,9 @@ def tmpfs(path: Path, size: str = "200k", read_only: bool = False):
     """A small tmpfs at ``path`` (optionally remounted read-only); the test is skipped, with the
     reason, where mounting is not allowed (not root, or in a container without CAP_SYS_ADMIN)."""
     path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs to simulate the fault ({mounted.stderr.strip() or 'mount failed'})")
     try:
@@ -40,8 +41,14 @@ def remount_read_only(path: Path) -> None:
 def cli(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m fcnseg ARGS`` in a subprocess (OMP threads capped: the machine is shared)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "fcnseg", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "fcnseg", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+    )
 
 
 def run_main(capsys, *args) -> subprocess.CompletedProcess:
@@ -72,12 +79,14 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str, co
 def bomb_png(path: Path, width: int = 100_000, height: int = 100_000) -> Path:
     """A valid PNG header (IHDR) announcing ``width`` x ``height`` pixels, with almost no data: the
     shape of a decompression bomb, in 60 bytes."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -106,8 +115,21 @@ def set_mask(path: Path, value: int) -> None:
     Image.fromarray(np.full((size[1], size[0]), value, np.uint8), mode="L").save(path)
 
 
-TINY_TRAIN = ["--model", "fcn8s", "--width", "0.0625", "--geometry", "same", "--num-samples", "1",
-              "--optimizer", "adamw", "--lr", "1e-3", "--no-progress"]
+TINY_TRAIN = [
+    "--model",
+    "fcn8s",
+    "--width",
+    "0.0625",
+    "--geometry",
+    "same",
+    "--num-samples",
+    "1",
+    "--optimizer",
+    "adamw",
+    "--lr",
+    "1e-3",
+    "--no-progress",
+]
 
 
 @contextmanager

@@ -18,8 +18,13 @@ from fcnseg.engine.runtime import resolve_device
 from fcnseg.errors import FcnsegError
 from fcnseg.viz import legend_entries, overlay, with_legend
 
-META = {"model_name": "standin", "model_kwargs": {"num_classes": 3}, "class_names": ["background", "cat", "dog"],
-        "palette": [[0, 0, 0], [255, 0, 0], [0, 255, 0]], "normalization": "imagenet"}
+META = {
+    "model_name": "standin",
+    "model_kwargs": {"num_classes": 3},
+    "class_names": ["background", "cat", "dog"],
+    "palette": [[0, 0, 0], [255, 0, 0], [0, 255, 0]],
+    "normalization": "imagenet",
+}
 
 
 class Counting(nn.Module):
@@ -52,9 +57,14 @@ def test_every_input_type_gives_the_same_mask(seg, tmp_path):
     assert reference.shape == (20, 28)
     chw_uint8 = torch.from_numpy(rgb).permute(2, 0, 1)
     inputs = {
-        "path str": str(tmp_path / "x.png"), "Path": tmp_path / "x.png", "PIL": Image.fromarray(rgb),
-        "numpy HWC": rgb, "numpy float HWC in [0,1]": rgb / 255.0, "tensor CHW uint8": chw_uint8,
-        "tensor CHW float in [0,1]": chw_uint8.float() / 255, "tensor 1xCxHxW": chw_uint8[None].clone(),
+        "path str": str(tmp_path / "x.png"),
+        "Path": tmp_path / "x.png",
+        "PIL": Image.fromarray(rgb),
+        "numpy HWC": rgb,
+        "numpy float HWC in [0,1]": rgb / 255.0,
+        "tensor CHW uint8": chw_uint8,
+        "tensor CHW float in [0,1]": chw_uint8.float() / 255,
+        "tensor 1xCxHxW": chw_uint8[None].clone(),
     }
     for name, value in inputs.items():
         out = seg.predict(value)
@@ -130,7 +140,11 @@ def test_help_shows_an_example_and_every_option():
 def test_device_is_checked_the_same_everywhere(tmp_path, capsys):
     assert resolve_device("cpu") == torch.device("cpu") and resolve_device(" CPU ") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    for bad, words in [("gpu", "must be auto, cpu, cuda or cuda:N"), ("mps", "must be auto"), ("cuda:x", "must be auto")]:
+    for bad, words in [
+        ("gpu", "must be auto, cpu, cuda or cuda:N"),
+        ("mps", "must be auto"),
+        ("cuda:x", "must be auto"),
+    ]:
         with pytest.raises(FcnsegError, match=words):
             resolve_device(bad)
     if not torch.cuda.is_available():
@@ -145,10 +159,20 @@ def test_device_is_checked_the_same_everywhere(tmp_path, capsys):
         with pytest.raises(FcnsegError, match="onnxruntime backend runs on the CPU"):
             _inference_device("cuda", "onnxruntime")
     Image.fromarray(rgb_image()).save(tmp_path / "x.png")
-    commands = [["predict", "--checkpoint", str(tmp_path / "none.pt"), str(tmp_path / "x.png"), "--out",
-                 str(tmp_path / "o"), "--device", "gpu"],
-                ["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--data", "shapes", "--device", "gpu"],
-                ["train", "--data", "shapes", "--out", str(tmp_path / "run"), "--device", "gpu"]]
+    commands = [
+        [
+            "predict",
+            "--checkpoint",
+            str(tmp_path / "none.pt"),
+            str(tmp_path / "x.png"),
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "gpu",
+        ],
+        ["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--data", "shapes", "--device", "gpu"],
+        ["train", "--data", "shapes", "--out", str(tmp_path / "run"), "--device", "gpu"],
+    ]
     for argv in commands:
         try:
             code = main(argv)
@@ -156,8 +180,13 @@ def test_device_is_checked_the_same_everywhere(tmp_path, capsys):
             code = exc.code
         assert code == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith(f"fcnseg {argv[0]}: error:") and "device" in err[0] \
-            and "must be auto, cpu, cuda or cuda:N" in err[0] and "'gpu'" in err[0], err
+        assert (
+            len(err) == 1
+            and err[0].startswith(f"fcnseg {argv[0]}: error:")
+            and "device" in err[0]
+            and "must be auto, cpu, cuda or cuda:N" in err[0]
+            and "'gpu'" in err[0]
+        ), err
 
 
 def test_overlay_keeps_background_and_gets_a_legend():
@@ -174,6 +203,7 @@ def test_overlay_keeps_background_and_gets_a_legend():
     band = picture[40:].reshape(-1, 3)
     assert ((band == (0, 255, 0)).all(1)).sum() > 20  # the dog's swatch is drawn
     assert not ((band == (255, 0, 0)).all(1)).any()  # the absent cat is not listed
-    only_background = with_legend(photo, legend_entries(np.zeros((40, 60), np.uint8), META["class_names"],
-                                                        META["palette"]))
+    only_background = with_legend(
+        photo, legend_entries(np.zeros((40, 60), np.uint8), META["class_names"], META["palette"])
+    )
     assert only_background.shape[0] > 40  # the band says that nothing but background was found

@@ -41,7 +41,7 @@ def make_folder(root: Path, mask_of, n: int = 3, size: int = 32, mode: str = "L"
 
 def square(i: int, size: int) -> np.ndarray:
     fg = np.zeros((size, size), np.uint8)
-    fg[4 + i: 20 + i, 6: 22] = 1
+    fg[4 + i : 20 + i, 6:22] = 1
     return fg
 
 
@@ -72,22 +72,37 @@ def test_data_check_reports_binary_masks_and_writes_the_fix(tmp_path, capsys):
 
 def test_binary_masks_with_the_fix_train_end_to_end(tmp_path):
     root = make_folder(tmp_path / "data", square)
-    (root / "classes.json").write_text(json.dumps(
-        {"classes": [{"name": "background", "value": 0}, {"name": "foreground", "value": 255}]}))
+    (root / "classes.json").write_text(
+        json.dumps({"classes": [{"name": "background", "value": 0}, {"name": "foreground", "value": 255}]})
+    )
     dataset = load_dataset(f"folder:{root}", "val")
     image, mask = dataset[0]
     assert dataset.class_names == ("background", "foreground")
     assert set(mask.unique().tolist()) == {0, 1} and int((mask == 1).sum()) == int(square(0, 32).sum())
-    summary = train(TrainConfig(data=f"folder:{root}", model="fcn8s", width=1 / 16, geometry="same", iterations=4,
-                                batch_size=2, optimizer="adamw", lr=1e-3, num_samples=0, progress=False,
-                                out=str(tmp_path / "run")))
+    summary = train(
+        TrainConfig(
+            data=f"folder:{root}",
+            model="fcn8s",
+            width=1 / 16,
+            geometry="same",
+            iterations=4,
+            batch_size=2,
+            optimizer="adamw",
+            lr=1e-3,
+            num_samples=0,
+            progress=False,
+            out=str(tmp_path / "run"),
+        )
+    )
     assert len(summary["final"]["per_class_iou"]) == 2
     assert not np.isnan(summary["final"]["per_class_iou"][1])  # the foreground is a class that is scored
 
 
 def test_value_not_in_classes_json_names_the_file(tmp_path):
     root = make_folder(tmp_path / "data", square)
-    (root / "classes.json").write_text(json.dumps({"classes": [{"name": "bg", "value": 0}, {"name": "fg", "value": 255}]}))
+    (root / "classes.json").write_text(
+        json.dumps({"classes": [{"name": "bg", "value": 0}, {"name": "fg", "value": 255}]})
+    )
     smoothed = square(0, 32) * 255
     smoothed[0, :3] = 7  # an edge value left by resizing with interpolation
     Image.fromarray(smoothed.astype(np.uint8), mode="L").save(root / "train" / "masks" / "im0.png")
@@ -101,7 +116,7 @@ def test_colour_masks_without_classes_json_print_the_classes_json_to_write(tmp_p
         load_dataset(f"folder:{root}", "train")
     message = str(err.value)
     assert "masks are RGB colour images" in message and "\n" not in message
-    suggested = json.loads(message[message.index("{"): message.rindex("}") + 1])
+    suggested = json.loads(message[message.index("{") : message.rindex("}") + 1])
     assert suggested["classes"][0] == {"name": "background", "color": [0, 0, 0]}
     assert sorted(c["color"] for c in suggested["classes"][1:]) == [[0, 255, 0], [255, 0, 0]]
     # the written suggestion makes the data usable as it is

@@ -76,7 +76,14 @@ def test_other_file_format_is_named(tmp_path):
 
 def test_legacy_format_still_loads(tmp_path):
     p = tmp_path / "old.pt"
-    torch.save({"format": "fcnseg.checkpoint", "version": 1, "model": {},
-                "meta": {"model_name": "fcn8s", "model_kwargs": {"num_classes": 2}}}, p,
-               _use_new_zipfile_serialization=False)
+    torch.save(
+        {
+            "format": "fcnseg.checkpoint",
+            "version": 1,
+            "model": {},
+            "meta": {"model_name": "fcn8s", "model_kwargs": {"num_classes": 2}},
+        },
+        p,
+        _use_new_zipfile_serialization=False,
+    )
     assert load_checkpoint(p)["version"] == 1

@@ -23,7 +23,7 @@ def write_jpg(path, h=12, w=16, value=100):
 
 def label_map(h=12, w=16, labels=(0, 1)):
     mask = np.full((h, w), labels[0], np.uint8)
-    mask[h // 2:, :] = labels[1]
+    mask[h // 2 :, :] = labels[1]
     return mask
 
 
@@ -39,11 +39,11 @@ def write_sbd_mat(path, mask):
     for k in range(20):
         boundaries[k, 0] = scipy.sparse.csc_matrix(mask.shape, dtype=np.uint8)
     present = np.unique(mask[mask > 0]).astype(np.uint8)
-    scipy.io.savemat(path, {"GTcls": {"Boundaries": boundaries, "Segmentation": mask,
-                                      "CategoriesPresent": present}})
+    scipy.io.savemat(path, {"GTcls": {"Boundaries": boundaries, "Segmentation": mask, "CategoriesPresent": present}})
 
 
-def make_voc(root, splits={"train": ["2007_000001", "2008_000002"], "val": ["2007_000033"]}):
+def make_voc(root, splits=None):
+    splits = splits or {"train": ["2007_000001", "2008_000002"], "val": ["2007_000033"]}
     voc = root / "VOCdevkit" / "VOC2012"
     (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
     for split, ids in splits.items():
@@ -56,7 +56,8 @@ def make_voc(root, splits={"train": ["2007_000001", "2008_000002"], "val": ["200
     return voc
 
 
-def make_sbd(root, splits={"train": ["2008_000002", "2009_000003"], "val": ["2010_000004", "2007_000033"]}):
+def make_sbd(root, splits=None):
+    splits = splits or {"train": ["2008_000002", "2009_000003"], "val": ["2010_000004", "2007_000033"]}
     sbd = root / "benchmark_RELEASE" / "dataset"
     sbd.mkdir(parents=True)
     for split, ids in splits.items():
@@ -128,8 +129,12 @@ def test_voc_aug_train_aug_and_seg11valid(tmp_path):
     ds = load_dataset(spec, "train_aug")
     # VOC train {01, 02} + SBD {02, 03, 04, 33} - VOC val {33}
     names = [ds.sample_name(i).rsplit("/", 2)[-2:] for i in range(len(ds))]
-    assert names == [["JPEGImages", "2007_000001.jpg"], ["JPEGImages", "2008_000002.jpg"],
-                     ["img", "2009_000003.jpg"], ["img", "2010_000004.jpg"]]
+    assert names == [
+        ["JPEGImages", "2007_000001.jpg"],
+        ["JPEGImages", "2008_000002.jpg"],
+        ["img", "2009_000003.jpg"],
+        ["img", "2010_000004.jpg"],
+    ]
     assert ds[1][1][11, 0] == 16 and ds[2][1].max() == 7  # VOC mask preferred, else SBD's
     valid = open_voc_aug(f"{tmp_path / 'voc'},{tmp_path / 'sbd'}", "seg11valid", check_files=False)
     assert len(valid) == 736 and valid.sample_name(0).endswith("JPEGImages/2007_000033.jpg")
@@ -181,9 +186,18 @@ def test_folder_index_masks_infer_classes(tmp_path, caplog):
 
 def test_folder_color_masks_with_classes_json(tmp_path):
     make_folder(tmp_path, color=True)
-    (tmp_path / "classes.json").write_text(json.dumps({"classes": [
-        {"name": "bg", "color": [0, 0, 0]}, {"name": "red", "color": [255, 0, 0]},
-        {"name": "green", "color": [0, 255, 0]}, {"name": "blue", "color": [0, 0, 255]}]}))
+    (tmp_path / "classes.json").write_text(
+        json.dumps(
+            {
+                "classes": [
+                    {"name": "bg", "color": [0, 0, 0]},
+                    {"name": "red", "color": [255, 0, 0]},
+                    {"name": "green", "color": [0, 255, 0]},
+                    {"name": "blue", "color": [0, 0, 255]},
+                ]
+            }
+        )
+    )
     ds = load_dataset(f"folder:{tmp_path}", "train")
     assert ds.class_names == ("bg", "red", "green", "blue") and ds.palette[1] == (255, 0, 0)
     assert ds[1][1].max() == 2 and ds[1][1].min() == 0

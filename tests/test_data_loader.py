@@ -2,8 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from fcnseg.data import (PadCollate, TrainTransform, build_loader, class_frequencies, load_dataset,
-                         median_frequency_weights)
+from fcnseg.data import (
+    PadCollate,
+    TrainTransform,
+    build_loader,
+    class_frequencies,
+    load_dataset,
+    median_frequency_weights,
+)
 from fcnseg.data.base import SegmentationDataset
 from fcnseg.errors import FcnsegError
 
@@ -66,20 +72,30 @@ def test_loader_batches_and_bad_samples(caplog):
         sizes = [len(b[0]) for b in loader]
         sizes += [len(b[0]) for b in loader]  # a second pass: the file is not logged again
     assert sizes == [2, 2, 1] * 2 and loader.num_skipped == 2 and loader.skipped[0][0] == "/data/img4.png"
-    assert [r.getMessage() for r in caplog.records] == ["skipped bad sample /data/img4.png: truncated file; re-download it"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "skipped bad sample /data/img4.png: truncated file; re-download it"
+    ]
 
 
 @pytest.mark.slow
 def test_loader_workers_report_bad_samples_and_are_seeded(caplog):
     def run():
-        loader = build_loader(Tiny(n=8, bad=3), batch_size=1, shuffle=True, workers=1, seed=5, skip_bad=True,
-                              transform=TrainTransform(crop_size=4, hflip=True, jitter=0.2))
+        loader = build_loader(
+            Tiny(n=8, bad=3),
+            batch_size=1,
+            shuffle=True,
+            workers=1,
+            seed=5,
+            skip_bad=True,
+            transform=TrainTransform(crop_size=4, hflip=True, jitter=0.2),
+        )
         caplog.clear()
         with caplog.at_level("WARNING", logger="fcnseg"):
             batches = list(loader)
         assert "skipped bad sample" in caplog.text
         assert all(masks.dtype == torch.int64 for _, masks in batches)  # uint8 between processes only
         return loader, [images for images, _ in batches]
+
     a, batches_a = run()
     _, batches_b = run()
     assert a.skipped[0][0] == "/data/img3.png" and len(batches_a) == 7

@@ -34,9 +34,11 @@ def test_contract():
 def test_deterministic_and_pinned():
     # Pinned: the same pixels on every machine. Change only on purpose (it changes every result).
     assert _digest(load_dataset("shapes", "train"), (0, 1, 2, 399)) == (
-        "8fa8f7eca068e1053e0ddebd2efb5955b4c5ba507fa22999ed249b5973a11ca5")
+        "8fa8f7eca068e1053e0ddebd2efb5955b4c5ba507fa22999ed249b5973a11ca5"
+    )
     assert _digest(load_dataset("shapes", "val"), (0, 99)) == (
-        "0d57b83e4a6bd763827a08481176889d70f329dd5b4458ff04ef23098faa3229")
+        "0d57b83e4a6bd763827a08481176889d70f329dd5b4458ff04ef23098faa3229"
+    )
 
 
 def test_every_class_appears_and_splits_differ():

@@ -14,7 +14,12 @@ from fcnseg.viz import IGNORE_CHECKER, legend
 def test_demo_preset_resolves_to_the_bn_trunk_and_the_training_stream():
     cfg = resolve_config("demo")
     assert (cfg.data, cfg.model, cfg.backbone, cfg.train_split, cfg.val_split) == (
-        "shapes", "fcn8s", "vgg16_bn", "stream", "val")
+        "shapes",
+        "fcn8s",
+        "vgg16_bn",
+        "stream",
+        "val",
+    )
     first, n = SPLITS[cfg.train_split]
     assert first >= sum(SPLITS["val"]) or first + n <= SPLITS["val"][0]
     for model, backbone in [("fcn32s", "vgg16_bn"), ("fcn16s", "vgg16_bn"), ("unet", None)]:
@@ -40,18 +45,18 @@ def test_sample_strip_has_titles_upscaled_panels_and_a_legend(tmp_path):
     factor, gap = 3, 6  # 96 px panels are enlarged to 288 px (nearest neighbour), white gaps between
     assert strip.shape[1] == 3 * 96 * factor + 4 * gap
     top = np.flatnonzero((strip[:, gap] != 255).any(1))[0]  # first non-white row of the image column
-    panel = strip[top:top + 96 * factor, gap:gap + 96 * factor]
+    panel = strip[top : top + 96 * factor, gap : gap + 96 * factor]
     assert np.array_equal(panel, np.repeat(np.repeat(image, factor, 0), factor, 1))
     header = strip[:top]
     for k in range(3):  # a title (dark text) above each panel
         x0 = gap + k * (96 * factor + gap)
-        assert (header[:, x0:x0 + 96 * factor] < 100).all(-1).sum() > 20
+        assert (header[:, x0 : x0 + 96 * factor] < 100).all(-1).sum() > 20
     assert _colours(strip[:, :gap]) == {(255, 255, 255)}  # separators are white...
-    truth_panel = strip[top:top + 96 * factor, 2 * gap + 96 * factor:2 * gap + 2 * 96 * factor]
-    assert set(IGNORE_CHECKER) <= _colours(truth_panel[:8 * factor, :8 * factor])  # ...ignore is not
+    truth_panel = strip[top : top + 96 * factor, 2 * gap + 96 * factor : 2 * gap + 2 * 96 * factor]
+    assert set(IGNORE_CHECKER) <= _colours(truth_panel[: 8 * factor, : 8 * factor])  # ...ignore is not
     assert not set(IGNORE_CHECKER) & _colours(strip[:, :gap])
 
-    key = strip[top + 96 * factor:]
+    key = strip[top + 96 * factor :]
     assert {tuple(c) for c in ds.palette} <= _colours(key)  # every class colour in the legend
     assert set(IGNORE_CHECKER) <= _colours(key)  # and the ignore swatch, as truth has ignore pixels
 

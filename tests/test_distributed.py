@@ -31,8 +31,13 @@ def _tiny_checkpoint(path: Path) -> None:
             if "score" in name:
                 p.normal_(0, 0.5)
     dataset = load_dataset("shapes", "val")
-    meta = {"model_name": "fcn8s", "model_kwargs": kwargs, "class_names": list(dataset.class_names),
-            "palette": [list(c) for c in dataset.palette], "normalization": "imagenet"}
+    meta = {
+        "model_name": "fcn8s",
+        "model_kwargs": kwargs,
+        "class_names": list(dataset.class_names),
+        "palette": [list(c) for c in dataset.palette],
+        "normalization": "imagenet",
+    }
     save_checkpoint(path, model.state_dict(), meta)
 
 
@@ -64,10 +69,38 @@ def test_distributed_evaluation_equals_single_process(tmp_path):
 def test_torchrun_training_writes_one_run(tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fcnseg",
-           "train", "--data", "shapes", "--model", "fcn8s", "--width", "0.0625", "--geometry", "same",
-           "--iterations", "4", "--batch-size", "2", "--eval-every", "2", "--max-val-images", "3",
-           "--num-samples", "1", "--no-progress", "--out", str(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "fcnseg",
+        "train",
+        "--data",
+        "shapes",
+        "--model",
+        "fcn8s",
+        "--width",
+        "0.0625",
+        "--geometry",
+        "same",
+        "--iterations",
+        "4",
+        "--batch-size",
+        "2",
+        "--eval-every",
+        "2",
+        "--max-val-images",
+        "3",
+        "--num-samples",
+        "1",
+        "--no-progress",
+        "--out",
+        str(run),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     ckpt = load_checkpoint(run / "last.pt")
@@ -85,10 +118,36 @@ def test_a_fault_on_one_rank_stops_every_rank_with_its_one_line(tmp_path):
     run = tmp_path / "ddp"
     (run / "best.pt").mkdir(parents=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fcnseg",
-           "train", "--data", "shapes", "--model", "fcn8s", "--width", "0.0625", "--geometry", "same",
-           "--iterations", "4", "--eval-every", "2", "--max-val-images", "2", "--num-samples", "0", "--no-progress",
-           "--out", str(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "fcnseg",
+        "train",
+        "--data",
+        "shapes",
+        "--model",
+        "fcn8s",
+        "--width",
+        "0.0625",
+        "--geometry",
+        "same",
+        "--iterations",
+        "4",
+        "--eval-every",
+        "2",
+        "--max-val-images",
+        "2",
+        "--num-samples",
+        "0",
+        "--no-progress",
+        "--out",
+        str(run),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("fcnseg train: error:")]
@@ -106,10 +165,36 @@ def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step(tmp_path):
 
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fcnseg",
-           "train", "--data", "shapes", "--model", "fcn8s", "--width", "0.0625", "--geometry", "same",
-           "--iterations", "100000", "--log-every", "1", "--max-val-images", "2", "--num-samples", "0",
-           "--no-progress", "--out", str(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "fcnseg",
+        "train",
+        "--data",
+        "shapes",
+        "--model",
+        "fcn8s",
+        "--width",
+        "0.0625",
+        "--geometry",
+        "same",
+        "--iterations",
+        "100000",
+        "--log-every",
+        "1",
+        "--max-val-images",
+        "2",
+        "--num-samples",
+        "0",
+        "--no-progress",
+        "--out",
+        str(run),
+    ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     seen, deadline = [], time.monotonic() + 200
     try:

@@ -49,10 +49,15 @@ def test_precedence_cli_over_file_over_preset(tmp_path):
     assert (cfg.model, cfg.hflip, cfg.scale_range, cfg.lr_schedule) == ("fcn16s", True, [0.5, 2.0], "poly")
 
 
-@pytest.mark.parametrize("text, fragment", [("lerning_rate: 1\n", "unknown option 'lerning_rate'"),
-                                            ("batch_size: many\n", "'batch_size' expects int"),
-                                            ("precision: fp8\n", "must be one of fp32, bf16, fp16"),
-                                            ("lr: [1\n", "cannot be parsed")])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("lerning_rate: 1\n", "unknown option 'lerning_rate'"),
+        ("batch_size: many\n", "'batch_size' expects int"),
+        ("precision: fp8\n", "must be one of fp32, bf16, fp16"),
+        ("lr: [1\n", "cannot be parsed"),
+    ],
+)
 def test_bad_config_file_is_one_clear_error(tmp_path, text, fragment):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -70,12 +75,30 @@ def test_unknown_preset_and_missing_file():
 
 def test_every_option_is_on_the_command_line_with_help():
     parser = build_parser()
-    args = parser.parse_args(["train", "--data", "shapes", "--channels-last", "--no-hflip", "--lr", "0.1",
-                              "--model-options", "{learn_final_upsample: true}", "--preset", "modern"])
+    args = parser.parse_args(
+        [
+            "train",
+            "--data",
+            "shapes",
+            "--channels-last",
+            "--no-hflip",
+            "--lr",
+            "0.1",
+            "--model-options",
+            "{learn_final_upsample: true}",
+            "--preset",
+            "modern",
+        ]
+    )
     from fcnseg.config import overrides_from_args
 
-    assert overrides_from_args(args) == {"data": "shapes", "channels_last": True, "hflip": False, "lr": "0.1",
-                                         "model_options": "{learn_final_upsample: true}"}
+    assert overrides_from_args(args) == {
+        "data": "shapes",
+        "channels_last": True,
+        "hflip": False,
+        "lr": "0.1",
+        "model_options": "{learn_final_upsample: true}",
+    }
     cfg = resolve_config(args.preset, None, overrides_from_args(args))
     assert cfg.model_options == {"learn_final_upsample": True} and cfg.lr == 0.1 and not cfg.hflip
     train_parser = parser._subparsers._group_actions[0].choices["train"]
@@ -89,8 +112,12 @@ def test_resume_config_reads_saved_config(tmp_path):
 
     config = TrainConfig(data="shapes", lr=0.25, iterations=10)
     save_config(config, tmp_path / "config.yaml")
-    save_checkpoint(tmp_path / "last.pt", {}, {"model_name": "fcn8s", "model_kwargs": {}},
-                    {"iteration": 10, "optimizer": {}, "scheduler": {}, "rng": {}, "config": config.to_dict()})
+    save_checkpoint(
+        tmp_path / "last.pt",
+        {},
+        {"model_name": "fcn8s", "model_kwargs": {}},
+        {"iteration": 10, "optimizer": {}, "scheduler": {}, "rng": {}, "config": config.to_dict()},
+    )
     cfg = resume_config(tmp_path, {"iterations": 20})
     assert (cfg.lr, cfg.iterations, cfg.resume, cfg.out) == (0.25, 20, str(tmp_path), str(tmp_path))
     with pytest.raises(FcnsegError, match="cannot resume"):
@@ -206,8 +233,13 @@ def _noisy(image, mask):
 
 
 def test_training_batches_resume_mid_stream_identically():
-    stream = lambda start: training_batches(_Toy(), transform=_noisy, batch_size=2, seed=5,  # noqa: E731
-                                            start_iteration=start)
+    stream = lambda start: training_batches(
+        _Toy(),
+        transform=_noisy,
+        batch_size=2,
+        seed=5,  # noqa: E731
+        start_iteration=start,
+    )
     full = [next(it) for it in [stream(0)] for _ in range(10)]  # 2.5 epochs
     resumed = [next(it) for it in [stream(6)] for _ in range(4)]
     for (a_img, a_mask), (b_img, b_mask) in zip(full[6:], resumed):

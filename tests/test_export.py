@@ -14,9 +14,13 @@ from fcnseg.models import create_model
 
 ort = pytest.importorskip("onnxruntime")
 
-META = {"model_name": "fcn8s", "model_kwargs": {"num_classes": 3, "width": 1 / 16},
-        "class_names": ["bg", "a", "b"], "palette": [[0, 0, 0], [200, 0, 0], [0, 200, 0]],
-        "normalization": "caffe"}
+META = {
+    "model_name": "fcn8s",
+    "model_kwargs": {"num_classes": 3, "width": 1 / 16},
+    "class_names": ["bg", "a", "b"],
+    "palette": [[0, 0, 0], [200, 0, 0], [0, 200, 0]],
+    "normalization": "caffe",
+}
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +85,18 @@ def test_cli_export_then_predict_with_onnxruntime(model, tmp_path, capsys):
     from PIL import Image
 
     save_checkpoint(tmp_path / "c.pt", model.state_dict(), META)
-    assert main(["export", "--checkpoint", str(tmp_path / "c.pt"), "--format", "onnx",
-                 "--out", str(tmp_path / "m.onnx")]) == 0
-    assert main(["export", "--checkpoint", str(tmp_path / "c.pt"), "--out",
-                 str(tmp_path / "m.safetensors")]) == 0
+    assert (
+        main(["export", "--checkpoint", str(tmp_path / "c.pt"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
+        == 0
+    )
+    assert main(["export", "--checkpoint", str(tmp_path / "c.pt"), "--out", str(tmp_path / "m.safetensors")]) == 0
     Image.fromarray(np.random.default_rng(2).integers(0, 255, (25, 35, 3), np.uint8)).save(tmp_path / "i.png")
     for ckpt, extra in (("m.onnx", []), ("c.pt", ["--backend", "onnxruntime"]), ("m.safetensors", [])):
         out = tmp_path / f"out_{ckpt}"
-        assert main(["predict", "--checkpoint", str(tmp_path / ckpt), str(tmp_path / "i.png"),
-                     "--out", str(out), *extra]) == 0
+        assert (
+            main(["predict", "--checkpoint", str(tmp_path / ckpt), str(tmp_path / "i.png"), "--out", str(out), *extra])
+            == 0
+        )
         assert Image.open(out / "i.png").size == (35, 25)
     assert main(["export", "--checkpoint", str(tmp_path / "c.pt"), "--out", str(tmp_path / "m.bin")]) == 2
     assert "--format" in capsys.readouterr().err
@@ -99,10 +106,24 @@ def test_out_suffix_must_agree_with_format(model, tmp_path, capsys):
     save_checkpoint(tmp_path / "c.pt", model.state_dict(), META)
     for fmt, name in (("onnx", "x.safetensors"), ("safetensors", "x.onnx"), ("onnx", "x")):
         capsys.readouterr()
-        assert main(["export", "--checkpoint", str(tmp_path / "c.pt"), "--format", fmt,
-                     "--out", str(tmp_path / name)]) == 2
+        assert (
+            main(["export", "--checkpoint", str(tmp_path / "c.pt"), "--format", fmt, "--out", str(tmp_path / name)])
+            == 2
+        )
         err = capsys.readouterr().err
         assert f"does not end in .{fmt}" in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / name).exists()
-    assert main(["export", "--checkpoint", str(tmp_path / "c.pt"), "--format", "safetensors",
-                 "--out", str(tmp_path / "X.SafeTensors")]) == 0  # the suffix is compared without case
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(tmp_path / "c.pt"),
+                "--format",
+                "safetensors",
+                "--out",
+                str(tmp_path / "X.SafeTensors"),
+            ]
+        )
+        == 0
+    )  # the suffix is compared without case

@@ -30,8 +30,13 @@ def test_only_plain_convolutions_with_large_weights_are_replaced():
     big = nn.Conv2d(64, 64, 3, padding=1)  # 36864 weights
     assert GemmConv2d.applies_to(big, min_weight=30000)
     assert not GemmConv2d.applies_to(big)  # default threshold: 16M weights (fc6 / fc7 of VGG16)
-    for odd in [nn.Conv2d(64, 64, 3, stride=2), nn.Conv2d(64, 64, 3, groups=2), nn.Conv2d(64, 64, 3, dilation=2),
-                nn.Conv2d(64, 64, 3, padding=(1, 0)), nn.ConvTranspose2d(64, 64, 3)]:
+    for odd in [
+        nn.Conv2d(64, 64, 3, stride=2),
+        nn.Conv2d(64, 64, 3, groups=2),
+        nn.Conv2d(64, 64, 3, dilation=2),
+        nn.Conv2d(64, 64, 3, padding=(1, 0)),
+        nn.ConvTranspose2d(64, 64, 3),
+    ]:
         assert not GemmConv2d.applies_to(odd, min_weight=1)
 
 
@@ -139,7 +144,7 @@ def test_split_stem_is_far_closer_to_fp32_than_a_bf16_convolution():
     rounded = expected.to(torch.bfloat16).float()  # the best any bf16 output can do
     split_error, plain_error = (split - rounded).abs().mean(), (plain - rounded).abs().mean()
     assert split_error < plain_error / 4
-    assert (split - expected).abs().max() <= 2 ** -8 * expected.abs().max()  # output rounding only
+    assert (split - expected).abs().max() <= 2**-8 * expected.abs().max()  # output rounding only
 
 
 @pytest.mark.parametrize("name, kwargs", [("fcn8s", {"geometry": "caffe"}), ("unet", {})])
@@ -147,16 +152,24 @@ def test_a_trunk_layer_as_wide_as_the_class_count_is_not_taken_for_the_score_hea
     # width 1/16: conv1 has 4 channels, like the 4 classes; only the score head stays fp32
     model = create_model(name, num_classes=4, width=1 / 16, **kwargs).eval()
     fast = prepare_model(copy.deepcopy(model), True, 4)
-    trunk = next(m for n, m in fast.named_modules() if n.startswith(("backbone.", "encoder."))
-                 and isinstance(m, nn.Conv2d) and m.out_channels == 4)
+    trunk = next(
+        m
+        for n, m in fast.named_modules()
+        if n.startswith(("backbone.", "encoder.")) and isinstance(m, nn.Conv2d) and m.out_channels == 4
+    )
     assert trunk.weight.dtype == torch.bfloat16
     out = run_model(fast, torch.randn(1, 3, 40, 48), True)
     assert out.shape == (1, 4, 40, 48) and out.dtype == torch.float32
 
 
-@pytest.mark.parametrize("cap, bf16, described", [("avx2", False, "AVX2 (no AVX512/VNNI/BF16/AMX)"),
-                                                  ("avx512_bf16", True, "AVX2+AVX512+VNNI+BF16 (no AMX)"),
-                                                  ("native", True, "AVX2+AVX512+VNNI+BF16+AMX")])
+@pytest.mark.parametrize(
+    "cap, bf16, described",
+    [
+        ("avx2", False, "AVX2 (no AVX512/VNNI/BF16/AMX)"),
+        ("avx512_bf16", True, "AVX2+AVX512+VNNI+BF16 (no AMX)"),
+        ("native", True, "AVX2+AVX512+VNNI+BF16+AMX"),
+    ],
+)
 def test_cpu_class_can_be_capped_to_run_a_lesser_cpus_paths(monkeypatch, cap, bf16, described):
     every = frozenset({"fma", "avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"})
     monkeypatch.setattr(devices, "_cpuinfo_flags", lambda: every)
@@ -189,5 +202,6 @@ def test_prepared_model_saves_and_loads_like_the_original(fast):
     x = torch.randn(1, 3, 40, 44)
     with torch.no_grad():
         reference = model(x)
-    assert torch.allclose(run_model(prepared, x, fast), reference,
-                          atol=(0.05 if fast else 1e-5) * reference.abs().max().item())
+    assert torch.allclose(
+        run_model(prepared, x, fast), reference, atol=(0.05 if fast else 1e-5) * reference.abs().max().item()
+    )

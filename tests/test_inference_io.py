@@ -13,19 +13,22 @@ from fcnseg.inference.image_io import load_image, to_rgb
 
 def _png_header_only(path, width, height):
     """A PNG whose header claims width x height but holds almost no data (a decompression bomb)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0"))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+    )
 
 
 def test_exif_orientation_is_applied(tmp_path):
     img = np.zeros((20, 40, 3), np.uint8)
-    img[:, :20] = (255, 0, 0)                 # left half red
+    img[:, :20] = (255, 0, 0)  # left half red
     pil = Image.fromarray(img)
     exif = pil.getexif()
-    exif[0x0112] = 6                          # "rotate 90 clockwise to display"
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
     pil.save(tmp_path / "phone.jpg", exif=exif, quality=95)
     out = load_image(tmp_path / "phone.jpg")
     assert out.shape == (40, 20, 3)

@@ -10,8 +10,13 @@ from fcnseg.errors import FcnsegError
 from fcnseg.inference import Segmenter, fastpath
 from fcnseg.inference.fastpath import fast_path_supported
 
-META = {"model_name": "standin", "model_kwargs": {"num_classes": 3}, "class_names": ["a", "b", "c"],
-        "palette": [[0, 0, 0], [255, 0, 0], [0, 255, 0]], "normalization": "imagenet"}
+META = {
+    "model_name": "standin",
+    "model_kwargs": {"num_classes": 3},
+    "class_names": ["a", "b", "c"],
+    "palette": [[0, 0, 0], [255, 0, 0], [0, 255, 0]],
+    "normalization": "imagenet",
+}
 
 
 class StandIn(nn.Module):
@@ -70,8 +75,8 @@ def test_fast_path_agrees_with_fp32_and_says_so():
     fp32 = Segmenter(model, META, fast=False).predict_proba(rgb)
     fast = Segmenter(model, META, fast=True)
     assert "bf16 weights" in fast.describe() and "channels_last" in fast.describe()
-    assert model.body[0].weight.dtype == torch.bfloat16      # the trunk runs in bf16 ...
-    assert model.body[2].weight.dtype == torch.float32       # ... the 3-class score layer in fp32
+    assert model.body[0].weight.dtype == torch.bfloat16  # the trunk runs in bf16 ...
+    assert model.body[2].weight.dtype == torch.float32  # ... the 3-class score layer in fp32
     assert np.abs(fast.predict_proba(rgb) - fp32).max() < 0.05
     auto = Segmenter(StandIn(), META)
     assert auto.fast == fast_path_supported()
@@ -93,8 +98,9 @@ def test_fast_path_dispatch_follows_the_cpu_and_describe_says_which(monkeypatch,
     assert not off.fast and "fast path off: " + ("disabled" if flags else "CPU lacks") in off.describe()
 
 
-@pytest.mark.parametrize("options", [{"backend": "tensorflow"}, {"tile": -1}, {"overlap": 1.0},
-                                     {"scales": (0.0,)}, {"shift_stitch": -2}])
+@pytest.mark.parametrize(
+    "options", [{"backend": "tensorflow"}, {"tile": -1}, {"overlap": 1.0}, {"scales": (0.0,)}, {"shift_stitch": -2}]
+)
 def test_bad_options_raise_fcnseg_error(options):
     with pytest.raises(FcnsegError):
         make(**options)

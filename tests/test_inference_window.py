@@ -23,7 +23,7 @@ def collect(probs_fn, image, num_classes, tile, overlap):
 
     def sink(y0, probs):
         bands.append((y0, probs.shape[1]))
-        out[:, y0:y0 + probs.shape[1]] = probs
+        out[:, y0 : y0 + probs.shape[1]] = probs
 
     with torch.no_grad():
         sliding_window(probs_fn, image, num_classes, tile, overlap, sink)
@@ -108,7 +108,7 @@ def shift_and_stitch_by_hand(net, x, f):
         for dx in range(f):
             shifted = torch.zeros(n, 3, canvas_h, canvas_w)
             part = x[:, :, dy:, dx:]
-            shifted[:, :, :part.shape[2], :part.shape[3]] = part
+            shifted[:, :, : part.shape[2], : part.shape[3]] = part
             coarse = net(shifted)
             for i in range(coarse.shape[2]):
                 for j in range(coarse.shape[3]):

@@ -9,7 +9,6 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -17,24 +16,66 @@ from fcnseg.cli import main
 from fcnseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from fcnseg.engine.rundir import read_metrics
 
-TINY_ARGS = ["--data", "shapes", "--model", "fcn8s", "--width", "0.0625", "--geometry", "same", "--batch-size", "2",
-             "--max-val-images", "4", "--num-samples", "1", "--optimizer", "adamw", "--lr", "1e-3"]
+TINY_ARGS = [
+    "--data",
+    "shapes",
+    "--model",
+    "fcn8s",
+    "--width",
+    "0.0625",
+    "--geometry",
+    "same",
+    "--batch-size",
+    "2",
+    "--max-val-images",
+    "4",
+    "--num-samples",
+    "1",
+    "--optimizer",
+    "adamw",
+    "--lr",
+    "1e-3",
+]
 STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
 
 
 def test_piped_training_is_plain_timestamped_lines(tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "fcnseg", "train", *TINY_ARGS, "--iterations", "4", "--log-every", "2",
-                           "--eval-every", "2", "--out", str(run)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fcnseg",
+            "train",
+            *TINY_ARGS,
+            "--iterations",
+            "4",
+            "--log-every",
+            "2",
+            "--eval-every",
+            "2",
+            "--out",
+            str(run),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     err = proc.stderr
     assert "\r" not in err and "\x1b" not in err  # no progress bar, no terminal control
     lines = err.splitlines()
     assert lines and all(STAMP.match(line) for line in lines), lines[:3]
     text = "\n".join(STAMP.sub("", line) for line in lines)
-    for header in (f"run directory: {run}", "data: shapes, 400 train images, 100 val images (4 evaluated), 6 classes: "
-                   "background, disk", "model: fcn8s (geometry same, width 0.0625):", "parameters", "device: cpu, "
-                   "precision fp32", "threads", "training: 4 iterations"):
+    for header in (
+        f"run directory: {run}",
+        "data: shapes, 400 train images, 100 val images (4 evaluated), 6 classes: background, disk",
+        "model: fcn8s (geometry same, width 0.0625):",
+        "parameters",
+        "device: cpu, precision fp32",
+        "threads",
+        "training: 4 iterations",
+    ):
         assert header in text, header
     progress = re.findall(r"iteration (\d+)/4  loss [\d.]+  lr [\d.e-]+  [\d.]+ img/s  ETA \d+s", text)
     assert progress == ["2", "4"]
@@ -83,8 +124,13 @@ def test_resume_after_a_crash_drops_csv_rows_past_the_checkpoint(tmp_path, capsy
         f.write(json.dumps({"iteration": 3, "kind": "train", "loss": 1.0, "lr": 0.001, "images_per_s": 1.0}) + "\n")
     assert main(["train", "--resume", str(run), "--iterations", "3", "--no-progress"]) == 0
     rows = list(csv.DictReader((run / "metrics.csv").open()))
-    assert [(int(r["iteration"]), r["kind"]) for r in rows] == [(1, "train"), (2, "train"), (2, "val"), (3, "train"),
-                                                                (3, "val")]
+    assert [(int(r["iteration"]), r["kind"]) for r in rows] == [
+        (1, "train"),
+        (2, "train"),
+        (2, "val"),
+        (3, "train"),
+        (3, "val"),
+    ]
     assert float(rows[3]["loss"]) != 1.0
     capsys.readouterr()
 
@@ -92,8 +138,23 @@ def test_resume_after_a_crash_drops_csv_rows_past_the_checkpoint(tmp_path, capsy
 def test_tensorboard_scalars(tmp_path, capsys):
     pytest.importorskip("tensorboardX")
     run = tmp_path / "run"
-    assert main(["train", *TINY_ARGS, "--iterations", "2", "--log-every", "1", "--out", str(run), "--tensorboard",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *TINY_ARGS,
+                "--iterations",
+                "2",
+                "--log-every",
+                "1",
+                "--out",
+                str(run),
+                "--tensorboard",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     events = list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0
     data = events[0].read_bytes()
@@ -117,14 +178,20 @@ def test_evaluate_shows_progress_when_piped(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(run / "last.pt"), "--data", "shapes", "--max-images", "5"]) == 0
     err = capsys.readouterr().err
     assert re.search(r"evaluate: 5/5 batches", err) and "\r" not in err
-    assert main(["evaluate", "--checkpoint", str(run / "last.pt"), "--data", "shapes", "--max-images", "2",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["evaluate", "--checkpoint", str(run / "last.pt"), "--data", "shapes", "--max-images", "2", "--no-progress"]
+        )
+        == 0
+    )
     assert "evaluate:" not in capsys.readouterr().err
 
 
 def test_warnings_are_plain_lines():
-    code = ("import warnings, logging; from fcnseg.logs import configure; configure();"
-            "warnings.warn('the thing is odd; do X'); logging.getLogger('fcnseg.x').warning('plain %s', 'too')")
+    code = (
+        "import warnings, logging; from fcnseg.logs import configure; configure();"
+        "warnings.warn('the thing is odd; do X'); logging.getLogger('fcnseg.x').warning('plain %s', 'too')"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     lines = [STAMP.sub("", line) for line in proc.stderr.splitlines()]
     assert lines == ["warning: the thing is odd; do X", "warning: plain too"]

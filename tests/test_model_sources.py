@@ -28,7 +28,7 @@ from test_weights_convert import (
 )
 
 CLASSES = 6  # the built-in shapes data
-VGG_TORCH = ("pt", "safetensors", "caffemodel", "pytorch-fcn")   # the same weights in four files
+VGG_TORCH = ("pt", "safetensors", "caffemodel", "pytorch-fcn")  # the same weights in four files
 ONNX = ("onnx", "int8")
 ALL = (*VGG_TORCH, "torchvision", *ONNX)
 
@@ -43,25 +43,52 @@ def sources(tmp_path_factory) -> dict:
     """Every format, the VGG ones holding the same tiny FCN-8s (6 classes), and a test image."""
     folder = tmp_path_factory.mktemp("sources")
     layers = random_reference("fcn8s", num_classes=CLASSES)
-    paths = {"caffemodel": folder / "tiny.caffemodel", "pytorch-fcn": folder / "tiny_torchfcn.pth",
-             "pt": folder / "tiny.pt", "safetensors": folder / "tiny.safetensors", "onnx": folder / "tiny.onnx",
-             "int8": folder / "tiny.int8.onnx", "torchvision": folder / "fcn_resnet_tiny.pth"}
+    paths = {
+        "caffemodel": folder / "tiny.caffemodel",
+        "pytorch-fcn": folder / "tiny_torchfcn.pth",
+        "pt": folder / "tiny.pt",
+        "safetensors": folder / "tiny.safetensors",
+        "onnx": folder / "tiny.onnx",
+        "int8": folder / "tiny.int8.onnx",
+        "torchvision": folder / "fcn_resnet_tiny.pth",
+    }
     paths["caffemodel"].write_bytes(caffemodel_bytes(layers))
     torch.save(pytorch_fcn_state(layers), paths["pytorch-fcn"], _use_new_zipfile_serialization=False)
     torch.save({k: v for k, v in torchvision_fcn_state(CLASSES).items()}, paths["torchvision"])
     assert main(["weights", "convert", str(paths["caffemodel"]), "--out", str(paths["pt"])]) == 0
     for fmt in ("safetensors", "onnx"):
         assert main(["export", "--weights", str(paths["pt"]), "--out", str(paths[fmt])]) == 0
-    assert main(["quantize", "--checkpoint", str(paths["pt"]), "--data", "shapes", "--images", "2",
-                 "--out", str(paths["int8"])]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                "--checkpoint",
+                str(paths["pt"]),
+                "--data",
+                "shapes",
+                "--images",
+                "2",
+                "--out",
+                str(paths["int8"]),
+            ]
+        )
+        == 0
+    )
     photo = folder / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(photo)
     return {"paths": paths, "photo": photo, "folder": folder}
 
 
 def test_file_kinds_are_told_by_content_whatever_the_name(sources, tmp_path):
-    expected = {"pt": "torch", "safetensors": "safetensors", "onnx": "onnx", "int8": "onnx",
-                "caffemodel": "caffe", "pytorch-fcn": "torch-legacy", "torchvision": "torch"}
+    expected = {
+        "pt": "torch",
+        "safetensors": "safetensors",
+        "onnx": "onnx",
+        "int8": "onnx",
+        "caffemodel": "caffe",
+        "pytorch-fcn": "torch-legacy",
+        "torchvision": "torch",
+    }
     for name, path in sources["paths"].items():
         renamed = tmp_path / f"{name}.bin"  # the suffix says nothing
         shutil.copy(path, renamed)
@@ -73,13 +100,25 @@ def test_file_kinds_are_told_by_content_whatever_the_name(sources, tmp_path):
 
 # ------------------------------------------------------------------ every command on every source
 
+
 @pytest.mark.parametrize("source", ALL)
 def test_predict_takes_every_source(sources, source, tmp_path, capsys, caplog):
     path = sources["paths"][source]
     out = tmp_path / "out"
     with caplog.at_level("INFO", logger="fcnseg"):
-        rc, err = run(capsys, "predict", sources["photo"], "--weights", path, "--out", out, "--no-fast",
-                      "--device", "cpu", "--no-progress")
+        rc, err = run(
+            capsys,
+            "predict",
+            sources["photo"],
+            "--weights",
+            path,
+            "--out",
+            out,
+            "--no-fast",
+            "--device",
+            "cpu",
+            "--no-progress",
+        )
     assert rc == 0, err
     mask = np.array(Image.open(out / "photo.png"))
     assert mask.shape == (40, 52) and mask.max() < CLASSES
@@ -88,8 +127,11 @@ def test_predict_takes_every_source(sources, source, tmp_path, capsys, caplog):
 
 
 def test_predict_gives_the_same_masks_from_the_same_weights(sources):
-    masks = {s: np.load(sources["folder"] / f"mask-{s}.npy") for s in (*VGG_TORCH, "onnx")
-             if (sources["folder"] / f"mask-{s}.npy").exists()}
+    masks = {
+        s: np.load(sources["folder"] / f"mask-{s}.npy")
+        for s in (*VGG_TORCH, "onnx")
+        if (sources["folder"] / f"mask-{s}.npy").exists()
+    }
     if len(masks) < 5:
         pytest.skip("needs test_predict_takes_every_source to have run first")
     for name in VGG_TORCH[1:]:
@@ -100,8 +142,21 @@ def test_predict_gives_the_same_masks_from_the_same_weights(sources):
 @pytest.mark.parametrize("source", ALL)
 def test_evaluate_takes_every_source(sources, source, tmp_path, capsys):
     path = sources["paths"][source]
-    rc, err = run(capsys, "evaluate", "--checkpoint", path, "--data", "shapes", "--max-images", 2,
-                  "--json", tmp_path / "m.json", "--no-progress", "--device", "cpu")
+    rc, err = run(
+        capsys,
+        "evaluate",
+        "--checkpoint",
+        path,
+        "--data",
+        "shapes",
+        "--max-images",
+        2,
+        "--json",
+        tmp_path / "m.json",
+        "--no-progress",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, err
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["images"] == 2 and len(metrics["per_class_iou"]) == CLASSES
@@ -144,8 +199,9 @@ def test_serve_loads_every_source(sources, source):
 def test_quantize_takes_any_torch_source_and_refuses_onnx(sources, source, tmp_path, capsys):
     path = sources["paths"][source]
     out = tmp_path / "q.int8.onnx"
-    rc, err = run(capsys, "quantize", "--weights", path, "--data", "shapes", "--images", 1, "--max-side", 48,
-                  "--out", out)
+    rc, err = run(
+        capsys, "quantize", "--weights", path, "--data", "shapes", "--images", 1, "--max-side", 48, "--out", out
+    )
     if source in ONNX:
         assert rc == 2 and "quantize needs PyTorch weights" in err
         return
@@ -156,9 +212,35 @@ def test_quantize_takes_any_torch_source_and_refuses_onnx(sources, source, tmp_p
 @pytest.mark.parametrize("source", ["pt", "caffemodel", "pytorch-fcn", "safetensors", "int8"])
 def test_train_init_from_takes_every_source(sources, source, tmp_path, capsys):
     path = sources["paths"][source]
-    rc, err = run(capsys, "train", "--data", "shapes", "--model", "fcn8s", "--width", "0.125", "--geometry", "caffe",
-                  "--iterations", 1, "--lr", 0, "--max-val-images", 1, "--num-samples", 0, "--crop-size", 64,
-                  "--no-progress", "--device", "cpu", "--init-from", path, "--out", tmp_path / "run")
+    rc, err = run(
+        capsys,
+        "train",
+        "--data",
+        "shapes",
+        "--model",
+        "fcn8s",
+        "--width",
+        "0.125",
+        "--geometry",
+        "caffe",
+        "--iterations",
+        1,
+        "--lr",
+        0,
+        "--max-val-images",
+        1,
+        "--num-samples",
+        0,
+        "--crop-size",
+        64,
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--init-from",
+        path,
+        "--out",
+        tmp_path / "run",
+    )
     if source in ONNX:
         assert rc == 2 and "--init-from needs PyTorch weights" in err
         return
@@ -177,12 +259,17 @@ def test_train_init_from_takes_every_source(sources, source, tmp_path, capsys):
 
 # ------------------------------------------------------------------ bad files: one message, every command
 
+
 def bad_files(sources, folder):
     pt = sources["paths"]["pt"].read_bytes()
     caffe = sources["paths"]["caffemodel"].read_bytes()
-    files = {"folder": folder / "a_run_folder", "truncated.pt": folder / "cut.pt",
-             "truncated.caffemodel": folder / "cut.caffemodel", "html": folder / "page.pth",
-             "wrong-shape": folder / "wrong.pt"}
+    files = {
+        "folder": folder / "a_run_folder",
+        "truncated.pt": folder / "cut.pt",
+        "truncated.caffemodel": folder / "cut.caffemodel",
+        "html": folder / "page.pth",
+        "wrong-shape": folder / "wrong.pt",
+    }
     files["folder"].mkdir()
     files["truncated.pt"].write_bytes(pt[: len(pt) // 2])
     files["truncated.caffemodel"].write_bytes(caffe[:-5000])
@@ -190,10 +277,13 @@ def bad_files(sources, folder):
     ckpt = load_checkpoint(sources["paths"]["pt"])
     state = dict(ckpt["model"], **{"score_pool4.weight": torch.zeros(CLASSES, 3, 1, 1)})
     save_checkpoint(files["wrong-shape"], state, ckpt["meta"])
-    expected = {"folder": "model file is a folder, not a file", "truncated.pt": "looks like a PyTorch file but is truncated at byte",
-                "truncated.caffemodel": "looks like a Caffe model but is truncated at byte",
-                "html": "is an HTML page, not a model file",
-                "wrong-shape": "tensor score_pool4.weight has shape 6x3x1x1"}
+    expected = {
+        "folder": "model file is a folder, not a file",
+        "truncated.pt": "looks like a PyTorch file but is truncated at byte",
+        "truncated.caffemodel": "looks like a Caffe model but is truncated at byte",
+        "html": "is an HTML page, not a model file",
+        "wrong-shape": "tensor score_pool4.weight has shape 6x3x1x1",
+    }
     return files, expected
 
 
@@ -204,8 +294,20 @@ def test_every_command_says_the_same_true_thing_about_a_bad_file(sources, tmp_pa
         "evaluate": lambda p: ["evaluate", "--checkpoint", p, "--data", "shapes", "--max-images", 1],
         "export": lambda p: ["export", "--weights", p, "--out", tmp_path / "x.onnx"],
         "quantize": lambda p: ["quantize", "--checkpoint", p, "--data", "shapes", "--out", tmp_path / "q.onnx"],
-        "train": lambda p: ["train", "--data", "shapes", "--width", "0.0625", "--iterations", 1, "--init-from", p,
-                            "--out", tmp_path / "run", "--no-progress"],
+        "train": lambda p: [
+            "train",
+            "--data",
+            "shapes",
+            "--width",
+            "0.0625",
+            "--iterations",
+            1,
+            "--init-from",
+            p,
+            "--out",
+            tmp_path / "run",
+            "--no-progress",
+        ],
     }
     for bad, path in files.items():
         messages = set()
@@ -215,7 +317,7 @@ def test_every_command_says_the_same_true_thing_about_a_bad_file(sources, tmp_pa
             assert rc == 2 and len(lines) == 1, (bad, command, err)
             prefix = f"fcnseg {command}: error: "
             assert lines[0].startswith(prefix), (bad, command, err)
-            messages.add(lines[0][len(prefix):])
+            messages.add(lines[0][len(prefix) :])
         with pytest.raises(FcnsegError) as served:
             load_segmenter(ServeConfig(weights=str(path)))
         messages.add(str(served.value))
@@ -253,14 +355,22 @@ def test_weights_and_checkpoint_are_one_option(sources, tmp_path, capsys):
 
 # ------------------------------------------------------------------ ModelMeta, old layouts, quantize's default
 
+
 def test_old_checkpoint_layout_still_loads(tmp_path, sources):
     """A checkpoint written before ModelMeta: no meta_version, no normalization, lists not tuples."""
     ckpt = load_checkpoint(sources["paths"]["pt"])
-    old_meta = {"model_name": "fcn8s", "model_kwargs": ckpt["meta"]["model_kwargs"],
-                "class_names": [str(i) for i in range(CLASSES)], "palette": [], "fcnseg_version": "0.0.9"}
+    old_meta = {
+        "model_name": "fcn8s",
+        "model_kwargs": ckpt["meta"]["model_kwargs"],
+        "class_names": [str(i) for i in range(CLASSES)],
+        "palette": [],
+        "fcnseg_version": "0.0.9",
+    }
     old = tmp_path / "old.pt"
-    torch.save({"format": "fcnseg.checkpoint", "version": 1, "model": ckpt["model"], "meta": old_meta,
-                "train_state": None}, old)
+    torch.save(
+        {"format": "fcnseg.checkpoint", "version": 1, "model": ckpt["model"], "meta": old_meta, "train_state": None},
+        old,
+    )
     opened = open_model(old)
     assert opened.meta.normalization == "imagenet" and opened.meta.trained_on is None
     assert opened.meta.class_names == tuple(old_meta["class_names"]) and opened.meta["model_name"] == "fcn8s"
@@ -269,8 +379,15 @@ def test_old_checkpoint_layout_still_loads(tmp_path, sources):
 
 
 def test_model_meta_round_trip_and_refusals():
-    meta = ModelMeta("fcn8s", {"num_classes": 3, "width": 0.5}, ["a", "b", "c"], [[1, 2, 3]] * 3,
-                     trained_on="shapes (synthetic)", data="shapes", train_split="train")
+    meta = ModelMeta(
+        "fcn8s",
+        {"num_classes": 3, "width": 0.5},
+        ["a", "b", "c"],
+        [[1, 2, 3]] * 3,
+        trained_on="shapes (synthetic)",
+        data="shapes",
+        train_split="train",
+    )
     data = meta.to_dict()
     assert data["meta_version"] == META_VERSION and json.loads(json.dumps(data)) == data
     assert ModelMeta.from_dict(data) == meta and meta.num_classes == 3 and meta.palette[0] == (1, 2, 3)

@@ -145,13 +145,16 @@ def test_training_step_reaches_every_learned_layer():
     assert model.backbone.features[0].weight.grad is not None
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"name": "fcn7s"}, "unknown model 'fcn7s'"),
-    ({"name": "fcn8s", "backbone": "alexnet"}, "no backbone 'alexnet'"),
-    ({"name": "fcn8s", "geometry": "valid"}, "no geometry 'valid'"),
-    ({"name": "fcn8s", "learn_everything": True}, "no option 'learn_everything'"),
-    ({"name": "fcn8s", "width": 0}, "width"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"name": "fcn7s"}, "unknown model 'fcn7s'"),
+        ({"name": "fcn8s", "backbone": "alexnet"}, "no backbone 'alexnet'"),
+        ({"name": "fcn8s", "geometry": "valid"}, "no geometry 'valid'"),
+        ({"name": "fcn8s", "learn_everything": True}, "no option 'learn_everything'"),
+        ({"name": "fcn8s", "width": 0}, "width"),
+    ],
+)
 def test_bad_arguments_raise_one_clear_error(kwargs, words):
     with pytest.raises(FcnsegError, match=words):
         create_model(num_classes=3, **kwargs)
@@ -172,8 +175,9 @@ def pointwise_positive(model: nn.Module) -> nn.Module:
 
 
 @pytest.mark.parametrize("geometry, first_pixel", [("same", 0), ("caffe", -99)])
-@pytest.mark.parametrize("name, kept_score, stride", [
-    ("fcn32s", "score_fr", 32), ("fcn16s", "score_pool4", 16), ("fcn8s", "score_pool3", 8)])
+@pytest.mark.parametrize(
+    "name, kept_score, stride", [("fcn32s", "score_fr", 32), ("fcn16s", "score_pool4", 16), ("fcn8s", "score_pool3", 8)]
+)
 def test_output_is_aligned_to_the_input(geometry, first_pixel, name, kept_score, stride):
     # Pooling blocks of `stride` pixels start at pixel 0 ("same") or -99 ("caffe": conv1_1's
     # 100-pixel pad, less its 1-pixel reach). With only one score layer active, the output is a

@@ -20,13 +20,30 @@ def torchvision_alexnet(width: float) -> nn.Module:
     hidden = scaled(4096, width)
     model = nn.Module()
     model.features = nn.Sequential(
-        nn.Conv2d(3, c[0], 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(c[0], c[1], 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(c[1], c[2], 3, padding=1), nn.ReLU(), nn.Conv2d(c[2], c[3], 3, padding=1), nn.ReLU(),
-        nn.Conv2d(c[3], c[4], 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
+        nn.Conv2d(3, c[0], 11, 4, 2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(c[0], c[1], 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(c[1], c[2], 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(c[2], c[3], 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(c[3], c[4], 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+    )
     model.avgpool = nn.AdaptiveAvgPool2d(6)
-    model.classifier = nn.Sequential(nn.Dropout(), nn.Linear(c[4] * 36, hidden), nn.ReLU(), nn.Dropout(),
-                                     nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1000))
+    model.classifier = nn.Sequential(
+        nn.Dropout(),
+        nn.Linear(c[4] * 36, hidden),
+        nn.ReLU(),
+        nn.Dropout(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, 1000),
+    )
     model.forward = lambda x: model.classifier(torch.flatten(model.avgpool(model.features(x)), 1))
     for layer in model.modules():
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
@@ -134,8 +151,15 @@ def torchvision_vgg16_bn(width: float) -> nn.Module:
     hidden = scaled(4096, width)
     model = nn.Module()
     model.features = nn.Sequential(*layers)
-    model.classifier = nn.Sequential(nn.Linear(c_in * 49, hidden), nn.ReLU(), nn.Dropout(), nn.Linear(hidden, hidden),
-                                     nn.ReLU(), nn.Dropout(), nn.Linear(hidden, 1000))
+    model.classifier = nn.Sequential(
+        nn.Linear(c_in * 49, hidden),
+        nn.ReLU(),
+        nn.Dropout(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Dropout(),
+        nn.Linear(hidden, 1000),
+    )
     model.forward = lambda x: model.classifier(torch.flatten(model.features(x), 1))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -155,8 +179,9 @@ def test_vgg16_bn_has_torchvision_keys_and_parameter_count():
     expected = []
     for i in convs:
         expected += [f"features.{i}.weight", f"features.{i}.bias"]
-        expected += [f"features.{i + 1}.{k}" for k in
-                     ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+        expected += [
+            f"features.{i + 1}.{k}" for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+        ]
     expected += [f"classifier.{i}.{k}" for i in (0, 3, 6) for k in ("weight", "bias")]
     with torch.device("meta"):
         trunk = vgg16_bn(width=1.0, geometry="valid", num_classes=1000)
@@ -164,7 +189,8 @@ def test_vgg16_bn_has_torchvision_keys_and_parameter_count():
     assert list(trunk.state_dict()) == expected == list(reference.state_dict())
     assert sum(p.numel() for p in trunk.parameters()) == 138_365_992  # torchvision's vgg16_bn
     assert [m.num_features for m in trunk.features if isinstance(m, nn.BatchNorm2d)] == [
-        c for c in VGG16_CFG if c != "M"]
+        c for c in VGG16_CFG if c != "M"
+    ]
 
 
 def test_vgg16_bn_loads_torchvision_file_and_matches_its_logits():
@@ -178,8 +204,13 @@ def test_vgg16_bn_loads_torchvision_file_and_matches_its_logits():
     model = create_model("fcn8s", 5, backbone="vgg16_bn", width=TINY, backbone_weights=reference.state_dict())
     assert torch.equal(model.backbone.features[41].running_var, reference.features[41].running_var)
     with pytest.raises(FcnsegError, match="torchvision vgg16_bn"):  # a plain vgg16 file is refused by name
-        create_model("fcn8s", 5, backbone="vgg16_bn", width=TINY,
-                     backbone_weights=create_model("fcn8s", 5, width=TINY).backbone.state_dict())
+        create_model(
+            "fcn8s",
+            5,
+            backbone="vgg16_bn",
+            width=TINY,
+            backbone_weights=create_model("fcn8s", 5, width=TINY).backbone.state_dict(),
+        )
 
 
 @pytest.mark.parametrize("geometry", ["caffe", "same"])

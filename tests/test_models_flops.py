@@ -29,7 +29,7 @@ def test_same_geometry_saves_40_percent_at_500():
     with torch.device("meta"):
         caffe = count_flops(create_model("fcn8s", 21, geometry="caffe"), (500, 500))
         same = count_flops(create_model("fcn8s", 21, geometry="same"), (500, 500))
-    assert 0.59 < same / caffe <= 0.6  # issue 5: at most 0.6; VGG16 "same" pads no input
+    assert 0.59 < same / caffe <= 0.6  # at most 0.6; VGG16 "same" pads no input
     assert 340e9 < caffe < 380e9  # VGG16 on a 698x698 padded input plus fc6/fc7 on 16x16 cells
 
 
@@ -43,7 +43,9 @@ def test_models_command_prints_counted_table(capsys):
     assert fcn8s["caffe"][3] == "134.5M"  # the reference FCN-8s has ~134.5M parameters
     assert float(fcn8s["same"][4]) < 0.65 * float(fcn8s["caffe"][4])
     assert main(["models", "--size", "250", "250"]) == 0
-    small = {tuple(l.split()[:3]): l.split() for l in capsys.readouterr().out.splitlines() if l.startswith("fcn8s ")}
+    small = {
+        tuple(row.split()[:3]): row.split() for row in capsys.readouterr().out.splitlines() if row.startswith("fcn8s ")
+    }
     assert float(small[("fcn8s", "vgg16", "same")][4]) < float(fcn8s["same"][4]) / 3
 
 
@@ -59,8 +61,7 @@ def test_onnx_export_keeps_height_and_width_dynamic(geometry):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), dynamic_shapes={"x": dims}, dynamo=True)
-    session = onnxruntime.InferenceSession(program.model_proto.SerializeToString(),
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
     for size in [(1, 1), (37, 101), (70, 64)]:
         x = torch.randn(1, 3, *size)
         out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])

@@ -28,8 +28,15 @@ def torchvision_vgg16(width: float) -> nn.Module:
     model = nn.Module()
     model.features = nn.Sequential(*layers)
     model.avgpool = nn.AdaptiveAvgPool2d(7)
-    model.classifier = nn.Sequential(nn.Linear(in_c * 49, hidden), nn.ReLU(), nn.Dropout(),
-                                     nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(), nn.Linear(hidden, 1000))
+    model.classifier = nn.Sequential(
+        nn.Linear(in_c * 49, hidden),
+        nn.ReLU(),
+        nn.Dropout(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Dropout(),
+        nn.Linear(hidden, 1000),
+    )
     model.forward = lambda x: model.classifier(torch.flatten(model.avgpool(model.features(x)), 1))
     for layer in model.modules():  # He init, so the input still matters after 16 layers
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
@@ -80,7 +87,7 @@ def test_output_cell_equals_classifier_on_its_window(reference):
         dense = trunk(x)
         assert dense.shape == (1, 1000, 2, 3)  # (256 - 224) / 32 + 1, (288 - 224) / 32 + 1
         for i, j in [(0, 0), (1, 2), (0, 1)]:
-            logits = pointwise(x[:, :, 32 * i:32 * i + 224, 32 * j:32 * j + 224])
+            logits = pointwise(x[:, :, 32 * i : 32 * i + 224, 32 * j : 32 * j + 224])
             assert torch.allclose(dense[:, :, i, j], logits, rtol=1e-4, atol=1e-5 * logits.abs().max().item())
         # A window one pixel off gives other logits: the check can tell positions apart.
         shifted = pointwise(x[:, :, 33:257, 32:256])
@@ -107,13 +114,21 @@ def test_features_only_file_warns_that_fc_layers_start_fresh(reference, tmp_path
     assert torch.equal(model.backbone.features[0].weight, reference.features[0].weight)
 
 
-@pytest.mark.parametrize("change, words", [
-    (lambda sd: {**sd, "features.0.weight": torch.zeros(64, 3, 3, 3)},
-     "features.0.weight has shape 64x3x3x3, expected 4x3x3x3"),
-    (lambda sd: {k: v for k, v in sd.items() if k != "features.10.bias"}, "lacks features.10.bias"),
-    (lambda sd: {**sd, "layer1.0.conv1.weight": torch.zeros(1)}, "unexpected keys \\(layer1.0.conv1.weight"),
-    (lambda sd: {k: v for k, v in sd.items() if not k.startswith("classifier.3")}, "only some of the fully connected"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (
+            lambda sd: {**sd, "features.0.weight": torch.zeros(64, 3, 3, 3)},
+            "features.0.weight has shape 64x3x3x3, expected 4x3x3x3",
+        ),
+        (lambda sd: {k: v for k, v in sd.items() if k != "features.10.bias"}, "lacks features.10.bias"),
+        (lambda sd: {**sd, "layer1.0.conv1.weight": torch.zeros(1)}, "unexpected keys \\(layer1.0.conv1.weight"),
+        (
+            lambda sd: {k: v for k, v in sd.items() if not k.startswith("classifier.3")},
+            "only some of the fully connected",
+        ),
+    ],
+)
 def test_wrong_weights_file_names_file_and_expectation(reference, tmp_path, change, words):
     path = tmp_path / "bad.pth"
     torch.save(change(dict(reference.state_dict())), path)

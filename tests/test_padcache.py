@@ -106,8 +106,7 @@ def test_the_first_image_of_a_size_fills_the_cache_for_the_next_ones():
     calls = []
     first_conv.register_forward_hook(lambda module, args, out: calls.append(tuple(args[0].shape)))
     first = torch.randn(2, 3, 40, 52)
-    assert torch.allclose(fastpath.run_model(cached, first, False), fastpath.run_model(plain, first, False),
-                          atol=1e-5)
+    assert torch.allclose(fastpath.run_model(cached, first, False), fastpath.run_model(plain, first, False), atol=1e-5)
     assert calls == [(2, 3, 40, 52)]  # a new size: one plain forward, no extra zero-image pass
     assert plans(cached) and all(plan is not None for plan in plans(cached).values())
     for batch in (1, 3):  # other images (and batch sizes) of that size take the partial forward

@@ -9,9 +9,13 @@ from fcnseg.cli import main
 from fcnseg.engine.checkpoint import save_checkpoint
 from fcnseg.models import create_model
 
-META = {"model_name": "fcn8s", "model_kwargs": {"num_classes": 3, "width": 1 / 16},
-        "class_names": ["bg", "a", "b"], "palette": [[0, 0, 0], [200, 0, 0], [0, 200, 0]],
-        "normalization": "imagenet"}
+META = {
+    "model_name": "fcn8s",
+    "model_kwargs": {"num_classes": 3, "width": 1 / 16},
+    "class_names": ["bg", "a", "b"],
+    "palette": [[0, 0, 0], [200, 0, 0], [0, 200, 0]],
+    "normalization": "imagenet",
+}
 
 
 def randomize_scores(model):
@@ -44,8 +48,9 @@ def test_predict_folder_with_overlay_and_probs(tmp_path, checkpoint, capsys):
     (src / "sub").mkdir(parents=True)
     write_image(src / "a.jpg", (40, 30))
     write_image(src / "sub" / "b.png", (33, 47), mode="L")
-    rc = main(["predict", "--checkpoint", str(checkpoint), str(src), "--out", str(tmp_path / "out"),
-               "--overlay", "--probs"])
+    rc = main(
+        ["predict", "--checkpoint", str(checkpoint), str(src), "--out", str(tmp_path / "out"), "--overlay", "--probs"]
+    )
     assert rc == 0
     mask = Image.open(tmp_path / "out" / "b.png")
     assert mask.mode == "P" and mask.size == (33, 47) and np.asarray(mask).max() < 3
@@ -62,9 +67,24 @@ def test_predict_folder_with_overlay_and_probs(tmp_path, checkpoint, capsys):
 def test_options_tiles_tta_shift_stitch_glob(tmp_path, checkpoint):
     write_image(tmp_path / "p1.png", (50, 36))
     write_image(tmp_path / "p2.png", (20, 20))
-    rc = main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "p*.png"), "--out",
-               str(tmp_path / "o"), "--tile", "32", "--overlap", "0.25", "--scales", "0.5,1",
-               "--stitch-factor", "2"])
+    rc = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            str(tmp_path / "p*.png"),
+            "--out",
+            str(tmp_path / "o"),
+            "--tile",
+            "32",
+            "--overlap",
+            "0.25",
+            "--scales",
+            "0.5,1",
+            "--stitch-factor",
+            "2",
+        ]
+    )
     assert rc == 0
     assert Image.open(tmp_path / "o" / "p1.png").size == (50, 36)
     assert Image.open(tmp_path / "o" / "p2.png").size == (20, 20)
@@ -90,18 +110,28 @@ def test_bad_inputs_are_reported_and_the_rest_processed(tmp_path, checkpoint, ca
 def test_not_a_checkpoint_and_wrong_model_exit_2(tmp_path, checkpoint, capsys):
     write_image(tmp_path / "x.png")
     (tmp_path / "junk.pt").write_bytes(b"garbage")
-    rc = main(["predict", "--checkpoint", str(tmp_path / "junk.pt"), str(tmp_path / "x.png"),
-               "--out", str(tmp_path / "o")])
+    rc = main(
+        ["predict", "--checkpoint", str(tmp_path / "junk.pt"), str(tmp_path / "x.png"), "--out", str(tmp_path / "o")]
+    )
     assert rc == 2 and "junk.pt" in capsys.readouterr().err
     other = create_model("fcn32s", num_classes=3, width=1 / 16)
     save_checkpoint(tmp_path / "mislabelled.pt", other.state_dict(), META)  # fcn32s weights, says fcn8s
-    rc = main(["predict", "--checkpoint", str(tmp_path / "mislabelled.pt"), str(tmp_path / "x.png"),
-               "--out", str(tmp_path / "o")])
+    rc = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(tmp_path / "mislabelled.pt"),
+            str(tmp_path / "x.png"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "mislabelled.pt" in err and len(err.strip().splitlines()) == 1
     save_checkpoint(tmp_path / "alien.pt", other.state_dict(), {**META, "model_name": "deeplabv3"})
-    rc = main(["predict", "--checkpoint", str(tmp_path / "alien.pt"), str(tmp_path / "x.png"),
-               "--out", str(tmp_path / "o")])
+    rc = main(
+        ["predict", "--checkpoint", str(tmp_path / "alien.pt"), str(tmp_path / "x.png"), "--out", str(tmp_path / "o")]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "alien.pt" in err and "deeplabv3" in err
 
@@ -111,8 +141,11 @@ def test_outputs_never_collide_and_the_count_is_what_was_written(tmp_path, check
 
     for folder in ("a", "b", "c"):
         (tmp_path / folder).mkdir()
-    inputs = [write_image(tmp_path / "a" / "x.png"), write_image(tmp_path / "b" / "x.png", (20, 10)),
-              write_image(tmp_path / "c" / "x_2.png", (12, 8))]
+    inputs = [
+        write_image(tmp_path / "a" / "x.png"),
+        write_image(tmp_path / "b" / "x.png", (20, 10)),
+        write_image(tmp_path / "c" / "x_2.png", (12, 8)),
+    ]
     assert output_stems(inputs) == ["x", "x_3", "x_2"]
     assert output_stems([tmp_path / "X.png", tmp_path / "d" / "x.png"]) == ["X", "x_2"]  # case-blind file systems
     out = tmp_path / "out"
@@ -141,11 +174,14 @@ def test_a_model_without_palette_gets_the_same_colours_as_serve(tmp_path, capsys
 
     class Bare:
         palette, num_classes = [], 3
+
     assert [list(c) for c in class_palette(Bare)] == [list(c) for c in class_colours(None, 3)]
     assert first == [v for c in class_palette(Bare) for v in c]
 
 
-@pytest.mark.parametrize("option", [["--tile", "5"], ["--tile", "5000"], ["--scales", "3"], ["--scales", "0.5,1,1.5,1.75,2"]])
+@pytest.mark.parametrize(
+    "option", [["--tile", "5"], ["--tile", "5000"], ["--scales", "3"], ["--scales", "0.5,1,1.5,1.75,2"]]
+)
 def test_tile_and_scales_bounds_are_serves(tmp_path, checkpoint, capsys, option):
     image = write_image(tmp_path / "i.png")
     try:

@@ -16,8 +16,12 @@ from fcnseg.inference import Segmenter, int8, runtimes
 from fcnseg.models import create_model
 
 CLASSES = ["background", "disk", "rectangle", "triangle", "line", "ring"]  # the built-in shapes data
-META = {"model_name": "fcn8s", "model_kwargs": {"num_classes": 6, "width": 1 / 16}, "class_names": CLASSES,
-        "normalization": "imagenet"}
+META = {
+    "model_name": "fcn8s",
+    "model_kwargs": {"num_classes": 6, "width": 1 / 16},
+    "class_names": CLASSES,
+    "normalization": "imagenet",
+}
 RUNTIMES = [r for r in runtimes.RUNTIMES if runtimes.installed(r)]
 
 
@@ -28,8 +32,12 @@ def tiny_checkpoint(path, name="fcn8s", classes=6, seed=0):
         for p in model.parameters():
             if p.dim() > 1 and p.abs().sum() == 0:
                 p.normal_(0, 0.1)
-    meta = {**META, "model_name": name, "model_kwargs": {"num_classes": classes, "width": 1 / 16},
-            "class_names": CLASSES[:classes]}
+    meta = {
+        **META,
+        "model_name": name,
+        "model_kwargs": {"num_classes": classes, "width": 1 / 16},
+        "class_names": CLASSES[:classes],
+    }
     save_checkpoint(path, model.state_dict(), meta)
     return path
 
@@ -67,8 +75,7 @@ def test_int8_agrees_with_fp32_behind_the_same_options(quantized, tmp_path, runt
     ckpt, out = quantized
     renamed = shutil.copy(out, tmp_path / "model.bin")  # recognised by content, not by name
     image = np.random.default_rng(0).integers(0, 256, (45, 70, 3), np.uint8)
-    for options in [{}, {"tile": 32, "overlap": 0.25}, {"tta_flip": True, "scales": (0.75, 1.0)},
-                    {"shift_stitch": 2}]:
+    for options in [{}, {"tile": 32, "overlap": 0.25}, {"tta_flip": True, "scales": (0.75, 1.0)}, {"shift_stitch": 2}]:
         fp32 = Segmenter.from_checkpoint(ckpt, fast=False, **options)
         q = Segmenter.from_checkpoint(renamed, backend=runtime, **options)
         assert q.int8_record and "int8" in q.describe()
@@ -87,6 +94,7 @@ def test_checkpoint_plus_int8_must_match(quantized, tmp_path):
         Segmenter.from_checkpoint(other_weights, int8=out)
     image = tmp_path / "in.png"
     from PIL import Image
+
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
     result = cli("predict", "--checkpoint", other_arch, "--int8", out, image, "--out", tmp_path / "p")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -96,12 +104,12 @@ def test_checkpoint_plus_int8_must_match(quantized, tmp_path):
 def test_predict_and_evaluate_accept_the_int8_model(quantized, tmp_path):
     ckpt, out = quantized
     from PIL import Image
+
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 40, 3), np.uint8)).save(tmp_path / "a.png")
     result = cli("predict", "--checkpoint", out, tmp_path / "a.png", "--out", tmp_path / "preds")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "preds" / "a.png").is_file()
-    result = cli("evaluate", "--checkpoint", out, "--data", "shapes", "--max-images", 2,
-                 "--plot", tmp_path / "cm.png")
+    result = cli("evaluate", "--checkpoint", out, "--data", "shapes", "--max-images", 2, "--plot", tmp_path / "cm.png")
     assert result.returncode == 0, result.stderr
     assert "mean IU" in result.stdout
 

@@ -23,10 +23,36 @@ from fcnseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from fcnseg.engine.rundir import read_metrics
 from fcnseg.errors import FcnsegError
 
-TINY = dict(data="shapes", model="fcn8s", width=1 / 16, geometry="same", max_val_images=4, num_samples=1,
-            optimizer="adamw", lr=1e-3, progress=False)
-TINY_ARGS = ["--data", "shapes", "--model", "fcn8s", "--width", "0.0625", "--geometry", "same",
-             "--max-val-images", "4", "--num-samples", "1", "--optimizer", "adamw", "--lr", "1e-3", "--no-progress"]
+TINY = dict(
+    data="shapes",
+    model="fcn8s",
+    width=1 / 16,
+    geometry="same",
+    max_val_images=4,
+    num_samples=1,
+    optimizer="adamw",
+    lr=1e-3,
+    progress=False,
+)
+TINY_ARGS = [
+    "--data",
+    "shapes",
+    "--model",
+    "fcn8s",
+    "--width",
+    "0.0625",
+    "--geometry",
+    "same",
+    "--max-val-images",
+    "4",
+    "--num-samples",
+    "1",
+    "--optimizer",
+    "adamw",
+    "--lr",
+    "1e-3",
+    "--no-progress",
+]
 
 
 def tiny(tmp_path: Path, name: str = "run", **changes) -> TrainConfig:
@@ -40,8 +66,17 @@ def val_records(run: Path) -> list[dict]:
 def test_run_directory_contents(tmp_path):
     summary = train(tiny(tmp_path, iterations=6, eval_every=3, log_every=2, batch_size=2, hflip=True))
     run = tmp_path / "run"
-    for name in ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "summary.json", "plots/loss.png",
-                 "plots/mean_iu.png", "plots/confusion.png", "samples/sample_00.png"):
+    for name in (
+        "config.yaml",
+        "last.pt",
+        "best.pt",
+        "metrics.jsonl",
+        "summary.json",
+        "plots/loss.png",
+        "plots/mean_iu.png",
+        "plots/confusion.png",
+        "samples/sample_00.png",
+    ):
         assert (run / name).is_file(), name
     assert [r["iteration"] for r in val_records(run)] == [3, 6]
     assert [r["iteration"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"] == [2, 4, 6]
@@ -64,11 +99,20 @@ def test_run_directory_contents(tmp_path):
 
 
 def test_seed_makes_runs_repeatable(tmp_path):
-    options = dict(iterations=5, eval_every=5, log_every=1, hflip=True, loss_sample_prob=0.5, seed=7,
-                   precision="bf16", channels_last=True, class_weights="median")
+    options = dict(
+        iterations=5,
+        eval_every=5,
+        log_every=1,
+        hflip=True,
+        loss_sample_prob=0.5,
+        seed=7,
+        precision="bf16",
+        channels_last=True,
+        class_weights="median",
+    )
     a = train(tiny(tmp_path, "a", **options))
     b = train(tiny(tmp_path, "b", **options))
-    c = train(tiny(tmp_path, "c", **{**options, "seed": 8}))
+    train(tiny(tmp_path, "c", **{**options, "seed": 8}))
     losses = lambda run: [r["loss"] for r in read_metrics(tmp_path / run / "metrics.jsonl")]  # noqa: E731
     assert a["final"] == b["final"] and losses("a") == losses("b")
     assert losses("a") != losses("c")
@@ -80,8 +124,25 @@ def _train_cmd(run: Path, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_resume_after_sigkill_reaches_the_same_metrics(tmp_path):
-    options = ["--iterations", "60", "--batch-size", "2", "--eval-every", "20", "--checkpoint-every", "4",
-               "--log-every", "1", "--hflip", "--loss-sample-prob", "0.7", "--seed", "3", "--workers", "0"]
+    options = [
+        "--iterations",
+        "60",
+        "--batch-size",
+        "2",
+        "--eval-every",
+        "20",
+        "--checkpoint-every",
+        "4",
+        "--log-every",
+        "1",
+        "--hflip",
+        "--loss-sample-prob",
+        "0.7",
+        "--seed",
+        "3",
+        "--workers",
+        "0",
+    ]
     reference = tmp_path / "reference"
     subprocess.run(_train_cmd(reference, *options), check=True, capture_output=True)
 
@@ -99,8 +160,11 @@ def test_resume_after_sigkill_reaches_the_same_metrics(tmp_path):
     stopped_at = load_checkpoint(killed / "last.pt")["train_state"]["iteration"]
     assert 20 <= stopped_at < 60
 
-    resumed = subprocess.run([sys.executable, "-m", "fcnseg", "train", "--resume", str(killed), "--no-progress"],
-                             capture_output=True, text=True)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fcnseg", "train", "--resume", str(killed), "--no-progress"],
+        capture_output=True,
+        text=True,
+    )
     assert resumed.returncode == 0, resumed.stderr
     final = json.loads((killed / "summary.json").read_text())["final"]
     expected = json.loads((reference / "summary.json").read_text())["final"]
@@ -152,8 +216,13 @@ def test_class_count_mismatch_between_checkpoint_and_data(tmp_path, capsys):
     from fcnseg.models import create_model
 
     model = create_model("fcn8s", 3, width=1 / 16, geometry="same")
-    meta = {"model_name": "fcn8s", "model_kwargs": {"num_classes": 3, "width": 1 / 16, "geometry": "same"},
-            "class_names": ["a", "b", "c"], "palette": [[0, 0, 0]] * 3, "normalization": "imagenet"}
+    meta = {
+        "model_name": "fcn8s",
+        "model_kwargs": {"num_classes": 3, "width": 1 / 16, "geometry": "same"},
+        "class_names": ["a", "b", "c"],
+        "palette": [[0, 0, 0]] * 3,
+        "normalization": "imagenet",
+    }
     save_checkpoint(tmp_path / "three.pt", model.state_dict(), meta)
     code = main(["evaluate", "--checkpoint", str(tmp_path / "three.pt"), "--data", "shapes", "--max-images", "2"])
     err = capsys.readouterr().err
@@ -210,15 +279,29 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_train_and_evaluate_commands(tmp_path, capsys):
     config = tmp_path / "cfg.toml"
-    config.write_text('iterations = 3\nbatch_size = 2\nlog_every = 1\n')
+    config.write_text("iterations = 3\nbatch_size = 2\nlog_every = 1\n")
     run = tmp_path / "cli-run"
     assert main(["train", "--config", str(config), *TINY_ARGS, "--iterations", "4", "--out", str(run)]) == 0
     saved = (run / "config.yaml").read_text()
     assert "iterations: 4" in saved and "batch_size: 2" in saved  # CLI beats the file; file beats defaults
     capsys.readouterr()
     out_json = tmp_path / "metrics.json"
-    assert main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", "shapes", "--max-images", "3",
-                 "--json", str(out_json)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(run / "best.pt"),
+                "--data",
+                "shapes",
+                "--max-images",
+                "3",
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     metrics = json.loads(out_json.read_text())
     assert {"pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iou", "loss", "confusion"} <= set(metrics)
@@ -235,10 +318,23 @@ def test_presets_train(tmp_path, preset):
     """Each preset's recipe runs end to end (shrunk: tiny width, 2 iterations, small crops)."""
     from fcnseg.config import resolve_config
 
-    cfg = resolve_config(preset, None, {"data": "shapes", "width": 1 / 16, "iterations": 2, "max_val_images": 2,
-                                        "num_samples": 0, "progress": False, "out": str(tmp_path / preset),
-                                        "batch_size": min(2, resolve_config(preset).batch_size), "crop_size": None
-                                        if preset != "modern" else 64, "precision": "fp32", "channels_last": False})
+    cfg = resolve_config(
+        preset,
+        None,
+        {
+            "data": "shapes",
+            "width": 1 / 16,
+            "iterations": 2,
+            "max_val_images": 2,
+            "num_samples": 0,
+            "progress": False,
+            "out": str(tmp_path / preset),
+            "batch_size": min(2, resolve_config(preset).batch_size),
+            "crop_size": None if preset != "modern" else 64,
+            "precision": "fp32",
+            "channels_last": False,
+        },
+    )
     summary = train(cfg)
     ckpt = load_checkpoint(tmp_path / preset / "last.pt")
     assert ckpt["train_state"]["config"]["loss_reduction"] == ("mean" if preset == "modern" else "sum")
@@ -254,7 +350,9 @@ def _folder_with_one_truncated_image(root: Path) -> Path:
         (root / split / "images").mkdir(parents=True)
         (root / split / "masks").mkdir(parents=True)
         for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / split / "images" / f"im{i}.jpg")
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                root / split / "images" / f"im{i}.jpg"
+            )
             Image.fromarray(rng.integers(0, 2, (32, 32), dtype=np.uint8)).save(root / split / "masks" / f"im{i}.png")
     bad = root / "train" / "images" / "im2.jpg"
     bad.write_bytes(bad.read_bytes()[:40])  # truncated JPEG

@@ -20,8 +20,16 @@ TORCH_HAS_CPU_FUSED = tuple(int(v) for v in torch.__version__.split(".")[:2]) >=
 def _trajectory(optimizer_name: str, fused: bool, steps: int = 6) -> tuple[list[float], dict]:
     torch.manual_seed(0)
     model = create_model("fcn8s", 6, backbone="vgg16_bn", geometry="same", width=1 / 16).train()
-    opt = build_optimizer(model, name=optimizer_name, lr=1e-2 if optimizer_name == "sgd" else 1e-3, momentum=0.9,
-                          weight_decay=1e-3, bias_lr_mult=2.0, bias_decay=False, fused=fused)
+    opt = build_optimizer(
+        model,
+        name=optimizer_name,
+        lr=1e-2 if optimizer_name == "sgd" else 1e-3,
+        momentum=0.9,
+        weight_decay=1e-3,
+        bias_lr_mult=2.0,
+        bias_decay=False,
+        fused=fused,
+    )
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 32, 32, generator=g)
     y = torch.randint(0, 6, (2, 32, 32), generator=g)
@@ -55,9 +63,23 @@ def test_channels_last_training_matches_contiguous(tmp_path):
     """Through the real loop: the same run with and without channels_last logs the same losses. (SGD:
     Adam divides by the root of squared gradients, so on biases before batch norm, whose gradients are
     rounding noise, it turns the two layouts' different roundings into full-size updates.)"""
-    common = dict(data="shapes", model="fcn8s", width=1 / 16, geometry="same", max_val_images=2, num_samples=0,
-                  optimizer="sgd", lr=1e-2, momentum=0.9, batch_size=2, iterations=5, log_every=1, eval_every=0,
-                  precision="fp32", progress=False)
+    common = dict(
+        data="shapes",
+        model="fcn8s",
+        width=1 / 16,
+        geometry="same",
+        max_val_images=2,
+        num_samples=0,
+        optimizer="sgd",
+        lr=1e-2,
+        momentum=0.9,
+        batch_size=2,
+        iterations=5,
+        log_every=1,
+        eval_every=0,
+        precision="fp32",
+        progress=False,
+    )
     losses = {}
     for channels_last in (False, True):
         run = tmp_path / f"cl{int(channels_last)}"
@@ -74,9 +96,18 @@ def test_demo_preset_keeps_its_training_budget_in_images():
     assert cfg.eval_every > 0 and cfg.iterations % cfg.eval_every == 0
 
 
-@pytest.mark.parametrize("cap, allowed", [("AVX2", False), ("avx512_core_vnni", False), ("AVX512_CORE", False),
-                                          ("AVX512_CORE_BF16", True), ("AVX512_CORE_AMX", True), ("ALL", True),
-                                          ("", True)])
+@pytest.mark.parametrize(
+    "cap, allowed",
+    [
+        ("AVX2", False),
+        ("avx512_core_vnni", False),
+        ("AVX512_CORE", False),
+        ("AVX512_CORE_BF16", True),
+        ("AVX512_CORE_AMX", True),
+        ("ALL", True),
+        ("", True),
+    ],
+)
 def test_auto_precision_is_fp32_when_onednn_is_capped_below_bf16(monkeypatch, cap, allowed):
     """`--precision auto` must not pick bf16 where oneDNN may not use native bf16 (it would emulate it,
     several times slower than fp32), whatever this machine's CPU has."""

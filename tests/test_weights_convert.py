@@ -10,20 +10,33 @@ import torch.nn.functional as F
 
 import fcnseg
 from fcnseg.cli import main
+from fcnseg.data.normalize import mean_pixel, normalize, parse_mode
 from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.errors import FcnsegError
 from fcnseg.weights import load
-from fcnseg.data.normalize import mean_pixel, normalize, parse_mode
 from fcnseg.weights.caffe import parse_caffemodel
 
 WIDTH = 0.125
-VGG = [("conv1_1", 64), ("conv1_2", 64), ("conv2_1", 128), ("conv2_2", 128), ("conv3_1", 256),
-       ("conv3_2", 256), ("conv3_3", 256), ("conv4_1", 512), ("conv4_2", 512), ("conv4_3", 512),
-       ("conv5_1", 512), ("conv5_2", 512), ("conv5_3", 512)]
+VGG = [
+    ("conv1_1", 64),
+    ("conv1_2", 64),
+    ("conv2_1", 128),
+    ("conv2_2", 128),
+    ("conv3_1", 256),
+    ("conv3_2", 256),
+    ("conv3_3", 256),
+    ("conv4_1", 512),
+    ("conv4_2", 512),
+    ("conv4_3", 512),
+    ("conv5_1", 512),
+    ("conv5_2", 512),
+    ("conv5_3", 512),
+]
 POOL_AFTER = {"conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3"}
 
 
 # ----------------------------------------------------------------- a tiny protobuf writer (Caffe layout)
+
 
 def pb_varint(n):
     out = bytearray()
@@ -63,18 +76,28 @@ def caffemodel_bytes(layers, v1=False):
     for name, blobs in {**extra, **layers}.items():
         kind = "Deconvolution" if name.startswith("upscore") else "Convolution"
         if v1:
-            body = (pb_bytes(2, b"bottom") + pb_bytes(3, name.encode()) + pb_bytes(4, name.encode())
-                    + pb_int(5, 39 if kind == "Deconvolution" else 4)
-                    + b"".join(pb_bytes(6, pb_blob(b, True)) for b in blobs))
+            body = (
+                pb_bytes(2, b"bottom")
+                + pb_bytes(3, name.encode())
+                + pb_bytes(4, name.encode())
+                + pb_int(5, 39 if kind == "Deconvolution" else 4)
+                + b"".join(pb_bytes(6, pb_blob(b, True)) for b in blobs)
+            )
             out.append(pb_bytes(2, body))
         else:
-            body = (pb_bytes(1, name.encode()) + pb_bytes(2, kind.encode()) + pb_bytes(3, b"bottom")
-                    + pb_bytes(4, name.encode()) + b"".join(pb_bytes(7, pb_blob(b, False)) for b in blobs))
+            body = (
+                pb_bytes(1, name.encode())
+                + pb_bytes(2, kind.encode())
+                + pb_bytes(3, b"bottom")
+                + pb_bytes(4, name.encode())
+                + b"".join(pb_bytes(7, pb_blob(b, False)) for b in blobs)
+            )
             out.append(pb_bytes(100, body))
     return b"".join(out)
 
 
 # ----------------------------------------------------------------- random reference weights
+
 
 def random_reference(model="fcn8s", num_classes=5, seed=0):
     """{reference layer name: [weight, bias]} for a tiny FCN; upsamplers random too (not bilinear)."""
@@ -121,16 +144,16 @@ def reference_forward(layers, x, model="fcn8s"):
     h = F.conv2d(h, *t["score_fr"])
     H, W = x.shape[-2:]
     if model == "fcn32s":
-        return F.conv_transpose2d(h, t["upscore"][0], stride=32)[:, :, 19:19 + H, 19:19 + W]
+        return F.conv_transpose2d(h, t["upscore"][0], stride=32)[:, :, 19 : 19 + H, 19 : 19 + W]
     scale4, scale3 = (0.01, 1e-4) if model == "fcn8s-atonce" else (1, 1)
     up = F.conv_transpose2d(h, t["upscore2"][0], stride=2)
-    s4 = F.conv2d(pools["pool4"] * scale4, *t["score_pool4"])[:, :, 5:5 + up.shape[2], 5:5 + up.shape[3]]
+    s4 = F.conv2d(pools["pool4"] * scale4, *t["score_pool4"])[:, :, 5 : 5 + up.shape[2], 5 : 5 + up.shape[3]]
     h = up + s4
     if model == "fcn16s":
-        return F.conv_transpose2d(h, t["upscore16"][0], stride=16)[:, :, 27:27 + H, 27:27 + W]
+        return F.conv_transpose2d(h, t["upscore16"][0], stride=16)[:, :, 27 : 27 + H, 27 : 27 + W]
     up = F.conv_transpose2d(h, t["upscore_pool4"][0], stride=2)
-    s3 = F.conv2d(pools["pool3"] * scale3, *t["score_pool3"])[:, :, 9:9 + up.shape[2], 9:9 + up.shape[3]]
-    return F.conv_transpose2d(up + s3, t["upscore8"][0], stride=8)[:, :, 31:31 + H, 31:31 + W]
+    s3 = F.conv2d(pools["pool3"] * scale3, *t["score_pool3"])[:, :, 9 : 9 + up.shape[2], 9 : 9 + up.shape[3]]
+    return F.conv_transpose2d(up + s3, t["upscore8"][0], stride=8)[:, :, 31 : 31 + H, 31 : 31 + W]
 
 
 def image(h=37, w=45, seed=1):
@@ -138,6 +161,7 @@ def image(h=37, w=45, seed=1):
 
 
 # ----------------------------------------------------------------- caffemodel
+
 
 @pytest.mark.parametrize("v1", [False, True], ids=["layer", "V1-layers"])
 @pytest.mark.parametrize("arch", ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce"])
@@ -191,8 +215,11 @@ def test_two_headed_siftflow_model_loads_its_semantic_head(tmp_path, caplog):
     layers = random_reference("fcn16s", num_classes=33)
     geo = random_reference("fcn16s", num_classes=3, seed=5)
     heads = ("score_fr", "upscore2", "score_pool4", "upscore16")
-    two_headed = {**{k: v for k, v in layers.items() if k not in heads},
-                  **{k + "_sem": layers[k] for k in heads}, **{k + "_geo": geo[k] for k in heads}}
+    two_headed = {
+        **{k: v for k, v in layers.items() if k not in heads},
+        **{k + "_sem": layers[k] for k in heads},
+        **{k + "_geo": geo[k] for k in heads},
+    }
     path = tmp_path / "siftflow-fcn16s-heavy.caffemodel"
     path.write_bytes(caffemodel_bytes(two_headed))
     with caplog.at_level(logging.INFO, logger="fcnseg"):
@@ -209,8 +236,13 @@ def test_two_headed_siftflow_model_loads_its_semantic_head(tmp_path, caplog):
 
 # voc-fcn-alexnet/net.py: (name, channels, kernel, stride, pad, group); pool (3x3/2) + LRN after
 # conv1 and conv2, pool after conv5.
-CAFFENET = [("conv1", 96, 11, 4, 100, 1), ("conv2", 256, 5, 1, 2, 2), ("conv3", 384, 3, 1, 1, 1),
-            ("conv4", 384, 3, 1, 1, 2), ("conv5", 256, 3, 1, 1, 2)]
+CAFFENET = [
+    ("conv1", 96, 11, 4, 100, 1),
+    ("conv2", 256, 5, 1, 2, 2),
+    ("conv3", 384, 3, 1, 1, 1),
+    ("conv4", 384, 3, 1, 1, 2),
+    ("conv5", 256, 3, 1, 1, 2),
+]
 
 
 def random_caffenet(num_classes=5, seed=0):
@@ -218,14 +250,21 @@ def random_caffenet(num_classes=5, seed=0):
     layers, cin = {}, 3
     for name, c, k, _, _, group in CAFFENET:
         c = int(c * WIDTH)
-        layers[name] = [rng.normal(0, (2 / (cin // group * k * k)) ** 0.5, (c, cin // group, k, k)).astype(np.float32),
-                        rng.normal(0, 0.1, c).astype(np.float32)]
+        layers[name] = [
+            rng.normal(0, (2 / (cin // group * k * k)) ** 0.5, (c, cin // group, k, k)).astype(np.float32),
+            rng.normal(0, 0.1, c).astype(np.float32),
+        ]
         cin = c
     hidden = int(4096 * WIDTH)
-    for name, cout, c_in, k in (("fc6", hidden, cin, 6), ("fc7", hidden, hidden, 1),
-                                ("score_fr", num_classes, hidden, 1)):
-        layers[name] = [rng.normal(0, (2 / (c_in * k * k)) ** 0.5, (cout, c_in, k, k)).astype(np.float32),
-                        rng.normal(0, 0.1, cout).astype(np.float32)]
+    for name, cout, c_in, k in (
+        ("fc6", hidden, cin, 6),
+        ("fc7", hidden, hidden, 1),
+        ("score_fr", num_classes, hidden, 1),
+    ):
+        layers[name] = [
+            rng.normal(0, (2 / (c_in * k * k)) ** 0.5, (cout, c_in, k, k)).astype(np.float32),
+            rng.normal(0, 0.1, cout).astype(np.float32),
+        ]
     layers["upscore"] = [rng.normal(0, 0.05, (num_classes, num_classes, 63, 63)).astype(np.float32)]
     return layers
 
@@ -233,7 +272,7 @@ def random_caffenet(num_classes=5, seed=0):
 def caffe_lrn(x, size=5, alpha=1e-4, beta=0.75):
     """Caffe's LRN (ACROSS_CHANNELS, k = 1): x / (1 + alpha / size * sum of x^2 over size channels)^beta."""
     sq = F.pad(x * x, (0, 0, 0, 0, size // 2, size // 2))
-    window = sum(sq[:, i:i + x.shape[1]] for i in range(size))
+    window = sum(sq[:, i : i + x.shape[1]] for i in range(size))
     return x / (1 + alpha / size * window) ** beta
 
 
@@ -253,7 +292,7 @@ def caffenet_reference_forward(layers, x):
     h = F.relu(F.conv2d(h, *t["fc6"]))
     h = F.relu(F.conv2d(h, *t["fc7"]))
     h = F.conv_transpose2d(F.conv2d(h, *t["score_fr"]), t["upscore"][0], stride=32)
-    return h[:, :, 18:18 + x.shape[-2], 18:18 + x.shape[-1]]
+    return h[:, :, 18 : 18 + x.shape[-2], 18 : 18 + x.shape[-1]]
 
 
 @pytest.mark.parametrize("v1", [False, True], ids=["layer", "V1-layers"])
@@ -285,8 +324,11 @@ def test_per_model_mean_travels_with_the_converted_model(tmp_path):
     normalize() subtracts it."""
     layers = random_reference("fcn32s", num_classes=33)
     heads = ("score_fr", "upscore")
-    two_headed = {**{k: v for k, v in layers.items() if k not in heads}, **{k + "_sem": layers[k] for k in heads},
-                  **{k + "_geo": random_reference("fcn32s", num_classes=3, seed=5)[k] for k in heads}}
+    two_headed = {
+        **{k: v for k, v in layers.items() if k not in heads},
+        **{k + "_sem": layers[k] for k in heads},
+        **{k + "_geo": random_reference("fcn32s", num_classes=3, seed=5)[k] for k in heads},
+    }
     src = tmp_path / "siftflow-fcn32s-heavy.caffemodel"
     src.write_bytes(caffemodel_bytes(two_headed))
     assert main(["weights", "convert", str(src), "--out", str(tmp_path / "siftflow.pt")]) == 0
@@ -301,6 +343,7 @@ def test_per_model_mean_travels_with_the_converted_model(tmp_path):
 
 
 # ----------------------------------------------------------------- pytorch-fcn and torchvision
+
 
 def pytorch_fcn_state(layers):
     state = {}
@@ -327,9 +370,18 @@ def test_pytorch_fcn_state_dict(tmp_path, arch):
 
 def resnet_reference_forward(state, x, depths=(3, 4, 6, 3)):
     """torchvision's fcn_resnet50 written out with F.*: dilated layer3/4, FCNHead, bilinear resize."""
+
     def bn(h, p):
-        return F.batch_norm(h, state[p + ".running_mean"], state[p + ".running_var"], state[p + ".weight"],
-                            state[p + ".bias"], False, 0.0, 1e-5)
+        return F.batch_norm(
+            h,
+            state[p + ".running_mean"],
+            state[p + ".running_var"],
+            state[p + ".weight"],
+            state[p + ".bias"],
+            False,
+            0.0,
+            1e-5,
+        )
 
     h = F.relu(bn(F.conv2d(x, state["backbone.conv1.weight"], stride=2, padding=3), "backbone.bn1"))
     h = F.max_pool2d(h, 3, 2, 1)
@@ -344,8 +396,11 @@ def resnet_reference_forward(state, x, depths=(3, 4, 6, 3)):
             out = F.relu(bn(F.conv2d(h, state[p + ".conv1.weight"]), p + ".bn1"))
             out = F.relu(bn(F.conv2d(out, state[p + ".conv2.weight"], stride=s, padding=d, dilation=d), p + ".bn2"))
             out = bn(F.conv2d(out, state[p + ".conv3.weight"]), p + ".bn3")
-            short = h if b > 0 or p + ".downsample.0.weight" not in state else \
-                bn(F.conv2d(h, state[p + ".downsample.0.weight"], stride=s), p + ".downsample.1")
+            short = (
+                h
+                if b > 0 or p + ".downsample.0.weight" not in state
+                else bn(F.conv2d(h, state[p + ".downsample.0.weight"], stride=s), p + ".downsample.1")
+            )
             h = F.relu(out + short)
     h = F.relu(bn(F.conv2d(h, state["classifier.0.weight"], padding=1), "classifier.1"))
     h = F.conv2d(h, state["classifier.4.weight"], state["classifier.4.bias"])
@@ -360,13 +415,18 @@ def torchvision_fcn_state(num_classes=21):
         if k.endswith("running_var"):
             state[k] = state[k].abs() + 0.5
     aux_in, aux_mid = int(1024 * WIDTH), int(256 * WIDTH)
-    state.update({"aux_classifier.0.weight": torch.randn(aux_mid, aux_in, 3, 3),
-                  "aux_classifier.1.weight": torch.ones(aux_mid), "aux_classifier.1.bias": torch.zeros(aux_mid),
-                  "aux_classifier.1.running_mean": torch.zeros(aux_mid),
-                  "aux_classifier.1.running_var": torch.ones(aux_mid),
-                  "aux_classifier.1.num_batches_tracked": torch.tensor(0),
-                  "aux_classifier.4.weight": torch.randn(num_classes, aux_mid, 1, 1),
-                  "aux_classifier.4.bias": torch.zeros(num_classes)})
+    state.update(
+        {
+            "aux_classifier.0.weight": torch.randn(aux_mid, aux_in, 3, 3),
+            "aux_classifier.1.weight": torch.ones(aux_mid),
+            "aux_classifier.1.bias": torch.zeros(aux_mid),
+            "aux_classifier.1.running_mean": torch.zeros(aux_mid),
+            "aux_classifier.1.running_var": torch.ones(aux_mid),
+            "aux_classifier.1.num_batches_tracked": torch.tensor(0),
+            "aux_classifier.4.weight": torch.randn(num_classes, aux_mid, 1, 1),
+            "aux_classifier.4.bias": torch.zeros(num_classes),
+        }
+    )
     return state
 
 
@@ -385,13 +445,15 @@ def test_torchvision_fcn_resnet_with_aux_head(tmp_path, caplog):
 
 # ----------------------------------------------------------------- bad input: one line, exit 2
 
+
 def test_bad_weight_files_are_one_line_errors(tmp_path, capsys):
     layers = random_reference("fcn8s")
     truncated = tmp_path / "truncated.caffemodel"
     truncated.write_bytes(caffemodel_bytes(layers)[:-5000])
     alexnet = tmp_path / "alexnet.caffemodel"  # AlexNet names, VGG shapes
-    alexnet.write_bytes(caffemodel_bytes({"conv1": layers["conv1_1"], "fc6": layers["fc6"],
-                                          "score_fr": layers["score_fr"]}))
+    alexnet.write_bytes(
+        caffemodel_bytes({"conv1": layers["conv1_1"], "fc6": layers["fc6"], "score_fr": layers["score_fr"]})
+    )
     wrong = dict(layers, conv3_2=[np.zeros((7, 32, 3, 3), np.float32), np.zeros(7, np.float32)])
     wrong_shape = tmp_path / "wrong.caffemodel"
     wrong_shape.write_bytes(caffemodel_bytes(wrong))
@@ -400,16 +462,25 @@ def test_bad_weight_files_are_one_line_errors(tmp_path, capsys):
     torch.save({k: v for k, v in state.items() if k != "fc7.bias"}, missing)
     extra = tmp_path / "extra.pth"
     torch.save({**state, "score_extra.weight": torch.zeros(5, 5, 1, 1)}, extra)
-    cases = {truncated: "looks like a Caffe model but is truncated at byte", alexnet: "conv1 has shape 8x3x3x3", wrong_shape: "conv3_2 has shape",
-             missing: "no weights for backbone.classifier.3.bias", extra: "score_extra"}
+    cases = {
+        truncated: "looks like a Caffe model but is truncated at byte",
+        alexnet: "conv1 has shape 8x3x3x3",
+        wrong_shape: "conv3_2 has shape",
+        missing: "no weights for backbone.classifier.3.bias",
+        extra: "score_extra",
+    }
     for path, expected in cases.items():
         out = tmp_path / f"{path.stem}.pt"
         assert main(["weights", "convert", str(path), "--out", str(out)]) == 2, path
         err = capsys.readouterr().err.strip()
         assert expected in err and str(path) in err and len(err.splitlines()) == 1, err
         assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
-    assert main(["weights", "convert", str(tmp_path / "x.caffemodel"), "--model", "fcn32s",
-                 "--out", str(tmp_path / "y.pt")]) == 2
+    assert (
+        main(
+            ["weights", "convert", str(tmp_path / "x.caffemodel"), "--model", "fcn32s", "--out", str(tmp_path / "y.pt")]
+        )
+        == 2
+    )
     truncated.write_bytes(caffemodel_bytes(layers))
     assert main(["weights", "convert", str(truncated), "--model", "fcn32s", "--out", str(tmp_path / "y.pt")]) == 2
     assert "holds an fcn8s" in capsys.readouterr().err

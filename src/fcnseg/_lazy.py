@@ -3,8 +3,8 @@ stays cheap (no torch import until a model, dataset or engine name is touched)."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import import_module
-from typing import Callable
 
 
 def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], object], list[str]]:

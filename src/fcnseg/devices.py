@@ -67,8 +67,13 @@ ISA_ENV = "FCNSEG_CPU_ISA"
 # CPU classes, lowest first, and the /proc/cpuinfo flags each one adds: FCNSEG_CPU_ISA=<class> makes
 # fcnseg treat the CPU as if it had no more than that (as ONEDNN_MAX_CPU_ISA does for oneDNN's kernels),
 # so the paths and choices of a lesser CPU can be run and measured on a better one.
-ISA_CLASSES = {"avx2": ("avx2", "fma"), "avx512": ("avx512f",), "avx512_vnni": ("avx512_vnni", "avx_vnni"),
-               "avx512_bf16": ("avx512_bf16",), "amx": ("amx_tile", "amx_int8", "amx_bf16")}
+ISA_CLASSES = {
+    "avx2": ("avx2", "fma"),
+    "avx512": ("avx512f",),
+    "avx512_vnni": ("avx512_vnni", "avx_vnni"),
+    "avx512_bf16": ("avx512_bf16",),
+    "amx": ("amx_tile", "amx_int8", "amx_bf16"),
+}
 
 
 @functools.lru_cache(maxsize=1)
@@ -92,17 +97,26 @@ def cpu_flags() -> frozenset[str]:
     if cap not in ISA_CLASSES:
         raise FcnsegError(f"{ISA_ENV}={cap!r} is not a CPU class; use one of native, {', '.join(ISA_CLASSES)}")
     names = list(ISA_CLASSES)
-    above = {f for name in names[names.index(cap) + 1:] for f in ISA_CLASSES[name]}
-    return frozenset(f for f in flags if f not in above and not (f.startswith("avx512") and cap == "avx2")
-                     and not (f.startswith("amx") and cap != "amx"))
+    above = {f for name in names[names.index(cap) + 1 :] for f in ISA_CLASSES[name]}
+    return frozenset(
+        f
+        for f in flags
+        if f not in above
+        and not (f.startswith("avx512") and cap == "avx2")
+        and not (f.startswith("amx") and cap != "amx")
+    )
 
 
 def cpu_isa() -> str:
     """A short description of the CPU class, e.g. "AVX2+AVX512+VNNI+BF16 (no AMX)"."""
     flags = cpu_flags()
-    have = [("AVX2", "avx2" in flags), ("AVX512", "avx512f" in flags),
-            ("VNNI", bool({"avx512_vnni", "avx_vnni"} & flags)), ("BF16", bool(set(BF16_CPU_FLAGS) & flags)),
-            ("AMX", "amx_tile" in flags)]
+    have = [
+        ("AVX2", "avx2" in flags),
+        ("AVX512", "avx512f" in flags),
+        ("VNNI", bool({"avx512_vnni", "avx_vnni"} & flags)),
+        ("BF16", bool(set(BF16_CPU_FLAGS) & flags)),
+        ("AMX", "amx_tile" in flags),
+    ]
     text = "+".join(name for name, ok in have if ok) or "no AVX2"
     missing = [name for name, ok in have if not ok]
     text += f" (no {'/'.join(missing)})" if missing else ""

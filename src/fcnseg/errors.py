@@ -10,7 +10,7 @@ class FcnsegError(Exception):
 
 
 def did_you_mean(name: str, choices) -> str:
-    """" (did you mean X or Y?)" for the registered names closest to a mistyped ``name``, else "".
+    """ " (did you mean X or Y?)" for the registered names closest to a mistyped ``name``, else "".
     The one suggestion rule for every place that looks a name up (weights, backbones, datasets)."""
     import difflib
 

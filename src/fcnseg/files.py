@@ -25,8 +25,9 @@ import os
 import pickle
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 from fcnseg.errors import FcnsegError
 
@@ -233,8 +234,9 @@ class NpyRows:
         import numpy as np
 
         self.f, self.shape, self.dtype = f, tuple(int(v) for v in shape), np.dtype(dtype)
-        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
-                                                  "fortran_order": False, "shape": self.shape})
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        )
         self.offset = f.tell()
         channels, height, width = self.shape
         f.truncate(self.offset + channels * height * width * self.dtype.itemsize)
@@ -323,6 +325,7 @@ def clean_stale_temps(folder: str | os.PathLike, older_than_s: float = 0.0) -> l
 
 # --------------------------------------------------------------------------- reading weights
 
+
 def _is_legacy_torch_file(path: Path) -> bool:
     """Files from torch.save(..., _use_new_zipfile_serialization=False) start with a pickle protocol byte."""
     with open(path, "rb") as f:
@@ -340,19 +343,22 @@ def safe_torch_load(path: str | os.PathLike, what: str = "weights file") -> Any:
     except OSError as exc:
         raise FcnsegError(f"cannot read {what} {path}: {exc.strerror}") from None
     if not is_torch:
-        raise FcnsegError(f"{what} {path} is corrupt or truncated, or not a PyTorch file at all; "
-                          "pass a .pt/.pth written by torch.save (download or save it again)")
+        raise FcnsegError(
+            f"{what} {path} is corrupt or truncated, or not a PyTorch file at all; "
+            "pass a .pt/.pth written by torch.save (download or save it again)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
         first = first.split(". ")[0]  # never repeat torch's advice to drop weights_only
-        raise FcnsegError(f"{what} {path} holds objects that cannot be loaded safely "
-                          f"(refused: {first[:120]}); re-save it as a plain state_dict of tensors") from None
+        raise FcnsegError(
+            f"{what} {path} holds objects that cannot be loaded safely "
+            f"(refused: {first[:120]}); re-save it as a plain state_dict of tensors"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FcnsegError(f"{what} {path} is corrupt or truncated ({first[:120]}); "
-                          "download or save it again") from None
+        raise FcnsegError(f"{what} {path} is corrupt or truncated ({first[:120]}); download or save it again") from None
 
 
 def content_digest(obj: Any) -> str:
@@ -402,5 +408,6 @@ def read_safetensors(path: str | os.PathLike, what: str = "weights file") -> tup
         return load_file(str(path)), metadata
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise FcnsegError(f"{what} {path} is not a readable safetensors file ({first}); export or "
-                          "download it again") from None
+        raise FcnsegError(
+            f"{what} {path} is not a readable safetensors file ({first}); export or download it again"
+        ) from None

@@ -42,15 +42,16 @@ from fcnseg.files import check_input_file, read_error, write_bytes
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels (a 4000x3000 photo is 12)
 # The file names fcnseg reads as images or masks, everywhere (folders of photos, folder datasets).
 # GIF is read like any other file (its first frame); a multi-frame file's other frames are ignored.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
-                  ".pnm")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm")
 _EXIF_ORIENTATION = 0x0112
 _SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # rotated by 90 or 270 degrees: width and height trade places
 
 
 def too_big_message(path: str | os.PathLike, width: int, height: int, max_pixels: int) -> str:
-    return (f"{path}: {width}x{height} = {width * height / 1e6:.0f} megapixels exceeds the limit of "
-            f"{max_pixels / 1e6:.0f} (decompression bomb guard); raise --max-pixels only if you trust the file")
+    return (
+        f"{path}: {width}x{height} = {width * height / 1e6:.0f} megapixels exceeds the limit of "
+        f"{max_pixels / 1e6:.0f} (decompression bomb guard); raise --max-pixels only if you trust the file"
+    )
 
 
 def check_pixels(path: str | os.PathLike, width: int, height: int, max_pixels: int) -> None:
@@ -58,8 +59,9 @@ def check_pixels(path: str | os.PathLike, width: int, height: int, max_pixels: i
         raise ImageTooLarge(too_big_message(path, width, height, max_pixels))
 
 
-def open_image(path: str | os.PathLike, what: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
-               decode: bool = True) -> Image.Image:
+def open_image(
+    path: str | os.PathLike, what: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool = True
+) -> Image.Image:
     """Open an image file with every guard (see the module docstring); decoded unless ``decode=False``
     (then only the header was read: size and mode are known, the pixels are not)."""
     path = Path(path)
@@ -73,8 +75,9 @@ class ImageTooLarge(FcnsegError):
     """An image over the pixel limit (a decompression bomb, or just too big): servers answer 413."""
 
 
-def open_image_bytes(data: bytes, label: str = "upload", what: str = "image",
-                     max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image_bytes(
+    data: bytes, label: str = "upload", what: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
     """The same guards for an image held in memory (an HTTP upload); ``label`` names it in messages."""
     if not data:
         raise FcnsegError(f"{label}: {what} is empty; send an image file")
@@ -96,19 +99,23 @@ def _guarded_open(source, label, what: str, max_pixels: int, decode: bool) -> Im
         except FcnsegError:
             raise
         except Image.DecompressionBombError:
-            raise ImageTooLarge(f"{label}: {what} is too large to decode safely (decompression bomb guard); "
-                                "raise --max-pixels only if you trust the file") from None
+            raise ImageTooLarge(
+                f"{label}: {what} is too large to decode safely (decompression bomb guard); "
+                "raise --max-pixels only if you trust the file"
+            ) from None
         except UnidentifiedImageError:
-            raise FcnsegError(f"{label}: cannot read {what} (not a format Pillow recognises); convert it to PNG or JPEG, "
-                              "or remove it") from None
+            raise FcnsegError(
+                f"{label}: cannot read {what} (not a format Pillow recognises); convert it to PNG or JPEG, or remove it"
+            ) from None
         except MemoryError:
             raise FcnsegError(f"{label}: not enough memory to decode this {what}; shrink it or remove it") from None
         except PermissionError as exc:
             raise read_error(label, exc) from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
-            raise FcnsegError(f"{label}: cannot read {what} ({reason}); the file is truncated or corrupt, "
-                              "re-copy or remove it") from None
+            raise FcnsegError(
+                f"{label}: cannot read {what} ({reason}); the file is truncated or corrupt, re-copy or remove it"
+            ) from None
 
 
 def image_size(path: str | os.PathLike, what: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
@@ -180,8 +187,12 @@ def upright(img: Image.Image) -> Image.Image:
         return img
 
 
-def read_rgb(source: str | os.PathLike | bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS,
-             label: str = "upload", what: str = "image") -> np.ndarray:
+def read_rgb(
+    source: str | os.PathLike | bytes | Image.Image,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    label: str = "upload",
+    what: str = "image",
+) -> np.ndarray:
     """A file path, encoded bytes (named ``label`` in messages) or a PIL image -> HxWx3 uint8 RGB:
     the one image reader, with every guard and rule of the module docstring."""
     if isinstance(source, Image.Image):
@@ -218,8 +229,10 @@ def read_label(path: str | os.PathLike, by_colour: bool = False, max_pixels: int
         labels = np.asarray(img)
     if labels.dtype != np.uint8:
         if labels.size and (labels.min() < 0 or labels.max() > 255):
-            raise FcnsegError(f"{path}: mask values must be 0..255, class ids with 255 for \"ignore\" (found "
-                              f"{labels.min()}..{labels.max()}); save masks as 8-bit index PNGs")
+            raise FcnsegError(
+                f'{path}: mask values must be 0..255, class ids with 255 for "ignore" (found '
+                f"{labels.min()}..{labels.max()}); save masks as 8-bit index PNGs"
+            )
         labels = labels.astype(np.uint8)
     return np.ascontiguousarray(labels)
 

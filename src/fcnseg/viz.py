@@ -32,8 +32,13 @@ def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: i
     return palette_array(palette, ignore_index)[np.clip(mask, 0, 255).astype(np.uint8)]
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5,
-            background: int | None = 0) -> np.ndarray:
+def overlay(
+    image: np.ndarray,
+    mask: np.ndarray,
+    palette: Sequence[Sequence[int]],
+    alpha: float = 0.5,
+    background: int | None = 0,
+) -> np.ndarray:
     """Blend the colourised mask over an HxWx3 uint8 image. Pixels of class ``background`` keep the
     photo as it is (its brightness and colours); ``background=None`` blends every class."""
     photo = np.asarray(image)[..., :3]
@@ -45,13 +50,17 @@ def overlay(image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]
     return out
 
 
-def legend_entries(mask: np.ndarray, class_names: Sequence[str], palette: Sequence[Sequence[int]],
-                   background: int | None = 0) -> list[tuple[str, tuple[int, int, int]]]:
+def legend_entries(
+    mask: np.ndarray, class_names: Sequence[str], palette: Sequence[Sequence[int]], background: int | None = 0
+) -> list[tuple[str, tuple[int, int, int]]]:
     """(name, colour) of every class present in ``mask`` except ``background``, in class order."""
     present = np.flatnonzero(np.bincount(np.asarray(mask).ravel().astype(np.int64).clip(0), minlength=len(palette)))
     lut = palette_array(palette)
-    return [(str(class_names[k]) if k < len(class_names) else str(k), tuple(int(v) for v in lut[min(k, 255)]))
-            for k in present if k != background and k < max(len(class_names), len(palette))]
+    return [
+        (str(class_names[k]) if k < len(class_names) else str(k), tuple(int(v) for v in lut[min(k, 255)]))
+        for k in present
+        if k != background and k < max(len(class_names), len(palette))
+    ]
 
 
 def with_legend(image: np.ndarray, entries: Sequence[tuple[str, Sequence[int]]]) -> np.ndarray:
@@ -112,8 +121,14 @@ def save_index_png(mask: np.ndarray, palette: Sequence[Sequence[int]], path: str
     write_bytes(path, index_png_bytes(mask, palette))
 
 
-def save_overlay(image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], path: str | os.PathLike,
-                 quality: int = 90, class_names: Sequence[str] | None = None) -> None:
+def save_overlay(
+    image: np.ndarray,
+    mask: np.ndarray,
+    palette: Sequence[Sequence[int]],
+    path: str | os.PathLike,
+    quality: int = 90,
+    class_names: Sequence[str] | None = None,
+) -> None:
     """The overlay as a JPEG (or PNG, by suffix), written atomically; with ``class_names``, a legend
     band below names the classes present."""
     picture = overlay(image, mask, palette)
@@ -151,8 +166,15 @@ def font(size: int = 16):
         return ImageFont.load_default()
 
 
-def legend(class_names: Sequence[str], palette: Sequence[Sequence[int]], width: int, *, ignore: bool = False,
-           size: int = 16, background: Sequence[int] = (255, 255, 255)) -> np.ndarray:
+def legend(
+    class_names: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    width: int,
+    *,
+    ignore: bool = False,
+    size: int = 16,
+    background: Sequence[int] = (255, 255, 255),
+) -> np.ndarray:
     """A colour key as an RGB image ``width`` pixels wide: one swatch + name per class, wrapped into rows.
 
     ``ignore`` adds an "ignore (255)" entry drawn with the IGNORE_CHECKER pattern.
@@ -177,8 +199,9 @@ def legend(class_names: Sequence[str], palette: Sequence[Sequence[int]], width: 
         y = pad + r * line
         box = (x, y, x + swatch - 1, y + swatch - 1)
         if colour is None:
-            cells = paint_ignore(np.zeros((swatch, swatch, 3), np.uint8), np.ones((swatch, swatch), bool),
-                                 max(2, swatch // 4))
+            cells = paint_ignore(
+                np.zeros((swatch, swatch, 3), np.uint8), np.ones((swatch, swatch), bool), max(2, swatch // 4)
+            )
             img.paste(Image.fromarray(cells), (x, y))
         else:
             draw.rectangle(box, fill=colour)

@@ -69,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if not is_out_of_memory(exc):
             raise
-        print(f"fcnseg {args.command}: error: out of memory; use smaller images, tiles (--tile) or a "
-              "smaller --batch-size", file=sys.stderr)
+        print(
+            f"fcnseg {args.command}: error: out of memory; use smaller images, tiles (--tile) or a "
+            "smaller --batch-size",
+            file=sys.stderr,
+        )
         return 2
 
 

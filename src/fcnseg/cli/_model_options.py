@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 
-SOURCE_HELP = ("the model: a published name (e.g. fcn8s-voc; see `fcnseg weights list`, downloaded once) "
-               "or any model file, recognised by content: fcnseg .pt or .safetensors, fp32 or int8 .onnx, "
-               ".caffemodel, pytorch-fcn or torchvision .pth. --checkpoint is the same option")
+SOURCE_HELP = (
+    "the model: a published name (e.g. fcn8s-voc; see `fcnseg weights list`, downloaded once) "
+    "or any model file, recognised by content: fcnseg .pt or .safetensors, fp32 or int8 .onnx, "
+    ".caffemodel, pytorch-fcn or torchvision .pth. --checkpoint is the same option"
+)
 BACKENDS = ("torch", "onnxruntime", "openvino")
 
 
@@ -26,28 +28,53 @@ class _Once(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         previous = getattr(namespace, self.dest, None)
         if previous is not None and previous != values:
-            parser.error(f"{option_string} {values}: the model is already given ({previous}); "
-                         "--weights and --checkpoint are the same option, give it once")
+            parser.error(
+                f"{option_string} {values}: the model is already given ({previous}); "
+                "--weights and --checkpoint are the same option, give it once"
+            )
         setattr(namespace, self.dest, values)
 
 
-def add_model_options(parser: argparse.ArgumentParser, *, int8: bool = False,
-                      backends: tuple[str, ...] | None = None, required: bool = True) -> None:
+def add_model_options(
+    parser: argparse.ArgumentParser,
+    *,
+    int8: bool = False,
+    backends: tuple[str, ...] | None = None,
+    required: bool = True,
+) -> None:
     """Add --weights/--checkpoint, --mirror and, where asked, --int8 and --backend to ``parser``."""
     group = parser.add_argument_group("model")
-    group.add_argument("--weights", "--checkpoint", dest="weights", metavar="NAME_OR_FILE", action=_Once,
-                       required=required, default=None, help=SOURCE_HELP)
-    group.add_argument("--mirror", metavar="URL", default=None,
-                       help="fetch published weights from this mirror (replaces the publisher's scheme and "
-                            "host; also $FCNSEG_MIRROR)")
+    group.add_argument(
+        "--weights",
+        "--checkpoint",
+        dest="weights",
+        metavar="NAME_OR_FILE",
+        action=_Once,
+        required=required,
+        default=None,
+        help=SOURCE_HELP,
+    )
+    group.add_argument(
+        "--mirror",
+        metavar="URL",
+        default=None,
+        help="fetch published weights from this mirror (replaces the publisher's scheme and host; also $FCNSEG_MIRROR)",
+    )
     if int8:
-        group.add_argument("--int8", metavar="MODEL", default=None,
-                           help="run this int8 model of --weights (from `fcnseg quantize`; it is checked to be "
-                                "quantized from those weights). --weights MODEL alone works too")
+        group.add_argument(
+            "--int8",
+            metavar="MODEL",
+            default=None,
+            help="run this int8 model of --weights (from `fcnseg quantize`; it is checked to be "
+            "quantized from those weights). --weights MODEL alone works too",
+        )
     if backends:
-        group.add_argument("--backend", choices=backends, default=None,
-                           help="default: onnxruntime for ONNX models (OpenVINO for int8 where installed), "
-                                "torch otherwise")
+        group.add_argument(
+            "--backend",
+            choices=backends,
+            default=None,
+            help="default: onnxruntime for ONNX models (OpenVINO for int8 where installed), torch otherwise",
+        )
 
 
 def open_from_args(args: argparse.Namespace):

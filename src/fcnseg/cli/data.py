@@ -1,8 +1,8 @@
 """`fcnseg data`: list dataset formats, download public datasets, check a dataset for problems.
 
-    fcnseg data list
-    fcnseg data download voc2012 --root ~/data         then use voc:~/data
-    fcnseg data check voc:~/data --split val --json report.json
+fcnseg data list
+fcnseg data download voc2012 --root ~/data         then use voc:~/data
+fcnseg data check voc:~/data --split val --json report.json
 """
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ from fcnseg.config import arg_type
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="list, download and check datasets",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "data",
+        help="list, download and check datasets",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     p = sub.add_parser("list", help="dataset formats and downloadable datasets")
@@ -37,9 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", action="append", help="split to check (repeatable; default: the usual train/val pair)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the full report as JSON")
     p.add_argument("--workers", type=arg_type(int, min=1), default=2, help="reading threads (default 2)")
-    p.add_argument("--write-classes", action="store_true",
-                   help="folder datasets: first write the classes.json that binary 0/255 or RGB colour masks need "
-                        "(never replaces an existing one)")
+    p.add_argument(
+        "--write-classes",
+        action="store_true",
+        help="folder datasets: first write the classes.json that binary 0/255 or RGB colour masks need "
+        "(never replaces an existing one)",
+    )
     p.set_defaults(func=run_check)
 
 
@@ -56,13 +63,13 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_download(args: argparse.Namespace) -> int:
     from fcnseg.data.download import RESOURCES, download_dataset
-
     from fcnseg.files import check_output_dir
 
     check_output_dir(args.root, "--root")
     md5 = None if args.no_checksum else (args.md5 or "registry")
-    target = download_dataset(args.name, args.root, url=args.url, md5=md5, keep_archive=args.keep_archive,
-                              progress=not args.no_progress)
+    target = download_dataset(
+        args.name, args.root, url=args.url, md5=md5, keep_archive=args.keep_archive, progress=not args.no_progress
+    )
     print(f"{args.name} is in {target}; use it as {RESOURCES[args.name].spec}:{args.root}")
     return 0
 

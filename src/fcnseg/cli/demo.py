@@ -12,11 +12,16 @@ from fcnseg.errors import FcnsegError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="train + evaluate + predict on the built-in `shapes` data (the main job)",
-                              description=__doc__)
+    p = subparsers.add_parser(
+        "demo", help="train + evaluate + predict on the built-in `shapes` data (the main job)", description=__doc__
+    )
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
-    p.add_argument("--model", default=None, help="model name (default: the demo preset's, fcn8s); fcn32s / fcn16s / fcn8s "
-                   "give a miniature of the paper's Table 2, unet its concatenating relative")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model name (default: the demo preset's, fcn8s); fcn32s / fcn16s / fcn8s "
+        "give a miniature of the paper's Table 2, unet its concatenating relative",
+    )
     p.add_argument("--iterations", type=int, default=None, help="training iterations (default: the preset's)")
     p.add_argument("--predict", type=int, default=4, help="how many val images to predict (default: 4)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
@@ -28,8 +33,7 @@ def set_aside_previous_demo(out: Path) -> None:
     if not (out / "last.pt").exists():
         return
     if not (out / "eval.json").exists():  # eval.json is written only by this command
-        raise FcnsegError(f"{out} holds a training run that `fcnseg demo` did not write; "
-                          "choose another --out")
+        raise FcnsegError(f"{out} holds a training run that `fcnseg demo` did not write; choose another --out")
     previous = out.with_name(out.name + ".previous")
     shutil.rmtree(previous, ignore_errors=True)
     out.rename(previous)
@@ -75,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
     val_set = load_dataset(cfg.data, "val")
     metrics = evaluate(best, val_set, precision=cfg.precision, channels_last=cfg.channels_last)
     scalars = {k: metrics[k] for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "loss")}
-    write_json(out / "eval.json", {**scalars, "per_class_iou": dict(zip(metrics["class_names"],
-                                                                        metrics["per_class_iou"]))})
+    write_json(
+        out / "eval.json", {**scalars, "per_class_iou": dict(zip(metrics["class_names"], metrics["per_class_iou"]))}
+    )
     for name, value in scalars.items():
         print(f"    {name:10s} {value if name == 'loss' else 100 * value:8.2f}{'' if name == 'loss' else ' %'}")
 
@@ -90,14 +95,17 @@ def run(args: argparse.Namespace) -> int:
         save_index_png(mask, segmenter.palette, pred_dir / f"val_{i:03d}_mask.png")
         enlarged = upscale(overlay(image, mask, segmenter.palette), display_factor(image.shape))  # 96 px is tiny
         write_bytes(pred_dir / f"val_{i:03d}_overlay.png", png_bytes(enlarged))
-        save_sample_strip(image, truth, mask, segmenter.palette, pred_dir / f"val_{i:03d}.png",
-                          class_names=segmenter.class_names)
+        save_sample_strip(
+            image, truth, mask, segmenter.palette, pred_dir / f"val_{i:03d}.png", class_names=segmenter.class_names
+        )
 
     minutes = (time.perf_counter() - started) / 60
-    print(f"\ndone in {minutes:.1f} min: val mean IU {100 * metrics['mean_iu']:.1f}%\n"
-          f"  run directory   {out}/ (config.yaml, metrics.jsonl, plots, samples)\n"
-          f"  checkpoints     {out}/best.pt, {out}/last.pt\n"
-          f"  evaluation      {out}/eval.json\n"
-          f"  predictions     {pred_dir}/ (image | truth | prediction, index PNGs, overlays)\n"
-          f"next: fcnseg predict --checkpoint {best} YOUR_IMAGES... --out preds/")
+    print(
+        f"\ndone in {minutes:.1f} min: val mean IU {100 * metrics['mean_iu']:.1f}%\n"
+        f"  run directory   {out}/ (config.yaml, metrics.jsonl, plots, samples)\n"
+        f"  checkpoints     {out}/best.pt, {out}/last.pt\n"
+        f"  evaluation      {out}/eval.json\n"
+        f"  predictions     {pred_dir}/ (image | truth | prediction, index PNGs, overlays)\n"
+        f"next: fcnseg predict --checkpoint {best} YOUR_IMAGES... --out preds/"
+    )
     return 0

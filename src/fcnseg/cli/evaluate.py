@@ -13,25 +13,39 @@ log = logging.getLogger("fcnseg.evaluate")
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "evaluate", help="evaluate a checkpoint on a dataset split",
+        "evaluate",
+        help="evaluate a checkpoint on a dataset split",
         description="Pixel accuracy, mean accuracy, mean IU, frequency-weighted IU, per-class IoU, confusion "
-                    "matrix and loss of a checkpoint. Multi-process: torchrun --nproc_per_node N -m fcnseg evaluate ...")
+        "matrix and loss of a checkpoint. Multi-process: torchrun --nproc_per_node N -m fcnseg evaluate ...",
+    )
     add_model_options(parser, int8=True)
     parser.add_argument("--data", required=True, metavar="SPEC", help="dataset spec, e.g. shapes or voc:PATH")
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
     parser.add_argument("--json", metavar="FILE", help="also write the metrics as JSON to FILE")
-    parser.add_argument("--plot", metavar="PNG",
-                        help="also draw the confusion matrix to PNG (default: with --json FILE, a plot "
-                             "FILE_confusion.png beside it; without --json, no plot)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "auto"),
-                        help="autocast precision; auto = bf16 where it is fast (default: fp32)")
+    parser.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="also draw the confusion matrix to PNG (default: with --json FILE, a plot "
+        "FILE_confusion.png beside it; without --json, no plot)",
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16", "auto"),
+        help="autocast precision; auto = bf16 where it is fast (default: fp32)",
+    )
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
-    parser.add_argument("--device", default="auto", type=arg_type(str, name="device", check=device_problem),
-                        help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        type=arg_type(str, name="device", check=device_problem),
+        help="cpu, cuda, cuda:N or auto (default)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     parser.add_argument("--max-images", type=arg_type(int, min=1), metavar="N", help="evaluate only the first N images")
-    parser.add_argument("--batch-size", type=arg_type(int, min=1), default=1,
-                        help="images per forward pass (padded; default 1)")
+    parser.add_argument(
+        "--batch-size", type=arg_type(int, min=1), default=1, help="images per forward pass (padded; default 1)"
+    )
     parser.add_argument("--workers", type=arg_type(int, min=0), default=0, help="data-loading worker processes")
     parser.set_defaults(func=run)
 
@@ -87,9 +101,18 @@ def run(args: argparse.Namespace) -> int:
     if args.channels_last and not opened.is_onnx:
         model.to(memory_format=torch.channels_last)
     try:
-        metrics = evaluate(model, dataset, meta=meta, precision=precision, channels_last=args.channels_last,
-                           device=device, max_images=args.max_images, batch_size=args.batch_size, workers=args.workers,
-                           progress=not args.no_progress)
+        metrics = evaluate(
+            model,
+            dataset,
+            meta=meta,
+            precision=precision,
+            channels_last=args.channels_last,
+            device=device,
+            max_images=args.max_images,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            progress=not args.no_progress,
+        )
     finally:
         shutdown_distributed()
     if not world.is_main:

@@ -17,11 +17,14 @@ FORMATS = ("onnx", "safetensors")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("export", help="export a model to ONNX or safetensors",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "export",
+        help="export a model to ONNX or safetensors",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_model_options(p)
-    p.add_argument("--format", choices=FORMATS, default=None,
-                   help="output format (default: from the --out suffix)")
+    p.add_argument("--format", choices=FORMATS, default=None, help="output format (default: from the --out suffix)")
     p.add_argument("--out", required=True, help="output file (.onnx or .safetensors)")
     p.set_defaults(func=run)
 
@@ -33,12 +36,15 @@ def export_format(out, fmt: str | None) -> str:
     suffix = out.suffix.lower().lstrip(".")
     if fmt is None:
         if suffix not in FORMATS:
-            raise FcnsegError(f"--out {out}: cannot tell the format from the name; end it in .onnx or "
-                              ".safetensors, or pass --format")
+            raise FcnsegError(
+                f"--out {out}: cannot tell the format from the name; end it in .onnx or .safetensors, or pass --format"
+            )
         return suffix
     if suffix != fmt:
-        raise FcnsegError(f"--out {out} does not end in .{fmt} but --format is {fmt}; name the file "
-                          f"{out.with_suffix('.' + fmt).name}, or drop --format to take the format from the name")
+        raise FcnsegError(
+            f"--out {out} does not end in .{fmt} but --format is {fmt}; name the file "
+            f"{out.with_suffix('.' + fmt).name}, or drop --format to take the format from the name"
+        )
     return fmt
 
 

@@ -10,10 +10,20 @@ import argparse
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("models", help="list models with parameter counts and GFLOPs",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=int, nargs=2, default=(500, 500), metavar=("H", "W"),
-                   help="input size for the FLOP count (default: 500 500, a PASCAL VOC image)")
+    p = subparsers.add_parser(
+        "models",
+        help="list models with parameter counts and GFLOPs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=(500, 500),
+        metavar=("H", "W"),
+        help="input size for the FLOP count (default: 500 500, a PASCAL VOC image)",
+    )
     p.add_argument("--num-classes", type=int, default=21, help="number of classes (default: 21, VOC)")
     p.add_argument("--width", type=float, default=1.0, help="channel-width multiplier (default: 1)")
     p.set_defaults(func=run)
@@ -33,13 +43,17 @@ def model_rows(num_classes: int = 21, size: tuple[int, int] = (500, 500), width:
             for geometry in entry.geometries:
                 with torch.device("meta"):
                     model = build_model(name, num_classes, backbone=backbone, geometry=geometry, width=width)
-                rows.append({
-                    "model": name, "backbone": backbone, "geometry": geometry,
-                    "params": count_parameters(model),
-                    "gflops": count_flops(model, size) / 1e9,
-                    "stride": getattr(model, "score_stride", model.output_stride),
-                    "summary": entry.summary,
-                })
+                rows.append(
+                    {
+                        "model": name,
+                        "backbone": backbone,
+                        "geometry": geometry,
+                        "params": count_parameters(model),
+                        "gflops": count_flops(model, size) / 1e9,
+                        "stride": getattr(model, "score_stride", model.output_stride),
+                        "summary": entry.summary,
+                    }
+                )
     return rows
 
 
@@ -55,9 +69,13 @@ def run(args: argparse.Namespace) -> int:
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['model']:<14}{r['backbone']:<11}{r['geometry']:<10}{r['params'] / 1e6:>8.1f}M"
-              f"{r['gflops']:>17.1f}{r['stride']:>8}  {r['summary']}")
-    print(f"\n{args.num_classes} classes, width {args.width:g}; params include fixed upsampling filters; "
-          "FLOPs counted with torch.utils.flop_counter (multiply-add = 2); stride: of the finest score map, "
-          "the one upsampled to the input.")
+        print(
+            f"{r['model']:<14}{r['backbone']:<11}{r['geometry']:<10}{r['params'] / 1e6:>8.1f}M"
+            f"{r['gflops']:>17.1f}{r['stride']:>8}  {r['summary']}"
+        )
+    print(
+        f"\n{args.num_classes} classes, width {args.width:g}; params include fixed upsampling filters; "
+        "FLOPs counted with torch.utils.flop_counter (multiply-add = 2); stride: of the finest score map, "
+        "the one upsampled to the input."
+    )
     return 0

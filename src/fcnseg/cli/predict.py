@@ -33,35 +33,65 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("predict", help="segment images, folders or globs with a model",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "predict",
+        help="segment images, folders or globs with a model",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     add_model_options(p, int8=True, backends=BACKENDS)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overlay", action="store_true", help="also write colour overlays (NAME_overlay.jpg)")
     p.add_argument("--probs", action="store_true", help="also write probabilities (NAME_probs.npy, float16)")
-    p.add_argument("--tile", type=arg_type(int, check=tile_problem), default=None,
-                   help=f"sliding-window tile size in pixels, {MIN_TILE}-{MAX_TILE} (default: whole image up "
-                        "to 2.25 MP, 1024 tiles above; 0 = always whole image)")
-    p.add_argument("--overlap", type=arg_type(float, min=0, below=1), default=0.25, help="tile overlap fraction (default 0.25)")
+    p.add_argument(
+        "--tile",
+        type=arg_type(int, check=tile_problem),
+        default=None,
+        help=f"sliding-window tile size in pixels, {MIN_TILE}-{MAX_TILE} (default: whole image up "
+        "to 2.25 MP, 1024 tiles above; 0 = always whole image)",
+    )
+    p.add_argument(
+        "--overlap", type=arg_type(float, min=0, below=1), default=0.25, help="tile overlap fraction (default 0.25)"
+    )
     p.add_argument("--tta-flip", action="store_true", help="average with the horizontally flipped image")
-    p.add_argument("--scales", default="1",
-                   help=f"test-time scales, e.g. 0.75,1,1.25: 1-{MAX_SCALES} numbers in "
-                        f"{SCALE_RANGE[0]:g}-{SCALE_RANGE[1]:g} (default 1)")
-    p.add_argument("--shift-stitch", action="store_true",
-                   help="shift-and-stitch (paper Sec. 3.2) at the model's output stride; costs "
-                        "stride^2 forward passes")
-    p.add_argument("--stitch-factor", type=arg_type(int, min=1), default=None, metavar="F",
-                   help="shift-and-stitch with stride F instead (implies --shift-stitch)")
+    p.add_argument(
+        "--scales",
+        default="1",
+        help=f"test-time scales, e.g. 0.75,1,1.25: 1-{MAX_SCALES} numbers in "
+        f"{SCALE_RANGE[0]:g}-{SCALE_RANGE[1]:g} (default 1)",
+    )
+    p.add_argument(
+        "--shift-stitch",
+        action="store_true",
+        help="shift-and-stitch (paper Sec. 3.2) at the model's output stride; costs stride^2 forward passes",
+    )
+    p.add_argument(
+        "--stitch-factor",
+        type=arg_type(int, min=1),
+        default=None,
+        metavar="F",
+        help="shift-and-stitch with stride F instead (implies --shift-stitch)",
+    )
     p.add_argument("--no-fast", action="store_true", help="disable the bf16 fast path (fp32)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model (slow first call per image/tile shape; pays off "
-                        "with --tile or many same-size images)")
-    p.add_argument("--max-pixels", type=arg_type(float, min=1), default=100e6,
-                   help="refuse larger images (decompression-bomb guard; default 100e6)")
-    p.add_argument("--device", default="auto",
-                   help="cpu, cuda, cuda:N or auto = cuda where available (default); on a GPU prediction "
-                        "uses autocast and channels_last")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (slow first call per image/tile shape; pays off "
+        "with --tile or many same-size images)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=arg_type(float, min=1),
+        default=100e6,
+        help="refuse larger images (decompression-bomb guard; default 100e6)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda, cuda:N or auto = cuda where available (default); on a GPU prediction "
+        "uses autocast and channels_last",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p.set_defaults(func=run)
 
@@ -154,8 +184,12 @@ def report_renamed(paths: list[Path], stems: list[str], limit: int = 5) -> None:
     renamed = [f"{path} -> {stem}.png" for path, stem in zip(paths, stems) if stem != path.stem]
     if renamed:
         more = f", ... {len(renamed) - limit} more" if len(renamed) > limit else ""
-        log.info("%d input(s) share a file name with another input, so their outputs are renamed: %s%s",
-                 len(renamed), ", ".join(renamed[:limit]), more)
+        log.info(
+            "%d input(s) share a file name with another input, so their outputs are renamed: %s%s",
+            len(renamed),
+            ", ".join(renamed[:limit]),
+            more,
+        )
 
 
 def output_files(out: Path, stem: str, args: argparse.Namespace) -> list[Path]:
@@ -170,8 +204,10 @@ def check_no_overwrite(paths: list[Path], stems: list[str], out: Path, args: arg
     for stem in stems:
         for target in output_files(out, stem, args):
             if target.resolve() in inputs:
-                raise FcnsegError(f"--out {out} would overwrite the input {inputs[target.resolve()]} with "
-                                  f"{target.name}; choose another --out (e.g. {out / 'predictions'})")
+                raise FcnsegError(
+                    f"--out {out} would overwrite the input {inputs[target.resolve()]} with "
+                    f"{target.name}; choose another --out (e.g. {out / 'predictions'})"
+                )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
 
     scales = parse_scales(args.scales)
     from fcnseg.palette import class_colours
+
     device = resolve_device(args.device)  # a bad --device is one line before anything is loaded
     world = init_distributed(device)  # torchrun: one share of the inputs per process
     out = check_output_dir(args.out, "--out")
@@ -194,29 +231,34 @@ def run(args: argparse.Namespace) -> int:
         report_renamed(paths, stems)
     for line in errors:
         log.error("%s", line)
-    seg = segmenter_from_args(args, fast=False if args.no_fast else None, tile=args.tile, overlap=args.overlap,
-                              tta_flip=args.tta_flip, scales=scales,
-                              shift_stitch=args.stitch_factor or args.shift_stitch or None,
-                              max_pixels=int(args.max_pixels), compile=args.compile, device=args.device)
+    seg = segmenter_from_args(
+        args,
+        fast=False if args.no_fast else None,
+        tile=args.tile,
+        overlap=args.overlap,
+        tta_flip=args.tta_flip,
+        scales=scales,
+        shift_stitch=args.stitch_factor or args.shift_stitch or None,
+        max_pixels=int(args.max_pixels),
+        compile=args.compile,
+        device=args.device,
+    )
     clean_stale_temps(out, older_than_s=600)  # left by a killed earlier run (not by one running now)
     palette = class_colours(seg.palette, seg.num_classes)  # the one palette rule, as serve and plots use
     failed = len(errors)
     done = 0
     jobs = shard(list(zip(paths, stems)))  # stems from the whole list: same names on every rank
-    for path, stem in track(jobs, len(jobs), "predict", enabled=world.is_main and not args.no_progress,
-                            unit="images"):
+    for path, stem in track(jobs, len(jobs), "predict", enabled=world.is_main and not args.no_progress, unit="images"):
         try:
             rgb = load_image(path, seg.max_pixels)
             if args.probs:  # streamed to a temp file band by band, renamed into place when complete
-                with atomic_npy_rows(out / f"{stem}_probs.npy", (seg.num_classes, *rgb.shape[:2]),
-                                     np.float16) as probs:
+                with atomic_npy_rows(out / f"{stem}_probs.npy", (seg.num_classes, *rgb.shape[:2]), np.float16) as probs:
                     mask, _ = seg.segment(rgb, probs_out=probs)
             else:
                 mask, _ = seg.segment(rgb)
             save_index_png(mask, palette, out / f"{stem}.png")
             if args.overlay:
-                save_overlay(rgb, mask, palette, out / f"{stem}_overlay.jpg", quality=90,
-                             class_names=seg.class_names)
+                save_overlay(rgb, mask, palette, out / f"{stem}_overlay.jpg", quality=90, class_names=seg.class_names)
             done += 1
         except WriteError:
             raise  # a full disk or a read-only folder fails every image after this one the same way

@@ -23,19 +23,37 @@ from fcnseg.config import MAX_SIDE, MIN_SIDE, arg_type, zero_or_between
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("quantize", help="int8 model of a model, calibrated on training images",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "quantize",
+        help="int8 model of a model, calibrated on training images",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_model_options(p)
-    p.add_argument("--data", default=None, metavar="SPEC", help="dataset spec with the training images, "
-                   "e.g. folder:PATH or voc:PATH (default: the data the model was trained on)")
-    p.add_argument("--split", default=None,
-                   help="split to calibrate on (default: the model's training split, else train)")
-    p.add_argument("--images", type=arg_type(int, name="images", min=1, max=100000), default=32,
-                   help="calibration images (default 32, spread over the split)")
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="SPEC",
+        help="dataset spec with the training images, "
+        "e.g. folder:PATH or voc:PATH (default: the data the model was trained on)",
+    )
+    p.add_argument(
+        "--split", default=None, help="split to calibrate on (default: the model's training split, else train)"
+    )
+    p.add_argument(
+        "--images",
+        type=arg_type(int, name="images", min=1, max=100000),
+        default=32,
+        help="calibration images (default 32, spread over the split)",
+    )
     never_or_side = zero_or_between(MIN_SIDE, MAX_SIDE, "never")
-    p.add_argument("--max-side", type=arg_type(int, name="max-side", check=never_or_side), default=1024,
-                   help=f"scale calibration images down to this longest side, 0 or {MIN_SIDE}..{MAX_SIDE} "
-                        "(default 1024; 0 = never)")
+    p.add_argument(
+        "--max-side",
+        type=arg_type(int, name="max-side", check=never_or_side),
+        default=1024,
+        help=f"scale calibration images down to this longest side, 0 or {MIN_SIDE}..{MAX_SIDE} "
+        "(default 1024; 0 = never)",
+    )
     p.add_argument("--out", required=True, metavar="MODEL", help="output int8 model (e.g. model.int8.onnx)")
     p.set_defaults(func=run)
 
@@ -47,11 +65,21 @@ def run(args: argparse.Namespace) -> int:
     from fcnseg.inference import int8
 
     start = time.perf_counter()
-    record = int8.quantize_checkpoint(args.weights, args.data, args.out, split=args.split,
-                                      images=args.images, max_side=args.max_side or None, mirror=args.mirror)
+    record = int8.quantize_checkpoint(
+        args.weights,
+        args.data,
+        args.out,
+        split=args.split,
+        images=args.images,
+        max_side=args.max_side or None,
+        mirror=args.mirror,
+    )
     out = Path(args.out)
     calib = record["calibration"]
-    print(f"fcnseg quantize: wrote {out} (int8, {out.stat().st_size / 1e6:.1f} MB, calibrated on "
-          f"{calib['images']} images of {calib['data']} {calib['split']}, "
-          f"{time.perf_counter() - start:.0f} s)", file=sys.stderr)
+    print(
+        f"fcnseg quantize: wrote {out} (int8, {out.stat().st_size / 1e6:.1f} MB, calibrated on "
+        f"{calib['images']} images of {calib['data']} {calib['split']}, "
+        f"{time.perf_counter() - start:.0f} s)",
+        file=sys.stderr,
+    )
     return 0

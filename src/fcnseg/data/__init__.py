@@ -1,11 +1,11 @@
 """Datasets, transforms and loaders.
 
-    load_dataset(spec, split)            a dataset from a spec string (see fcnseg.data.base)
-    build_loader(dataset, ...)           a DataLoader that pads batches and reports bad files
-    class_frequencies, median_frequency_weights
-    TrainTransform, PadCollate           (fcnseg.data.transforms)
-    mean_pixel                           (fcnseg.data.normalize; normalize itself is
-                                         fcnseg.data.normalize.normalize: the module has its name)
+load_dataset(spec, split)            a dataset from a spec string (see fcnseg.data.base)
+build_loader(dataset, ...)           a DataLoader that pads batches and reports bad files
+class_frequencies, median_frequency_weights
+TrainTransform, PadCollate           (fcnseg.data.transforms)
+mean_pixel                           (fcnseg.data.normalize; normalize itself is
+                                     fcnseg.data.normalize.normalize: the module has its name)
 """
 
 from fcnseg._lazy import lazy_exports

@@ -16,8 +16,8 @@ Spec strings say which dataset: ``shapes`` (built in), ``voc:PATH``, ``sbd:PATH`
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -89,13 +89,17 @@ class SegmentationDataset(Dataset):
             )
         labels = bad_labels(mask, self.num_classes, self.ignore_index)
         if labels:  # checked on first touch, so a bad mask never reaches the loss or the metrics
-            raise FcnsegError(f"{self.mask_name(index)}: {bad_labels_message(labels, self.num_classes, self.ignore_index)}; "
-                              "fix or remove this mask (`fcnseg data check` lists all)")
+            raise FcnsegError(
+                f"{self.mask_name(index)}: {bad_labels_message(labels, self.num_classes, self.ignore_index)}; "
+                "fix or remove this mask (`fcnseg data check` lists all)"
+            )
         image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return image_t, torch.from_numpy(mask.astype(np.int64))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.identity or self.split!r}, {len(self)} samples, {self.num_classes} classes)"
+        return (
+            f"{type(self).__name__}({self.identity or self.split!r}, {len(self)} samples, {self.num_classes} classes)"
+        )
 
 
 # name -> "module:function"; the function takes (argument after the colon, split) -> dataset.
@@ -122,7 +126,9 @@ def parse_spec(spec: str) -> tuple[str, str]:
     name, _, arg = str(spec).partition(":")
     name = name.strip().lower()
     if name not in _FORMATS:
-        raise FcnsegError(f"unknown dataset {spec!r}{did_you_mean(name, _FORMATS)}; use one of: {', '.join(SPEC_FORMS)}")
+        raise FcnsegError(
+            f"unknown dataset {spec!r}{did_you_mean(name, _FORMATS)}; use one of: {', '.join(SPEC_FORMS)}"
+        )
     if name != "shapes" and not arg:
         raise FcnsegError(f"dataset {spec!r} needs a path: write it as {name}:PATH")
     return name, arg

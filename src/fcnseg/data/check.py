@@ -35,7 +35,9 @@ def _problem(file: str, message: str) -> dict[str, str]:
     return {"file": file, "problem": message.removeprefix(f"{file}: ")}
 
 
-def _check_sample(dataset: SegmentationDataset, index: int) -> tuple[tuple[int, int] | None, np.ndarray | None, list[dict]]:
+def _check_sample(
+    dataset: SegmentationDataset, index: int
+) -> tuple[tuple[int, int] | None, np.ndarray | None, list[dict]]:
     """(image (W, H) or None, per-label pixel counts (256,) or None, problems) for one sample."""
     problems = []
 
@@ -53,8 +55,11 @@ def _check_sample(dataset: SegmentationDataset, index: int) -> tuple[tuple[int, 
     if mask is not None:
         name = dataset.mask_name(index)
         if image is not None and image.shape[:2] != mask.shape:
-            problems.append(_problem(name, f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
-                                           f"{image.shape[1]}x{image.shape[0]}"))
+            problems.append(
+                _problem(
+                    name, f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image.shape[1]}x{image.shape[0]}"
+                )
+            )
         counts = np.bincount(mask.ravel().astype(np.int64).clip(0, 255), minlength=256)
         bad = bad_labels(mask, dataset.num_classes, dataset.ignore_index)
         if bad:
@@ -115,8 +120,11 @@ def _header_problems(dataset: SegmentationDataset, index: int) -> list[dict]:
         except FcnsegError as exc:
             problems.append(_problem(str(path), str(exc)))
     if len(sizes) == 2 and sizes[0] != sizes[1]:
-        problems.append(_problem(str(mask_path), f"mask is {sizes[1][0]}x{sizes[1][1]} but the image is "
-                                                 f"{sizes[0][0]}x{sizes[0][1]}"))
+        problems.append(
+            _problem(
+                str(mask_path), f"mask is {sizes[1][0]}x{sizes[1][1]} but the image is {sizes[0][0]}x{sizes[0][1]}"
+            )
+        )
     return problems
 
 
@@ -152,12 +160,16 @@ def format_report(report: dict[str, Any], max_problems: int = 50) -> str:
         lines.append(f"  split {r['split']}: {r['samples']} samples, {_plural(len(r['problems']), 'problem')}")
         if r.get("image_sizes"):
             sizes = list(r["image_sizes"].items())
-            shown = ", ".join(f"{s} ({c})" for s, c in sizes[:5]) + (f", ... {len(sizes) - 5} more" if len(sizes) > 5 else "")
+            shown = ", ".join(f"{s} ({c})" for s, c in sizes[:5]) + (
+                f", ... {len(sizes) - 5} more" if len(sizes) > 5 else ""
+            )
             lines.append(f"    image sizes: {shown}")
         if r.get("class_pixels"):
             total = sum(r["class_pixels"].values()) or 1
-            lines.append("    class pixels: " + ", ".join(f"{name} {c} ({100 * c / total:.1f}%)"
-                                                          for name, c in r["class_pixels"].items()))
+            lines.append(
+                "    class pixels: "
+                + ", ".join(f"{name} {c} ({100 * c / total:.1f}%)" for name, c in r["class_pixels"].items())
+            )
             lines.append(f"    ignore pixels: {r['ignore_pixels']}")
         for p in r["problems"][:max_problems]:
             lines.append(f"    PROBLEM {p['file']}: {p['problem']}")
@@ -167,5 +179,7 @@ def format_report(report: dict[str, Any], max_problems: int = 50) -> str:
             lines.append(f"    SKIPPED {p['file']}: {p['problem']}")
         if len(r.get("skipped", [])) > max_problems:
             lines.append(f"    ... {len(r['skipped']) - max_problems} more skipped (all in --json FILE)")
-    lines.append("OK: no problems" if report["num_problems"] == 0 else f"FAILED: {_plural(report['num_problems'], 'problem')}")
+    lines.append(
+        "OK: no problems" if report["num_problems"] == 0 else f"FAILED: {_plural(report['num_problems'], 'problem')}"
+    )
     return "\n".join(lines)

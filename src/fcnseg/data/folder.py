@@ -66,8 +66,12 @@ log = logging.getLogger(__name__)
 MAX_SUGGESTED_COLORS = 64  # more distinct colours than this: the masks are smoothed or JPEG, not label maps
 
 
-def read_folder_mask(path: Path, colors: Sequence[Sequence[int]] | None = None, labels: Sequence[int] = (),
-                     values: np.ndarray | None = None) -> np.ndarray:
+def read_folder_mask(
+    path: Path,
+    colors: Sequence[Sequence[int]] | None = None,
+    labels: Sequence[int] = (),
+    values: np.ndarray | None = None,
+) -> np.ndarray:
     """Index masks as they are (or through the classes.json values); colour masks through its colours."""
     if colors is None:
         mask = read_label_png(path)
@@ -95,8 +99,10 @@ def map_values(mask: np.ndarray, lut: np.ndarray, path: Path) -> np.ndarray:
     if (out < 0).any():
         bad = sorted(int(v) for v in np.unique(mask[out < 0]))
         shown = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
-        raise FcnsegError(f"{path}: pixel values {shown} are no class \"value\" in classes.json "
-                          f"({int((out < 0).sum())} pixels); list them there, or save the masks without smoothing")
+        raise FcnsegError(
+            f'{path}: pixel values {shown} are no class "value" in classes.json '
+            f"({int((out < 0).sum())} pixels); list them there, or save the masks without smoothing"
+        )
     return out.astype(np.uint8)
 
 
@@ -155,8 +161,10 @@ def scan_folder(folder: Path) -> FolderScan:
             scan.files[stem] = paths[0]
         else:
             names = " and ".join(p.name for p in paths)
-            scan.problems += [(str(p), f"{names} share the name {stem!r}, so it is unclear which to pair; "
-                                        "rename or remove one") for p in paths]
+            scan.problems += [
+                (str(p), f"{names} share the name {stem!r}, so it is unclear which to pair; rename or remove one")
+                for p in paths
+            ]
     return scan
 
 
@@ -164,8 +172,9 @@ def _files_by_stem(folder: Path) -> dict[str, Path]:
     return scan_folder(folder).files
 
 
-def report_entries(where: str, entries: Sequence[tuple[str, str]], level: int = logging.WARNING,
-                   shown: int = 3) -> None:
+def report_entries(
+    where: str, entries: Sequence[tuple[str, str]], level: int = logging.WARNING, shown: int = 3
+) -> None:
     """One log line per class of problem (same reason): how many files, and the first few."""
     by_reason: dict[str, list[str]] = {}
     for path, reason in entries:
@@ -180,9 +189,9 @@ class ClassTable:
     """What classes.json says: class names, and how masks encode them."""
 
     names: list[str]
-    colors: list[tuple[int, int, int]] | None = None   # one per class, for RGB masks
+    colors: list[tuple[int, int, int]] | None = None  # one per class, for RGB masks
     ignore_color: tuple[int, int, int] | None = None
-    values: list[int] | None = None                    # one per class, for index masks
+    values: list[int] | None = None  # one per class, for index masks
     ignore_value: int | None = None
 
 
@@ -199,25 +208,30 @@ def read_classes_json(path: Path) -> ClassTable:
     try:
         spec = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise FcnsegError(f"{path}: cannot read classes.json ({exc}); see `fcnseg.data.folder` for its format") from None
+        raise FcnsegError(
+            f"{path}: cannot read classes.json ({exc}); see `fcnseg.data.folder` for its format"
+        ) from None
     if isinstance(spec, dict):
         _no_unknown_keys(spec, _TOP_KEYS, path, "the top level")
     entries = spec.get("classes") if isinstance(spec, dict) else spec
     if not isinstance(entries, list) or not entries:
-        raise FcnsegError(f"{path}: \"classes\": expected a list of classes like "
-                          f"[{{\"name\": \"background\", \"color\": [0, 0, 0]}}, ...]")
+        raise FcnsegError(
+            f'{path}: "classes": expected a list of classes like [{{"name": "background", "color": [0, 0, 0]}}, ...]'
+        )
     if len(entries) > MAX_CLASSES:
-        raise FcnsegError(f"{path}: \"classes\" lists {len(entries)} classes, but 8-bit masks hold at most "
-                          f"{MAX_CLASSES} (255 means \"ignore\"); merge classes or split the dataset")
+        raise FcnsegError(
+            f'{path}: "classes" lists {len(entries)} classes, but 8-bit masks hold at most '
+            f'{MAX_CLASSES} (255 means "ignore"); merge classes or split the dataset'
+        )
     names, colors, values = [], [], []
     for k, entry in enumerate(entries):
         entry = {"name": entry} if isinstance(entry, str) else entry
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"].strip():
-            raise FcnsegError(f"{path}: classes[{k}] has no \"name\"; write it as {{\"name\": ..., \"color\": [r, g, b]}}")
+            raise FcnsegError(f'{path}: classes[{k}] has no "name"; write it as {{"name": ..., "color": [r, g, b]}}')
         _no_unknown_keys(entry, _CLASS_KEYS, path, f"classes[{k}]")
         names.append(entry["name"])
-        colors.append(_color(entry.get("color"), path, f"classes[{k}] ({names[-1]!r}) \"color\""))
-        values.append(_value(entry.get("value"), path, f"classes[{k}] ({names[-1]!r}) \"value\""))
+        colors.append(_color(entry.get("color"), path, f'classes[{k}] ({names[-1]!r}) "color"'))
+        values.append(_value(entry.get("value"), path, f'classes[{k}] ({names[-1]!r}) "value"'))
     _all_or_none(colors, path, "color", "its colour in RGB masks")
     _all_or_none(values, path, "value", "its pixel value in index masks")
     _no_repeats(names, names, path, "name")
@@ -229,13 +243,17 @@ def read_classes_json(path: Path) -> ClassTable:
         _no_repeats(values, names, path, "value")
         table.values = values
     if isinstance(spec, dict):
-        table.ignore_color = _color(spec.get("ignore_color"), path, "\"ignore_color\"")
-        table.ignore_value = _value(spec.get("ignore_value"), path, "\"ignore_value\"")
-        for key, given, listed in (("ignore_color", table.ignore_color, table.colors),
-                                   ("ignore_value", table.ignore_value, table.values)):
+        table.ignore_color = _color(spec.get("ignore_color"), path, '"ignore_color"')
+        table.ignore_value = _value(spec.get("ignore_value"), path, '"ignore_value"')
+        for key, given, listed in (
+            ("ignore_color", table.ignore_color, table.colors),
+            ("ignore_value", table.ignore_value, table.values),
+        ):
             if given is not None and listed is not None and given in listed:
-                raise FcnsegError(f"{path}: \"{key}\" {list(given) if key == 'ignore_color' else given} is also "
-                                  f"class {names[listed.index(given)]!r}'s; a pixel cannot be both, change one")
+                raise FcnsegError(
+                    f'{path}: "{key}" {list(given) if key == "ignore_color" else given} is also '
+                    f"class {names[listed.index(given)]!r}'s; a pixel cannot be both, change one"
+                )
     return table
 
 
@@ -243,16 +261,16 @@ def _no_unknown_keys(entry: dict, known: tuple[str, ...], path: Path, where: str
     for key in entry:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"did you mean \"{close[0]}\"? " if close else ""
-            raise FcnsegError(f"{path}: {where} has the unknown key \"{key}\"; {hint}the keys are "
-                              f"{', '.join(known)}")
+            hint = f'did you mean "{close[0]}"? ' if close else ""
+            raise FcnsegError(f'{path}: {where} has the unknown key "{key}"; {hint}the keys are {", ".join(known)}')
 
 
 def _all_or_none(given: list, path: Path, key: str, meaning: str) -> None:
     if any(v is None for v in given) and any(v is not None for v in given):
         k = next(k for k, v in enumerate(given) if v is None)
-        raise FcnsegError(f"{path}: classes[{k}] has no \"{key}\" but other classes do; give every class a "
-                          f"\"{key}\" ({meaning}), or none")
+        raise FcnsegError(
+            f'{path}: classes[{k}] has no "{key}" but other classes do; give every class a "{key}" ({meaning}), or none'
+        )
 
 
 def _no_repeats(items: list, names: list[str], path: Path, key: str) -> None:
@@ -262,16 +280,21 @@ def _no_repeats(items: list, names: list[str], path: Path, key: str) -> None:
         if marker in first:
             j = first[marker]
             shown = list(item) if isinstance(item, tuple) else item
-            raise FcnsegError(f"{path}: classes[{j}] ({names[j]!r}) and classes[{k}] ({names[k]!r}) have the same "
-                              f"\"{key}\" {json.dumps(shown)}; give each class its own")
+            raise FcnsegError(
+                f"{path}: classes[{j}] ({names[j]!r}) and classes[{k}] ({names[k]!r}) have the same "
+                f'"{key}" {json.dumps(shown)}; give each class its own'
+            )
         first[marker] = k
 
 
 def _color(value, path: Path, what: str) -> tuple[int, int, int] | None:
     if value is None:
         return None
-    if not (isinstance(value, list) and len(value) == 3
-            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)):
+    if not (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
+    ):
         raise FcnsegError(f"{path}: {what} must be [r, g, b] with integers 0..255 (got {value!r})")
     return tuple(value)
 
@@ -333,16 +356,22 @@ def suggested_classes(scan: MaskScan) -> dict | None:
     voc = voc_indices(scan) if scan.colors else None
     if voc is not None:
         cmap, top = voc_colormap(256), max([k for k in voc if k != IGNORE_INDEX], default=0)
-        spec = {"classes": [{"name": "background" if k == 0 else f"class_{k}", "color": cmap[k].tolist()}
-                            for k in range(top + 1)]}
+        spec = {
+            "classes": [
+                {"name": "background" if k == 0 else f"class_{k}", "color": cmap[k].tolist()} for k in range(top + 1)
+            ]
+        }
         if IGNORE_INDEX in voc:
             spec["ignore_color"] = cmap[IGNORE_INDEX].tolist()
         return spec
     if scan.colors:
         codes = sorted(scan.colors, key=lambda c: (c != 0, -scan.colors[c]))[:MAX_SUGGESTED_COLORS]
         colors = [[c >> 16, (c >> 8) & 255, c & 255] for c in codes]
-        return {"classes": [{"name": "background" if c == [0, 0, 0] else f"class_{k}", "color": c}
-                            for k, c in enumerate(colors)]}
+        return {
+            "classes": [
+                {"name": "background" if c == [0, 0, 0] else f"class_{k}", "color": c} for k, c in enumerate(colors)
+            ]
+        }
     if scan.binary_0_255:
         return {"classes": [{"name": "background", "value": 0}, {"name": "foreground", "value": 255}]}
     return None
@@ -353,19 +382,31 @@ def _needs_classes_json(root: Path, scan: MaskScan) -> FcnsegError:
     classes_file = root / "classes.json"
     write = f"or run `fcnseg data check folder:{root} --write-classes` to write it"
     if scan.colors:
-        many = (f"; {len(scan.colors)} distinct colours is too many for label maps: save the masks as "
-                "lossless PNGs without smoothing") if len(scan.colors) > MAX_SUGGESTED_COLORS else ""
+        many = (
+            (
+                f"; {len(scan.colors)} distinct colours is too many for label maps: save the masks as "
+                "lossless PNGs without smoothing"
+            )
+            if len(scan.colors) > MAX_SUGGESTED_COLORS
+            else ""
+        )
         if voc_indices(scan) is not None:
-            return FcnsegError(f"{root}: the masks are palette masks saved as RGB (e.g. {scan.color_example}: every "
-                               "colour is from PASCAL VOC's colour map) and there is no classes.json; write "
-                               f"{classes_file} with the classes in VOC order (rename them): {suggestion}; {write}")
-        return FcnsegError(f"{root}: the masks are RGB colour images (e.g. {scan.color_example}) and there is no "
-                           f"classes.json to say which colour is which class{many}; write {classes_file} with the "
-                           f"{min(len(scan.colors), MAX_SUGGESTED_COLORS)} colours found (rename the classes): "
-                           f"{suggestion}; {write}")
-    return FcnsegError(f"{root}: the masks hold only the values 0 and 255: binary masks saved as 0/255, but 255 "
-                       f"means \"ignore\", so this would train a 1-class model; write {classes_file} mapping 255 "
-                       f"to the foreground class: {suggestion}; {write}")
+            return FcnsegError(
+                f"{root}: the masks are palette masks saved as RGB (e.g. {scan.color_example}: every "
+                "colour is from PASCAL VOC's colour map) and there is no classes.json; write "
+                f"{classes_file} with the classes in VOC order (rename them): {suggestion}; {write}"
+            )
+        return FcnsegError(
+            f"{root}: the masks are RGB colour images (e.g. {scan.color_example}) and there is no "
+            f"classes.json to say which colour is which class{many}; write {classes_file} with the "
+            f"{min(len(scan.colors), MAX_SUGGESTED_COLORS)} colours found (rename the classes): "
+            f"{suggestion}; {write}"
+        )
+    return FcnsegError(
+        f"{root}: the masks hold only the values 0 and 255: binary masks saved as 0/255, but 255 "
+        f'means "ignore", so this would train a 1-class model; write {classes_file} mapping 255 '
+        f"to the foreground class: {suggestion}; {write}"
+    )
 
 
 def write_suggested_classes(path: str | Path) -> tuple[Path, dict] | None:
@@ -388,13 +429,23 @@ def open_folder(path: str, split: str, check_files: bool = True) -> PairedFileDa
     root = require_dir(path, "folder dataset").resolve()
     splits = sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
     if not splits:
-        raise FcnsegError(f"{root}: no <split>/images folder; lay the data out as {root}/train/images and {root}/train/masks")
+        raise FcnsegError(
+            f"{root}: no <split>/images folder; lay the data out as {root}/train/images and {root}/train/masks"
+        )
     check_split(split, splits, f"folder dataset {root}")
     image_scan, mask_scan = scan_folder(root / split / "images"), scan_folder(root / split / "masks")
     images, masks = image_scan.files, mask_scan.files
     unusable_masks = {Path(path).stem for path, _ in mask_scan.problems}
-    orphans = [(str(p), "image without mask" if s not in unusable_masks else "image whose mask cannot be used "
-                "(see the problem in masks/)") for s, p in images.items() if s not in masks]
+    orphans = [
+        (
+            str(p),
+            "image without mask"
+            if s not in unusable_masks
+            else "image whose mask cannot be used (see the problem in masks/)",
+        )
+        for s, p in images.items()
+        if s not in masks
+    ]
     orphans += [(str(p), "mask without image") for s, p in masks.items() if s not in images]
     orphans += image_scan.problems + mask_scan.problems
     skipped = image_scan.skipped + mask_scan.skipped
@@ -418,12 +469,27 @@ def open_folder(path: str, split: str, check_files: bool = True) -> PairedFileDa
         num = 1 + max((v for v in scan.labels if v != IGNORE_INDEX), default=-1)
         if num == 0:
             raise FcnsegError(f"{root}: found no readable labels in the masks; add index PNG masks or a classes.json")
-        log.warning("%s: no classes.json; found labels 0..%d in %d masks, so %d classes named class_0..class_%d; "
-                    "write %s to name them", root, num - 1, len(all_masks), num, num - 1, classes_file)
+        log.warning(
+            "%s: no classes.json; found labels 0..%d in %d masks, so %d classes named class_0..class_%d; "
+            "write %s to name them",
+            root,
+            num - 1,
+            len(all_masks),
+            num,
+            num - 1,
+            classes_file,
+        )
         names, reader, palette = [f"class_{k}" for k in range(num)], read_folder_mask, class_colours(None, num)
     samples = [(p, masks[s]) for s, p in images.items() if s in masks]
-    dataset = PairedFileDataset(samples, reader, class_names=names, palette=palette, split=split,
-                                identity=f"folder:{root}/{split}", check_files=check_files)
+    dataset = PairedFileDataset(
+        samples,
+        reader,
+        class_names=names,
+        palette=palette,
+        split=split,
+        identity=f"folder:{root}/{split}",
+        check_files=check_files,
+    )
     dataset.orphans = orphans
     dataset.skipped = skipped
     return dataset
@@ -434,11 +500,15 @@ def _refuse_unusable_images(folder: Path, orphans: list[tuple[str, str]], image_
     naming the first one; problems in masks/ alone (a mask without image) are warnings."""
     for path, problem in orphans:
         if problem == "image without mask":
-            raise FcnsegError(f"{path} has no mask in {folder / 'masks'} (masks pair with images by file stem); "
-                              "run `fcnseg data check` to list all problems")
+            raise FcnsegError(
+                f"{path} has no mask in {folder / 'masks'} (masks pair with images by file stem); "
+                "run `fcnseg data check` to list all problems"
+            )
         if problem.startswith("image whose mask"):
             raise FcnsegError(f"{path}: {problem}; run `fcnseg data check` to list all problems")
     if image_scan.problems:
         path, problem = image_scan.problems[0]
-        raise FcnsegError(f"{path}: {problem} ({len(image_scan.problems)} such problem(s) in {folder / 'images'}); "
-                          "run `fcnseg data check` to list all problems")
+        raise FcnsegError(
+            f"{path}: {problem} ({len(image_scan.problems)} such problem(s) in {folder / 'images'}); "
+            "run `fcnseg data check` to list all problems"
+        )

@@ -37,8 +37,10 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
     within 0..255). Colour masks raise (they need a colour table: see ``decode_colors``)."""
     labels = read_label(path)
     if labels.ndim != 2:
-        raise FcnsegError(f"{path}: mask is a colour image, not a single-channel index PNG; save masks as "
-                          "palette/greyscale PNGs of class ids, or give the colours in classes.json")
+        raise FcnsegError(
+            f"{path}: mask is a colour image, not a single-channel index PNG; save masks as "
+            "palette/greyscale PNGs of class ids, or give the colours in classes.json"
+        )
     return labels
 
 
@@ -55,7 +57,9 @@ def color_codes(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
-def decode_colors(rgb: np.ndarray, colors: Sequence[Sequence[int]], labels: Sequence[int], path: str | os.PathLike) -> np.ndarray:
+def decode_colors(
+    rgb: np.ndarray, colors: Sequence[Sequence[int]], labels: Sequence[int], path: str | os.PathLike
+) -> np.ndarray:
     """Map every pixel's colour to its label (``colors[k]`` -> ``labels[k]``), vectorised with a
     sorted lookup. A colour not in the table is an error naming the file and the colour."""
     table = color_codes(np.asarray(colors, dtype=np.uint8).reshape(-1, 3))
@@ -66,8 +70,10 @@ def decode_colors(rgb: np.ndarray, colors: Sequence[Sequence[int]], labels: Sequ
     unknown = table[pos] != codes
     if unknown.any():
         y, x = np.argwhere(unknown)[0]
-        raise FcnsegError(f"{path}: pixel ({x}, {y}) has colour {tuple(int(c) for c in rgb[y, x])}, which is no class "
-                          f"colour ({int(unknown.sum())} such pixels); fix the mask or add the colour to the class table")
+        raise FcnsegError(
+            f"{path}: pixel ({x}, {y}) has colour {tuple(int(c) for c in rgb[y, x])}, which is no class "
+            f"colour ({int(unknown.sum())} such pixels); fix the mask or add the colour to the class table"
+        )
     return values[pos]
 
 
@@ -80,9 +86,13 @@ def read_sbd_mat(path: str | os.PathLike) -> np.ndarray:
         mat = loadmat(path, variable_names=["GTcls"], squeeze_me=True, struct_as_record=False)
         return np.asarray(mat["GTcls"].Segmentation, dtype=np.uint8)
     except FileNotFoundError:
-        raise FcnsegError(f"{path}: SBD mask not found; check the SBD directory (`fcnseg data check` lists all problems)") from None
+        raise FcnsegError(
+            f"{path}: SBD mask not found; check the SBD directory (`fcnseg data check` lists all problems)"
+        ) from None
     except (KeyError, AttributeError):
-        raise FcnsegError(f"{path}: not an SBD class file (no GTcls.Segmentation); use the files in SBD's cls/ folder") from None
+        raise FcnsegError(
+            f"{path}: not an SBD class file (no GTcls.Segmentation); use the files in SBD's cls/ folder"
+        ) from None
     except (OSError, ValueError, TypeError) as exc:
         raise FcnsegError(f"{path}: cannot read SBD mask ({exc}); re-download or remove this file") from None
 
@@ -100,9 +110,17 @@ def read_id_list(path: Path, what: str) -> list[str]:
 class PairedFileDataset(SegmentationDataset):
     """Samples given as (image path, mask path) pairs; ``mask_reader(path)`` gives the class ids."""
 
-    def __init__(self, samples: Sequence[tuple[Path, Path]], mask_reader: Callable[[Path], np.ndarray], *,
-                 class_names: Sequence[str], palette: Sequence[tuple[int, int, int]], split: str, identity: str,
-                 check_files: bool = True):
+    def __init__(
+        self,
+        samples: Sequence[tuple[Path, Path]],
+        mask_reader: Callable[[Path], np.ndarray],
+        *,
+        class_names: Sequence[str],
+        palette: Sequence[tuple[int, int, int]],
+        split: str,
+        identity: str,
+        check_files: bool = True,
+    ):
         self.samples = list(samples)
         self.mask_reader = mask_reader
         self.class_names = tuple(class_names)
@@ -112,15 +130,19 @@ class PairedFileDataset(SegmentationDataset):
         self.orphans: list[tuple[str, str]] = []  # (path, problem) for files left unpaired or unusable
         self.skipped: list[tuple[str, str]] = []  # (path, reason) for entries that are not data files
         if not self.samples:
-            raise FcnsegError(f"{identity}: the {split!r} split has no samples; check the dataset directory and split name")
+            raise FcnsegError(
+                f"{identity}: the {split!r} split has no samples; check the dataset directory and split name"
+            )
         if check_files:
             self._check_files_exist()
 
     def _check_files_exist(self) -> None:
         missing = [p for pair in self.samples for p in pair if not os.path.exists(p)]
         if missing:
-            raise FcnsegError(f"{missing[0]} does not exist ({len(missing)} of {2 * len(self.samples)} files of "
-                              f"{self.identity} missing); run `fcnseg data check` to list them all")
+            raise FcnsegError(
+                f"{missing[0]} does not exist ({len(missing)} of {2 * len(self.samples)} files of "
+                f"{self.identity} missing); run `fcnseg data check` to list them all"
+            )
 
     def __len__(self) -> int:
         return len(self.samples)

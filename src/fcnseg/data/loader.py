@@ -11,7 +11,7 @@ from the sampler, including batches left empty because every sample in them was 
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -106,10 +106,20 @@ class SegmentationLoader(DataLoader):
                 yield images, masks.long()
 
 
-def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, transform: Transform | None = None,
-                 workers: int = 0, sampler: Sampler | None = None, seed: int = 0, skip_bad: bool = False,
-                 pad_value: Sequence[int] = DEFAULT_PAD, drop_last: bool = False,
-                 seen: dict | None = None) -> SegmentationLoader:
+def build_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    transform: Transform | None = None,
+    workers: int = 0,
+    sampler: Sampler | None = None,
+    seed: int = 0,
+    skip_bad: bool = False,
+    pad_value: Sequence[int] = DEFAULT_PAD,
+    drop_last: bool = False,
+    seen: dict | None = None,
+) -> SegmentationLoader:
     """A loader over ``dataset`` that applies ``transform`` to each (image, mask) and pads batches.
 
     ``seed`` fixes the shuffling order and the augmentation randomness of the workers (each worker's

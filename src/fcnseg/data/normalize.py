@@ -30,13 +30,15 @@ def parse_mode(mode: str) -> tuple[str, tuple[float, float, float]]:
         return "caffe", CAFFE_MEAN_BGR
     if isinstance(mode, str) and mode.startswith("caffe:"):
         try:
-            mean = tuple(float(v) for v in mode[len("caffe:"):].split(","))
+            mean = tuple(float(v) for v in mode[len("caffe:") :].split(","))
         except ValueError:
             mean = ()
         if len(mean) == 3 and all(0 <= v <= 255 for v in mean):
             return "caffe", mean
-    raise FcnsegError(f"unknown normalisation {mode!r}; choose one of {', '.join(MODES)} or "
-                      "caffe:B,G,R (a BGR mean in 0..255, e.g. caffe:116.190,97.203,92.318)")
+    raise FcnsegError(
+        f"unknown normalisation {mode!r}; choose one of {', '.join(MODES)} or "
+        "caffe:B,G,R (a BGR mean in 0..255, e.g. caffe:116.190,97.203,92.318)"
+    )
 
 
 def check_mode(mode: str) -> str:

@@ -32,8 +32,11 @@ from fcnseg.errors import FcnsegError
 
 CLASS_NAMES = ("background", "disk", "rectangle", "triangle", "line", "ring")
 PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48))
-SPLITS = {"train": (0, 400), "val": (100_000, 100),  # split -> (first seed, number of images)
-          "stream": (1_000_000, 1_000_000)}
+SPLITS = {
+    "train": (0, 400),
+    "val": (100_000, 100),  # split -> (first seed, number of images)
+    "stream": (1_000_000, 1_000_000),
+}
 IMAGE_SIZE = 96
 
 LINE_WIDTH = (1.0, 2.2)  # pixels

@@ -8,7 +8,7 @@ with fcnseg.data.normalize.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +35,14 @@ def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) 
     return image, mask[rows[:, None], cols[None, :]]
 
 
-def pad_pair(image: torch.Tensor, mask: torch.Tensor, height: int, width: int,
-             pad_value: Sequence[int] = DEFAULT_PAD, ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_pair(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    height: int,
+    width: int,
+    pad_value: Sequence[int] = DEFAULT_PAD,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad at the bottom and right to at least (height, width): image with ``pad_value``, mask with
     ``ignore_index``, so padding never counts in the loss or the metrics."""
     h, w = image.shape[-2:]
@@ -77,9 +83,15 @@ class TrainTransform:
     jitter:      strength of brightness/contrast/saturation jitter; 0 for none.
     """
 
-    def __init__(self, crop_size: int | Sequence[int] | None = None, scale_range: Sequence[float] | None = None,
-                 hflip: bool = False, jitter: float = 0.0, pad_value: Sequence[int] = DEFAULT_PAD,
-                 ignore_index: int = IGNORE_INDEX):
+    def __init__(
+        self,
+        crop_size: int | Sequence[int] | None = None,
+        scale_range: Sequence[float] | None = None,
+        hflip: bool = False,
+        jitter: float = 0.0,
+        pad_value: Sequence[int] = DEFAULT_PAD,
+        ignore_index: int = IGNORE_INDEX,
+    ):
         if isinstance(crop_size, int):
             crop_size = (crop_size, crop_size)
         self.crop_size = tuple(crop_size) if crop_size is not None else None
@@ -108,11 +120,13 @@ class TrainTransform:
         h, w = image.shape[-2:]
         top = int(torch.randint(0, h - ch + 1, ()).item())
         left = int(torch.randint(0, w - cw + 1, ()).item())
-        return image[:, top:top + ch, left:left + cw], mask[top:top + ch, left:left + cw]
+        return image[:, top : top + ch, left : left + cw], mask[top : top + ch, left : left + cw]
 
     def __repr__(self) -> str:
-        return (f"TrainTransform(crop_size={self.crop_size}, scale_range={self.scale_range}, "
-                f"hflip={self.hflip}, jitter={self.jitter})")
+        return (
+            f"TrainTransform(crop_size={self.crop_size}, scale_range={self.scale_range}, "
+            f"hflip={self.hflip}, jitter={self.jitter})"
+        )
 
 
 class PadCollate:

@@ -37,8 +37,27 @@ from fcnseg.errors import FcnsegError
 from fcnseg.palette import voc_colormap  # noqa: F401 (re-exported: fcnseg.data.voc.voc_colormap)
 
 CLASS_NAMES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 VOID_INDEX = 255
 
@@ -65,17 +84,29 @@ def _find_root(path: str, marker: str, candidates: tuple[str, ...], what: str, h
     for sub in candidates:
         if (base / sub / marker).exists():
             return (base / sub).resolve()
-    raise FcnsegError(f"{base}: no {marker} found in it (looked in {', '.join(str(base / c) for c in candidates)}); {hint}")
+    raise FcnsegError(
+        f"{base}: no {marker} found in it (looked in {', '.join(str(base / c) for c in candidates)}); {hint}"
+    )
 
 
 def voc_root(path: str) -> Path:
-    return _find_root(path, "ImageSets/Segmentation", (".", "VOC2012", "VOCdevkit/VOC2012"), "PASCAL VOC",
-                      "give the VOC2012 folder, or run `fcnseg data download voc2012 --root DIR`")
+    return _find_root(
+        path,
+        "ImageSets/Segmentation",
+        (".", "VOC2012", "VOCdevkit/VOC2012"),
+        "PASCAL VOC",
+        "give the VOC2012 folder, or run `fcnseg data download voc2012 --root DIR`",
+    )
 
 
 def sbd_root(path: str) -> Path:
-    return _find_root(path, "cls", (".", "dataset", "benchmark_RELEASE/dataset"), "SBD",
-                      "give SBD's benchmark_RELEASE/dataset folder, or run `fcnseg data download sbd --root DIR`")
+    return _find_root(
+        path,
+        "cls",
+        (".", "dataset", "benchmark_RELEASE/dataset"),
+        "SBD",
+        "give SBD's benchmark_RELEASE/dataset folder, or run `fcnseg data download sbd --root DIR`",
+    )
 
 
 def voc_split_ids(root: Path, split: str) -> list[str]:
@@ -99,8 +130,15 @@ def _sbd_pair(root: Path, image_id: str) -> tuple[Path, Path]:
 
 
 def _dataset(samples, reader, split: str, identity: str, check_files: bool) -> PairedFileDataset:
-    return PairedFileDataset(samples, reader, class_names=CLASS_NAMES, palette=PALETTE, split=split,
-                             identity=identity, check_files=check_files)
+    return PairedFileDataset(
+        samples,
+        reader,
+        class_names=CLASS_NAMES,
+        palette=PALETTE,
+        split=split,
+        identity=identity,
+        check_files=check_files,
+    )
 
 
 def open_voc(path: str, split: str, check_files: bool = True) -> PairedFileDataset:

@@ -1,9 +1,9 @@
 """Training and evaluation.
 
-    train(config) -> summary             fcnseg.engine.trainer (config: fcnseg.config.TrainConfig)
-    evaluate(checkpoint_or_model, dataset, ...) -> metrics
-    ConfusionMatrix                      fcnseg.engine.metrics
-    save_checkpoint, load_checkpoint     fcnseg.engine.checkpoint
+train(config) -> summary             fcnseg.engine.trainer (config: fcnseg.config.TrainConfig)
+evaluate(checkpoint_or_model, dataset, ...) -> metrics
+ConfusionMatrix                      fcnseg.engine.metrics
+save_checkpoint, load_checkpoint     fcnseg.engine.checkpoint
 """
 
 from fcnseg._lazy import lazy_exports

@@ -8,7 +8,7 @@ sees from ``k`` on, whatever the number of loader workers.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -22,8 +22,17 @@ class EpochSampler(Sampler):
     """Yields ``(epoch, index)`` pairs: this process's share of epoch ``epoch``'s permutation,
     starting after the first ``skip`` of them (for resuming mid-epoch)."""
 
-    def __init__(self, size: int, *, seed: int, epoch: int, shuffle: bool = True, rank: int = 0,
-                 world_size: int = 1, skip: int = 0):
+    def __init__(
+        self,
+        size: int,
+        *,
+        seed: int,
+        epoch: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        skip: int = 0,
+    ):
         self.size, self.seed, self.epoch, self.shuffle = size, seed, epoch, shuffle
         self.rank, self.world_size, self.skip = rank, world_size, skip
 
@@ -34,10 +43,10 @@ class EpochSampler(Sampler):
         else:
             order = list(range(self.size))
         per_rank = self.size // self.world_size  # equal shares; the remainder waits for the next epoch
-        return order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        return order[self.rank * per_rank : (self.rank + 1) * per_rank]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter([(self.epoch, i) for i in self.indices()[self.skip:]])
+        return iter([(self.epoch, i) for i in self.indices()[self.skip :]])
 
     def __len__(self) -> int:
         return max(0, self.size // self.world_size - self.skip)
@@ -68,8 +77,10 @@ def batches_per_epoch(dataset_size: int, batch_size: int, world_size: int) -> in
     """Full batches each process gets per epoch (a partial last batch is dropped)."""
     per_epoch = dataset_size // world_size // batch_size
     if per_epoch < 1:
-        raise FcnsegError(f"the training split has {dataset_size} images, fewer than batch_size ({batch_size}) "
-                          f"x processes ({world_size}); lower --batch-size or add data")
+        raise FcnsegError(
+            f"the training split has {dataset_size} images, fewer than batch_size ({batch_size}) "
+            f"x processes ({world_size}); lower --batch-size or add data"
+        )
     return per_epoch
 
 
@@ -82,21 +93,40 @@ class BatchStream:
     epoch in which no good sample could be drawn stops the stream with FcnsegError (not an endless
     loop)."""
 
-    def __init__(self, dataset: Dataset, *, transform: Callable | None, batch_size: int, seed: int,
-                 start_iteration: int, workers: int = 0, rank: int = 0, world_size: int = 1,
-                 pad_value=(124, 116, 104), skip_bad: bool = False, position: tuple[int, int] | None = None,
-                 skipped: dict | None = None):
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        transform: Callable | None,
+        batch_size: int,
+        seed: int,
+        start_iteration: int,
+        workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        pad_value=(124, 116, 104),
+        skip_bad: bool = False,
+        position: tuple[int, int] | None = None,
+        skipped: dict | None = None,
+    ):
         self.per_epoch = batches_per_epoch(len(dataset), batch_size, world_size)
         self.epoch, self.start = position if position is not None else divmod(start_iteration, self.per_epoch)
         self.skipped: dict[str, str] = {} if skipped is None else skipped
         self._loader = None
-        self._options = dict(batch_size=batch_size, seed=seed, workers=workers, rank=rank, world_size=world_size,
-                             pad_value=pad_value, skip_bad=skip_bad)
+        self._options = dict(
+            batch_size=batch_size,
+            seed=seed,
+            workers=workers,
+            rank=rank,
+            world_size=world_size,
+            pad_value=pad_value,
+            skip_bad=skip_bad,
+        )
         self._augmented = SeededAugment(dataset, transform, seed)
         self._size = len(dataset)
         self._batches = self._generate()
 
-    def __iter__(self) -> "BatchStream":
+    def __iter__(self) -> BatchStream:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,19 +141,35 @@ class BatchStream:
     def _generate(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         o = self._options
         while True:
-            sampler = EpochSampler(self._size, seed=o["seed"], epoch=self.epoch, rank=o["rank"],
-                                   world_size=o["world_size"], skip=self.start * o["batch_size"])
-            self._loader = build_loader(self._augmented, batch_size=o["batch_size"], shuffle=False, sampler=sampler,
-                                        workers=o["workers"], seed=mix_seed(o["seed"], self.epoch),
-                                        pad_value=o["pad_value"], drop_last=True, skip_bad=o["skip_bad"],
-                                        seen=self.skipped)
+            sampler = EpochSampler(
+                self._size,
+                seed=o["seed"],
+                epoch=self.epoch,
+                rank=o["rank"],
+                world_size=o["world_size"],
+                skip=self.start * o["batch_size"],
+            )
+            self._loader = build_loader(
+                self._augmented,
+                batch_size=o["batch_size"],
+                shuffle=False,
+                sampler=sampler,
+                workers=o["workers"],
+                seed=mix_seed(o["seed"], self.epoch),
+                pad_value=o["pad_value"],
+                drop_last=True,
+                skip_bad=o["skip_bad"],
+                seen=self.skipped,
+            )
             good = 0
             for batch in self._loader:
                 good += 1
                 yield batch
             if good == 0 and self.start == 0:
-                raise FcnsegError(f"no good training sample in a whole epoch: all {len(self.skipped)} samples "
-                                  "drawn were skipped as bad; fix the data (`fcnseg data check` lists every problem)")
+                raise FcnsegError(
+                    f"no good training sample in a whole epoch: all {len(self.skipped)} samples "
+                    "drawn were skipped as bad; fix the data (`fcnseg data check` lists every problem)"
+                )
             self.epoch, self.start, self._loader = self.epoch + 1, 0, None
 
 

@@ -31,8 +31,10 @@ def check_compatible(meta: ModelMeta | dict, dataset: Any, what: str) -> None:
     """FcnsegError when the model's number of classes differs from the dataset's."""
     model_classes = as_meta(meta).model_kwargs.get("num_classes")
     if model_classes is not None and model_classes != dataset.num_classes:
-        raise FcnsegError(f"{what} predicts {model_classes} classes but dataset {dataset!r} has "
-                          f"{dataset.num_classes}; evaluate on the data it was trained for or retrain")
+        raise FcnsegError(
+            f"{what} predicts {model_classes} classes but dataset {dataset!r} has "
+            f"{dataset.num_classes}; evaluate on the data it was trained for or retrain"
+        )
 
 
 def check_not_empty(dataset: Any, what: str) -> None:
@@ -40,14 +42,16 @@ def check_not_empty(dataset: Any, what: str) -> None:
         raise FcnsegError(f"{what} {dataset!r} is empty; check the dataset path and split")
 
 
-def load_for_eval(checkpoint_or_model: nn.Module | dict | str | os.PathLike,
-                  meta: ModelMeta | dict | None) -> tuple[nn.Module, ModelMeta, str]:
+def load_for_eval(
+    checkpoint_or_model: nn.Module | dict | str | os.PathLike, meta: ModelMeta | dict | None
+) -> tuple[nn.Module, ModelMeta, str]:
     """(model, meta, description) from a checkpoint path/dict or a model plus its meta."""
     if isinstance(checkpoint_or_model, nn.Module):
         if meta is None:
             classes = getattr(unwrap(checkpoint_or_model), "num_classes", None)
-            meta = ModelMeta(type(unwrap(checkpoint_or_model)).__name__,
-                             {"num_classes": classes} if classes is not None else {})
+            meta = ModelMeta(
+                type(unwrap(checkpoint_or_model)).__name__, {"num_classes": classes} if classes is not None else {}
+            )
         if isinstance(meta, dict) and "model_name" not in meta:  # a partial dict: what evaluate needs
             meta = {"model_name": type(unwrap(checkpoint_or_model)).__name__, **meta}
         return checkpoint_or_model, as_meta(meta), "the model"
@@ -62,19 +66,36 @@ def load_for_eval(checkpoint_or_model: nn.Module | dict | str | os.PathLike,
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, *, normalization: str, device: torch.device,
-                   precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    normalization: str,
+    device: torch.device,
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> torch.Tensor:
     """Scores (N, C, H, W) in fp32 for a uint8 batch."""
     x = prepare_input(images, normalization, device, channels_last)
     with autocast(device, precision):
         return model(x).float()
 
 
-def evaluate(checkpoint_or_model: nn.Module | dict | str | os.PathLike, dataset: Any, *,
-             meta: ModelMeta | dict | None = None,
-             batch_size: int = 1, precision: str = "fp32", channels_last: bool = False, device: str = "auto",
-             max_images: int | None = None, workers: int = 0, class_weights: torch.Tensor | None = None,
-             ignore_index: int | None = None, progress: bool = False) -> dict:
+def evaluate(
+    checkpoint_or_model: nn.Module | dict | str | os.PathLike,
+    dataset: Any,
+    *,
+    meta: ModelMeta | dict | None = None,
+    batch_size: int = 1,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    device: str = "auto",
+    max_images: int | None = None,
+    workers: int = 0,
+    class_weights: torch.Tensor | None = None,
+    ignore_index: int | None = None,
+    progress: bool = False,
+) -> dict:
     """Evaluate a model (or checkpoint file/dict) on ``dataset``.
 
     Returns ConfusionMatrix.compute()'s metrics (pixel_acc, mean_acc, mean_iu, fw_iu, per_class_iou,
@@ -106,13 +127,20 @@ def evaluate(checkpoint_or_model: nn.Module | dict | str | os.PathLike, dataset:
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     info = current_dist()
     shard = list(range(info.rank, n, info.world_size))
-    loader = build_loader(dataset, batch_size=batch_size, shuffle=False, sampler=shard, workers=workers,
-                          pad_value=mean_pixel(meta.normalization))
+    loader = build_loader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        sampler=shard,
+        workers=workers,
+        pad_value=mean_pixel(meta.normalization),
+    )
     confusion = ConfusionMatrix(dataset.num_classes, ignore_index=ignore)
     loss_sum, labelled = 0.0, 0.0
     for images, masks in track(loader, len(loader), "evaluate", enabled=progress and info.is_main, unit="batches"):
-        logits = predict_logits(net, images, normalization=meta.normalization, device=dev,
-                                precision=precision, channels_last=channels_last)
+        logits = predict_logits(
+            net, images, normalization=meta.normalization, device=dev, precision=precision, channels_last=channels_last
+        )
         masks = masks.to(dev)
         loss_sum += float(segmentation_loss(logits, masks, ignore_index=ignore, weight=weight, reduction="sum"))
         labelled += float((masks != ignore).sum())
@@ -122,6 +150,10 @@ def evaluate(checkpoint_or_model: nn.Module | dict | str | os.PathLike, dataset:
     confusion.all_reduce()
     loss_sum, labelled, images_seen = all_reduce_sum([loss_sum, labelled, float(len(shard))])
     result = confusion.compute()
-    result.update(loss=loss_sum / labelled if labelled else float("nan"), images=int(images_seen),
-                  confusion=confusion.mat.tolist(), class_names=list(getattr(dataset, "class_names", [])))
+    result.update(
+        loss=loss_sum / labelled if labelled else float("nan"),
+        images=int(images_seen),
+        confusion=confusion.mat.tolist(),
+        class_names=list(getattr(dataset, "class_names", [])),
+    )
     return result

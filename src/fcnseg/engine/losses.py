@@ -11,9 +11,15 @@ import torch.nn.functional as F
 from fcnseg.errors import FcnsegError
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = 255,
-                      weight: torch.Tensor | None = None, reduction: str = "mean",
-                      sample_prob: float = 1.0) -> torch.Tensor:
+def segmentation_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    ignore_index: int = 255,
+    weight: torch.Tensor | None = None,
+    reduction: str = "mean",
+    sample_prob: float = 1.0,
+) -> torch.Tensor:
     """Cross-entropy of (N, C, H, W) scores against (N, H, W) labels.
 
     ``reduction="sum"`` is the paper's unnormalised loss (summed over every labelled pixel);
@@ -51,8 +57,10 @@ def load_class_weights(path: str | Path, num_classes: int) -> torch.Tensor:
     except (ValueError, TypeError):
         raise FcnsegError(f"class-weights file {path} must hold numbers only (one per class)") from None
     if weights.ndim != 1 or weights.numel() != num_classes:
-        raise FcnsegError(f"class-weights file {path} has {weights.numel()} values but the data has "
-                          f"{num_classes} classes; write one weight per class")
+        raise FcnsegError(
+            f"class-weights file {path} has {weights.numel()} values but the data has "
+            f"{num_classes} classes; write one weight per class"
+        )
     if not torch.isfinite(weights).all() or (weights < 0).any():
         raise FcnsegError(f"class-weights file {path} holds negative or non-finite weights")
     return weights

@@ -43,23 +43,27 @@ class ConfusionMatrix:
         n = self.num_classes
         pred = pred.reshape(-1).to(device="cpu", dtype=torch.int64)
         target = target.reshape(-1).to(device="cpu", dtype=torch.int64)
-        keep = target != self.ignore_index if self.ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+        keep = (
+            target != self.ignore_index if self.ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+        )
         pred, target = pred[keep], target[keep]
         if target.numel() and (target.min() < 0 or target.max() >= n):
-            raise ValueError(f"target labels must be in [0, {n}) or {self.ignore_index}; "
-                             f"found {int(target.min())}..{int(target.max())}")
+            raise ValueError(
+                f"target labels must be in [0, {n}) or {self.ignore_index}; "
+                f"found {int(target.min())}..{int(target.max())}"
+            )
         if pred.numel() and (pred.min() < 0 or pred.max() >= n):
             raise ValueError(f"predicted labels must be in [0, {n}); found {int(pred.min())}..{int(pred.max())}")
         self.mat += torch.bincount(target * n + pred, minlength=n * n).reshape(n, n)
 
-    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add another matrix of the same size (e.g. from another worker) into this one."""
         if other.num_classes != self.num_classes:
             raise ValueError("cannot merge confusion matrices of different sizes")
         self.mat += other.mat
         return self
 
-    def all_reduce(self) -> "ConfusionMatrix":
+    def all_reduce(self) -> ConfusionMatrix:
         """Sum the matrix over all processes of an initialised torch.distributed group (no-op otherwise)."""
         import torch.distributed as dist
 
@@ -79,9 +83,15 @@ class ConfusionMatrix:
         acc = torch.where(truth > 0, diag / truth.clamp(min=1), nan)
         iou = torch.where(union > 0, diag / union.clamp(min=1), nan)
         if total == 0:
-            return {"pixel_acc": float("nan"), "mean_acc": float("nan"), "mean_iu": float("nan"),
-                    "fw_iu": float("nan"), "per_class_iou": iou.tolist(), "per_class_acc": acc.tolist(),
-                    "pixels": 0}
+            return {
+                "pixel_acc": float("nan"),
+                "mean_acc": float("nan"),
+                "mean_iu": float("nan"),
+                "fw_iu": float("nan"),
+                "per_class_iou": iou.tolist(),
+                "per_class_acc": acc.tolist(),
+                "pixels": 0,
+            }
         return {
             "pixel_acc": float(diag.sum() / total),
             "mean_acc": float(acc[truth > 0].mean()),

@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 
-def parameter_groups(model: nn.Module, lr: float, weight_decay: float, bias_lr_mult: float = 2.0,
-                     bias_decay: bool = False) -> list[dict]:
+def parameter_groups(
+    model: nn.Module, lr: float, weight_decay: float, bias_lr_mult: float = 2.0, bias_decay: bool = False
+) -> list[dict]:
     """Two groups: weights at ``lr`` with decay; biases (and norm-layer parameters) at
     ``lr * bias_lr_mult`` without decay, as in the Caffe FCN solvers. Frozen parameters are left out."""
     weights, biases = [], []
@@ -17,13 +18,28 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, bias_lr_m
         (biases if p.ndim <= 1 else weights).append(p)
     groups = [{"params": weights, "lr": lr, "weight_decay": weight_decay, "name": "weights"}]
     if biases:
-        groups.append({"params": biases, "lr": lr * bias_lr_mult,
-                       "weight_decay": weight_decay if bias_decay else 0.0, "name": "biases"})
+        groups.append(
+            {
+                "params": biases,
+                "lr": lr * bias_lr_mult,
+                "weight_decay": weight_decay if bias_decay else 0.0,
+                "name": "biases",
+            }
+        )
     return groups
 
 
-def build_optimizer(model: nn.Module, *, name: str, lr: float, momentum: float, weight_decay: float,
-                    bias_lr_mult: float, bias_decay: bool, fused: bool = True) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module,
+    *,
+    name: str,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    bias_lr_mult: float,
+    bias_decay: bool,
+    fused: bool = True,
+) -> torch.optim.Optimizer:
     """SGD with momentum (the paper) or AdamW, over :func:`parameter_groups`.
 
     ``fused``: one fused kernel updates every parameter (the same update, computed in one pass over
@@ -58,8 +74,10 @@ def lr_factor(iteration: int, *, total: int, schedule: str, power: float = 0.9, 
     return factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, *, total: int, schedule: str, power: float = 0.9,
-                    warmup: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, *, total: int, schedule: str, power: float = 0.9, warmup: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR over :func:`lr_factor` (its state_dict goes into checkpoints)."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: lr_factor(it, total=total, schedule=schedule, power=power, warmup=warmup))
+        optimizer, lambda it: lr_factor(it, total=total, schedule=schedule, power=power, warmup=warmup)
+    )

@@ -19,8 +19,9 @@ import csv
 import io
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -106,26 +107,33 @@ def tensorboard_writer(folder: Path, purge_step: int | None = None):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise FcnsegError("--tensorboard needs the tensorboard extra: pip install 'fcnseg[tensorboard]' "
-                              "(or drop --tensorboard; metrics.jsonl and metrics.csv are always written)") from None
+            raise FcnsegError(
+                "--tensorboard needs the tensorboard extra: pip install 'fcnseg[tensorboard]' "
+                "(or drop --tensorboard; metrics.jsonl and metrics.csv are always written)"
+            ) from None
     return SummaryWriter(str(folder), purge_step=purge_step)
 
 
 class TrainProgress:
     """Every report of one training run (see the module docstring)."""
 
-    def __init__(self, run: Path, cfg: Any, *, is_main: bool, start_iteration: int, resumed: bool,
-                 elapsed_before: float = 0.0):
+    def __init__(
+        self, run: Path, cfg: Any, *, is_main: bool, start_iteration: int, resumed: bool, elapsed_before: float = 0.0
+    ):
         self.cfg, self.is_main = cfg, is_main
         self.total, self.start_iteration, self.resumed = cfg.iterations, start_iteration, resumed
         self.elapsed_before = elapsed_before
         self.session_start = time.perf_counter()
-        self.metrics = MetricsLog(run / "metrics.jsonl", resume_from=start_iteration if resumed else None,
-                                  enabled=is_main)
+        self.metrics = MetricsLog(
+            run / "metrics.jsonl", resume_from=start_iteration if resumed else None, enabled=is_main
+        )
         kept = read_metrics(run / "metrics.jsonl") if (resumed and is_main) else []
         self.csv = CsvLog(run / "metrics.csv", kept, enabled=is_main)
-        self.tensorboard = (tensorboard_writer(run / "tensorboard", start_iteration if resumed else None)
-                            if getattr(cfg, "tensorboard", False) and is_main else None)
+        self.tensorboard = (
+            tensorboard_writer(run / "tensorboard", start_iteration if resumed else None)
+            if getattr(cfg, "tensorboard", False) and is_main
+            else None
+        )
         self.bar_on = bool(cfg.progress and is_main and stderr_is_terminal())
         self.bar = None
         if self.bar_on:
@@ -136,8 +144,9 @@ class TrainProgress:
 
     # -------------------------------------------------------------------------------- events
 
-    def header(self, train_set: Any, val_set: Any, model: torch.nn.Module, device: torch.device,
-               world_size: int, run: Path) -> None:
+    def header(
+        self, train_set: Any, val_set: Any, model: torch.nn.Module, device: torch.device, world_size: int, run: Path
+    ) -> None:
         """The lines that say what this run is, before the first iteration."""
         if not self.is_main:
             return
@@ -147,39 +156,91 @@ class TrainProgress:
         evaluated = len(val_set) if cfg.max_val_images is None else min(len(val_set), cfg.max_val_images)
         params = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        start = (f"backbone weights {cfg.backbone_weights}" if cfg.backbone_weights else
-                 f"layers from {cfg.init_from}" if cfg.init_from else "from scratch")
+        start = (
+            f"backbone weights {cfg.backbone_weights}"
+            if cfg.backbone_weights
+            else f"layers from {cfg.init_from}"
+            if cfg.init_from
+            else "from scratch"
+        )
         if cfg.backbone_weights and cfg.init_from:
             start += f", layers from {cfg.init_from}"
         shape = ", ".join(f"{k} {v}" for k, v in (("geometry", cfg.geometry), ("width", f"{cfg.width:g}")) if v)
         log.info("run directory: %s", run)
-        log.info("data: %s, %d %s images, %d %s images (%d evaluated), %d classes: %s", cfg.data, len(train_set),
-                 cfg.train_split, len(val_set), cfg.val_split, evaluated, len(names), shown)
-        log.info("model: %s (%s): %s parameters (%s trainable), %s", cfg.model, shape, _millions(params),
-                 _millions(trainable), start)
-        log.info("device: %s, precision %s, channels_last %s, %d threads, %d process%s x batch %d",
-                 device, cfg.precision, "on" if cfg.channels_last else "off", torch.get_num_threads(),
-                 world_size, "" if world_size == 1 else "es", cfg.batch_size)
+        log.info(
+            "data: %s, %d %s images, %d %s images (%d evaluated), %d classes: %s",
+            cfg.data,
+            len(train_set),
+            cfg.train_split,
+            len(val_set),
+            cfg.val_split,
+            evaluated,
+            len(names),
+            shown,
+        )
+        log.info(
+            "model: %s (%s): %s parameters (%s trainable), %s",
+            cfg.model,
+            shape,
+            _millions(params),
+            _millions(trainable),
+            start,
+        )
+        log.info(
+            "device: %s, precision %s, channels_last %s, %d threads, %d process%s x batch %d",
+            device,
+            cfg.precision,
+            "on" if cfg.channels_last else "off",
+            torch.get_num_threads(),
+            world_size,
+            "" if world_size == 1 else "es",
+            cfg.batch_size,
+        )
         every = f", validation every {cfg.eval_every}" if cfg.eval_every else ", validation at the end"
-        log.info("training: %d iterations, %s lr %g (%s)%s, log every %d", self.total, cfg.optimizer, cfg.lr,
-                 cfg.lr_schedule, every, cfg.log_every)
+        log.info(
+            "training: %d iterations, %s lr %g (%s)%s, log every %d",
+            self.total,
+            cfg.optimizer,
+            cfg.lr,
+            cfg.lr_schedule,
+            every,
+            cfg.log_every,
+        )
         if self.resumed:
-            log.info("resuming at iteration %d of %d (%s trained before)", self.start_iteration, self.total,
-                     duration(self.elapsed_before))
+            log.info(
+                "resuming at iteration %d of %d (%s trained before)",
+                self.start_iteration,
+                self.total,
+                duration(self.elapsed_before),
+            )
 
     def step(self, iteration: int, images: int, loss: float, lr: float) -> None:
         """After each optimiser step: the bar, and every ``log_every`` (and the last) a record and a line."""
         self.meter.add(images, loss)
         every = self.cfg.log_every
         if (every > 0 and iteration % every == 0) or iteration == self.total:
-            record = {"iteration": iteration, "kind": "train", "loss": self.meter.mean_loss(), "lr": lr,
-                      "images_per_s": self.meter.rate()}
+            record = {
+                "iteration": iteration,
+                "kind": "train",
+                "loss": self.meter.mean_loss(),
+                "lr": lr,
+                "images_per_s": self.meter.rate(),
+            }
             self.record(record)
             if self.bar is not None:
-                self.bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{lr:.3g}", img_s=f"{record['images_per_s']:.1f}")
+                self.bar.set_postfix(
+                    loss=f"{record['loss']:.4g}", lr=f"{lr:.3g}", img_s=f"{record['images_per_s']:.1f}"
+                )
             elif self.is_main:
-                log.info("iteration %d/%d  loss %.4g  lr %.3g  %.1f img/s  ETA %s", iteration, self.total,
-                         record["loss"], lr, record["images_per_s"], duration(self.eta(iteration)))
+                log.info(
+                    "iteration %d/%d  loss %.4g  lr %.3g  %.1f img/s  ETA %s",
+                    iteration,
+                    self.total,
+                    record["loss"],
+                    lr,
+                    record["images_per_s"],
+                    duration(self.eta(iteration)),
+                )
             self.meter.reset()
         if self.bar is not None:
             self.bar.update(1)
@@ -188,9 +249,15 @@ class TrainProgress:
         """After each evaluation: the record and one line."""
         self.record({"iteration": iteration, "kind": "val", **scalars(metrics)})
         if self.is_main:
-            log.info("iteration %d/%d  val mean IU %.1f  pixel acc %.1f  loss %.4f%s", iteration, self.total,
-                     100 * metrics["mean_iu"], 100 * metrics["pixel_acc"], metrics["loss"],
-                     "  (best so far)" if best else "")
+            log.info(
+                "iteration %d/%d  val mean IU %.1f  pixel acc %.1f  loss %.4f%s",
+                iteration,
+                self.total,
+                100 * metrics["mean_iu"],
+                100 * metrics["pixel_acc"],
+                metrics["loss"],
+                "  (best so far)" if best else "",
+            )
 
     def record(self, record: dict) -> None:
         self.metrics.append(record)
@@ -223,9 +290,17 @@ class TrainProgress:
 
 def log_summary(cfg: Any, state: dict, metrics: dict, class_names: list[str], run: Path, seconds: float) -> None:
     """The final lines of a run: whole-run time, best mean IU, the metrics table, where it all is."""
-    log.info("%s on %s: %d iterations in %s; best mean IU %.1f at iteration %d\n%s\nrun directory: %s",
-             cfg.model, cfg.data, state["iteration"], duration(seconds), 100 * state["best_mean_iu"],
-             state["best_iteration"], metrics_table(metrics, class_names), run)
+    log.info(
+        "%s on %s: %d iterations in %s; best mean IU %.1f at iteration %d\n%s\nrun directory: %s",
+        cfg.model,
+        cfg.data,
+        state["iteration"],
+        duration(seconds),
+        100 * state["best_mean_iu"],
+        state["best_iteration"],
+        metrics_table(metrics, class_names),
+        run,
+    )
 
 
 def track(items: Iterable, total: int, desc: str, enabled: bool = True, unit: str = "it") -> Iterator:

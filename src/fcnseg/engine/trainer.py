@@ -102,14 +102,33 @@ def train(config: TrainConfig | dict) -> dict:
         lock.release()
 
 
-def run_training(cfg: TrainConfig, run: Path, device: torch.device, world: Dist, resume: dict | None,
-                 train_set: Any, val_set: Any, skipped: dict, model: nn.Module, meta: dict, state: dict) -> dict:
+def run_training(
+    cfg: TrainConfig,
+    run: Path,
+    device: torch.device,
+    world: Dist,
+    resume: dict | None,
+    train_set: Any,
+    val_set: Any,
+    skipped: dict,
+    model: nn.Module,
+    meta: dict,
+    state: dict,
+) -> dict:
     """The loop of :func:`train`, once the data, the model and the run directory are ready."""
     weights = class_weights(cfg, train_set)
-    optimizer = build_optimizer(model, name=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay, bias_lr_mult=cfg.bias_lr_mult, bias_decay=cfg.bias_decay)
-    scheduler = build_scheduler(optimizer, total=cfg.iterations, schedule=cfg.lr_schedule, power=cfg.poly_power,
-                                warmup=cfg.warmup_iters)
+    optimizer = build_optimizer(
+        model,
+        name=cfg.optimizer,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        bias_lr_mult=cfg.bias_lr_mult,
+        bias_decay=cfg.bias_decay,
+    )
+    scheduler = build_scheduler(
+        optimizer, total=cfg.iterations, schedule=cfg.lr_schedule, power=cfg.poly_power, warmup=cfg.warmup_iters
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     if world.enabled:
         seed_everything(mix_seed(cfg.seed, world.rank))  # different dropout / loss-sampling draws per process
@@ -118,33 +137,61 @@ def run_training(cfg: TrainConfig, run: Path, device: torch.device, world: Dist,
         position = restore_training(resume, model, optimizer, scheduler, scaler, state, world)
     net = wrap_model(model, cfg, device, world)
 
-    report = TrainProgress(run, cfg, is_main=world.is_main, start_iteration=state["iteration"],
-                           resumed=resume is not None, elapsed_before=state["elapsed_s"])
+    report = TrainProgress(
+        run,
+        cfg,
+        is_main=world.is_main,
+        start_iteration=state["iteration"],
+        resumed=resume is not None,
+        elapsed_before=state["elapsed_s"],
+    )
     report.header(train_set, val_set, model, device, world.world_size, run)
-    batches = training_batches(train_set, transform=train_transform(cfg, meta), batch_size=cfg.batch_size,
-                               seed=cfg.seed, start_iteration=state["iteration"], workers=cfg.workers,
-                               rank=world.rank, world_size=world.world_size, pad_value=mean_pixel(meta["normalization"]),
-                               skip_bad=cfg.skip_bad, position=position, skipped=skipped)
+    batches = training_batches(
+        train_set,
+        transform=train_transform(cfg, meta),
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        start_iteration=state["iteration"],
+        workers=cfg.workers,
+        rank=world.rank,
+        world_size=world.world_size,
+        pad_value=mean_pixel(meta["normalization"]),
+        skip_bad=cfg.skip_bad,
+        position=position,
+        skipped=skipped,
+    )
 
     def checkpoint(name: str) -> None:
         state["elapsed_s"] = report.total_seconds()
-        save_training_checkpoint(run / name, model, meta, optimizer, scheduler, scaler, state, cfg, world,
-                                 stream=batches.position)
+        save_training_checkpoint(
+            run / name, model, meta, optimizer, scheduler, scaler, state, cfg, world, stream=batches.position
+        )
 
     def validate() -> dict:
         """Evaluate on the val split; last.pt is already on disk, and a failure says so."""
         try:
-            return evaluate(net, val_set, meta=meta, precision=cfg.precision, channels_last=cfg.channels_last,
-                            device=device, max_images=cfg.max_val_images, workers=cfg.workers,
-                            class_weights=weights, progress=report.bar_on)
+            return evaluate(
+                net,
+                val_set,
+                meta=meta,
+                precision=cfg.precision,
+                channels_last=cfg.channels_last,
+                device=device,
+                max_images=cfg.max_val_images,
+                workers=cfg.workers,
+                class_weights=weights,
+                progress=report.bar_on,
+            )
         except Exception as exc:  # noqa: BLE001  (whatever broke, the weights are safe: say where)
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if not isinstance(exc, FcnsegError):
                 reason = f"{type(exc).__name__}: {reason}"
             kept = run / "last.pt"
-            raise FcnsegError(f"validation at iteration {state['iteration']} failed ({reason}); the trained "
-                              f"weights are saved in {kept}: fix the data, then `fcnseg evaluate --checkpoint "
-                              f"{kept}` or continue with --resume {run}") from None
+            raise FcnsegError(
+                f"validation at iteration {state['iteration']} failed ({reason}); the trained "
+                f"weights are saved in {kept}: fix the data, then `fcnseg evaluate --checkpoint "
+                f"{kept}` or continue with --resume {run}"
+            ) from None
 
     val = None
 
@@ -153,9 +200,20 @@ def run_training(cfg: TrainConfig, run: Path, device: torch.device, world: Dist,
         while state["iteration"] < cfg.iterations:
             with out_of_memory_advice(f"at iteration {state['iteration'] + 1}", device, memory_options(cfg)):
                 images, masks = next(batches)
-                loss = train_step(net, images, masks, cfg=cfg, meta=meta, device=device, weights=weights,
-                                  optimizer=optimizer, scaler=scaler, world=world, iteration=state["iteration"],
-                                  run=run)
+                loss = train_step(
+                    net,
+                    images,
+                    masks,
+                    cfg=cfg,
+                    meta=meta,
+                    device=device,
+                    weights=weights,
+                    optimizer=optimizer,
+                    scaler=scaler,
+                    world=world,
+                    iteration=state["iteration"],
+                    run=run,
+                )
             scheduler.step()
             state["iteration"] += 1
             it = state["iteration"]
@@ -175,8 +233,10 @@ def run_training(cfg: TrainConfig, run: Path, device: torch.device, world: Dist,
             if stop.requested() and not done:
                 checkpoint("last.pt")
                 report.close()
-                message = (f"stopped by {stop.name} at iteration {it} of {cfg.iterations}; last.pt saved; "
-                           f"resume with `fcnseg train --resume {run}`")
+                message = (
+                    f"stopped by {stop.name} at iteration {it} of {cfg.iterations}; last.pt saved; "
+                    f"resume with `fcnseg train --resume {run}`"
+                )
                 if world.is_main:
                     log.warning("%s", message)
                 raise RunStopped(message, stop.signum)
@@ -184,8 +244,9 @@ def run_training(cfg: TrainConfig, run: Path, device: torch.device, world: Dist,
 
     if val is None:  # resumed a run that had already finished
         val = validate()
-    summary = finish_run(run, cfg, model, meta, val, state, val_set, device, world, report.total_seconds(),
-                         skipped=batches.skipped)
+    summary = finish_run(
+        run, cfg, model, meta, val, state, val_set, device, world, report.total_seconds(), skipped=batches.skipped
+    )
     barrier()
     return summary
 
@@ -194,15 +255,33 @@ def run_training(cfg: TrainConfig, run: Path, device: torch.device, world: Dist,
 # one step
 
 
-def train_step(net: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, cfg: TrainConfig, meta: dict,
-               device: torch.device, weights: torch.Tensor | None, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, world: Dist, iteration: int, run: Path) -> float:
+def train_step(
+    net: nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    cfg: TrainConfig,
+    meta: dict,
+    device: torch.device,
+    weights: torch.Tensor | None,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    world: Dist,
+    iteration: int,
+    run: Path,
+) -> float:
     """Forward, loss, backward, update. Stops the run (FcnsegError) on a non-finite loss, before the update."""
     x = prepare_input(images, meta["normalization"], device, cfg.channels_last)
     with autocast(device, cfg.precision):
         logits = net(x)
-    loss = segmentation_loss(logits, masks.to(device), ignore_index=cfg.ignore_index, weight=weights,
-                             reduction=cfg.loss_reduction, sample_prob=cfg.loss_sample_prob)
+    loss = segmentation_loss(
+        logits,
+        masks.to(device),
+        ignore_index=cfg.ignore_index,
+        weight=weights,
+        reduction=cfg.loss_reduction,
+        sample_prob=cfg.loss_sample_prob,
+    )
     value = float(loss.detach())
     if world.enabled:
         value = all_reduce_sum([value])[0] / world.world_size
@@ -249,8 +328,10 @@ def open_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
     check_not_empty(train_set, "training split of")
     check_not_empty(val_set, "validation split of")
     if train_set.num_classes != val_set.num_classes:
-        raise FcnsegError(f"splits {cfg.train_split!r} and {cfg.val_split!r} of {cfg.data} disagree on the number "
-                          "of classes; check the dataset")
+        raise FcnsegError(
+            f"splits {cfg.train_split!r} and {cfg.val_split!r} of {cfg.data} disagree on the number "
+            "of classes; check the dataset"
+        )
     return train_set, val_set
 
 
@@ -270,12 +351,16 @@ def check_data(cfg: TrainConfig, train_set: Any, val_set: Any) -> dict[str, str]
         first = f"{problems[0]['file']}: {problems[0]['problem']}"
         if dataset is val_set or not cfg.skip_bad:
             hint = " (or pass --skip-bad to leave them out)" if dataset is train_set else ""
-            raise FcnsegError(f"{where} are bad, found before training; first: {first}; run `fcnseg data check "
-                              f"{cfg.data}` to list them all{hint}")
+            raise FcnsegError(
+                f"{where} are bad, found before training; first: {first}; run `fcnseg data check "
+                f"{cfg.data}` to list them all{hint}"
+            )
         if len(found) == len(dataset):
-            raise FcnsegError(f"every one of the {len(dataset)} samples of split {split!r} of {cfg.data} is bad "
-                              f"(first: {first}); nothing to train on: fix the data "
-                              f"(`fcnseg data check {cfg.data}` lists every problem)")
+            raise FcnsegError(
+                f"every one of the {len(dataset)} samples of split {split!r} of {cfg.data} is bad "
+                f"(first: {first}); nothing to train on: fix the data "
+                f"(`fcnseg data check {cfg.data}` lists every problem)"
+            )
         for index, sample in found.items():
             name, first = dataset.sample_name(index), sample[0]
             skipped[name] = first["problem"] if first["file"] == name else f"{first['file']}: {first['problem']}"
@@ -285,10 +370,23 @@ def check_data(cfg: TrainConfig, train_set: Any, val_set: Any) -> dict[str, str]
 
 def model_meta(cfg: TrainConfig, dataset: Any) -> ModelMeta:
     """Everything a predictor needs to rebuild the model and read its output, and what it learnt from."""
-    kwargs = {"num_classes": dataset.num_classes, "backbone": cfg.backbone, "geometry": cfg.geometry,
-              "width": cfg.width, **cfg.model_options}
-    return ModelMeta(cfg.model, kwargs, dataset.class_names, dataset.palette, cfg.normalization,
-                     trained_on=describe_data(cfg.data, cfg.train_split), data=cfg.data, train_split=cfg.train_split)
+    kwargs = {
+        "num_classes": dataset.num_classes,
+        "backbone": cfg.backbone,
+        "geometry": cfg.geometry,
+        "width": cfg.width,
+        **cfg.model_options,
+    }
+    return ModelMeta(
+        cfg.model,
+        kwargs,
+        dataset.class_names,
+        dataset.palette,
+        cfg.normalization,
+        trained_on=describe_data(cfg.data, cfg.train_split),
+        data=cfg.data,
+        train_split=cfg.train_split,
+    )
 
 
 def build_model(cfg: TrainConfig, dataset: Any) -> tuple[nn.Module, dict]:
@@ -308,8 +406,10 @@ def build_model(cfg: TrainConfig, dataset: Any) -> tuple[nn.Module, dict]:
         check_compatible(source["meta"], dataset, f"--init-from checkpoint {cfg.init_from}")
         loaded, _skipped = load_matching(model, source["model"])
         if not loaded:
-            raise FcnsegError(f"--init-from checkpoint {cfg.init_from} shares no layer with {cfg.model}; "
-                              "pass a checkpoint of a related model (e.g. fcn32s for fcn16s)")
+            raise FcnsegError(
+                f"--init-from checkpoint {cfg.init_from} shares no layer with {cfg.model}; "
+                "pass a checkpoint of a related model (e.g. fcn32s for fcn16s)"
+            )
     return model, meta
 
 
@@ -345,8 +445,14 @@ def class_weights(cfg: TrainConfig, dataset: Any) -> torch.Tensor | None:
 def train_transform(cfg: TrainConfig, meta: dict) -> TrainTransform | None:
     if cfg.crop_size is None and cfg.scale_range is None and not cfg.hflip and cfg.jitter == 0:
         return None
-    return TrainTransform(crop_size=cfg.crop_size, scale_range=cfg.scale_range, hflip=cfg.hflip, jitter=cfg.jitter,
-                          pad_value=mean_pixel(meta["normalization"]), ignore_index=cfg.ignore_index)
+    return TrainTransform(
+        crop_size=cfg.crop_size,
+        scale_range=cfg.scale_range,
+        hflip=cfg.hflip,
+        jitter=cfg.jitter,
+        pad_value=mean_pixel(meta["normalization"]),
+        ignore_index=cfg.ignore_index,
+    )
 
 
 def wrap_model(model: nn.Module, cfg: TrainConfig, device: torch.device, world: Dist) -> nn.Module:
@@ -397,30 +503,53 @@ class _NoLock:
 # the end of a run
 
 
-def finish_run(run: Path, cfg: TrainConfig, model: nn.Module, meta: dict, val: dict, state: dict, val_set: Any,
-               device: torch.device, world: Dist, seconds: float, skipped: dict | None = None) -> dict:
+def finish_run(
+    run: Path,
+    cfg: TrainConfig,
+    model: nn.Module,
+    meta: dict,
+    val: dict,
+    state: dict,
+    val_set: Any,
+    device: torch.device,
+    world: Dist,
+    seconds: float,
+    skipped: dict | None = None,
+) -> dict:
     """Plots, sample overlays, summary.json and the printed summary table (rank 0). Plots and
     samples are optional extras: if one cannot be written, a warning says so and the run still ends
     with its summary."""
     summary = {
-        "run_dir": str(run), "iterations": state["iteration"], "wall_time_s": round(seconds, 2),
+        "run_dir": str(run),
+        "iterations": state["iteration"],
+        "wall_time_s": round(seconds, 2),
         "final": {**scalars(val), "per_class_iou": val["per_class_iou"]},
-        "best_mean_iu": state["best_mean_iu"], "best_iteration": state["best_iteration"],
+        "best_mean_iu": state["best_mean_iu"],
+        "best_iteration": state["best_iteration"],
         "checkpoints": {"last": str(run / "last.pt"), "best": str(run / "best.pt")},
-        "metrics_log": str(run / "metrics.jsonl"), "config": str(run / "config.yaml"),
+        "metrics_log": str(run / "metrics.jsonl"),
+        "config": str(run / "config.yaml"),
         "skipped_samples": len(skipped or {}),
     }
     if not world.is_main:
         return summary
-    plots = optional("plots", lambda: plot_curves(read_metrics(run / "metrics.jsonl"), run / "plots")
-                     + [plot_confusion(val["confusion"], meta["class_names"], run / "plots" / "confusion.png")])
+    plots = optional(
+        "plots",
+        lambda: (
+            plot_curves(read_metrics(run / "metrics.jsonl"), run / "plots")
+            + [plot_confusion(val["confusion"], meta["class_names"], run / "plots" / "confusion.png")]
+        ),
+    )
     samples = optional("sample strips", lambda: save_samples(model, meta, val_set, cfg, device, run / "samples"))
     summary.update(plots=[str(p) for p in plots], samples=[str(p) for p in samples])
     write_json(run / "summary.json", summary)
     log_summary(cfg, state, val, meta["class_names"], run, seconds)
     if skipped:
-        log.warning("skipped %d bad training sample(s) in all (--skip-bad); `fcnseg data check %s` lists them",
-                    len(skipped), cfg.data)
+        log.warning(
+            "skipped %d bad training sample(s) in all (--skip-bad); `fcnseg data check %s` lists them",
+            len(skipped),
+            cfg.data,
+        )
     return summary
 
 
@@ -433,18 +562,32 @@ def optional(what: str, make) -> list:
         return []
 
 
-def save_samples(model: nn.Module, meta: dict, dataset: Any, cfg: TrainConfig, device: torch.device,
-                 out_dir: Path) -> list[Path]:
+def save_samples(
+    model: nn.Module, meta: dict, dataset: Any, cfg: TrainConfig, device: torch.device, out_dir: Path
+) -> list[Path]:
     """The first ``num_samples`` val images as image | truth | prediction PNGs."""
     net = unwrap(model)
     net.eval()
     paths = []
     for i in range(min(cfg.num_samples, len(dataset))):
         image, mask = dataset[i]
-        pred = predict_logits(net, image[None], normalization=meta["normalization"], device=device,
-                              precision=cfg.precision, channels_last=cfg.channels_last).argmax(1)[0]
+        pred = predict_logits(
+            net,
+            image[None],
+            normalization=meta["normalization"],
+            device=device,
+            precision=cfg.precision,
+            channels_last=cfg.channels_last,
+        ).argmax(1)[0]
         paths.append(out_dir / f"sample_{i:02d}.png")
-        save_sample_strip(image.permute(1, 2, 0).numpy(), mask.numpy(), pred.cpu().numpy(), meta["palette"], paths[-1],
-                          class_names=meta["class_names"], ignore_index=cfg.ignore_index)
+        save_sample_strip(
+            image.permute(1, 2, 0).numpy(),
+            mask.numpy(),
+            pred.cpu().numpy(),
+            meta["palette"],
+            paths[-1],
+            class_names=meta["class_names"],
+            ignore_index=cfg.ignore_index,
+        )
     net.train()
     return paths

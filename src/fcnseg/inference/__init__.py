@@ -14,5 +14,15 @@ from fcnseg.inference.segmenter import Segmenter
 from fcnseg.inference.shift_stitch import shift_and_stitch, subsampled
 from fcnseg.inference.window import sliding_window, tta
 
-__all__ = ["Segmenter", "export_onnx", "export_safetensors", "fast_path_supported", "load_image",
-           "load_safetensors", "shift_and_stitch", "sliding_window", "subsampled", "tta"]
+__all__ = [
+    "Segmenter",
+    "export_onnx",
+    "export_safetensors",
+    "fast_path_supported",
+    "load_image",
+    "load_safetensors",
+    "shift_and_stitch",
+    "sliding_window",
+    "subsampled",
+    "tta",
+]

@@ -41,8 +41,9 @@ def _decode_meta(text: str | None, path: Path, fmt: str) -> ModelMeta:
     except json.JSONDecodeError:
         meta = None
     if not isinstance(meta, dict) or "model_name" not in meta:
-        raise FcnsegError(f"{path} has no fcnseg metadata; it was not written by `fcnseg export "
-                          f"--format {fmt}`, export it again")
+        raise FcnsegError(
+            f"{path} has no fcnseg metadata; it was not written by `fcnseg export --format {fmt}`, export it again"
+        )
     return ModelMeta.from_dict(meta, str(path))
 
 
@@ -56,9 +57,16 @@ def onnx_bytes(model: nn.Module, meta: ModelMeta | dict, sample_size: tuple[int,
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic are expected
-        torch.onnx.export(model, (sample,), buffer, dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=["image"], output_names=["scores"],
-                          dynamic_axes={"image": axes, "scores": axes})
+        torch.onnx.export(
+            model,
+            (sample,),
+            buffer,
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=["image"],
+            output_names=["scores"],
+            dynamic_axes={"image": axes, "scores": axes},
+        )
     proto = onnx.load_from_string(buffer.getvalue())
     entry = proto.metadata_props.add()
     entry.key, entry.value = META_KEY, _encode_meta(export_meta(model, meta))
@@ -74,8 +82,10 @@ def export_safetensors(model: nn.Module, meta: ModelMeta | dict, path: str | os.
     """Write the weights as safetensors with the metadata as JSON in the header."""
     from safetensors.torch import save
 
-    state = {k: v.detach().float().contiguous().clone() if v.is_floating_point() else v.detach().clone()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().float().contiguous().clone() if v.is_floating_point() else v.detach().clone()
+        for k, v in model.state_dict().items()
+    }
     return write_bytes(path, save(state, metadata={META_KEY: _encode_meta(export_meta(model, meta))}))
 
 
@@ -99,7 +109,7 @@ class OnnxModel(nn.Module):
         self._session = _ort_session(model_bytes, threads)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> tuple["OnnxModel", ModelMeta]:
+    def from_file(cls, path: str | os.PathLike) -> tuple[OnnxModel, ModelMeta]:
         """(module, meta) of an fp32 ONNX export; any model file: fcnseg.weights.open_model."""
         from fcnseg.weights import open_model
 

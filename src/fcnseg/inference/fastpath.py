@@ -80,9 +80,16 @@ class GemmConv2d(nn.Module):
     def applies_to(module: nn.Module, min_weight: int = 1 << 24) -> bool:
         """A plain (stride 1, undilated, ungrouped, zero-padded) conv with at least ``min_weight``
         weights: the layers where weight traffic, not arithmetic, sets the speed."""
-        return (type(module) is nn.Conv2d and module.weight.numel() >= min_weight and module.groups == 1
-                and module.stride == (1, 1) and module.dilation == (1, 1) and module.padding_mode == "zeros"
-                and isinstance(module.padding, tuple) and module.padding[0] == module.padding[1])
+        return (
+            type(module) is nn.Conv2d
+            and module.weight.numel() >= min_weight
+            and module.groups == 1
+            and module.stride == (1, 1)
+            and module.dilation == (1, 1)
+            and module.padding_mode == "zeros"
+            and isinstance(module.padding, tuple)
+            and module.padding[0] == module.padding[1]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (kh, kw), pad = self.kernel_size, self.padding[0]
@@ -92,7 +99,7 @@ class GemmConv2d(nn.Module):
         chunks = []
         for top in range(0, out_h, self.rows_per_chunk):
             rows = min(self.rows_per_chunk, out_h - top)
-            strip = x[:, :, top:top + rows + kh - 1]
+            strip = x[:, :, top : top + rows + kh - 1]
             if (kh, kw) == (1, 1):  # a 1x1 conv needs no im2col: cells are the pixels (a view if channels_last)
                 cells = strip.permute(0, 2, 3, 1).reshape(-1, strip.shape[1])
             else:
@@ -115,8 +122,9 @@ class GemmConv2d(nn.Module):
         destination[prefix + "weight"] = self.conv_weight() if keep_vars else self.conv_weight().detach()
         destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         weight, bias = state_dict.get(prefix + "weight"), state_dict.get(prefix + "bias")
         if weight is None or bias is None:
             missing_keys.extend(prefix + k for k in ("weight", "bias") if state_dict.get(prefix + k) is None)
@@ -153,8 +161,17 @@ class ConvReLU(nn.Module):
     def unfused(self) -> tuple[nn.Conv2d, nn.ReLU]:
         """The two layers again (the bf16 path, which finds the first convolution by its type)."""
         out_channels, in_per_group = self.weight.shape[:2]
-        conv = nn.Conv2d(in_per_group * self.groups, out_channels, self.kernel_size, self.stride, self.padding,
-                         self.dilation, self.groups, device=self.weight.device, dtype=self.weight.dtype)
+        conv = nn.Conv2d(
+            in_per_group * self.groups,
+            out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
         with torch.no_grad():
             conv.weight.copy_(self.weight)
             conv.bias.copy_(self.bias)
@@ -162,16 +179,32 @@ class ConvReLU(nn.Module):
 
     @staticmethod
     def applies_to(conv: nn.Module, after: nn.Module) -> bool:
-        return (type(conv) is nn.Conv2d and type(after) is nn.ReLU and conv.bias is not None
-                and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-                and conv.weight.dtype == torch.float32 and torch.backends.mkldnn.is_available())
+        return (
+            type(conv) is nn.Conv2d
+            and type(after) is nn.ReLU
+            and conv.bias is not None
+            and conv.padding_mode == "zeros"
+            and isinstance(conv.padding, tuple)
+            and conv.weight.dtype == torch.float32
+            and torch.backends.mkldnn.is_available()
+        )
 
     def forward(self, x: torch.Tensor, padding: tuple | None = None) -> torch.Tensor:
         padding = self.padding if padding is None else padding
         if torch.is_grad_enabled() or x.dtype != torch.float32 or x.device.type != "cpu":
             return F.relu(F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups))
-        return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, list(padding), list(self.stride),
-                                                       list(self.dilation), self.groups, "relu", [], "")
+        return torch.ops.mkldnn._convolution_pointwise(
+            x,
+            self.weight,
+            self.bias,
+            list(padding),
+            list(self.stride),
+            list(self.dilation),
+            self.groups,
+            "relu",
+            [],
+            "",
+        )
 
     def forward_unpadded(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution without its zero padding (the caller pads; see fcnseg.inference.padcache)."""
@@ -229,8 +262,9 @@ class PerClassUpsample(nn.Module):
         full[index, index] = self.weight[:, 0]
         destination[prefix + "weight"] = full
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         weight = state_dict.get(prefix + "weight")
         if weight is None:
             missing_keys.append(prefix + "weight")
@@ -269,8 +303,14 @@ class SplitStemConv2d(nn.Module):
         x = x.float()
         hi = x.to(torch.bfloat16)
         lo = (x - hi.float()).to(torch.bfloat16)
-        return F.conv2d(torch.cat([hi, lo, hi], dim=1), self.weight, self.bias, self.stride,
-                        self.padding if padding is None else padding, self.dilation)
+        return F.conv2d(
+            torch.cat([hi, lo, hi], dim=1),
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding if padding is None else padding,
+            self.dilation,
+        )
 
     def forward_unpadded(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution without its zero padding (the caller pads; see fcnseg.inference.padcache)."""
@@ -279,12 +319,13 @@ class SplitStemConv2d(nn.Module):
     # state dicts keep the convolution's (out, in, k, k) fp32 weight: hi + lo
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         inputs = self.weight.shape[1] // 3
-        destination[prefix + "weight"] = self.weight[:, :inputs].float() + self.weight[:, 2 * inputs:].float()
+        destination[prefix + "weight"] = self.weight[:, :inputs].float() + self.weight[:, 2 * inputs :].float()
         if self.bias is not None:
             destination[prefix + "bias"] = self.bias.detach()
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         weight = state_dict.get(prefix + "weight")
         if weight is None:
             missing_keys.append(prefix + "weight")
@@ -318,8 +359,9 @@ def _inputs_to_float(module: nn.Module, args: tuple) -> tuple:
     return tuple(a.float() if isinstance(a, torch.Tensor) else a for a in args)
 
 
-def prepare_model(model: nn.Module, fast: bool, num_classes: int | None = None,
-                  pad_constants: bool = True) -> nn.Module:
+def prepare_model(
+    model: nn.Module, fast: bool, num_classes: int | None = None, pad_constants: bool = True
+) -> nn.Module:
     """Put ``model`` (in place) in eval mode and channels_last; for the fast path convert it to bf16.
 
     Both paths (exact rewrites, no rounding): convolutions with huge weights (VGG16's fc6 and fc7)
@@ -348,9 +390,13 @@ def prepare_model(model: nn.Module, fast: bool, num_classes: int | None = None,
         if pad_constants:
             padcache.install(model)
         return model
-    head = [m for name, m in model.named_modules()
-            if num_classes and not name.startswith(FEATURE_EXTRACTORS)
-            and (_is_score_module(m, num_classes) or isinstance(m, PerClassUpsample))]
+    head = [
+        m
+        for name, m in model.named_modules()
+        if num_classes
+        and not name.startswith(FEATURE_EXTRACTORS)
+        and (_is_score_module(m, num_classes) or isinstance(m, PerClassUpsample))
+    ]
     fp32_states = {m: {k: v.clone() for k, v in m.state_dict().items()} for m in head}
     if getattr(model, "fast_input_dtype", None) is None:  # not prepared before
         model.fast_input_dtype = torch.float32 if _split_stem(model) else torch.bfloat16

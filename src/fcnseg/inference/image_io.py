@@ -36,7 +36,7 @@ def _is_tensor(value: Any) -> bool:
     return torch is not None and isinstance(value, torch.Tensor)
 
 
-def tensor_to_hwc(tensor: "torch.Tensor") -> np.ndarray:  # noqa: F821
+def tensor_to_hwc(tensor: torch.Tensor) -> np.ndarray:  # noqa: F821
     """A CHW (or 1xCxHxW, HW, HWC) tensor on any device -> an HxWxC numpy array (values unchanged)."""
     array = tensor.detach().cpu()
     if array.ndim == 4 and array.shape[0] == 1:
@@ -48,8 +48,9 @@ def tensor_to_hwc(tensor: "torch.Tensor") -> np.ndarray:  # noqa: F821
         return array.transpose(1, 2, 0)  # CHW, the torch layout
     if array.ndim in (2, 3):
         return array  # HW, or HWC when the first axis cannot be channels
-    raise FcnsegError(f"image tensor has shape {tuple(tensor.shape)}; pass CxHxW, 1xCxHxW or NxCxHxW "
-                      "(a list or a batch)")
+    raise FcnsegError(
+        f"image tensor has shape {tuple(tensor.shape)}; pass CxHxW, 1xCxHxW or NxCxHxW (a list or a batch)"
+    )
 
 
 def load_image(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -67,8 +68,10 @@ def load_image(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
         if image.ndim >= 2 and image.shape[0] * image.shape[1] > max_pixels:
             raise FcnsegError(_too_big(Path("<array>"), image.shape[1], image.shape[0], max_pixels))
         return to_rgb(image)
-    raise FcnsegError(f"cannot predict on a {type(image).__name__}; pass a file path, PIL image, numpy array, "
-                      "torch tensor, or a list of those")
+    raise FcnsegError(
+        f"cannot predict on a {type(image).__name__}; pass a file path, PIL image, numpy array, "
+        "torch tensor, or a list of those"
+    )
 
 
 def image_list(images: Any) -> tuple[list, bool]:

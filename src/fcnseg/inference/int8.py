@@ -24,8 +24,8 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -86,8 +86,7 @@ class _Reader:
         pass
 
 
-def quantize(model: nn.Module, meta: dict, calibration: Iterable[torch.Tensor], *,
-             source: dict | None = None) -> bytes:
+def quantize(model: nn.Module, meta: dict, calibration: Iterable[torch.Tensor], *, source: dict | None = None) -> bytes:
     """The int8 ONNX model (bytes) of ``model``, calibrated on ``calibration``: normalised float
     batches (1 x 3 x H x W, any H and W). ``source`` adds to the quantization record."""
     try:
@@ -105,10 +104,15 @@ def quantize(model: nn.Module, meta: dict, calibration: Iterable[torch.Tensor], 
             yield x.float().contiguous().numpy()
 
     fp32 = onnx.load_from_string(export.onnx_bytes(model, meta))
-    record = {"engine": ENGINE, "source": {"model_name": meta.model_name,
-                                            "model_kwargs": meta.model_kwargs,
-                                            "weights_sha256": weights_digest(model)},
-              **(source or {})}
+    record = {
+        "engine": ENGINE,
+        "source": {
+            "model_name": meta.model_name,
+            "model_kwargs": meta.model_kwargs,
+            "weights_sha256": weights_digest(model),
+        },
+        **(source or {}),
+    }
     with tempfile.TemporaryDirectory(prefix="fcnseg-int8-") as tmp:
         src, dst = Path(tmp, "fp32.onnx"), Path(tmp, "int8.onnx")
         write_bytes(src, fp32.SerializeToString())
@@ -116,12 +120,19 @@ def quantize(model: nn.Module, meta: dict, calibration: Iterable[torch.Tensor], 
         level = root.level
         root.setLevel(logging.ERROR)  # onnxruntime's advice to pre-process goes to the root logger
         try:
-            quantize_static(str(src), str(dst), _Reader(batches()), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            op_types_to_quantize=["Conv", "MaxPool", "Relu"],
-                            nodes_to_exclude=_head_nodes(fp32, num_classes),
-                            calibrate_method=CalibrationMethod.MinMax,
-                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+            quantize_static(
+                str(src),
+                str(dst),
+                _Reader(batches()),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["Conv", "MaxPool", "Relu"],
+                nodes_to_exclude=_head_nodes(fp32, num_classes),
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
         finally:
             root.setLevel(level)
         if count[0] == 0:
@@ -163,19 +174,24 @@ def is_int8_model(path: str | os.PathLike) -> bool:
     return read_record(path.read_bytes()) is not None
 
 
-def check_source(record: dict, model_path: str | os.PathLike, meta: dict, model: nn.Module | None,
-                 checkpoint: str | os.PathLike) -> None:
+def check_source(
+    record: dict, model_path: str | os.PathLike, meta: dict, model: nn.Module | None, checkpoint: str | os.PathLike
+) -> None:
     """FcnsegError unless the int8 model was quantized from this checkpoint's architecture and weights."""
     source = record.get("source", {})
     meta = as_meta(meta)
     arch = (meta.model_name, meta.model_kwargs)
     if (source.get("model_name"), source.get("model_kwargs")) != arch:
-        raise FcnsegError(f"{model_path} was quantized from a {source.get('model_name')} "
-                          f"{source.get('model_kwargs')} checkpoint, not {checkpoint} ({arch[0]} {arch[1]}); "
-                          f"pass its own checkpoint or run `fcnseg quantize --weights {checkpoint}` again")
+        raise FcnsegError(
+            f"{model_path} was quantized from a {source.get('model_name')} "
+            f"{source.get('model_kwargs')} checkpoint, not {checkpoint} ({arch[0]} {arch[1]}); "
+            f"pass its own checkpoint or run `fcnseg quantize --weights {checkpoint}` again"
+        )
     if model is not None and source.get("weights_sha256") not in (None, weights_digest(model)):
-        raise FcnsegError(f"{model_path} was quantized from other weights than {checkpoint}; run "
-                          f"`fcnseg quantize --weights {checkpoint}` again")
+        raise FcnsegError(
+            f"{model_path} was quantized from other weights than {checkpoint}; run "
+            f"`fcnseg quantize --weights {checkpoint}` again"
+        )
 
 
 class Int8Model(nn.Module):
@@ -211,8 +227,12 @@ def read_model(path: str | os.PathLike) -> tuple[bytes, dict, dict]:
     return opened.onnx, opened.meta, opened.int8_record
 
 
-def load(path: str | os.PathLike, threads: int | None = None, checkpoint: str | os.PathLike | None = None,
-         runtime: str | None = None) -> tuple[Int8Model, dict, dict]:
+def load(
+    path: str | os.PathLike,
+    threads: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    runtime: str | None = None,
+) -> tuple[Int8Model, dict, dict]:
     """(module, meta, quantization record) of an int8 model file; with ``checkpoint``, first check
     that the model was quantized from that checkpoint (fcnseg.inference.segmenter.open_source)."""
     from fcnseg.inference.segmenter import open_source
@@ -227,8 +247,9 @@ def load(path: str | os.PathLike, threads: int | None = None, checkpoint: str | 
     return module, meta, record
 
 
-def calibration_images(dataset, count: int, normalization: str, max_side: int | None = None,
-                       seed: int = 0) -> Iterator[torch.Tensor]:
+def calibration_images(
+    dataset, count: int, normalization: str, max_side: int | None = None, seed: int = 0
+) -> Iterator[torch.Tensor]:
     """Up to ``count`` images of ``dataset`` (an even spread, fixed by ``seed``), each as a normalised
     1 x 3 x H x W batch; images longer than ``max_side`` are scaled down (calibration sees whole
     images, so a huge one would cost memory without changing the ranges much)."""
@@ -242,14 +263,25 @@ def calibration_images(dataset, count: int, normalization: str, max_side: int | 
         if max_side and max(image.shape[-2:]) > max_side:
             scale = max_side / max(image.shape[-2:])
             size = [max(1, round(s * scale)) for s in image.shape[-2:]]
-            image = torch.nn.functional.interpolate(image.float(), size=size, mode="bilinear",
-                                                    antialias=True).round().clamp(0, 255).to(torch.uint8)
+            image = (
+                torch.nn.functional.interpolate(image.float(), size=size, mode="bilinear", antialias=True)
+                .round()
+                .clamp(0, 255)
+                .to(torch.uint8)
+            )
         yield normalize(image, normalization)
 
 
-def quantize_checkpoint(checkpoint: str | os.PathLike, data: str | None, out: str | os.PathLike, *,
-                        split: str | None = None, images: int = 32, max_side: int | None = 1024,
-                        mirror: str | None = None) -> dict:
+def quantize_checkpoint(
+    checkpoint: str | os.PathLike,
+    data: str | None,
+    out: str | os.PathLike,
+    *,
+    split: str | None = None,
+    images: int = 32,
+    max_side: int | None = 1024,
+    mirror: str | None = None,
+) -> dict:
     """``fcnseg quantize``: calibrate the model of ``checkpoint`` (any model source with PyTorch
     weights: .pt, .safetensors, published name, .caffemodel, ...) on ``images`` images of ``data``'s
     ``split`` and write the int8 model to ``out``. ``data``/``split`` default to the dataset the
@@ -261,26 +293,30 @@ def quantize_checkpoint(checkpoint: str | os.PathLike, data: str | None, out: st
         raise FcnsegError(f"--images {images} must be at least 1")
     out = Path(out)
     if out.resolve() == Path(checkpoint).resolve():
-        raise FcnsegError(f"--out {out} is the checkpoint itself; choose another file (e.g. {Path(checkpoint).stem}"
-                          f"{SUFFIX})")
+        raise FcnsegError(
+            f"--out {out} is the checkpoint itself; choose another file (e.g. {Path(checkpoint).stem}{SUFFIX})"
+        )
     opened = open_model(checkpoint, mirror=mirror)
     model, meta = opened.require_module("quantize"), opened.meta
     if data is None:
         if not meta.data:
-            raise FcnsegError(f"{checkpoint} does not record the data it was trained on; give --data SPEC "
-                              "with training images to calibrate on (e.g. folder:PATH or voc:PATH)")
+            raise FcnsegError(
+                f"{checkpoint} does not record the data it was trained on; give --data SPEC "
+                "with training images to calibrate on (e.g. folder:PATH or voc:PATH)"
+            )
         data = meta.data
         split = split or meta.train_split
         log.info("calibrating on %s (%s), the data %s was trained on", data, split or "train", checkpoint)
     split = split or "train"
     dataset = load_dataset(data, split)
     if len(dataset) == 0:
-        raise FcnsegError(f"calibration split {split!r} of {data} is empty; give --data/--split with "
-                          "training images")
+        raise FcnsegError(f"calibration split {split!r} of {data} is empty; give --data/--split with training images")
     classes = meta.num_classes
     if dataset.num_classes != classes:
-        raise FcnsegError(f"{checkpoint} predicts {classes} classes but {data} ({split}) has "
-                          f"{dataset.num_classes}; calibrate on the data the model was trained on")
+        raise FcnsegError(
+            f"{checkpoint} predicts {classes} classes but {data} ({split}) has "
+            f"{dataset.num_classes}; calibrate on the data the model was trained on"
+        )
     record = {"calibration": {"data": data, "split": split, "max_side": max_side}}
     batches = calibration_images(dataset, images, meta.normalization, max_side)
     save(quantize(model, meta, batches, source=record), out)

@@ -94,7 +94,7 @@ class _Step:
     clip: tuple[Interval, Interval]
     out: tuple[Interval, Interval]
     frame: tuple[Tensor, ...] = ()
-    full: Tensor | None = None   # the whole constant output, where the map is needed whole (taps)
+    full: Tensor | None = None  # the whole constant output, where the map is needed whole (taps)
 
 
 class _Plan:
@@ -102,8 +102,11 @@ class _Plan:
 
     def __init__(self, steps: list[_Step], stop: int) -> None:
         self.steps, self.stop = steps, stop
-        self.nbytes = sum(t.numel() * t.element_size() for step in steps
-                          for t in (*step.frame, *(() if step.full is None else (step.full,))))
+        self.nbytes = sum(
+            t.numel() * t.element_size()
+            for step in steps
+            for t in (*step.frame, *(() if step.full is None else (step.full,)))
+        )
 
 
 @dataclass
@@ -136,8 +139,14 @@ class PadConstantTrunk:
     Applies only in inference (no grad, eval mode); anything else takes the trunk's own path.
     """
 
-    def __init__(self, trunk: nn.Module, max_sizes: int = 8, max_bytes: int = 256 << 20, min_saving: float = 0.05,
-                 max_fraction: float = 0.9) -> None:
+    def __init__(
+        self,
+        trunk: nn.Module,
+        max_sizes: int = 8,
+        max_bytes: int = 256 << 20,
+        min_saving: float = 0.05,
+        max_fraction: float = 0.9,
+    ) -> None:
         self.trunk = trunk
         self.max_fraction = max_fraction  # a convolution whose image-dependent share is larger runs whole
         self.layers = list(trunk.features)
@@ -170,8 +179,9 @@ class PadConstantTrunk:
     # ----------------------------------------------------------------------------- planning
 
     def _key(self, x: Tensor, taps: set[int]) -> tuple:
-        params = tuple((t.data_ptr(), t._version) for layer in self.layers
-                       for t in (*layer.parameters(), *layer.buffers()))
+        params = tuple(
+            (t.data_ptr(), t._version) for layer in self.layers for t in (*layer.parameters(), *layer.buffers())
+        )
         return (tuple(x.shape[-2:]), x.dtype, x.device, params, tuple(sorted(taps)))
 
     def _cached(self, key: tuple) -> tuple[bool, _Plan | None]:
@@ -184,8 +194,9 @@ class PadConstantTrunk:
     def _store(self, key: tuple, plan: _Plan | None) -> None:
         with self.lock:
             self.plans[key] = plan
-            while len(self.plans) > 1 and (len(self.plans) > self.max_sizes or
-                                           sum(p.nbytes for p in self.plans.values() if p) > self.max_bytes):
+            while len(self.plans) > 1 and (
+                len(self.plans) > self.max_sizes or sum(p.nbytes for p in self.plans.values() if p) > self.max_bytes
+            ):
                 self.plans.popitem(last=False)
 
     def _layout(self, x: Tensor, taps: set[int]) -> _Layout | None:
@@ -215,8 +226,10 @@ class PadConstantTrunk:
             return None
         # 2. backward: what each layer computes (its dependent cells plus what the next layer reads)
         bounds = lambda i: ((0, sizes[i][0]), (0, sizes[i][1]))  # noqa: E731
-        tile = [i == 0 or (i - 1) in taps or (self.geoms[i - 1] is not None and self.geoms[i - 1].is_pool)
-                for i in range(stop)]
+        tile = [
+            i == 0 or (i - 1) in taps or (self.geoms[i - 1] is not None and self.geoms[i - 1].is_pool)
+            for i in range(stop)
+        ]
         out, need, clip = [None] * stop, [None] * stop, [None] * stop
         out[stop - 1] = dep[stop]
         for i in range(stop - 1, -1, -1):
@@ -238,8 +251,9 @@ class PadConstantTrunk:
         whole = [out[i] != bounds(i + 1) and (i in taps or i == stop - 1) for i in range(stop)]
         return _Layout(stop, sizes, tile, have, need, clip, out, whole)
 
-    def _forward_capturing(self, x: Tensor, layout: _Layout | None,
-                           wanted: dict[int, str]) -> tuple[dict[str, Tensor], _Plan | None]:
+    def _forward_capturing(
+        self, x: Tensor, layout: _Layout | None, wanted: dict[int, str]
+    ) -> tuple[dict[str, Tensor], _Plan | None]:
         """The plain forward of ``x`` (layer by layer, same outputs as the trunk's own), keeping on
         the way what later images of this size need: outside its dependent rectangle a map holds
         the same values for every image, so the first image of a size builds the cache for free."""
@@ -248,7 +262,7 @@ class PadConstantTrunk:
         a = x
         for i, layer in enumerate(self.layers):
             capture = plan_ok and i < layout.stop
-            frame = (_frame(a[:1], layout.clip[i], layout.have[i]) if capture and layout.tile[i] else ())
+            frame = _frame(a[:1], layout.clip[i], layout.have[i]) if capture and layout.tile[i] else ()
             a = layer(a)
             if i in wanted:
                 out[wanted[i]] = a
@@ -257,8 +271,18 @@ class PadConstantTrunk:
                     plan_ok = False  # a layer the arithmetic got wrong: never use the partial forward
                     continue
                 full = a[:1].clone() if layout.whole[i] else None
-                steps.append(_Step(self.geoms[i], layout.tile[i], layout.have[i], layout.need[i], layout.clip[i],
-                                   layout.out[i], frame, full))
+                steps.append(
+                    _Step(
+                        self.geoms[i],
+                        layout.tile[i],
+                        layout.have[i],
+                        layout.need[i],
+                        layout.clip[i],
+                        layout.out[i],
+                        frame,
+                        full,
+                    )
+                )
         out["fc7"] = self.trunk.classifier[:6](a)
         return out, (_Plan(steps, layout.stop) if plan_ok else None)
 
@@ -283,8 +307,12 @@ class PadConstantTrunk:
             layer = self.layers[index]
             if step.tile:
                 c = _assemble(step.frame, c, step.clip, step.have)
-                pads = (step.clip[1][0] - step.need[1][0], step.need[1][1] - step.clip[1][1],
-                        step.clip[0][0] - step.need[0][0], step.need[0][1] - step.clip[0][1])
+                pads = (
+                    step.clip[1][0] - step.need[1][0],
+                    step.need[1][1] - step.clip[1][1],
+                    step.clip[0][0] - step.need[0][0],
+                    step.need[0][1] - step.clip[0][1],
+                )
                 if any(pads):
                     c = F.pad(c, pads)
             c = layer(c) if step.spatial is None else _run_unpadded(layer, c)
@@ -316,33 +344,42 @@ def _area(rect: tuple[Interval, Interval]) -> int:
 
 
 def _format(t: Tensor) -> torch.memory_format:
-    return torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() \
+    return (
+        torch.channels_last
+        if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
         else torch.contiguous_format
+    )
 
 
 def _frame(a: Tensor, clip: tuple[Interval, Interval], have: tuple[Interval, Interval]) -> tuple[Tensor, ...]:
     """The four strips of ``a`` inside ``clip`` and around ``have``: top, bottom, left, right."""
     (r0, r1), (c0, c1) = clip
     (h0, h1), (w0, w1) = have
-    return (a[..., r0:h0, c0:c1].clone(), a[..., h1:r1, c0:c1].clone(),
-            a[..., h0:h1, c0:w0].clone(), a[..., h0:h1, w1:c1].clone())
+    return (
+        a[..., r0:h0, c0:c1].clone(),
+        a[..., h1:r1, c0:c1].clone(),
+        a[..., h0:h1, c0:w0].clone(),
+        a[..., h0:h1, w1:c1].clone(),
+    )
 
 
-def _assemble(frame: tuple[Tensor, ...], c: Tensor, clip: tuple[Interval, Interval],
-              have: tuple[Interval, Interval]) -> Tensor:
+def _assemble(
+    frame: tuple[Tensor, ...], c: Tensor, clip: tuple[Interval, Interval], have: tuple[Interval, Interval]
+) -> Tensor:
     """The input tile ``clip``: the computed rectangle ``c`` (at ``have``) framed by constants."""
     (r0, r1), (c0, c1) = clip
     (h0, h1), (w0, w1) = have
     if (r0, r1, c0, c1) == (h0, h1, w0, w1):
         return c
-    tile = torch.empty((c.shape[0], c.shape[1], r1 - r0, c1 - c0), dtype=c.dtype, device=c.device,
-                       memory_format=_format(c))
+    tile = torch.empty(
+        (c.shape[0], c.shape[1], r1 - r0, c1 - c0), dtype=c.dtype, device=c.device, memory_format=_format(c)
+    )
     top, bottom, left, right = frame
     tile[:, :, : h0 - r0] = top
-    tile[:, :, h1 - r0:] = bottom
-    tile[:, :, h0 - r0:h1 - r0, : w0 - c0] = left
-    tile[:, :, h0 - r0:h1 - r0, w1 - c0:] = right
-    tile[:, :, h0 - r0:h1 - r0, w0 - c0:w1 - c0] = c
+    tile[:, :, h1 - r0 :] = bottom
+    tile[:, :, h0 - r0 : h1 - r0, : w0 - c0] = left
+    tile[:, :, h0 - r0 : h1 - r0, w1 - c0 :] = right
+    tile[:, :, h0 - r0 : h1 - r0, w0 - c0 : w1 - c0] = c
     return tile
 
 

@@ -9,7 +9,7 @@ CPU with AVX512-BF16 or AMX run fp32 models in bf16 and int8 models on the VNNI/
 from __future__ import annotations
 
 import io
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -45,11 +45,16 @@ def load(runtime: str, model_bytes: bytes, threads: int | None = None) -> Run:
         try:
             import openvino as ov
         except ImportError:
-            raise FcnsegError("the openvino backend needs the openvino extra; pip install 'fcnseg[openvino]' "
-                              "or use --backend onnxruntime") from None
+            raise FcnsegError(
+                "the openvino backend needs the openvino extra; pip install 'fcnseg[openvino]' "
+                "or use --backend onnxruntime"
+            ) from None
         core = ov.Core()
-        compiled = core.compile_model(core.read_model(io.BytesIO(model_bytes)), "CPU",
-                                      {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads()})
+        compiled = core.compile_model(
+            core.read_model(io.BytesIO(model_bytes)),
+            "CPU",
+            {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads()},
+        )
         request, output = compiled.create_infer_request(), compiled.output(0)
         return lambda x: torch.from_numpy(request.infer({"image": x.float().contiguous().numpy()})[output].copy())
     raise FcnsegError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from fcnseg.weights.meta import ModelMeta, as_meta
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
-AUTO_TILE = 1024          # tile=None: images with more pixels than AUTO_TILE_PIXELS use these tiles
+AUTO_TILE = 1024  # tile=None: images with more pixels than AUTO_TILE_PIXELS use these tiles
 AUTO_TILE_PIXELS = 2_250_000
 
 
@@ -87,12 +87,25 @@ class Segmenter:
     * ``compile``: torch.compile with weight freezing; faster per call, each new shape compiles first.
     """
 
-    def __init__(self, model: nn.Module | None, meta: ModelMeta | dict, *, fast: bool | None = None,
-                 backend: str = "torch", onnx_model: bytes | None = None, tile: int | None = None,
-                 overlap: float = 0.25, tta_flip: bool = False, scales: Sequence[float] = (1.0,),
-                 shift_stitch: int | bool | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 threads: int | None = None, compile: bool = False, device: str | torch.device = "auto",
-                 int8_record: dict | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module | None,
+        meta: ModelMeta | dict,
+        *,
+        fast: bool | None = None,
+        backend: str = "torch",
+        onnx_model: bytes | None = None,
+        tile: int | None = None,
+        overlap: float = 0.25,
+        tta_flip: bool = False,
+        scales: Sequence[float] = (1.0,),
+        shift_stitch: int | bool | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        threads: int | None = None,
+        compile: bool = False,
+        device: str | torch.device = "auto",
+        int8_record: dict | None = None,
+    ) -> None:
         if backend not in BACKENDS:
             raise FcnsegError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if tile is not None and tile < 0:
@@ -129,20 +142,26 @@ class Segmenter:
                 self.model = model.eval().to(self.device, memory_format=torch.channels_last)
             else:
                 self.fast = fastpath.fast_path_supported() if fast is None else bool(fast)
-                self.model = fastpath.prepare_model(model, self.fast, self.num_classes,
-                                                   pad_constants=not compile)
+                self.model = fastpath.prepare_model(model, self.fast, self.num_classes, pad_constants=not compile)
             if compile:
                 self.model = fastpath.Compiled(self.model)
         else:
             self.model = model
-            self._run = runtimes.load(backend, onnx_model if onnx_model is not None
-                                      else export.onnx_bytes(model, meta), threads)
+            self._run = runtimes.load(
+                backend, onnx_model if onnx_model is not None else export.onnx_bytes(model, meta), threads
+            )
         log.info("%s", self.describe())
 
     @classmethod
-    def from_pretrained(cls, source: str | os.PathLike, *, backend: str | None = None,
-                        int8: str | os.PathLike | None = None, mirror: str | None = None,
-                        **options) -> "Segmenter":
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        *,
+        backend: str | None = None,
+        int8: str | os.PathLike | None = None,
+        mirror: str | None = None,
+        **options,
+    ) -> Segmenter:
         """Any model source: a published name (downloaded and verified once; `fcnseg weights list`)
         or a file recognised by its content, whatever its name: fcnseg .pt / .safetensors, fp32 or
         int8 .onnx, .caffemodel, pytorch-fcn or torchvision .pth (see fcnseg.weights.open_model).
@@ -160,31 +179,42 @@ class Segmenter:
     from_checkpoint = from_pretrained  # the older name; any source works with either
 
     @classmethod
-    def from_opened(cls, opened, *, backend: str | None = None, **options) -> "Segmenter":
+    def from_opened(cls, opened, *, backend: str | None = None, **options) -> Segmenter:
         """A Segmenter for an :class:`fcnseg.weights.OpenedModel` (torch module or ONNX bytes)."""
         if opened.is_onnx:
             from fcnseg.inference import int8 as int8_models
 
             kind = "an int8 model" if opened.is_int8 else "an ONNX model"
             if backend not in (None, *runtimes.RUNTIMES):
-                raise FcnsegError(f"{opened.label} is {kind}; it runs on --backend onnxruntime or openvino, "
-                                  f"not --backend {backend} (pass the .pt it was made from for torch)")
+                raise FcnsegError(
+                    f"{opened.label} is {kind}; it runs on --backend onnxruntime or openvino, "
+                    f"not --backend {backend} (pass the .pt it was made from for torch)"
+                )
             default = int8_models.default_runtime() if opened.is_int8 else "onnxruntime"
-            return cls(None, opened.meta, backend=backend or default, onnx_model=opened.onnx,
-                       int8_record=opened.int8_record, **options)
+            return cls(
+                None,
+                opened.meta,
+                backend=backend or default,
+                onnx_model=opened.onnx,
+                int8_record=opened.int8_record,
+                **options,
+            )
         return cls(opened.module, opened.meta, backend=backend or "torch", **options)
 
     # ----------------------------------------------------------------------------- prediction
 
-    def predict(self, images: ImageInput | Sequence[ImageInput], *, batch_size: int = 8) -> np.ndarray | list[np.ndarray]:
+    def predict(
+        self, images: ImageInput | Sequence[ImageInput], *, batch_size: int = 8
+    ) -> np.ndarray | list[np.ndarray]:
         """HxW class ids (uint8, or int32 above 256 classes) at the input image's size; for a list
         (or an N-image batch) a list of them, one per image in order. Inputs: see the class."""
         items, many = image_list(images)
         masks = [mask for mask, _ in self._run_all(items, batch_size, probs=False)]
         return masks if many else masks[0]
 
-    def predict_proba(self, images: ImageInput | Sequence[ImageInput], *,
-                      batch_size: int = 8) -> np.ndarray | list[np.ndarray]:
+    def predict_proba(
+        self, images: ImageInput | Sequence[ImageInput], *, batch_size: int = 8
+    ) -> np.ndarray | list[np.ndarray]:
         """CxHxW float32 class probabilities at the input image's size; a list for a list."""
         items, many = image_list(images)
         probs = [p for _, p in self._run_all(items, batch_size, probs=True)]
@@ -196,7 +226,7 @@ class Segmenter:
         if batch_size < 1:
             raise FcnsegError(f"batch_size {batch_size} must be at least 1")
         for start in range(0, len(items), batch_size):
-            rgbs = [load_image(item, self.max_pixels) for item in items[start:start + batch_size]]
+            rgbs = [load_image(item, self.max_pixels) for item in items[start : start + batch_size]]
             results: list = [None] * len(rgbs)
             groups: dict[tuple[int, int], list[int]] = {}
             for i, rgb in enumerate(rgbs):
@@ -231,8 +261,7 @@ class Segmenter:
 
         image_t = torch.from_numpy(rgb).permute(2, 0, 1)
         tile = self._tile_for(height, width)
-        sliding_window(self._tile_probs, image_t, self.num_classes, tile or max(height, width),
-                       self.overlap, sink)
+        sliding_window(self._tile_probs, image_t, self.num_classes, tile or max(height, width), self.overlap, sink)
         return mask, rgb
 
     def _tile_for(self, height: int, width: int) -> int:
@@ -264,12 +293,13 @@ class Segmenter:
     def describe(self) -> str:
         """One line saying what runs and how (model, backend, fast path, tiling, TTA)."""
         trained = f"trained on {self.meta.trained_on}" if self.meta.trained_on else "training data not recorded"
-        parts = [f"{self.meta.model_name} ({self.num_classes} classes, {trained}, {self.normalization} "
-                 "normalisation)"]
+        parts = [f"{self.meta.model_name} ({self.num_classes} classes, {trained}, {self.normalization} normalisation)"]
         if self.backend != "torch" and self.int8_record:
             calib = self.int8_record.get("calibration", {})
-            parts.append(f"{self.backend} CPU int8 (static QDQ, per-channel; calibrated on {calib.get('images')} "
-                         f"images of {calib.get('data')} {calib.get('split')})")
+            parts.append(
+                f"{self.backend} CPU int8 (static QDQ, per-channel; calibrated on {calib.get('images')} "
+                f"images of {calib.get('data')} {calib.get('split')})"
+            )
         elif self.backend == "onnxruntime":
             parts.append("onnxruntime CPU fp32")
         elif self.backend == "openvino":
@@ -278,8 +308,10 @@ class Segmenter:
             dtype = str(autocast_dtype(self.device)).removeprefix("torch.")
             parts.append(f"torch {self.device} autocast {dtype} + channels_last + inference_mode")
         elif self.fast:
-            parts.append(f"torch fast path: bf16 weights (fp32 score head) + channels_last + inference_mode "
-                         f"({fastpath.fast_path_reason()})")
+            parts.append(
+                f"torch fast path: bf16 weights (fp32 score head) + channels_last + inference_mode "
+                f"({fastpath.fast_path_reason()})"
+            )
         else:
             reason = "disabled" if fastpath.fast_path_supported() else fastpath.fast_path_reason()
             parts.append(f"torch fp32 + channels_last + inference_mode (fast path off: {reason})")
@@ -294,15 +326,15 @@ class Segmenter:
         else:
             parts.append(f"tiles {self.tile}px, overlap {self.overlap:.2f}")
         if self.tta_flip or self.scales != (1.0,):
-            parts.append(f"TTA: flip={'on' if self.tta_flip else 'off'}, scales="
-                         + ",".join(f"{s:g}" for s in self.scales))
+            parts.append(
+                f"TTA: flip={'on' if self.tta_flip else 'off'}, scales=" + ",".join(f"{s:g}" for s in self.scales)
+            )
         if self.shift_stitch and self.shift_stitch > 1:
             parts.append(f"shift-and-stitch x{self.shift_stitch}")
         return " | ".join(parts)
 
 
-def open_source(source: str | os.PathLike, *, int8: str | os.PathLike | None = None,
-                mirror: str | None = None):
+def open_source(source: str | os.PathLike, *, int8: str | os.PathLike | None = None, mirror: str | None = None):
     """fcnseg.weights.open_model(source), or with ``int8`` that int8 model, after checking it was
     quantized from ``source``'s architecture and weights (the one place such a pair is checked)."""
     from fcnseg.inference import int8 as int8_models
@@ -313,11 +345,13 @@ def open_source(source: str | os.PathLike, *, int8: str | os.PathLike | None = N
         return opened
     paired = open_model(int8)
     if not paired.is_int8:
-        raise FcnsegError(f"--int8 {int8} is not an int8 model from `fcnseg quantize`; run "
-                          f"`fcnseg quantize --weights {source}` first")
+        raise FcnsegError(
+            f"--int8 {int8} is not an int8 model from `fcnseg quantize`; run `fcnseg quantize --weights {source}` first"
+        )
     if paired.path != opened.path:
-        int8_models.check_source(paired.int8_record, int8, opened.meta,
-                                 opened.require_module("--int8 (checking the pair)"), source)
+        int8_models.check_source(
+            paired.int8_record, int8, opened.meta, opened.require_module("--int8 (checking the pair)"), source
+        )
     return paired
 
 
@@ -325,8 +359,10 @@ def _inference_device(device: str | torch.device | None, backend: str) -> torch.
     """The checked device; onnxruntime runs here on the CPU (an explicit cuda request is an error)."""
     if backend in runtimes.RUNTIMES:
         if device not in (None, "auto") and resolve_device(device).type != "cpu":
-            raise FcnsegError(f"--device {device}: the {backend} backend runs on the CPU; use --backend torch "
-                              "with a .pt or .safetensors checkpoint for the GPU")
+            raise FcnsegError(
+                f"--device {device}: the {backend} backend runs on the CPU; use --backend torch "
+                "with a .pt or .safetensors checkpoint for the GPU"
+            )
         return torch.device("cpu")
     return resolve_device(device)
 
@@ -342,4 +378,3 @@ def _cuda_probs(model: nn.Module, x: torch.Tensor, device: torch.device) -> torc
 def _mask_of(probs: torch.Tensor, num_classes: int) -> np.ndarray:
     """C x H x W probabilities -> H x W class ids (uint8, or int32 above 256 classes)."""
     return probs.argmax(0).numpy().astype(np.uint8 if num_classes <= 256 else np.int32)
-

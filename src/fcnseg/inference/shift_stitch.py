@@ -8,7 +8,7 @@ input pixel: output pixel (i*f + dy, j*f + dx) is coarse cell (i, j) of the inpu
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +30,12 @@ def shift_and_stitch(coarse_fn: CoarseFn, x: torch.Tensor, factor: int) -> torch
     out = None
     for dy in range(f):
         for dx in range(f):
-            coarse = coarse_fn(padded[:, :, dy:dy + hc * f, dx:dx + wc * f])
+            coarse = coarse_fn(padded[:, :, dy : dy + hc * f, dx : dx + wc * f])
             if coarse.shape[-2] < hc or coarse.shape[-1] < wc:
-                raise ValueError(f"coarse output {tuple(coarse.shape[-2:])} is smaller than input/"
-                                 f"{f} = {(hc, wc)}; is the factor the net's output stride?")
+                raise ValueError(
+                    f"coarse output {tuple(coarse.shape[-2:])} is smaller than input/"
+                    f"{f} = {(hc, wc)}; is the factor the net's output stride?"
+                )
             if out is None:
                 out = coarse.new_zeros(n, coarse.shape[1], hc * f, wc * f)
             out[:, :, dy::f, dx::f] = coarse[:, :, :hc, :wc]

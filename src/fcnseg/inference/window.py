@@ -9,13 +9,13 @@ fades towards the tile borders, and every image row that no later tile can touch
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 ProbsFn = Callable[[torch.Tensor], torch.Tensor]  # (1, 3, h, w) -> (1, C, h, w) probabilities
-RowSink = Callable[[int, torch.Tensor], None]     # (first row, C x rows x W probabilities)
+RowSink = Callable[[int, torch.Tensor], None]  # (first row, C x rows x W probabilities)
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -32,6 +32,7 @@ def blend_weights(height: int, width: int, ramp: int) -> torch.Tensor:
     Never zero, so every pixel has positive total weight; at the image border the normalisation by
     the summed weights makes the ramp harmless.
     """
+
     def ramp_1d(n: int) -> torch.Tensor:
         i = torch.arange(n, dtype=torch.float32)
         edge = torch.minimum(i + 1, n - i) / (ramp + 1)
@@ -40,8 +41,9 @@ def blend_weights(height: int, width: int, ramp: int) -> torch.Tensor:
     return ramp_1d(height)[:, None] * ramp_1d(width)[None, :]
 
 
-def sliding_window(probs_fn: ProbsFn, image: torch.Tensor, num_classes: int, tile: int,
-                   overlap: float, sink: RowSink) -> None:
+def sliding_window(
+    probs_fn: ProbsFn, image: torch.Tensor, num_classes: int, tile: int, overlap: float, sink: RowSink
+) -> None:
     """Run ``probs_fn`` over overlapping tiles of ``image`` (3 x H x W) and stream blended rows to ``sink``.
 
     ``sink(y0, probs)`` receives consecutive bands (probs: C x rows x W float32) from top to bottom;
@@ -61,9 +63,9 @@ def sliding_window(probs_fn: ProbsFn, image: torch.Tensor, num_classes: int, til
     wsum = torch.zeros(th, width)
     for i, y in enumerate(ys):  # acc holds image rows y .. y + th
         for x in xs:
-            probs = probs_fn(image[None, :, y:y + th, x:x + tw])[0].float()
-            acc[:, :, x:x + tw].addcmul_(probs, weight)
-            wsum[:, x:x + tw] += weight
+            probs = probs_fn(image[None, :, y : y + th, x : x + tw])[0].float()
+            acc[:, :, x : x + tw].addcmul_(probs, weight)
+            wsum[:, x : x + tw] += weight
         done = (ys[i + 1] if i + 1 < len(ys) else height) - y  # rows no later tile touches
         sink(y, acc[:, :done].div_(wsum[:done]))  # finished rows: normalise in place, no copy
         keep = th - done
@@ -84,16 +86,14 @@ def tta(probs_fn: ProbsFn, flip: bool = False, scales: Sequence[float] = (1.0,))
         total = None
         for scale in scales:
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
-            xs = x if size == (height, width) else F.interpolate(x, size=size, mode="bilinear",
-                                                                 align_corners=False)
+            xs = x if size == (height, width) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             views = [(xs, False)] + ([(xs.flip(-1), True)] if flip else [])
             for view, flipped in views:
                 probs = probs_fn(view)
                 if flipped:
                     probs = probs.flip(-1)
                 if probs.shape[-2:] != (height, width):
-                    probs = F.interpolate(probs, size=(height, width), mode="bilinear",
-                                          align_corners=False)
+                    probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
                 total = probs if total is None else total + probs
         return total / (len(scales) * (2 if flip else 1))
 

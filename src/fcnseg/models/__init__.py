@@ -22,9 +22,19 @@ from fcnseg.models.layers import BilinearUpsample, bilinear_kernel
 from fcnseg.models.registry import build_model, list_models, model_entry
 from fcnseg.models.surgery import load_backbone_weights, load_matching
 
-__all__ = ["FCN", "BilinearUpsample", "bilinear_kernel", "count_flops", "count_parameters", "build_model",
-           "create_model",
-           "list_models", "model_entry", "load_backbone_weights", "load_matching"]
+__all__ = [
+    "FCN",
+    "BilinearUpsample",
+    "bilinear_kernel",
+    "count_flops",
+    "count_parameters",
+    "build_model",
+    "create_model",
+    "list_models",
+    "model_entry",
+    "load_backbone_weights",
+    "load_matching",
+]
 
 
 def __getattr__(name: str):

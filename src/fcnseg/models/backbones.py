@@ -100,8 +100,17 @@ class ClassifierTrunk(nn.Module):
 
     odd_upsampler = False
 
-    def __init__(self, name: str, features: list, fc6_kernel: int, dropout_first: bool, width: float,
-                 geometry: str, num_classes: int | None = None, batch_norm: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        features: list,
+        fc6_kernel: int,
+        dropout_first: bool,
+        width: float,
+        geometry: str,
+        num_classes: int | None = None,
+        batch_norm: bool = False,
+    ) -> None:
         super().__init__()
         geo = TRUNK_GEOMETRIES[geometry]
         self.name = name
@@ -119,8 +128,9 @@ class ClassifierTrunk(nn.Module):
                 if not layers and geo.first_padding is not None:
                     padding = geo.first_padding
                 out_channels = -(-scaled(spec.channels, width) // multiple) * multiple
-                layers.append(nn.Conv2d(in_channels, out_channels, spec.kernel, spec.stride, padding,
-                                        groups=spec.groups))
+                layers.append(
+                    nn.Conv2d(in_channels, out_channels, spec.kernel, spec.stride, padding, groups=spec.groups)
+                )
                 if batch_norm:
                     layers.append(nn.BatchNorm2d(out_channels))
                 layers.append(nn.ReLU(inplace=True))
@@ -188,25 +198,50 @@ class ClassifierTrunk(nn.Module):
 
 
 VGG16_FEATURES = [
-    Conv(64, 3, 1, 1), Conv(64, 3, 1, 1), Pool(2, 2),
-    Conv(128, 3, 1, 1), Conv(128, 3, 1, 1), Pool(2, 2),
-    Conv(256, 3, 1, 1), Conv(256, 3, 1, 1), Conv(256, 3, 1, 1), Pool(2, 2),
-    Conv(512, 3, 1, 1), Conv(512, 3, 1, 1), Conv(512, 3, 1, 1), Pool(2, 2),
-    Conv(512, 3, 1, 1), Conv(512, 3, 1, 1), Conv(512, 3, 1, 1), Pool(2, 2),
+    Conv(64, 3, 1, 1),
+    Conv(64, 3, 1, 1),
+    Pool(2, 2),
+    Conv(128, 3, 1, 1),
+    Conv(128, 3, 1, 1),
+    Pool(2, 2),
+    Conv(256, 3, 1, 1),
+    Conv(256, 3, 1, 1),
+    Conv(256, 3, 1, 1),
+    Pool(2, 2),
+    Conv(512, 3, 1, 1),
+    Conv(512, 3, 1, 1),
+    Conv(512, 3, 1, 1),
+    Pool(2, 2),
+    Conv(512, 3, 1, 1),
+    Conv(512, 3, 1, 1),
+    Conv(512, 3, 1, 1),
+    Pool(2, 2),
 ]
 
 ALEXNET_FEATURES = [
-    Conv(64, 11, 4, 2), Pool(3, 2),
-    Conv(192, 5, 1, 2), Pool(3, 2),
-    Conv(384, 3, 1, 1), Conv(256, 3, 1, 1), Conv(256, 3, 1, 1), Pool(3, 2),
+    Conv(64, 11, 4, 2),
+    Pool(3, 2),
+    Conv(192, 5, 1, 2),
+    Pool(3, 2),
+    Conv(384, 3, 1, 1),
+    Conv(256, 3, 1, 1),
+    Conv(256, 3, 1, 1),
+    Pool(3, 2),
 ]
 
 # The reference voc-fcn-alexnet/net.py trunk, layer for layer Caffe's bvlc_reference_caffenet: LRN
 # after each of the first two pools (bvlc_alexnet puts it before), conv2/4/5 in 2 groups.
 CAFFENET_FEATURES = [
-    Conv(96, 11, 4, 0), Pool(3, 2), LRN(),
-    Conv(256, 5, 1, 2, groups=2), Pool(3, 2), LRN(),
-    Conv(384, 3, 1, 1), Conv(384, 3, 1, 1, groups=2), Conv(256, 3, 1, 1, groups=2), Pool(3, 2),
+    Conv(96, 11, 4, 0),
+    Pool(3, 2),
+    LRN(),
+    Conv(256, 5, 1, 2, groups=2),
+    Pool(3, 2),
+    LRN(),
+    Conv(384, 3, 1, 1),
+    Conv(384, 3, 1, 1, groups=2),
+    Conv(256, 3, 1, 1, groups=2),
+    Pool(3, 2),
 ]
 
 
@@ -242,11 +277,13 @@ TRUNKS["caffenet"] = caffenet
 # What a weights file for each trunk must look like (for error messages).
 EXPECTED_FILES = {
     "vgg16": "a torchvision vgg16 state dict (features.{0..28}.*, classifier.{0,3,6}.*, e.g. "
-             "vgg16-397923af.pth) and width=1",
+    "vgg16-397923af.pth) and width=1",
     "vgg16_bn": "a torchvision vgg16_bn state dict (features.{0..42}.*, BatchNorm at features.{1,4,...}, "
-                "classifier.{0,3,6}.*, e.g. vgg16_bn-6c64b313.pth) and width=1",
+    "classifier.{0,3,6}.*, e.g. vgg16_bn-6c64b313.pth) and width=1",
     "alexnet": "a torchvision alexnet state dict (features.{0,3,6,8,10}.*, classifier.{1,4,6}.*, e.g. "
-               "alexnet-owt-7be5be79.pth) and width=1",
+    "alexnet-owt-7be5be79.pth) and width=1",
 }
-EXPECTED_FILES["caffenet"] = ("no torchvision file (torchvision's alexnet is the single-tower net); load "
-                              "the reference FCN-AlexNet with weights='fcn-alexnet-voc' or its caffemodel")
+EXPECTED_FILES["caffenet"] = (
+    "no torchvision file (torchvision's alexnet is the single-tower net); load "
+    "the reference FCN-AlexNet with weights='fcn-alexnet-voc' or its caffemodel"
+)

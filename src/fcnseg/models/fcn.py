@@ -28,11 +28,11 @@ from fcnseg.models.surgery import WeightsSource, load_trunk_weights
 
 @dataclass(frozen=True)
 class _Skip:
-    tap: str          # trunk map whose scores are fused, e.g. "pool4"
-    upsampler: str    # attribute name of the 2x upsampler applied to the coarser scores
-    scorer: str       # attribute name of the 1x1 score layer on the tap
-    scale: float      # the at-once variant scales the tap before scoring
-    offset: int       # crop offset of the skip scores relative to the upsampled ones (see fuse)
+    tap: str  # trunk map whose scores are fused, e.g. "pool4"
+    upsampler: str  # attribute name of the 2x upsampler applied to the coarser scores
+    scorer: str  # attribute name of the 1x1 score layer on the tap
+    scale: float  # the at-once variant scales the tap before scoring
+    offset: int  # crop offset of the skip scores relative to the upsampled ones (see fuse)
 
 
 class FCN(nn.Module):
@@ -44,9 +44,15 @@ class FCN(nn.Module):
     finest score map, the one upsampled to the input (FCN-32s 32, FCN-16s 16, FCN-8s 8).
     """
 
-    def __init__(self, backbone: ClassifierTrunk, num_classes: int, skips: tuple[str, ...] = (),
-                 skip_scales: dict[str, float] | None = None, learn_skip_upsample: bool = True,
-                 learn_final_upsample: bool = False) -> None:
+    def __init__(
+        self,
+        backbone: ClassifierTrunk,
+        num_classes: int,
+        skips: tuple[str, ...] = (),
+        skip_scales: dict[str, float] | None = None,
+        learn_skip_upsample: bool = True,
+        learn_final_upsample: bool = False,
+    ) -> None:
         super().__init__()
         skip_scales = skip_scales or {}
         self.backbone = backbone
@@ -86,7 +92,7 @@ class FCN(nn.Module):
             scores = fuse(upsampled, getattr(self, skip.scorer)(feature), skip.offset)
         out = getattr(self, self.final_name)(scores)
         off = self.output_offset
-        return out[:, :, off:off + image.shape[-2], off:off + image.shape[-1]]
+        return out[:, :, off : off + image.shape[-2], off : off + image.shape[-1]]
 
     def crop_offsets(self) -> dict[str, int]:
         """The computed crops, by the reference's names (e.g. {"score_pool4": 5, "upscore8": 31})."""
@@ -104,21 +110,47 @@ def build_trunk(backbone: str, geometry: str, width: float, weights: WeightsSour
 
 
 def _fcn_builder(skips: tuple[str, ...], skip_scales: dict[str, float] | None = None):
-    def build(num_classes: int, backbone: str, geometry: str, width: float, weights: WeightsSource | None,
-              learn_skip_upsample: bool = True, learn_final_upsample: bool = False) -> FCN:
-        return FCN(build_trunk(backbone, geometry, width, weights), num_classes, skips, skip_scales,
-                   learn_skip_upsample, learn_final_upsample)
+    def build(
+        num_classes: int,
+        backbone: str,
+        geometry: str,
+        width: float,
+        weights: WeightsSource | None,
+        learn_skip_upsample: bool = True,
+        learn_final_upsample: bool = False,
+    ) -> FCN:
+        return FCN(
+            build_trunk(backbone, geometry, width, weights),
+            num_classes,
+            skips,
+            skip_scales,
+            learn_skip_upsample,
+            learn_final_upsample,
+        )
+
     return build
 
 
 _GEOMETRIES = ("caffe", "same")
 _VGG = ("vgg16", "vgg16_bn")
-register_model("fcn32s", ModelEntry(_fcn_builder(()), ("vgg16", "vgg16_bn", "alexnet", "caffenet"), _GEOMETRIES,
-                                    "FCN-32s: fc7 scores upsampled 32x"))
-register_model("fcn16s", ModelEntry(_fcn_builder(("pool4",)), _VGG, _GEOMETRIES,
-                                    "FCN-16s: + pool4 scores, upsampled 16x"))
-register_model("fcn8s", ModelEntry(_fcn_builder(("pool4", "pool3")), _VGG, _GEOMETRIES,
-                                   "FCN-8s: + pool3 scores, upsampled 8x"))
-register_model("fcn8s-atonce", ModelEntry(_fcn_builder(("pool4", "pool3"), {"pool4": 1e-2, "pool3": 1e-4}),
-                                          _VGG, _GEOMETRIES,
-                                          "FCN-8s trained at once: pool4 x0.01, pool3 x1e-4"))
+register_model(
+    "fcn32s",
+    ModelEntry(
+        _fcn_builder(()), ("vgg16", "vgg16_bn", "alexnet", "caffenet"), _GEOMETRIES, "FCN-32s: fc7 scores upsampled 32x"
+    ),
+)
+register_model(
+    "fcn16s", ModelEntry(_fcn_builder(("pool4",)), _VGG, _GEOMETRIES, "FCN-16s: + pool4 scores, upsampled 16x")
+)
+register_model(
+    "fcn8s", ModelEntry(_fcn_builder(("pool4", "pool3")), _VGG, _GEOMETRIES, "FCN-8s: + pool3 scores, upsampled 8x")
+)
+register_model(
+    "fcn8s-atonce",
+    ModelEntry(
+        _fcn_builder(("pool4", "pool3"), {"pool4": 1e-2, "pool3": 1e-4}),
+        _VGG,
+        _GEOMETRIES,
+        "FCN-8s trained at once: pool4 x0.01, pool3 x1e-4",
+    ),
+)

@@ -18,9 +18,9 @@ upsampler -31: cell 0 at pixel -18, the crop of its val.prototxt. LRN and groupi
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterable
 
 from torch import nn
 
@@ -32,7 +32,7 @@ class CoordMap:
     stride: Fraction = Fraction(1)
     start: Fraction = Fraction(0)
 
-    def then(self, layer: nn.Module) -> "CoordMap":
+    def then(self, layer: nn.Module) -> CoordMap:
         """The map of ``layer``'s output, given that its input has this map."""
         kernel, stride, padding, transposed = layer_geometry(layer)
         centre = Fraction(kernel - 1, 2)

@@ -54,8 +54,7 @@ class BilinearUpsample(nn.Module):
         return F.conv_transpose2d(x, self.weight, stride=self.stride)
 
     def extra_repr(self) -> str:
-        return (f"{self.weight.shape[0]}, factor={self.stride}, "
-                f"{'learned' if self.learnable else 'fixed'}")
+        return f"{self.weight.shape[0]}, factor={self.stride}, {'learned' if self.learnable else 'fixed'}"
 
 
 def score_layer(in_channels: int, num_classes: int) -> nn.Conv2d:
@@ -71,7 +70,7 @@ def crop_like(x: Tensor, offset: int, like: Tensor) -> Tensor:
 
     Uses tensor sizes (not Python ints taken early), so tracing and ONNX export keep H and W dynamic.
     """
-    return x[:, :, offset:offset + like.shape[-2], offset:offset + like.shape[-1]]
+    return x[:, :, offset : offset + like.shape[-2], offset : offset + like.shape[-1]]
 
 
 def fuse(upsampled: Tensor, skip: Tensor, offset: int) -> Tensor:

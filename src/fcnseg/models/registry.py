@@ -6,8 +6,8 @@ The public ``create_model`` (``fcnseg.create_model`` = ``fcnseg.models.create_mo
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 
@@ -18,9 +18,10 @@ from fcnseg.models.surgery import WeightsSource
 @dataclass(frozen=True)
 class ModelEntry:
     builder: Callable[..., nn.Module]  # builder(num_classes, backbone, geometry, width, weights, **options)
-    backbones: tuple[str, ...]         # the first is the default
-    geometries: tuple[str, ...]        # the first is the default
+    backbones: tuple[str, ...]  # the first is the default
+    geometries: tuple[str, ...]  # the first is the default
     summary: str
+    takes_backbone_weights: bool = True  # False: no ImageNet trunk to load (U-Net), the builder says so
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -43,9 +44,16 @@ def model_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def build_model(name: str, num_classes: int, *, backbone: str | None = None, geometry: str | None = None,
-                 backbone_weights: WeightsSource | None = None, width: float = 1.0,
-                 **options) -> nn.Module:
+def build_model(
+    name: str,
+    num_classes: int,
+    *,
+    backbone: str | None = None,
+    geometry: str | None = None,
+    backbone_weights: WeightsSource | None = None,
+    width: float = 1.0,
+    **options,
+) -> nn.Module:
     """Build a segmentation model (random or backbone-initialised weights; for trained weights use
     ``fcnseg.create_model(..., weights=)``). ``forward(x)``: (N, 3, H, W) float -> (N, num_classes, H, W) scores.
 
@@ -73,20 +81,28 @@ def build_model(name: str, num_classes: int, *, backbone: str | None = None, geo
     backbone = backbone or entry.backbones[0]
     geometry = geometry or entry.geometries[0]
     if backbone not in entry.backbones:
-        raise FcnsegError(f"model {name!r} has no backbone {backbone!r}; choose one of: "
-                          f"{', '.join(entry.backbones)}")
+        raise FcnsegError(f"model {name!r} has no backbone {backbone!r}; choose one of: {', '.join(entry.backbones)}")
     if geometry not in entry.geometries:
-        raise FcnsegError(f"model {name!r} has no geometry {geometry!r}; choose one of: "
-                          f"{', '.join(entry.geometries)}")
+        raise FcnsegError(f"model {name!r} has no geometry {geometry!r}; choose one of: {', '.join(entry.geometries)}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise FcnsegError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not isinstance(width, (int, float)) or not 0 < width <= 4:
         raise FcnsegError(f"width must be a number in (0, 4], got {width!r}")
-    accepted = [p for p in inspect.signature(entry.builder).parameters
-                if p not in ("num_classes", "backbone", "geometry", "width", "weights")]
+    accepted = [
+        p
+        for p in inspect.signature(entry.builder).parameters
+        if p not in ("num_classes", "backbone", "geometry", "width", "weights")
+    ]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise FcnsegError(f"model {name!r} has no option {unknown[0]!r}; its options are: "
-                          f"{', '.join(accepted) or 'none'}")
-    return entry.builder(num_classes=num_classes, backbone=backbone, geometry=geometry, width=float(width),
-                         weights=backbone_weights, **options)
+        raise FcnsegError(
+            f"model {name!r} has no option {unknown[0]!r}; its options are: {', '.join(accepted) or 'none'}"
+        )
+    return entry.builder(
+        num_classes=num_classes,
+        backbone=backbone,
+        geometry=geometry,
+        width=float(width),
+        weights=backbone_weights,
+        **options,
+    )

@@ -25,8 +25,9 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -77,8 +78,10 @@ class DilatedResNet(nn.Module):
             stride = 1
         downsample = None
         if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, 1, stride, bias=False),
-                                       nn.BatchNorm2d(planes * Bottleneck.expansion))
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, 1, stride, bias=False),
+                nn.BatchNorm2d(planes * Bottleneck.expansion),
+            )
         layers = [Bottleneck(self.inplanes, planes, stride, previous_dilation, downsample)]
         self.inplanes = planes * Bottleneck.expansion
         layers += [Bottleneck(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)]
@@ -99,8 +102,12 @@ class FCNResNet(nn.Module):
         self.backbone = backbone
         inner = backbone.out_channels // 4
         self.classifier = nn.Sequential(
-            nn.Conv2d(backbone.out_channels, inner, 3, padding=1, bias=False), nn.BatchNorm2d(inner),
-            nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Conv2d(inner, num_classes, 1))
+            nn.Conv2d(backbone.out_channels, inner, 3, padding=1, bias=False),
+            nn.BatchNorm2d(inner),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Conv2d(inner, num_classes, 1),
+        )
         self.num_classes = num_classes
 
     def forward(self, x: Tensor) -> Tensor:
@@ -109,18 +116,31 @@ class FCNResNet(nn.Module):
 
 
 def _resnet_builder(depth: str):
-    def build(num_classes: int, backbone: str, geometry: str, width: float, weights: WeightsSource | None,
-              dropout: float = 0.1) -> FCNResNet:
+    def build(
+        num_classes: int,
+        backbone: str,
+        geometry: str,
+        width: float,
+        weights: WeightsSource | None,
+        dropout: float = 0.1,
+    ) -> FCNResNet:
         trunk = DilatedResNet(DEPTHS[depth], width)
         if weights is not None:
-            load_backbone_weights(trunk, weights, what="backbone weights file",
-                                  expected=f"a torchvision {depth} state dict (conv1.*, bn1.*, layer1..4.*) "
-                                           "and width=1", strip_prefix="backbone.",
-                                  ignore=("fc.", "classifier.", "aux_classifier."))
+            load_backbone_weights(
+                trunk,
+                weights,
+                what="backbone weights file",
+                expected=f"a torchvision {depth} state dict (conv1.*, bn1.*, layer1..4.*) and width=1",
+                strip_prefix="backbone.",
+                ignore=("fc.", "classifier.", "aux_classifier."),
+            )
         return FCNResNet(trunk, num_classes, dropout)
+
     return build
 
 
 for _depth in DEPTHS:
-    register_model(f"fcn-{_depth}", ModelEntry(_resnet_builder(_depth), (_depth,), ("same",),
-                                               f"FCN head on dilated {_depth}, output stride 8"))
+    register_model(
+        f"fcn-{_depth}",
+        ModelEntry(_resnet_builder(_depth), (_depth,), ("same",), f"FCN head on dilated {_depth}, output stride 8"),
+    )

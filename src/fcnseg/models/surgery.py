@@ -17,8 +17,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from fcnseg.files import safe_torch_load
 from fcnseg.errors import FcnsegError
+from fcnseg.files import safe_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,10 @@ def _read_state_dict(source: WeightsSource, what: str) -> tuple[Mapping, str]:
     if isinstance(state, Mapping) and state.get("format") == "fcnseg.checkpoint":
         state = state["model"]
     if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
-        raise FcnsegError(f"{what} {label} is not a state dict of tensors; pass a file saved with "
-                          "torch.save(model.state_dict(), path)")
+        raise FcnsegError(
+            f"{what} {label} is not a state dict of tensors; pass a file saved with "
+            "torch.save(model.state_dict(), path)"
+        )
     return state, label
 
 
@@ -43,9 +45,16 @@ def _shape(shape) -> str:
     return "x".join(str(d) for d in shape) or "scalar"
 
 
-def load_backbone_weights(module: nn.Module, source: WeightsSource, *, what: str,
-                          expected: str, strip_prefix: str = "", ignore: tuple[str, ...] = (),
-                          optional: tuple[str, ...] = ()) -> list[str]:
+def load_backbone_weights(
+    module: nn.Module,
+    source: WeightsSource,
+    *,
+    what: str,
+    expected: str,
+    strip_prefix: str = "",
+    ignore: tuple[str, ...] = (),
+    optional: tuple[str, ...] = (),
+) -> list[str]:
     """Load a torchvision-layout state dict into ``module`` (a trunk); returns the loaded keys.
 
     Every key of ``module`` must be in the file with the same shape (a 2-D fc weight may stand in
@@ -59,11 +68,12 @@ def load_backbone_weights(module: nn.Module, source: WeightsSource, *, what: str
     if strip_prefix:
         state = {k.removeprefix(strip_prefix): v for k, v in state.items()}
     own = module.state_dict()
-    unknown = [k for k in state if k not in own and not k.startswith(ignore)
-               and not k.endswith("num_batches_tracked")]
+    unknown = [k for k in state if k not in own and not k.startswith(ignore) and not k.endswith("num_batches_tracked")]
     if unknown:
-        raise FcnsegError(f"{what} {label} has unexpected keys ({', '.join(unknown[:3])}"
-                          f"{', ...' if len(unknown) > 3 else ''}); expected {expected}")
+        raise FcnsegError(
+            f"{what} {label} has unexpected keys ({', '.join(unknown[:3])}"
+            f"{', ...' if len(unknown) > 3 else ''}); expected {expected}"
+        )
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     missing_required = [k for k in missing if not k.startswith(optional)]
     if missing_required:
@@ -71,20 +81,23 @@ def load_backbone_weights(module: nn.Module, source: WeightsSource, *, what: str
         raise FcnsegError(f"{what} {label} lacks {missing_required[0]}{more}; expected {expected}")
     optional_keys = [k for k in own if k.startswith(optional)] if optional else []
     if missing and len(missing) < len(optional_keys):
-        raise FcnsegError(f"{what} {label} has only some of the fully connected layers (lacks "
-                          f"{missing[0]}); expected {expected}, with all fc layers or none (features only)")
+        raise FcnsegError(
+            f"{what} {label} has only some of the fully connected layers (lacks "
+            f"{missing[0]}); expected {expected}, with all fc layers or none (features only)"
+        )
     loaded = {}
     for key, target in own.items():
         if key not in state:
             continue
         value = state[key]
-        if value.shape != target.shape and value.numel() == target.numel() and value.dim() == 2 \
-                and target.dim() == 4:
+        if value.shape != target.shape and value.numel() == target.numel() and value.dim() == 2 and target.dim() == 4:
             value = value.reshape(target.shape)  # fully connected -> convolution
         if value.shape != target.shape:
-            raise FcnsegError(f"{what} {label}: {key} has shape {_shape(value.shape)}, expected "
-                              f"{_shape(target.shape)} (model width or architecture differs); "
-                              f"expected {expected}")
+            raise FcnsegError(
+                f"{what} {label}: {key} has shape {_shape(value.shape)}, expected "
+                f"{_shape(target.shape)} (model width or architecture differs); "
+                f"expected {expected}"
+            )
         loaded[key] = value
     with torch.no_grad():
         for key, value in loaded.items():
@@ -125,5 +138,11 @@ def load_trunk_weights(trunk: nn.Module, source: WeightsSource) -> list[str]:
     from fcnseg.models.backbones import EXPECTED_FILES
 
     has_fc8 = len(trunk.classifier) > 6
-    return load_backbone_weights(trunk, source, what="backbone weights file", expected=EXPECTED_FILES[trunk.name],
-                                 ignore=() if has_fc8 else ("classifier.6.",), optional=("classifier.",))
+    return load_backbone_weights(
+        trunk,
+        source,
+        what="backbone weights file",
+        expected=EXPECTED_FILES[trunk.name],
+        ignore=() if has_fc8 else ("classifier.6.",),
+        optional=("classifier.",),
+    )

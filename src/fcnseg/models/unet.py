@@ -51,11 +51,13 @@ class UNet(nn.Module):
     def __init__(self, num_classes: int, width: float = 1.0, batch_norm: bool = True) -> None:
         super().__init__()
         channels = [scaled(c, width) for c in CHANNELS]
-        self.encoder = nn.ModuleList(double_conv(c_in, c_out, batch_norm)
-                                     for c_in, c_out in zip((3, *channels[:-1]), channels))
+        self.encoder = nn.ModuleList(
+            double_conv(c_in, c_out, batch_norm) for c_in, c_out in zip((3, *channels[:-1]), channels)
+        )
         self.pool = nn.MaxPool2d(2, 2)
-        self.decoder = nn.ModuleList(UpBlock(c_in, c_out, batch_norm)
-                                     for c_in, c_out in zip(channels[:0:-1], channels[-2::-1]))
+        self.decoder = nn.ModuleList(
+            UpBlock(c_in, c_out, batch_norm) for c_in, c_out in zip(channels[:0:-1], channels[-2::-1])
+        )
         self.head = nn.Conv2d(channels[0], num_classes, 1)
         self.num_classes = num_classes
 
@@ -72,13 +74,24 @@ class UNet(nn.Module):
         return self.head(x)[:, :, :height, :width]
 
 
-def _build_unet(num_classes: int, backbone: str, geometry: str, width: float, weights: WeightsSource | None,
-                batch_norm: bool = True) -> UNet:
+def _build_unet(
+    num_classes: int, backbone: str, geometry: str, width: float, weights: WeightsSource | None, batch_norm: bool = True
+) -> UNet:
     if weights is not None:
-        raise FcnsegError(f"unet has no pretrained backbone; drop backbone_weights ({weights!r}) "
-                          "or use --init-from for a U-Net checkpoint")
+        raise FcnsegError(
+            f"unet has no pretrained backbone; drop backbone_weights ({weights!r}) "
+            "or use --init-from for a U-Net checkpoint"
+        )
     return UNet(num_classes, width, batch_norm)
 
 
-register_model("unet", ModelEntry(_build_unet, ("unet",), ("same",),
-                                  "U-Net: skip features concatenated, padded convs"))
+register_model(
+    "unet",
+    ModelEntry(
+        _build_unet,
+        ("unet",),
+        ("same",),
+        "U-Net: skip features concatenated, padded convs",
+        takes_backbone_weights=False,
+    ),
+)

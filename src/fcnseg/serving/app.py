@@ -171,9 +171,7 @@ def create_app(segmenter, config: ServeConfig) -> FastAPI:
         "classes": [{"id": i, "name": names[i], "color": list(palette[i])} for i in range(segmenter.num_classes)],
         "normalization": normalization_info(segmenter.normalization),
         "model_kwargs": {
-            k: v
-            for k, v in meta.model_kwargs.items()
-            if isinstance(v, (int, float, str, bool)) or v is None
+            k: v for k, v in meta.model_kwargs.items() if isinstance(v, (int, float, str, bool)) or v is None
         },
         "backend": segmenter.backend,
         "fast_path": bool(segmenter.fast),

@@ -83,8 +83,13 @@ def _floats(raw: bytes, chunks: list[tuple[int, int]], dtype: str) -> np.ndarray
     if len(chunks) == 1:
         s, e = chunks[0]
         return np.frombuffer(raw, dtype=dtype, count=(e - s) // np.dtype(dtype).itemsize, offset=s)
-    return np.concatenate([np.frombuffer(raw, dtype=dtype, count=(e - s) // np.dtype(dtype).itemsize,
-                                         offset=s) for s, e in chunks]) if chunks else np.zeros(0, dtype)
+    return (
+        np.concatenate(
+            [np.frombuffer(raw, dtype=dtype, count=(e - s) // np.dtype(dtype).itemsize, offset=s) for s, e in chunks]
+        )
+        if chunks
+        else np.zeros(0, dtype)
+    )
 
 
 def _blob(raw: bytes, buf: memoryview, start: int, end: int) -> np.ndarray:
@@ -125,14 +130,13 @@ class CaffeLayer:
     blobs: list[np.ndarray] = field(default_factory=list)
 
 
-def _layer(raw: bytes, buf: memoryview, start: int, end: int, name_no: int, type_no: int,
-           blobs_no: int) -> CaffeLayer:
+def _layer(raw: bytes, buf: memoryview, start: int, end: int, name_no: int, type_no: int, blobs_no: int) -> CaffeLayer:
     layer = CaffeLayer("", "")
     for number, wire, value in _fields(buf, start, end):
         if number == name_no and wire == 2:
-            layer.name = bytes(buf[value[0]:value[1]]).decode("utf-8", "replace")
+            layer.name = bytes(buf[value[0] : value[1]]).decode("utf-8", "replace")
         elif number == type_no:
-            layer.type = bytes(buf[value[0]:value[1]]).decode("utf-8", "replace") if wire == 2 else str(value)
+            layer.type = bytes(buf[value[0] : value[1]]).decode("utf-8", "replace") if wire == 2 else str(value)
         elif number == blobs_no and wire == 2:
             layer.blobs.append(_blob(raw, buf, *value))
         elif (name_no, number, wire) == (4, 1, 2):  # V1 wrapping a V0 layer
@@ -160,16 +164,23 @@ def parse_caffemodel(raw: bytes, label: str = "(in memory)") -> dict[str, CaffeL
         for number, wire, value in _fields(buf, 0, len(raw)):
             if wire != 2 or number not in (100, 2):
                 continue
-            layer = (_layer(raw, buf, *value, name_no=1, type_no=2, blobs_no=7) if number == 100
-                     else _layer(raw, buf, *value, name_no=4, type_no=5, blobs_no=6))
+            layer = (
+                _layer(raw, buf, *value, name_no=1, type_no=2, blobs_no=7)
+                if number == 100
+                else _layer(raw, buf, *value, name_no=4, type_no=5, blobs_no=6)
+            )
             if layer.blobs:
                 layers[layer.name] = layer
     except (_Malformed, ValueError, IndexError) as exc:
-        raise CaffeModelDamaged(f"caffemodel {label} is truncated or corrupt ({exc}); download it again "
-                          "(or check that it is a .caffemodel, not a .prototxt)") from None
+        raise CaffeModelDamaged(
+            f"caffemodel {label} is truncated or corrupt ({exc}); download it again "
+            "(or check that it is a .caffemodel, not a .prototxt)"
+        ) from None
     if not layers:
-        raise FcnsegError(f"{label} holds no Caffe layers with weights; pass a .caffemodel file "
-                          "(the weights), not a .prototxt (the net description)")
+        raise FcnsegError(
+            f"{label} holds no Caffe layers with weights; pass a .caffemodel file "
+            "(the weights), not a .prototxt (the net description)"
+        )
     return layers
 
 

@@ -16,8 +16,8 @@ from fcnseg.errors import FcnsegError
 
 FORMAT = "fcnseg.checkpoint"
 VERSION = 1
-META_KEY = "fcnseg"          # exports: the ModelMeta dict as JSON
-INT8_KEY = "fcnseg_int8"     # int8 models: the quantization record as JSON
+META_KEY = "fcnseg"  # exports: the ModelMeta dict as JSON
+INT8_KEY = "fcnseg_int8"  # int8 models: the quantization record as JSON
 
 
 def payload(model_state: dict, meta, train_state: dict | None = None) -> dict:
@@ -38,24 +38,32 @@ def is_checkpoint(obj: Any) -> bool:
 def check(obj: Any, path: str | os.PathLike) -> dict:
     """``obj`` if it is a checkpoint this fcnseg understands, else FcnsegError naming ``path``."""
     if not is_checkpoint(obj):
-        raise FcnsegError(f"{path} is not an fcnseg checkpoint (no '{FORMAT}' marker); pass a file "
-                          "written by `fcnseg train`, or see `fcnseg weights convert` for other formats")
+        raise FcnsegError(
+            f"{path} is not an fcnseg checkpoint (no '{FORMAT}' marker); pass a file "
+            "written by `fcnseg train`, or see `fcnseg weights convert` for other formats"
+        )
     version = obj.get("version", 0)
     if isinstance(version, int) and version > VERSION:
-        raise FcnsegError(f"checkpoint {path} has format version {obj['version']}, newer than this "
-                          f"fcnseg understands ({VERSION}); upgrade fcnseg")
+        raise FcnsegError(
+            f"checkpoint {path} has format version {obj['version']}, newer than this "
+            f"fcnseg understands ({VERSION}); upgrade fcnseg"
+        )
     problem = structure_problem(obj)
     if not problem and "digest" in obj:  # older checkpoints have none and still load
         from fcnseg.files import content_digest
 
         body = {k: obj.get(k) for k in ("model", "meta", "train_state")}
         if obj["digest"] != content_digest(body):
-            raise FcnsegError(f"checkpoint {path} is corrupt: its contents no longer match the digest saved "
-                              "with them (bytes changed on disk); use another checkpoint (e.g. the run's best.pt) "
-                              "or copy it again")
+            raise FcnsegError(
+                f"checkpoint {path} is corrupt: its contents no longer match the digest saved "
+                "with them (bytes changed on disk); use another checkpoint (e.g. the run's best.pt) "
+                "or copy it again"
+            )
     if problem:
-        raise FcnsegError(f"checkpoint {path} has the fcnseg marker but {problem}; it is damaged or was not "
-                          "written by `fcnseg train`: use another checkpoint (e.g. the run's best.pt or last.pt)")
+        raise FcnsegError(
+            f"checkpoint {path} has the fcnseg marker but {problem}; it is damaged or was not "
+            "written by `fcnseg train`: use another checkpoint (e.g. the run's best.pt or last.pt)"
+        )
     return obj
 
 
@@ -79,8 +87,11 @@ def structure_problem(ckpt: dict) -> str | None:
         return f"it claims {kwargs['num_classes']} classes (fcnseg models have 1 to {MAX_CLASSES})"
     train_state = ckpt.get("train_state")
     if train_state is not None:
-        missing = ([k for k in ("iteration", "optimizer", "scheduler", "rng") if k not in train_state]
-                   if isinstance(train_state, dict) else ["train_state"])
+        missing = (
+            [k for k in ("iteration", "optimizer", "scheduler", "rng") if k not in train_state]
+            if isinstance(train_state, dict)
+            else ["train_state"]
+        )
         if missing:
             return f"an incomplete training state (no {', '.join(missing)})"
     return None
@@ -104,16 +115,20 @@ def build_model(meta, state: dict, label: str):
     own = model.state_dict()
     for key, value in state.items():
         if key in own and hasattr(value, "shape") and tuple(value.shape) != tuple(own[key].shape):
-            raise FcnsegError(f"{label}: tensor {key} has shape {_shape(value)}, model {meta.model_name} "
-                              f"{_kwargs_text(meta)} expects {_shape(own[key])}; the weights do not belong "
-                              "to this model (damaged metadata?)")
+            raise FcnsegError(
+                f"{label}: tensor {key} has shape {_shape(value)}, model {meta.model_name} "
+                f"{_kwargs_text(meta)} expects {_shape(own[key])}; the weights do not belong "
+                "to this model (damaged metadata?)"
+            )
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
     if missing or extra:
         what = f"has no tensor {missing[0]}" if missing else f"has a tensor {extra[0]} that the model lacks"
         more = len(missing) + len(extra) - 1
-        raise FcnsegError(f"{label} {what}{f' (and {more} more differences)' if more else ''}; it does not "
-                          f"match model {meta.model_name} {_kwargs_text(meta)}")
+        raise FcnsegError(
+            f"{label} {what}{f' (and {more} more differences)' if more else ''}; it does not "
+            f"match model {meta.model_name} {_kwargs_text(meta)}"
+        )
     model.load_state_dict(state, strict=True)
     return model
 

@@ -29,8 +29,21 @@ from fcnseg.errors import FcnsegError
 
 log = logging.getLogger(__name__)
 
-VGG16_CONVS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
-               "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3")
+VGG16_CONVS = (
+    "conv1_1",
+    "conv1_2",
+    "conv2_1",
+    "conv2_2",
+    "conv3_1",
+    "conv3_2",
+    "conv3_3",
+    "conv4_1",
+    "conv4_2",
+    "conv4_3",
+    "conv5_1",
+    "conv5_2",
+    "conv5_3",
+)
 CAFFENET_CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 HEAD_LAYERS = ("score_fr", "score_pool4", "score_pool3", "upscore2", "upscore_pool4")
 # The at-once net's fixed Scale layers: fcnseg's fcn8s-atonce applies the same constants.
@@ -53,12 +66,15 @@ def reference_names(model: nn.Module) -> dict[str, str]:
 
 # ------------------------------------------------------------------------- state dicts and reference layers
 
+
 def state_dict_kind(obj: Any, label: str) -> str:
-    """"pytorch-fcn", "torchvision-seg", "torchvision" or "state-dict" for a dict of tensors read from a
+    """ "pytorch-fcn", "torchvision-seg", "torchvision" or "state-dict" for a dict of tensors read from a
     torch or safetensors file (the file format itself is decided by fcnseg.weights.open.file_kind)."""
     if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
-        raise FcnsegError(f"{label} is a PyTorch file but neither an fcnseg checkpoint nor a state dict of "
-                          "tensors; pass an fcnseg .pt, a pytorch-fcn/torchvision .pth or a .caffemodel")
+        raise FcnsegError(
+            f"{label} is a PyTorch file but neither an fcnseg checkpoint nor a state dict of "
+            "tensors; pass an fcnseg .pt, a pytorch-fcn/torchvision .pth or a .caffemodel"
+        )
     if "conv1_1.weight" in obj or ("conv1.weight" in obj and "fc6.weight" in obj and "score_fr.weight" in obj):
         return "pytorch-fcn"
     if "backbone.conv1.weight" in obj and "classifier.4.weight" in obj:
@@ -84,17 +100,23 @@ def _arch_from_reference(layers: dict, label: str) -> tuple[str, int, float, str
     """(model name, num_classes, width, head suffix, backbone) read off the reference layer names."""
     if "conv1" in layers and "fc6" in layers and "conv1_1" not in layers:  # FCN-AlexNet (CaffeNet trunk)
         if "score_fr" not in layers or "score_pool4" in layers:
-            raise FcnsegError(f"{label} is an AlexNet but not the reference FCN-AlexNet (conv1..conv5, fc6, "
-                              f"fc7, score_fr, upscore); {FIX}")
+            raise FcnsegError(
+                f"{label} is an AlexNet but not the reference FCN-AlexNet (conv1..conv5, fc6, "
+                f"fc7, score_fr, upscore); {FIX}"
+            )
         num_classes = int(layers["score_fr"][0].shape[0])
         return "fcn32s", num_classes, int(layers["conv1"][0].shape[0]) / 96, "", "caffenet"
     if "conv1_1" not in layers:
-        raise FcnsegError(f"{label} has no conv1_1 layer: it is not an FCN on VGG16 (layers: "
-                          f"{', '.join(list(layers)[:5])}, ...); {FIX}")
+        raise FcnsegError(
+            f"{label} has no conv1_1 layer: it is not an FCN on VGG16 (layers: "
+            f"{', '.join(list(layers)[:5])}, ...); {FIX}"
+        )
     suffix = "" if "score_fr" in layers else "_sem" if "score_fr_sem" in layers else None
     if suffix is None:
-        raise FcnsegError(f"{label} has no score_fr layer: it is a classification net (e.g. VGG16 "
-                          "ImageNet weights), not an FCN; pass it as --backbone-weights instead")
+        raise FcnsegError(
+            f"{label} has no score_fr layer: it is a classification net (e.g. VGG16 "
+            "ImageNet weights), not an FCN; pass it as --backbone-weights instead"
+        )
     if "score_pool3" + suffix in layers:
         name = "fcn8s-atonce" if "scale_pool4" in layers else "fcn8s"
     elif "score_pool4" + suffix in layers:
@@ -117,8 +139,9 @@ def load_reference(model: nn.Module, layers: dict[str, list], label: str, suffix
         candidates = [ref + suffix, ref] + (["upscore" + suffix, "upscore"] if ref == final else [])
         source = next((c for c in candidates if c in layers), None)
         if source is None:
-            raise FcnsegError(f"{label} lacks layer {ref} that {type(model).__name__} "
-                              f"{getattr(model, 'final_name', '')} needs; {FIX}")
+            raise FcnsegError(
+                f"{label} lacks layer {ref} that {type(model).__name__} {getattr(model, 'final_name', '')} needs; {FIX}"
+            )
         used.add(source)
         blobs = layers[source]
         for kind, blob in zip(("weight", "bias"), blobs):
@@ -126,10 +149,16 @@ def load_reference(model: nn.Module, layers: dict[str, list], label: str, suffix
             if key not in own:
                 if kind == "bias" and not np.any(np.asarray(blob)):
                     continue
-                raise FcnsegError(f"{label}: layer {source} has a {kind} that fcnseg's {key.rsplit('.', 1)[0]} "
-                                  f"lacks; {FIX}")
-            loaded[key] = _fit(torch.as_tensor(np.array(blob, dtype=np.float32, copy=True))
-                               if not torch.is_tensor(blob) else blob.float(), own[key], f"{label}: {source}")
+                raise FcnsegError(
+                    f"{label}: layer {source} has a {kind} that fcnseg's {key.rsplit('.', 1)[0]} lacks; {FIX}"
+                )
+            loaded[key] = _fit(
+                torch.as_tensor(np.array(blob, dtype=np.float32, copy=True))
+                if not torch.is_tensor(blob)
+                else blob.float(),
+                own[key],
+                f"{label}: {source}",
+            )
     missing = [k for k in own if k not in loaded]
     if missing:
         raise FcnsegError(f"{label} has no weights for {missing[0]}; {FIX}")
@@ -138,8 +167,10 @@ def load_reference(model: nn.Module, layers: dict[str, list], label: str, suffix
         if name in ATONCE_SCALES:
             value = float(np.asarray(layers[name][0]).ravel()[0])
             if not np.isclose(value, ATONCE_SCALES[name], rtol=1e-3):
-                raise FcnsegError(f"{label}: {name} is {value:g}, fcnseg's fcn8s-atonce uses "
-                                  f"{ATONCE_SCALES[name]:g}; this at-once variant is not supported")
+                raise FcnsegError(
+                    f"{label}: {name} is {value:g}, fcnseg's fcn8s-atonce uses "
+                    f"{ATONCE_SCALES[name]:g}; this at-once variant is not supported"
+                )
         elif suffix and name.endswith("_geo"):
             continue
         else:
@@ -159,22 +190,29 @@ def _fit(value: torch.Tensor, target: torch.Tensor, what: str) -> torch.Tensor:
         return value.reshape(shape)
     if value.numel() == target.numel() and target.dim() == 4 and len(shape) <= 2:
         return value.reshape(target.shape)  # fully connected -> convolution
-    raise FcnsegError(f"{what} has shape {'x'.join(map(str, value.shape))}, fcnseg expects "
-                      f"{'x'.join(map(str, target.shape))}; {FIX}")
+    raise FcnsegError(
+        f"{what} has shape {'x'.join(map(str, value.shape))}, fcnseg expects {'x'.join(map(str, target.shape))}; {FIX}"
+    )
 
 
 def _torchvision_seg(state: dict, label: str) -> tuple[str, dict, dict]:
     blocks = {int(k.split(".")[2]) for k in state if k.startswith("backbone.layer3.")}
     depth = {6: "resnet50", 23: "resnet101"}.get(len(blocks))
     if depth is None:
-        raise FcnsegError(f"{label}: backbone.layer3 has {len(blocks)} blocks; expected a torchvision "
-                          "fcn_resnet50 (6) or fcn_resnet101 (23) file")
+        raise FcnsegError(
+            f"{label}: backbone.layer3 has {len(blocks)} blocks; expected a torchvision "
+            "fcn_resnet50 (6) or fcn_resnet101 (23) file"
+        )
     aux = [k for k in state if k.startswith("aux_classifier.")]
     if aux:
         log.info("%s: aux_classifier (the auxiliary training head, %d tensors) is dropped", label, len(aux))
     state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
-    kwargs = {"num_classes": int(state["classifier.4.weight"].shape[0]), "backbone": depth,
-              "geometry": "same", "width": int(state["backbone.conv1.weight"].shape[0]) / 64}
+    kwargs = {
+        "num_classes": int(state["classifier.4.weight"].shape[0]),
+        "backbone": depth,
+        "geometry": "same",
+        "width": int(state["backbone.conv1.weight"].shape[0]) / 64,
+    }
     return f"fcn-{depth}", kwargs, state
 
 
@@ -187,14 +225,24 @@ def _meta(model_name: str, kwargs: dict, normalization: str, entry, label: str):
     n = kwargs["num_classes"]
     if entry is not None:
         if entry.model_kwargs.get("num_classes", n) != n or (entry.class_names and len(entry.class_names) != n):
-            raise FcnsegError(f"{label} has {n} classes, the registry entry {entry.name} "
-                              f"{entry.num_classes or entry.model_kwargs.get('num_classes')}; the file is not "
-                              f"the published one: re-download it with `fcnseg weights download {entry.name} --force`")
-        return ModelMeta(model_name, kwargs, entry.class_names, entry.palette, entry.normalization,
-                         source=entry.name, trained_on=published_data(entry.name))
+            raise FcnsegError(
+                f"{label} has {n} classes, the registry entry {entry.name} "
+                f"{entry.num_classes or entry.model_kwargs.get('num_classes')}; the file is not "
+                f"the published one: re-download it with `fcnseg weights download {entry.name} --force`"
+            )
+        return ModelMeta(
+            model_name,
+            kwargs,
+            entry.class_names,
+            entry.palette,
+            entry.normalization,
+            source=entry.name,
+            trained_on=published_data(entry.name),
+        )
     voc = n == len(CLASS_NAMES)
-    return ModelMeta(model_name, kwargs, CLASS_NAMES if voc else (), PALETTE if voc else (), normalization,
-                     trained_on=None)
+    return ModelMeta(
+        model_name, kwargs, CLASS_NAMES if voc else (), PALETTE if voc else (), normalization, trained_on=None
+    )
 
 
 def from_reference(layers: dict[str, list], kind: str, label: str, *, model: str | None = None, entry=None):
@@ -205,8 +253,9 @@ def from_reference(layers: dict[str, list], kind: str, label: str, *, model: str
     name, num_classes, width, suffix, backbone = _arch_from_reference(layers, label)
     model = model or (entry.model if entry is not None else None)
     if model and model != name and {model, name} != {"fcn8s", "fcn8s-atonce"}:
-        raise FcnsegError(f"{label} holds an {name} ({kind} layer names), not a {model}; "
-                          f"pass --model {name} or the matching file")
+        raise FcnsegError(
+            f"{label} holds an {name} ({kind} layer names), not a {model}; pass --model {name} or the matching file"
+        )
     name = model or name
     kwargs = {"num_classes": num_classes, "backbone": backbone, "geometry": "caffe"}
     if width != 1:
@@ -244,12 +293,18 @@ def from_state_dict(state: dict, label: str, *, model: str | None = None, entry=
         bad = [k for k in missing if not k.endswith("num_batches_tracked")] or unexpected
         if bad:
             what = "lacks" if [k for k in missing if not k.endswith("num_batches_tracked")] else "has unexpected"
-            raise FcnsegError(f"{label} {what} {bad[0]}{' and more' if len(bad) > 1 else ''}; "
-                              f"expected a torchvision {name} state dict")
+            raise FcnsegError(
+                f"{label} {what} {bad[0]}{' and more' if len(bad) > 1 else ''}; "
+                f"expected a torchvision {name} state dict"
+            )
         return net.eval(), _meta(name, kwargs, "imagenet", entry, label)
     if kind == "torchvision":
-        raise FcnsegError(f"{label} is an ImageNet backbone (torchvision classification weights), not a "
-                          "segmentation model; pass it as --backbone-weights / backbone_weights=")
-    raise FcnsegError(f"{label} is a state dict whose keys fcnseg does not recognise "
-                      f"({', '.join(list(state)[:3])}, ...); save it as an fcnseg checkpoint "
-                      "(fcnseg train) or pass a .caffemodel / pytorch-fcn / torchvision file")
+        raise FcnsegError(
+            f"{label} is an ImageNet backbone (torchvision classification weights), not a "
+            "segmentation model; pass it as --backbone-weights / backbone_weights="
+        )
+    raise FcnsegError(
+        f"{label} is a state dict whose keys fcnseg does not recognise "
+        f"({', '.join(list(state)[:3])}, ...); save it as an fcnseg checkpoint "
+        "(fcnseg train) or pass a .caffemodel / pytorch-fcn / torchvision file"
+    )

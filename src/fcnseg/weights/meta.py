@@ -24,13 +24,23 @@ from fcnseg.errors import FcnsegError
 META_VERSION = 2
 DEFAULT_NORMALIZATION = "imagenet"
 # data spec kind -> how a model card names it
-_DATA_NAMES = {"shapes": "shapes (synthetic)", "voc": "PASCAL VOC", "sbd": "SBD",
-               "voc-aug": "PASCAL VOC + SBD", "cityscapes": "Cityscapes"}
+_DATA_NAMES = {
+    "shapes": "shapes (synthetic)",
+    "voc": "PASCAL VOC",
+    "sbd": "SBD",
+    "voc-aug": "PASCAL VOC + SBD",
+    "cityscapes": "Cityscapes",
+}
 
 
 # registry name part -> the data the published model was trained on
-_PUBLISHED_DATA = {"coco": "COCO (VOC classes)", "voc": "PASCAL VOC", "nyud": "NYUDv2", "siftflow": "SIFT Flow",
-                   "context": "PASCAL-Context"}
+_PUBLISHED_DATA = {
+    "coco": "COCO (VOC classes)",
+    "voc": "PASCAL VOC",
+    "nyud": "NYUDv2",
+    "siftflow": "SIFT Flow",
+    "context": "PASCAL-Context",
+}
 
 
 def published_data(registry_name: str) -> str | None:
@@ -64,7 +74,7 @@ class ModelMeta:
     class_names: tuple[str, ...] = ()
     palette: tuple[tuple[int, int, int], ...] = ()
     normalization: str = DEFAULT_NORMALIZATION
-    source: str | None = None          # registry name, when the weights are published ones
+    source: str | None = None  # registry name, when the weights are published ones
     trained_on: str | None = None
     data: str | None = None
     train_split: str | None = None
@@ -101,9 +111,14 @@ class ModelMeta:
 
     def to_dict(self) -> dict:
         """The JSON/checkpoint form (plain lists, no Nones), with ``meta_version``."""
-        out: dict[str, Any] = {"meta_version": META_VERSION, "model_name": self.model_name,
-                               "model_kwargs": dict(self.model_kwargs), "class_names": list(self.class_names),
-                               "palette": [list(c) for c in self.palette], "normalization": self.normalization}
+        out: dict[str, Any] = {
+            "meta_version": META_VERSION,
+            "model_name": self.model_name,
+            "model_kwargs": dict(self.model_kwargs),
+            "class_names": list(self.class_names),
+            "palette": [list(c) for c in self.palette],
+            "normalization": self.normalization,
+        }
         for name in ("source", "trained_on", "data", "train_split", "output_stride", "fcnseg_version"):
             value = getattr(self, name)
             if value is not None:
@@ -116,26 +131,33 @@ class ModelMeta:
         if isinstance(data, ModelMeta):
             return data
         if not isinstance(data, Mapping):
-            raise FcnsegError(f"{label} has no metadata (found {type(data).__name__}); it was not written "
-                              "by fcnseg: pass a file from `fcnseg train` or `fcnseg export`")
+            raise FcnsegError(
+                f"{label} has no metadata (found {type(data).__name__}); it was not written "
+                "by fcnseg: pass a file from `fcnseg train` or `fcnseg export`"
+            )
         version = data.get("meta_version", 1)
         if not isinstance(version, int) or version > META_VERSION:
-            raise FcnsegError(f"{label} has metadata version {version!r}, newer than this fcnseg reads "
-                              f"({META_VERSION}); upgrade fcnseg")
+            raise FcnsegError(
+                f"{label} has metadata version {version!r}, newer than this fcnseg reads "
+                f"({META_VERSION}); upgrade fcnseg"
+            )
         if not isinstance(data.get("model_name"), str):
             raise FcnsegError(f"{label} has no model name in its metadata; it is damaged or not from fcnseg")
         kwargs = data.get("model_kwargs")
-        if not isinstance(kwargs, Mapping) or isinstance(kwargs.get("num_classes"), bool) \
-                or not isinstance(kwargs.get("num_classes", 0), int):
-            raise FcnsegError(f"{label} has no valid model options (num_classes) in its metadata; it is "
-                              "damaged or not from fcnseg")
+        if (
+            not isinstance(kwargs, Mapping)
+            or isinstance(kwargs.get("num_classes"), bool)
+            or not isinstance(kwargs.get("num_classes", 0), int)
+        ):
+            raise FcnsegError(
+                f"{label} has no valid model options (num_classes) in its metadata; it is damaged or not from fcnseg"
+            )
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known and v is not None}
         try:
             return cls(**values)
         except (TypeError, ValueError) as exc:
-            raise FcnsegError(f"{label} has malformed metadata ({exc}); it is damaged or not from fcnseg") \
-                from None
+            raise FcnsegError(f"{label} has malformed metadata ({exc}); it is damaged or not from fcnseg") from None
 
     # Read-only dict access for code written against the old untyped meta (``meta["model_name"]``):
     # the values the dict had (lists for class names and palette).

@@ -34,10 +34,17 @@ from fcnseg.weights.meta import ModelMeta
 
 log = logging.getLogger(__name__)
 
-FORMAT_NAMES = {"torch": "PyTorch file", "torch-legacy": "PyTorch file (legacy format)",
-                "safetensors": "safetensors file", "onnx": "ONNX model", "caffe": "Caffe model"}
-SUPPORTED = ("a registered name (`fcnseg weights list`), an fcnseg .pt or .safetensors, an fp32 or int8 "
-             ".onnx, a .caffemodel, a pytorch-fcn or torchvision .pth")
+FORMAT_NAMES = {
+    "torch": "PyTorch file",
+    "torch-legacy": "PyTorch file (legacy format)",
+    "safetensors": "safetensors file",
+    "onnx": "ONNX model",
+    "caffe": "Caffe model",
+}
+SUPPORTED = (
+    "a registered name (`fcnseg weights list`), an fcnseg .pt or .safetensors, an fp32 or int8 "
+    ".onnx, a .caffemodel, a pytorch-fcn or torchvision .pth"
+)
 
 
 class DamagedFile(FcnsegError):
@@ -50,11 +57,11 @@ class OpenedModel:
     for a model from `fcnseg quantize`) for the onnxruntime / OpenVINO backends."""
 
     meta: ModelMeta
-    module: Any = None                  # torch.nn.Module in eval mode, or None for ONNX files
+    module: Any = None  # torch.nn.Module in eval mode, or None for ONNX files
     onnx: bytes | None = None
     int8_record: dict | None = None
-    kind: str = "registry"              # file_kind of the file it came from
-    label: str = ""                     # how messages name it (the path or registered name)
+    kind: str = "registry"  # file_kind of the file it came from
+    label: str = ""  # how messages name it (the path or registered name)
     path: Path | None = None
 
     @property
@@ -69,12 +76,15 @@ class OpenedModel:
         """The torch module, or FcnsegError saying ``what`` needs PyTorch weights, not ONNX."""
         if self.module is None:
             kind = "an int8 ONNX model" if self.is_int8 else "an ONNX model"
-            raise FcnsegError(f"{self.label} is {kind}; {what} needs PyTorch weights: pass the .pt, "
-                              ".safetensors or published weights it was made from")
+            raise FcnsegError(
+                f"{self.label} is {kind}; {what} needs PyTorch weights: pass the .pt, "
+                ".safetensors or published weights it was made from"
+            )
         return self.module
 
 
 # ----------------------------------------------------------------------------- what kind of file
+
 
 def file_kind(path: str | os.PathLike, what: str = "model file") -> str:
     """The format of the file at ``path``, from its first bytes (see the module docstring).
@@ -104,7 +114,7 @@ def kind_of_bytes(head: bytes) -> str:
         return "safetensors"
     if head.lstrip()[:1] == b"<":
         return "html"
-    if head[:1] == b"\x08":      # ModelProto: ir_version (field 1, varint) comes first
+    if head[:1] == b"\x08":  # ModelProto: ir_version (field 1, varint) comes first
         return "onnx"
     if is_caffemodel_head(head):
         return "caffe"
@@ -113,8 +123,10 @@ def kind_of_bytes(head: bytes) -> str:
 
 # ----------------------------------------------------------------------------- the front door
 
-def open_model(source: str | os.PathLike, *, model: str | None = None, mirror: str | None = None,
-               progress: bool | None = None) -> OpenedModel:
+
+def open_model(
+    source: str | os.PathLike, *, model: str | None = None, mirror: str | None = None, progress: bool | None = None
+) -> OpenedModel:
     """The model at ``source``: a registered name (downloaded and verified once) or a file of any
     supported format, recognised by content. ``model`` names the architecture where a file cannot
     tell it apart (fcn8s vs fcn8s-atonce). Errors are one FcnsegError line naming the source."""
@@ -127,7 +139,7 @@ def open_model(source: str | os.PathLike, *, model: str | None = None, mirror: s
 
 
 def _damaged(path: Path, kind: str, detail: str, fix: str) -> DamagedFile:
-    """"PATH looks like a Caffe model but is truncated at byte N" (+ ``fix``, e.g. ": download it again")."""
+    """ "PATH looks like a Caffe model but is truncated at byte N" (+ ``fix``, e.g. ": download it again")."""
     where = f" at byte {path.stat().st_size}" if detail == "truncated" else ""
     return DamagedFile(f"{path} looks like a {FORMAT_NAMES[kind]} but is {detail}{where}{fix}")
 
@@ -145,8 +157,9 @@ def _open_file(path: Path, label: str, *, model: str | None, entry, replace: str
             ckpt = ckpt_format.check(obj, path)
             meta = ModelMeta.from_dict(ckpt["meta"], f"checkpoint {path}")
             if model and model != meta.model_name:
-                raise FcnsegError(f"{label} holds a {meta.model_name}, not a {model}; drop --model or pass "
-                                  "the matching file")
+                raise FcnsegError(
+                    f"{label} holds a {meta.model_name}, not a {model}; drop --model or pass the matching file"
+                )
             net = ckpt_format.build_model(meta, ckpt["model"], label)
             return OpenedModel(meta, net.eval(), kind=kind, label=label, path=path)
         net, meta = loaders.from_state_dict(obj, label, model=model, entry=entry)
@@ -163,8 +176,10 @@ def _open_file(path: Path, label: str, *, model: str | None, entry, replace: str
         data = path.read_bytes()
         props = _onnx_props(data, path, fix)
         if ckpt_format.META_KEY not in props:
-            raise FcnsegError(f"{path} is an ONNX model without fcnseg metadata; it was not written by "
-                              "`fcnseg export` or `fcnseg quantize`: export the model again")
+            raise FcnsegError(
+                f"{path} is an ONNX model without fcnseg metadata; it was not written by "
+                "`fcnseg export` or `fcnseg quantize`: export the model again"
+            )
         meta = ModelMeta.from_dict(_json(props[ckpt_format.META_KEY], path, "onnx"), str(path))
         record = _json(props[ckpt_format.INT8_KEY], path, "int8") if ckpt_format.INT8_KEY in props else None
         return OpenedModel(meta, None, onnx=data, int8_record=record, kind=kind, label=label, path=path)
@@ -175,21 +190,30 @@ def _open_file(path: Path, label: str, *, model: str | None, entry, replace: str
             layers = parse_caffemodel(path.read_bytes(), str(path))
         except CaffeModelDamaged:
             raise _damaged(path, kind, "truncated", fix) from None
-        net, meta = loaders.from_reference({n: layer.blobs for n, layer in layers.items()}, "caffe", label,
-                                           model=model, entry=entry)
+        net, meta = loaders.from_reference(
+            {n: layer.blobs for n, layer in layers.items()}, "caffe", label, model=model, entry=entry
+        )
         return OpenedModel(meta, net, kind=kind, label=label, path=path)
     if kind == "html":
-        raise FcnsegError(f"{path} is an HTML page, not a model file (a download that returned a web page?); "
-                          + (replace or f"pass {SUPPORTED}"))
+        raise FcnsegError(
+            f"{path} is an HTML page, not a model file (a download that returned a web page?); "
+            + (replace or f"pass {SUPPORTED}")
+        )
     if kind == "empty":
         raise DamagedFile(f"{path} is empty (0 bytes), not a model file" + (fix or f"; pass {SUPPORTED}"))
     raise FcnsegError(f"{path} is not a model file fcnseg reads (unknown format); pass {SUPPORTED}")
 
 
-_FIXES = {"torch": ": save or download it again", "torch-legacy": ": save or download it again",
-          "safetensors": ": export or download it again", "onnx": ": export it again with `fcnseg export`",
-          "caffe": ": download it again (or check it is a .caffemodel, not a .prototxt)",
-          "html": "", "empty": "", "unknown": ""}
+_FIXES = {
+    "torch": ": save or download it again",
+    "torch-legacy": ": save or download it again",
+    "safetensors": ": export or download it again",
+    "onnx": ": export it again with `fcnseg export`",
+    "caffe": ": download it again (or check it is a .caffemodel, not a .prototxt)",
+    "html": "",
+    "empty": "",
+    "unknown": "",
+}
 
 
 def _read_torch(path: Path, kind: str, fix: str) -> Any:
@@ -213,8 +237,11 @@ def _read_safetensors(path: Path, fix: str) -> tuple[dict, dict]:
         with open(path, "rb") as f:
             (length,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(length)) if 8 + length <= size else None
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0) \
-            if isinstance(header, dict) else None
+        end = (
+            max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            if isinstance(header, dict)
+            else None
+        )
     except (ValueError, KeyError, TypeError, IndexError, struct.error):
         end = None
     if end is None or 8 + length + end > size:

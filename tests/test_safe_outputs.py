@@ -1,4 +1,4 @@
-"""Class 2 of issue 10: outputs are written safely or not at all, where the user asked, and never over
+"""Outputs are written safely or not at all, where the user asked, and never over
 an input. Real faults: a 200 KB tmpfs (full disk), a read-only tmpfs, --out pointing into the inputs."""
 
 from __future__ import annotations
@@ -15,9 +15,13 @@ from PIL import Image
 from _faults import TINY_TRAIN, assert_one_line_error, cli, folder_dataset, remount_read_only, tmpfs
 from fcnseg.engine.checkpoint import save_checkpoint
 
-META = {"model_name": "fcn8s", "model_kwargs": {"num_classes": 6, "width": 1 / 16, "geometry": "same"},
-        "class_names": ["bg", "a", "b", "c", "d", "e"], "palette": [[10 * k, 0, 0] for k in range(6)],
-        "normalization": "imagenet"}
+META = {
+    "model_name": "fcn8s",
+    "model_kwargs": {"num_classes": 6, "width": 1 / 16, "geometry": "same"},
+    "class_names": ["bg", "a", "b", "c", "d", "e"],
+    "palette": [[10 * k, 0, 0] for k in range(6)],
+    "normalization": "imagenet",
+}
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +72,9 @@ def test_predict_overlay_onto_a_full_disk_never_reports_success(tmp_path, checkp
 
 def test_training_onto_a_full_disk_is_one_line(tmp_path):
     with tmpfs(tmp_path / "full", "600k") as out:  # room for config and logs, not for a checkpoint
-        proc = cli("train", "--data", "shapes", "--iterations", "2", "--max-val-images", "2", "--out", out / "R",
-                   *TINY_TRAIN)
+        proc = cli(
+            "train", "--data", "shapes", "--iterations", "2", "--max-val-images", "2", "--out", out / "R", *TINY_TRAIN
+        )
         assert_one_line_error(proc, "cannot write", "last.pt", "No space left")
         assert leftovers(out) == [] and not (out / "R" / "last.pt").exists()
 
@@ -79,15 +84,27 @@ def test_evaluate_next_to_a_read_only_checkpoint_writes_where_asked(tmp_path, ch
         (ro / "tiny.pt").write_bytes(checkpoint.read_bytes())
         remount_read_only(ro)
         result = tmp_path / "results" / "eval.json"
-        proc = cli("evaluate", "--checkpoint", ro / "tiny.pt", "--data", "shapes", "--max-images", "2",
-                   "--json", result)
+        proc = cli(
+            "evaluate", "--checkpoint", ro / "tiny.pt", "--data", "shapes", "--max-images", "2", "--json", result
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         metrics = json.loads(result.read_text())
         assert metrics["images"] == 2 and (tmp_path / "results" / "eval_confusion.png").is_file()
         # a plot asked for in a read-only folder: the metrics are still printed and saved
         result.unlink()
-        proc = cli("evaluate", "--checkpoint", ro / "tiny.pt", "--data", "shapes", "--max-images", "2",
-                   "--json", result, "--plot", ro / "c.png")
+        proc = cli(
+            "evaluate",
+            "--checkpoint",
+            ro / "tiny.pt",
+            "--data",
+            "shapes",
+            "--max-images",
+            "2",
+            "--json",
+            result,
+            "--plot",
+            ro / "c.png",
+        )
         assert_one_line_error(proc, "plot was not written", "read-only")
         assert "mean IU" in proc.stdout and json.loads(result.read_text())["images"] == 2
 
@@ -119,8 +136,12 @@ def test_predict_never_reads_its_own_output_folder(tmp_path, checkpoint):
         proc = cli("predict", "--checkpoint", checkpoint, photos, "--out", photos / "preds", "--overlay")
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "2 image(s) written" in proc.stderr
-    assert sorted(p.name for p in (photos / "preds").iterdir()) == ["cat.png", "cat_overlay.jpg", "dog.png",
-                                                                    "dog_overlay.jpg"]
+    assert sorted(p.name for p in (photos / "preds").iterdir()) == [
+        "cat.png",
+        "cat_overlay.jpg",
+        "dog.png",
+        "dog_overlay.jpg",
+    ]
     # a glob reaching into the output folder does not pick up the outputs either
     proc = cli("predict", "--checkpoint", checkpoint, f"{photos}/**/*.png", "--out", photos / "preds")
     assert proc.returncode == 0 and "1 image(s) written" in proc.stderr, proc.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""Class 3 of issue 10: every option is validated before work starts, in one place shared by the
+"""Every option is validated before work starts, in one place shared by the
 command line and config files, and any OSError reaching the CLI becomes one line with fitting advice."""
 
 from __future__ import annotations
@@ -15,23 +15,29 @@ from fcnseg.engine.checkpoint import save_checkpoint
 from fcnseg.errors import FcnsegError
 
 
-@pytest.mark.parametrize("option, value, fragment", [
-    ("--batch-size", "0", ">= 1"),
-    ("--device", "gpu0", "cuda:N"),
-    ("--crop-size", "-10", ">= 1"),
-    ("--scale-range", "2,0.5,abc", "scale_range"),
-    ("--scale-range", "2,0.5", "MIN <= MAX"),
-    ("--iterations", "-5", ">= 1"),
-    ("--loss-sample-prob", "0", "> 0 and <= 1"),
-    ("--lr", "nan", "finite"),
-    ("--momentum", "1.5", "< 1"),
-    ("--width", "0", "> 0"),
-    ("--data", "foo:bar", "must be one of"),
-])
+@pytest.mark.parametrize(
+    "option, value, fragment",
+    [
+        ("--batch-size", "0", ">= 1"),
+        ("--device", "gpu0", "cuda:N"),
+        ("--crop-size", "-10", ">= 1"),
+        ("--scale-range", "2,0.5,abc", "scale_range"),
+        ("--scale-range", "2,0.5", "MIN <= MAX"),
+        ("--iterations", "-5", ">= 1"),
+        ("--loss-sample-prob", "0", "> 0 and <= 1"),
+        ("--lr", "nan", "finite"),
+        ("--momentum", "1.5", "< 1"),
+        ("--width", "0", "> 0"),
+        ("--data", "foo:bar", "must be one of"),
+    ],
+)
 def test_train_option_ranges_on_the_command_line_and_in_config_files(tmp_path, capsys, option, value, fragment):
     name = option[2:].replace("-", "_")
-    code = main(["train", "--data", "shapes", option, value, "--out", str(tmp_path / "R")] if option != "--data"
-                else ["train", option, value, "--out", str(tmp_path / "R")])
+    code = main(
+        ["train", "--data", "shapes", option, value, "--out", str(tmp_path / "R")]
+        if option != "--data"
+        else ["train", option, value, "--out", str(tmp_path / "R")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and name in err and fragment in err, err
     assert not (tmp_path / "R").exists()  # nothing written: checked before any work
@@ -54,9 +60,17 @@ def checkpoint(tmp_path_factory):
 
     kwargs = {"num_classes": 6, "width": 1 / 16, "geometry": "same"}
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, create_model("fcn8s", **kwargs).state_dict(),
-                    {"model_name": "fcn8s", "model_kwargs": kwargs, "class_names": [str(i) for i in range(6)],
-                     "palette": [[0, 0, 0]] * 6, "normalization": "imagenet"})
+    save_checkpoint(
+        path,
+        create_model("fcn8s", **kwargs).state_dict(),
+        {
+            "model_name": "fcn8s",
+            "model_kwargs": kwargs,
+            "class_names": [str(i) for i in range(6)],
+            "palette": [[0, 0, 0]] * 6,
+            "normalization": "imagenet",
+        },
+    )
     return path
 
 
@@ -68,7 +82,10 @@ def test_predict_evaluate_and_data_options(tmp_path, checkpoint, capsys):
     existing = tmp_path / "afile"
     existing.write_text("keep")
     cases = [
-        (["predict", "--checkpoint", checkpoint, image, "--out", tmp_path / "o", "--max-pixels", "nan"], "--max-pixels"),
+        (
+            ["predict", "--checkpoint", checkpoint, image, "--out", tmp_path / "o", "--max-pixels", "nan"],
+            "--max-pixels",
+        ),
         (["predict", "--checkpoint", checkpoint, image, "--out", tmp_path / "o", "--overlap", "1"], "--overlap"),
         (["predict", "--checkpoint", checkpoint, image, "--out", tmp_path / "o", "--scales", "nan"], "--scales"),
         (["predict", "--checkpoint", checkpoint, image, "--out", existing], "existing file"),
@@ -88,23 +105,31 @@ def test_predict_evaluate_and_data_options(tmp_path, checkpoint, capsys):
 def test_checkpoint_with_marker_but_no_metadata(tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     torch.save({"format": "fcnseg.checkpoint", "version": 1, "model": {}}, bad)
-    for args in (["evaluate", "--checkpoint", bad, "--data", "shapes"],
-                 ["predict", "--checkpoint", bad, bad, "--out", tmp_path / "o"],
-                 ["export", "--checkpoint", bad, "--out", tmp_path / "x.onnx"]):
+    for args in (
+        ["evaluate", "--checkpoint", bad, "--data", "shapes"],
+        ["predict", "--checkpoint", bad, bad, "--out", tmp_path / "o"],
+        ["export", "--checkpoint", bad, "--out", tmp_path / "x.onnx"],
+    ):
         assert_one_line_error(run_main(capsys, *args), "bad.pt", "no metadata")
 
 
 def test_resume_with_another_optimiser_is_refused(tmp_path):
-    from test_reliability_runs import _fake_run
+    from test_run_safety import _fake_run
 
     run = _fake_run(tmp_path / "R")  # trained with adamw
     assert_one_line_error(cli("train", "--resume", run, "--optimizer", "sgd"), "optimiser")
 
 
-@pytest.mark.parametrize("code, advice", [
-    (errno.ENOENT, "no such file or folder"), (errno.ENOSPC, "free disk space"),
-    (errno.EROFS, "read-only"), (errno.EACCES, "permission"), (errno.ENOTDIR, "not a folder"),
-])
+@pytest.mark.parametrize(
+    "code, advice",
+    [
+        (errno.ENOENT, "no such file or folder"),
+        (errno.ENOSPC, "free disk space"),
+        (errno.EROFS, "read-only"),
+        (errno.EACCES, "permission"),
+        (errno.ENOTDIR, "not a folder"),
+    ],
+)
 def test_cli_turns_any_oserror_into_one_line_with_fitting_advice(capsys, monkeypatch, code, advice):
     from fcnseg.cli import build_parser
 

@@ -1,4 +1,4 @@
-"""Class 1 of issue 10: a finished run is never thrown away.
+"""A finished run is never thrown away.
 
 Real faults: a val mask with a label out of range, a resume that tries to change the architecture or
 the optimiser, --skip-bad with nothing good to train on, a kill -9 in the middle of a checkpoint
@@ -42,8 +42,17 @@ def test_failing_final_validation_keeps_the_trained_weights(tmp_path, monkeypatc
     data = folder_dataset(tmp_path / "d")
     set_mask(data / "val" / "masks" / "val1.png", 7)
     run = tmp_path / "R"
-    cfg = TrainConfig(data=f"folder:{data}", model="fcn8s", width=1 / 16, geometry="same", iterations=4,
-                      num_samples=1, optimizer="adamw", progress=False, out=str(run))
+    cfg = TrainConfig(
+        data=f"folder:{data}",
+        model="fcn8s",
+        width=1 / 16,
+        geometry="same",
+        iterations=4,
+        num_samples=1,
+        optimizer="adamw",
+        progress=False,
+        out=str(run),
+    )
     with pytest.raises(FcnsegError) as err:
         train(cfg)
     message = str(err.value)
@@ -58,20 +67,45 @@ def _fake_run(run: Path, **changes) -> Path:
     from fcnseg.engine.checkpoint import save_checkpoint
     from fcnseg.engine.rng import capture_rng
 
-    cfg = TrainConfig(data="shapes", model="fcn8s", width=0.0625, geometry="same", optimizer="adamw",
-                      iterations=2, progress=False, out=str(run), **changes)
+    cfg = TrainConfig(
+        data="shapes",
+        model="fcn8s",
+        width=0.0625,
+        geometry="same",
+        optimizer="adamw",
+        iterations=2,
+        progress=False,
+        out=str(run),
+        **changes,
+    )
     run.mkdir(parents=True)
     save_config(cfg, run / "config.yaml")
-    save_checkpoint(run / "last.pt", {}, {"model_name": "fcn8s", "model_kwargs": {"num_classes": 6}},
-                    {"iteration": 2, "best_mean_iu": 0.1, "best_iteration": 2, "optimizer": {}, "scheduler": {},
-                     "rng": capture_rng(), "config": cfg.to_dict()})
+    save_checkpoint(
+        run / "last.pt",
+        {},
+        {"model_name": "fcn8s", "model_kwargs": {"num_classes": 6}},
+        {
+            "iteration": 2,
+            "best_mean_iu": 0.1,
+            "best_iteration": 2,
+            "optimizer": {},
+            "scheduler": {},
+            "rng": capture_rng(),
+            "config": cfg.to_dict(),
+        },
+    )
     return run
 
 
-@pytest.mark.parametrize("option, value, why", [
-    ("--model", "fcn32s", "architecture"), ("--width", "0.125", "architecture"),
-    ("--optimizer", "sgd", "optimiser"), ("--data", "folder:/nowhere", "training data"),
-])
+@pytest.mark.parametrize(
+    "option, value, why",
+    [
+        ("--model", "fcn32s", "architecture"),
+        ("--width", "0.125", "architecture"),
+        ("--optimizer", "sgd", "optimiser"),
+        ("--data", "folder:/nowhere", "training data"),
+    ],
+)
 def test_resume_refuses_changes_and_never_rewrites_the_config(tmp_path, option, value, why):
     run = _fake_run(tmp_path / "R")
     before = (run / "config.yaml").read_bytes()
@@ -92,8 +126,18 @@ def test_skip_bad_with_every_sample_bad_stops(tmp_path):
     data = folder_dataset(tmp_path / "d")
     for mask in (data / "train" / "masks").iterdir():
         mask.write_bytes(b"not a png")
-    proc = cli("train", "--data", f"folder:{data}", "--iterations", "4", "--skip-bad", "--out", tmp_path / "R",
-               *TINY_TRAIN, timeout=120)  # the old behaviour was an endless loop: a timeout fails the test
+    proc = cli(
+        "train",
+        "--data",
+        f"folder:{data}",
+        "--iterations",
+        "4",
+        "--skip-bad",
+        "--out",
+        tmp_path / "R",
+        *TINY_TRAIN,
+        timeout=120,
+    )  # the old behaviour was an endless loop: a timeout fails the test
     assert_one_line_error(proc, "every one of the 4", "bad")
 
 
@@ -123,8 +167,9 @@ def test_batch_stream_stops_when_no_good_sample_can_be_drawn():
 def test_skip_bad_counts_and_logs_each_file_once(tmp_path):
     data = folder_dataset(tmp_path / "d", n_train=4)
     (data / "train" / "images" / "train2.png").write_bytes(b"\x89PNG broken")
-    proc = cli("train", "--data", f"folder:{data}", "--iterations", "6", "--skip-bad", "--out", tmp_path / "R",
-               *TINY_TRAIN)
+    proc = cli(
+        "train", "--data", f"folder:{data}", "--iterations", "6", "--skip-bad", "--out", tmp_path / "R", *TINY_TRAIN
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if "skipped bad sample" in line]  # one per file
     assert len(lines) == 1 and "train2.png" in lines[0], proc.stderr  # once, as a plain line
@@ -140,7 +185,7 @@ def test_kill_during_checkpoint_write_leaves_temp_that_the_next_start_removes(tm
     script = textwrap.dedent(f"""
         import os, signal
         from fcnseg.files import atomic_write
-        with atomic_write({str(run / 'last.pt')!r}) as f:
+        with atomic_write({str(run / "last.pt")!r}) as f:
             f.write(b"x" * 100000)
             f.flush()
             os.kill(os.getpid(), signal.SIGKILL)
@@ -175,14 +220,42 @@ def test_two_process_resume_equals_an_uninterrupted_two_process_run(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def torchrun(*args):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-               "fcnseg", "train", *map(str, args)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "fcnseg",
+            "train",
+            *map(str, args),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
         assert proc.returncode == 0, proc.stderr[-3000:]
 
-    common = ["--data", "shapes", "--model", "fcn8s", "--width", "0.0625", "--geometry", "same", "--batch-size", "1",
-              "--max-val-images", "2", "--num-samples", "0", "--loss-sample-prob", "0.5", "--optimizer", "adamw",
-              "--no-progress"]
+    common = [
+        "--data",
+        "shapes",
+        "--model",
+        "fcn8s",
+        "--width",
+        "0.0625",
+        "--geometry",
+        "same",
+        "--batch-size",
+        "1",
+        "--max-val-images",
+        "2",
+        "--num-samples",
+        "0",
+        "--loss-sample-prob",
+        "0.5",
+        "--optimizer",
+        "adamw",
+        "--no-progress",
+    ]
     torchrun(*common, "--iterations", "4", "--out", tmp_path / "whole")
     torchrun(*common, "--iterations", "2", "--out", tmp_path / "parts")
     torchrun("--resume", tmp_path / "parts", "--iterations", "4")

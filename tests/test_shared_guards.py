@@ -1,4 +1,4 @@
-"""Class 4 of issue 10: the same guards on every path. One image reader (bomb guard included) for
+"""The same guards on every path. One image reader (bomb guard included) for
 datasets, `data check`, training and predict; exported .onnx/.safetensors accepted where a model is
 read; never advice to disable weights_only; and every write in the package goes through
 fcnseg.files / fcnseg.images (checked over the source, so a new unsafe write cannot slip in)."""
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _faults import TINY_TRAIN, assert_one_line_error, bomb_png, cli, folder_dataset, run_main
+from _faults import TINY_TRAIN, assert_one_line_error, bomb_png, folder_dataset, run_main
 from fcnseg.errors import FcnsegError
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fcnseg"
@@ -35,8 +35,9 @@ def test_bomb_png_is_refused_by_every_reader(tmp_path, capsys):
     check = run_main(capsys, "data", "check", f"folder:{data}")
     assert check.returncode == 1 and "train1.png" in check.stdout and "decompression bomb" in check.stdout
     assert "Traceback" not in check.stderr
-    train = run_main(capsys, "train", "--data", f"folder:{data}", "--iterations", "2", "--out", tmp_path / "R",
-                     *TINY_TRAIN)
+    train = run_main(
+        capsys, "train", "--data", f"folder:{data}", "--iterations", "2", "--out", tmp_path / "R", *TINY_TRAIN
+    )
     assert_one_line_error(train, "train1.png", "decompression bomb")
 
 
@@ -49,9 +50,11 @@ def test_malicious_pickle_is_refused_without_advice_to_disable_the_guard(tmp_pat
 
     evil = tmp_path / "evil.pt"
     torch.save({"format": "fcnseg.checkpoint", "version": 1, "model": Evil(), "meta": {}}, evil)
-    for args in (["evaluate", "--checkpoint", evil, "--data", "shapes"],
-                 ["predict", "--checkpoint", evil, evil, "--out", tmp_path / "o"],
-                 ["train", "--data", "shapes", "--init-from", evil, "--out", tmp_path / "R"]):
+    for args in (
+        ["evaluate", "--checkpoint", evil, "--data", "shapes"],
+        ["predict", "--checkpoint", evil, evil, "--out", tmp_path / "o"],
+        ["train", "--data", "shapes", "--init-from", evil, "--out", tmp_path / "R"],
+    ):
         line = assert_one_line_error(run_main(capsys, *args), "evil.pt", "cannot be loaded safely")
         assert "weights_only" not in line and "False" not in line
     assert not marker.exists()
@@ -72,8 +75,13 @@ def exported(tmp_path_factory):
         for name, p in model.named_parameters():
             if "score" in name:
                 p.normal_(0, 0.5)
-    meta = {"model_name": "fcn8s", "model_kwargs": kwargs, "class_names": [str(i) for i in range(6)],
-            "palette": [[0, 0, 0]] * 6, "normalization": "imagenet"}
+    meta = {
+        "model_name": "fcn8s",
+        "model_kwargs": kwargs,
+        "class_names": [str(i) for i in range(6)],
+        "palette": [[0, 0, 0]] * 6,
+        "normalization": "imagenet",
+    }
     save_checkpoint(folder / "m.pt", model.state_dict(), meta)
     model, meta = model_from_checkpoint(folder / "m.pt")
     export.export_safetensors(model, meta, folder / "m.safetensors")
@@ -91,8 +99,18 @@ def test_evaluate_takes_safetensors_and_onnx_exports(exported, capsys):
     for name in ("m.pt", "m.safetensors", "m.onnx"):
         if not (exported / name).exists():
             continue
-        proc = run_main(capsys, "evaluate", "--checkpoint", exported / name, "--data", "shapes", "--max-images", "2",
-                        "--json", exported / f"{name}.json")
+        proc = run_main(
+            capsys,
+            "evaluate",
+            "--checkpoint",
+            exported / name,
+            "--data",
+            "shapes",
+            "--max-images",
+            "2",
+            "--json",
+            exported / f"{name}.json",
+        )
         assert proc.returncode == 0, proc.stderr
         results[name] = json.loads((exported / f"{name}.json").read_text())
     assert results["m.safetensors"]["confusion"] == results["m.pt"]["confusion"]
@@ -118,14 +136,20 @@ def test_init_from_takes_safetensors_and_names_the_types_it_takes(exported, tmp_
 def test_evaluate_names_the_file_types_it_takes(tmp_path, capsys):
     odd = tmp_path / "weights.bin"
     odd.write_bytes(b"\0" * 100)
-    assert_one_line_error(run_main(capsys, "evaluate", "--checkpoint", odd, "--data", "shapes"),
-                          "fcnseg .pt or .safetensors", "int8 .onnx", ".caffemodel")
+    assert_one_line_error(
+        run_main(capsys, "evaluate", "--checkpoint", odd, "--data", "shapes"),
+        "fcnseg .pt or .safetensors",
+        "int8 .onnx",
+        ".caffemodel",
+    )
 
 
 # ------------------------------------------------------------------ one write path, one image reader
 
-WRITE_CALLS = re.compile(r"\.write_text\(|\.write_bytes\(|torch\.save\(|open_memmap|np\.save\(|\.savefig\(|"
-                         r"json\.dump\(|\.save\(|open\([^)]*[\"'][wa]b?[\"']|tofile\(")
+WRITE_CALLS = re.compile(
+    r"\.write_text\(|\.write_bytes\(|torch\.save\(|open_memmap|np\.save\(|\.savefig\(|"
+    r"json\.dump\(|\.save\(|open\([^)]*[\"'][wa]b?[\"']|tofile\("
+)
 ALLOWED = {  # the one place each kind of write happens, into a temp file or a memory buffer
     "files.py": "atomic_write and friends",
     "images.py": "encodes into a BytesIO buffer, then files.write_bytes",
@@ -149,6 +173,11 @@ def test_every_write_goes_through_fcnseg_files():
 
 
 def test_every_image_is_opened_by_fcnseg_images():
-    offenders = [f"{p.relative_to(SRC)}:{n}" for p in SRC.rglob("*.py") if p.name != "images.py"
-                 for n, line in enumerate(p.read_text().splitlines(), 1) if "Image.open(" in line.split("#")[0]]
+    offenders = [
+        f"{p.relative_to(SRC)}:{n}"
+        for p in SRC.rglob("*.py")
+        if p.name != "images.py"
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if "Image.open(" in line.split("#")[0]
+    ]
     assert offenders == []
