@@ -211,3 +211,48 @@ def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step(tmp_path):
     assert at >= 2 and f"at iteration {at} of" in stopped[0]
     for noise in ("gloo", "fcnseg/engine", "error:"):
         assert noise not in err, err[-3000:]
+
+
+def _folder_with_one_truncated_image(root: Path) -> Path:
+    """A folder dataset of four 32x32 val images whose second image is cut short after its header."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    names = ["background", "disk", "rectangle", "triangle", "line", "ring"]
+    (root / "classes.json").parent.mkdir(parents=True, exist_ok=True)
+    (root / "classes.json").write_text(json.dumps({"classes": [{"name": n, "value": i} for i, n in enumerate(names)]}))
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for stem in ("a", "b", "c", "d"):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buf, "PNG")
+            data = buf.getvalue()
+            if split == "val" and stem == "b":
+                data = data[: len(data) // 3]
+            (root / split / "images" / f"{stem}.png").write_bytes(data)
+            Image.fromarray(rng.integers(0, 6, (32, 32), dtype=np.uint8)).save(root / split / "masks" / f"{stem}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_a_bad_image_on_one_rank_stops_every_evaluate_process_with_its_line(tmp_path):
+    """The fault guard is in the CLI's dispatcher, so it holds for every command: under torchrun,
+    `evaluate` with one truncated val image (read by one process only) ends both processes with the
+    same one line naming the file, not a gloo traceback on the other."""
+    _tiny_checkpoint(tmp_path / "model.pt")
+    data = _folder_with_one_truncated_image(tmp_path / "data")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fcnseg",
+           "evaluate", "--weights", str(tmp_path / "model.pt"), "--data", f"folder:{data}", "--split", "val",
+           "--no-progress"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("fcnseg evaluate: error:")]
+    assert len(lines) == 2 and lines[0] == lines[1] and "b.png" in lines[0], proc.stderr[-3000:]
+    # torchrun's own launcher reports the failed children (ChildFailedError); no fcnseg frame, no gloo noise
+    for noise in ("gloo", "Connection closed", "DistBackendError", "fcnseg/engine", "fcnseg/cli"):
+        assert noise not in proc.stderr, proc.stderr[-3000:]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure()
     try:
-        return int(args.func(args) or 0)
+        return _run_command(args)
     except FcnsegError as exc:
         if getattr(exc, "exit_code", None):  # stopped on request (engine.runtime.RunStopped), already logged
             return exc.exit_code
@@ -75,6 +76,21 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Run the subcommand. Under torchrun (WORLD_SIZE > 1) it runs inside ``fail_together``, so a fault
+    on one process ends every process of every command (train, evaluate, predict) with that fault's
+    one line, and the process group the command joined is left here, after that, in one place."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return int(args.func(args) or 0)
+    from fcnseg.engine.runtime import fail_together, shutdown_distributed
+
+    try:
+        with fail_together():
+            return int(args.func(args) or 0)
+    finally:
+        shutdown_distributed()
 
 
 if __name__ == "__main__":

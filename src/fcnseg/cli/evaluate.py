@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from fcnseg.engine import evaluate
     from fcnseg.engine.evaluator import check_compatible
     from fcnseg.engine.rundir import metrics_table, plot_confusion
-    from fcnseg.engine.runtime import init_distributed, resolve_device, resolve_precision, shutdown_distributed
+    from fcnseg.engine.runtime import init_distributed, resolve_device, resolve_precision
     from fcnseg.errors import FcnsegError
     from fcnseg.files import check_output_file, write_json
 
@@ -100,21 +100,18 @@ def run(args: argparse.Namespace) -> int:
     model.to(device)
     if args.channels_last and not opened.is_onnx:
         model.to(memory_format=torch.channels_last)
-    try:
-        metrics = evaluate(
-            model,
-            dataset,
-            meta=meta,
-            precision=precision,
-            channels_last=args.channels_last,
-            device=device,
-            max_images=args.max_images,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            progress=not args.no_progress,
-        )
-    finally:
-        shutdown_distributed()
+    metrics = evaluate(
+        model,
+        dataset,
+        meta=meta,
+        precision=precision,
+        channels_last=args.channels_last,
+        device=device,
+        max_images=args.max_images,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
     if not world.is_main:
         return 0
     print(f"{name} on {args.data} ({args.split}, {metrics['images']} images)")

@@ -212,7 +212,7 @@ def check_no_overwrite(paths: list[Path], stems: list[str], out: Path, args: arg
 
 def run(args: argparse.Namespace) -> int:
     from fcnseg.engine.progress import track
-    from fcnseg.engine.runtime import all_reduce_sum, init_distributed, resolve_device, shard, shutdown_distributed
+    from fcnseg.engine.runtime import all_reduce_sum, init_distributed, resolve_device, shard
     from fcnseg.files import WriteError, atomic_npy_rows, check_output_dir, clean_stale_temps
     from fcnseg.inference import load_image
     from fcnseg.viz import save_index_png, save_overlay
@@ -266,7 +266,6 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             log.error("%s", exc)
     done, failed = (int(n) for n in all_reduce_sum([done, failed]))
-    shutdown_distributed()
     if world.is_main:
         ranks = f" by {world.world_size} processes" if world.enabled else ""
         log.info("fcnseg predict: %d image(s) written to %s%s, %d failed", done, out, ranks, failed)

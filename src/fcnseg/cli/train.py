@@ -26,7 +26,6 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from fcnseg.engine import train
     from fcnseg.engine.checkpoint import resume_config
-    from fcnseg.engine.runtime import fail_together, shutdown_distributed
 
     overrides = overrides_from_args(args)
     if overrides.get("resume"):
@@ -34,9 +33,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = resolve_config(args.preset, args.config, overrides)
         # a registered --backbone-weights name (e.g. vgg16) is fetched by train() once the data is checked
-    try:
-        with fail_together():  # under torchrun: every process exits with the same one line
-            train(config)
-    finally:
-        shutdown_distributed()
+    train(config)  # under torchrun the CLI leaves the process group (cli/__init__.py)
     return 0

@@ -210,7 +210,6 @@ def fail_together() -> Iterator[None]:
     """Around a distributed command: a process that fails publishes its one-line error; a process
     whose collective then breaks (the peer is gone) raises that same line as FcnsegError. Every
     process of the group so exits with one line naming the fault (exit 2), not a gloo traceback."""
-    rank = current_dist().rank
     try:
         yield
     except RunStopped:
@@ -227,6 +226,7 @@ def fail_together() -> Iterator[None]:
         if not (dist.is_available() and dist.is_initialized()):
             raise
         message = peer_error()
+        rank = current_dist().rank
         if message is None:  # this process failed first, with something other than a user mistake
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
             share_error(f"process of rank {rank} failed ({type(exc).__name__}: {first}); see its traceback")
