@@ -106,6 +106,9 @@ def test_every_model_takes_the_fp32_image_through_its_stem(name):
 
 
 def test_fast_path_is_off_without_native_bf16(monkeypatch):
+    from fcnseg import devices
+
+    monkeypatch.setattr(devices, "cpu_bf16_flags", lambda: ())
     monkeypatch.setattr(fastpath, "cpu_bf16_flags", lambda: ())
     assert not fastpath.fast_path_supported()
     assert "lacks" in fastpath.fast_path_reason()

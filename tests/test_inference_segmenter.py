@@ -84,6 +84,11 @@ def test_fast_path_agrees_with_fp32_and_says_so():
 
 @pytest.mark.parametrize("flags", [(), ("avx512_bf16",)])
 def test_fast_path_dispatch_follows_the_cpu_and_describe_says_which(monkeypatch, flags):
+    from fcnseg import devices
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(devices, "cpu_bf16_flags", lambda: flags)
     monkeypatch.setattr(fastpath, "cpu_bf16_flags", lambda: flags)
     monkeypatch.setattr(fastpath.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
@@ -96,6 +101,22 @@ def test_fast_path_dispatch_follows_the_cpu_and_describe_says_which(monkeypatch,
         assert "fast path off: CPU lacks native bf16" in text and "bf16 weights" not in text
     off = Segmenter(StandIn(), META, fast=False)  # turned off by hand: says so, whatever the CPU
     assert not off.fast and "fast path off: " + ("disabled" if flags else "CPU lacks") in off.describe()
+
+
+def test_a_onednn_cap_below_bf16_turns_the_fast_path_off_with_the_reason(monkeypatch):
+    """One bf16 decision (devices.fast_bf16) for training and inference: a CPU with bf16 whose oneDNN is
+    capped to AVX2 would emulate bf16, several times slower than fp32, so the fast path stays off."""
+    from fcnseg import devices
+
+    monkeypatch.setattr(devices, "cpu_bf16_flags", lambda: ("avx512_bf16",))
+    monkeypatch.setattr(fastpath, "cpu_bf16_flags", lambda: ("avx512_bf16",))
+    monkeypatch.setattr(fastpath.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    auto = Segmenter(StandIn(), META)
+    assert not auto.fast and "caps oneDNN below bf16" in auto.describe()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert Segmenter(StandIn(), META).fast
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fcnseg.devices import ISA_ENV, cpu_bf16_flags, cpu_flags, cpu_isa  # noqa: F401 (used by the benchmark)
+from fcnseg.devices import (  # noqa: F401 (ISA_ENV, cpu_flags, cpu_isa: used by the benchmark)
+    ISA_ENV,
+    cpu_bf16_flags,
+    cpu_flags,
+    cpu_isa,
+    fast_bf16,
+    onednn_cap_allows_bf16,
+)
 from fcnseg.inference import padcache
 from fcnseg.models.layers import BilinearUpsample
 
@@ -30,7 +37,8 @@ def fast_path_supported() -> bool:
     """True when bf16 autocast on this CPU is expected to beat fp32."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    return bool(cpu_bf16_flags()) and torch.backends.mkldnn.is_available()
+    # the one bf16 decision (devices.fast_bf16: CPU flags after $FCNSEG_CPU_ISA, and a oneDNN cap)
+    return fast_bf16(torch.device("cpu")) and torch.backends.mkldnn.is_available()
 
 
 def fast_path_reason() -> str:
@@ -38,6 +46,8 @@ def fast_path_reason() -> str:
     flags = cpu_bf16_flags()
     if fast_path_supported():
         return f"CPU has {'+'.join(flags)}"
+    if flags and not onednn_cap_allows_bf16():
+        return f"CPU has {'+'.join(flags)} but ONEDNN_MAX_CPU_ISA caps oneDNN below bf16"
     return "CPU lacks native bf16 (amx_bf16/avx512_bf16)"
 
 
