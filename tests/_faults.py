@@ -156,3 +156,39 @@ def fifo_watchdog(fifo: Path, seconds: float = 60):
         yield state
     finally:
         done.set()
+
+
+def fake_run(run: Path, **changes) -> Path:
+    """A run directory as a stopped `fcnseg train` leaves it (config.yaml + last.pt), without training."""
+    from fcnseg.config import TrainConfig, save_config
+    from fcnseg.engine.checkpoint import save_checkpoint
+    from fcnseg.engine.rng import capture_rng
+
+    cfg = TrainConfig(
+        data="shapes",
+        model="fcn8s",
+        width=0.0625,
+        geometry="same",
+        optimizer="adamw",
+        iterations=2,
+        progress=False,
+        out=str(run),
+        **changes,
+    )
+    run.mkdir(parents=True)
+    save_config(cfg, run / "config.yaml")
+    save_checkpoint(
+        run / "last.pt",
+        {},
+        {"model_name": "fcn8s", "model_kwargs": {"num_classes": 6}},
+        {
+            "iteration": 2,
+            "best_mean_iu": 0.1,
+            "best_iteration": 2,
+            "optimizer": {},
+            "scheduler": {},
+            "rng": capture_rng(),
+            "config": cfg.to_dict(),
+        },
+    )
+    return run

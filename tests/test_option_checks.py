@@ -8,7 +8,7 @@ import errno
 import pytest
 import torch
 
-from _faults import assert_one_line_error, cli, run_main
+from _faults import assert_one_line_error, cli, fake_run, run_main
 from fcnseg.cli import main
 from fcnseg.config import resolve_config
 from fcnseg.engine.checkpoint import save_checkpoint
@@ -114,9 +114,7 @@ def test_checkpoint_with_marker_but_no_metadata(tmp_path, capsys):
 
 
 def test_resume_with_another_optimiser_is_refused(tmp_path):
-    from test_run_safety import _fake_run
-
-    run = _fake_run(tmp_path / "R")  # trained with adamw
+    run = fake_run(tmp_path / "R")  # trained with adamw
     assert_one_line_error(cli("train", "--resume", run, "--optimizer", "sgd"), "optimiser")
 
 

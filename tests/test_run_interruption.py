@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _faults import TINY_TRAIN, assert_one_line_error, cli, folder_dataset, run_main
+from _faults import TINY_TRAIN, assert_one_line_error, cli, fake_run, folder_dataset, run_main
 from fcnseg.engine.checkpoint import load_checkpoint
 
 LONG = ["--data", "shapes", *TINY_TRAIN, "--iterations", "100000", "--log-every", "1", "--max-val-images", "2"]
@@ -86,45 +86,10 @@ def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
     lock.release()
 
 
-def _stopped_run(run: Path) -> Path:
-    """A run directory as a stopped `fcnseg train` leaves it (config.yaml + last.pt), without training."""
-    from fcnseg.config import TrainConfig, save_config
-    from fcnseg.engine.checkpoint import save_checkpoint
-    from fcnseg.engine.rng import capture_rng
-
-    cfg = TrainConfig(
-        data="shapes",
-        model="fcn8s",
-        width=0.0625,
-        geometry="same",
-        optimizer="adamw",
-        iterations=2,
-        progress=False,
-        out=str(run),
-    )
-    run.mkdir(parents=True)
-    save_config(cfg, run / "config.yaml")
-    save_checkpoint(
-        run / "last.pt",
-        {},
-        {"model_name": "fcn8s", "model_kwargs": {"num_classes": 6}},
-        {
-            "iteration": 2,
-            "best_mean_iu": 0.1,
-            "best_iteration": 2,
-            "optimizer": {},
-            "scheduler": {},
-            "rng": capture_rng(),
-            "config": cfg.to_dict(),
-        },
-    )
-    return run
-
-
 def test_edited_config_yaml_is_refused_unless_applied_as_options(tmp_path, capsys):
     from fcnseg.engine.checkpoint import resume_config
 
-    run = _stopped_run(tmp_path / "R")
+    run = fake_run(tmp_path / "R")
     values = yaml.safe_load((run / "config.yaml").read_text())
     values.update(iterations=50, lr=0.01)
     (run / "config.yaml").write_text(yaml.safe_dump(values))
@@ -191,7 +156,7 @@ def test_backbone_download_waits_for_the_data_check(tmp_path, monkeypatch, capsy
 def test_resume_refuses_a_last_pt_with_changed_bytes(tmp_path, capsys):
     import torch
 
-    run = _stopped_run(tmp_path / "R")
+    run = fake_run(tmp_path / "R")
     rng = load_checkpoint(run / "last.pt")["train_state"]["rng"]["torch"].numpy().tobytes()
     data = bytearray((run / "last.pt").read_bytes())
     at = data.find(rng[:64])

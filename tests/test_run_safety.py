@@ -12,12 +12,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
-from _faults import TINY_TRAIN, assert_one_line_error, cli, folder_dataset, set_mask
+from _faults import TINY_TRAIN, assert_one_line_error, cli, fake_run, folder_dataset, set_mask
 from fcnseg.engine.checkpoint import load_checkpoint
 
 
@@ -61,42 +60,6 @@ def test_failing_final_validation_keeps_the_trained_weights(tmp_path, monkeypatc
     assert load_checkpoint(run / "last.pt")["train_state"]["iteration"] == 4
 
 
-def _fake_run(run: Path, **changes) -> Path:
-    """A run directory as `fcnseg train` leaves it (config.yaml + last.pt), without training."""
-    from fcnseg.config import TrainConfig, save_config
-    from fcnseg.engine.checkpoint import save_checkpoint
-    from fcnseg.engine.rng import capture_rng
-
-    cfg = TrainConfig(
-        data="shapes",
-        model="fcn8s",
-        width=0.0625,
-        geometry="same",
-        optimizer="adamw",
-        iterations=2,
-        progress=False,
-        out=str(run),
-        **changes,
-    )
-    run.mkdir(parents=True)
-    save_config(cfg, run / "config.yaml")
-    save_checkpoint(
-        run / "last.pt",
-        {},
-        {"model_name": "fcn8s", "model_kwargs": {"num_classes": 6}},
-        {
-            "iteration": 2,
-            "best_mean_iu": 0.1,
-            "best_iteration": 2,
-            "optimizer": {},
-            "scheduler": {},
-            "rng": capture_rng(),
-            "config": cfg.to_dict(),
-        },
-    )
-    return run
-
-
 @pytest.mark.parametrize(
     "option, value, why",
     [
@@ -107,7 +70,7 @@ def _fake_run(run: Path, **changes) -> Path:
     ],
 )
 def test_resume_refuses_changes_and_never_rewrites_the_config(tmp_path, option, value, why):
-    run = _fake_run(tmp_path / "R")
+    run = fake_run(tmp_path / "R")
     before = (run / "config.yaml").read_bytes()
     proc = cli("train", "--resume", run, option, value)
     assert_one_line_error(proc, "cannot resume", option, why)
@@ -115,7 +78,7 @@ def test_resume_refuses_changes_and_never_rewrites_the_config(tmp_path, option, 
 
 
 def test_bad_override_value_on_resume_is_refused_before_writing(tmp_path):
-    run = _fake_run(tmp_path / "R")
+    run = fake_run(tmp_path / "R")
     before = (run / "config.yaml").read_bytes()
     assert_one_line_error(cli("train", "--resume", run, "--data", "foo:bar"), "data", "must be one of")
     assert_one_line_error(cli("train", "--resume", run, "--iterations", "-5"), "iterations", ">= 1")
