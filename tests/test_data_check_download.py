@@ -228,7 +228,7 @@ def test_safe_extract_keeps_inside_links(tmp_path):
 def test_unknown_download_name(tmp_path):
     with pytest.raises(FcnsegError, match="available: voc2012, sbd"):
         download_dataset("imagenet", tmp_path)
-    with pytest.raises(FcnsegError, match=r"'voc2013' \(did you mean voc2012\?\)"):
+    with pytest.raises(FcnsegError, match=r"'voc2013' \(did you mean voc2012 or voc2010\?\)"):
         download_dataset("voc2013", tmp_path)
 
 

@@ -2,6 +2,8 @@
 
 fcnseg data list
 fcnseg data download voc2012 --root ~/data         then use voc:~/data
+fcnseg data download pascal-context --root ~/data  VOC2010 + PASCAL-Context: pascal-context:~/data
+fcnseg data download cityscapes --root ~/data      no public archive: prints where to get it, exit 3
 fcnseg data check voc:~/data --split val --json report.json
 """
 
@@ -25,8 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="dataset formats and downloadable datasets")
     p.set_defaults(func=run_list)
 
-    p = sub.add_parser("download", help="download and extract a public dataset (resumable, checksummed)")
-    p.add_argument("name", help="voc2012 or sbd (see `fcnseg data list`)")
+    p = sub.add_parser(
+        "download",
+        help="download and extract a public dataset (resumable, checksummed)",
+        description="Download and extract a public dataset. Exit status 0: done; 2: an error; 3: the "
+        "dataset's host publishes no archive a program may fetch, nothing was downloaded and one line "
+        "says where to get it.",
+    )
+    p.add_argument("name", help="voc2012, sbd, voc2010, pascal-context, cityscapes (see `fcnseg data list`)")
     p.add_argument("--root", required=True, type=Path, help="folder to download and extract into")
     p.add_argument("--url", help="download from this address instead (a mirror, or a file:// URL)")
     check = p.add_mutually_exclusive_group()
@@ -57,14 +65,18 @@ def run_list(args: argparse.Namespace) -> int:
     print("dataset specs: " + ", ".join(list_formats()))
     print("downloads (fcnseg data download NAME --root DIR):")
     for name, r in RESOURCES.items():
-        print(f"  {name:8s} {r.about}; then use {r.spec}:DIR\n           {r.url}")
+        print(f"  {name:14s} {r.about}; then use {r.spec}:DIR\n                 {r.url or r.manual}")
     return 0
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from fcnseg.data.download import RESOURCES, download_dataset
+    from fcnseg.data.download import MANUAL_EXIT, RESOURCES, download_dataset, manual_step
     from fcnseg.files import check_output_dir
 
+    by_hand = manual_step(args.name)
+    if by_hand:
+        print(by_hand)
+        return MANUAL_EXIT
     check_output_dir(args.root, "--root")
     md5 = None if args.no_checksum else (args.md5 or "registry")
     target = download_dataset(

@@ -10,7 +10,7 @@ It also knows ``class_names``, ``palette`` (one (r, g, b) per class), ``num_clas
 cannot be read raises FcnsegError naming the file.
 
 Spec strings say which dataset: ``shapes`` (built in), ``voc:PATH``, ``sbd:PATH``,
-``voc-aug:VOC_PATH,SBD_PATH``, ``cityscapes:PATH``, ``folder:PATH``.
+``voc-aug:VOC_PATH,SBD_PATH``, ``cityscapes:PATH``, ``folder:PATH``, ``pascal-context:PATH``.
 """
 
 from __future__ import annotations
@@ -110,10 +110,19 @@ _FORMATS: dict[str, str] = {
     "voc-aug": "fcnseg.data.voc:open_voc_aug",
     "cityscapes": "fcnseg.data.cityscapes:open_cityscapes",
     "folder": "fcnseg.data.folder:open_folder",
+    "pascal-context": "fcnseg.data.context:open_context",
 }
 
 
-SPEC_FORMS = ("shapes", "voc:PATH", "sbd:PATH", "voc-aug:VOC_PATH,SBD_PATH", "cityscapes:PATH", "folder:PATH")
+SPEC_FORMS = (
+    "shapes",
+    "voc:PATH",
+    "sbd:PATH",
+    "voc-aug:VOC_PATH,SBD_PATH",
+    "cityscapes:PATH",
+    "folder:PATH",
+    "pascal-context:PATH",
+)
 
 
 def list_formats() -> list[str]:

@@ -14,7 +14,14 @@ moved, copied or deleted.
 
 The addresses and MD5 sums are those of torchvision's VOCSegmentation and SBDataset (torchvision
 0.29.1, torchvision/datasets/voc.py and sbd.py) for the very same archives. Mirrors can be given
-with ``url=``; the sum still applies (it identifies the file).
+with ``url=``; the sum still applies (it identifies the file). PASCAL-Context's annotation archive
+has no published checksum: it is checked by kind (a tar archive) and by content (labels.txt and
+trainval/ in it) only. A dataset made of several archives names the others in ``needs``
+(PASCAL-Context needs VOC2010's images); they are fetched first, each with its own address and sum.
+
+Some hosts publish no archive a program may fetch (an account, a licence form): their entries have
+no ``url`` and ``manual_step(name)`` is the one line saying where to get the data by hand;
+`fcnseg data download NAME` prints it and exits with status 3 (nothing was downloaded).
 """
 
 from __future__ import annotations
@@ -47,12 +54,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Resource:
-    url: str
+    url: str  # "" where the host publishes no archive to fetch: `manual` says where to get the data
     md5: str | None
     dataset_dir: str  # where the data lands, relative to the download root
     spec: str  # dataset format to open it with: "<spec>:<root>"
     about: str
     confirmed: str = "torchvision 0.29.1: torchvision/datasets/voc.py (VOCSegmentation) and sbd.py (SBDataset)"
+    needs: tuple[str, ...] = ()  # other downloads this dataset is made of, fetched first
+    #: True: the archive has no top folder of its own; its members are extracted into dataset_dir
+    extract_into: bool = False
+    contains: tuple[str, ...] = ()  # what dataset_dir must hold once extracted (else: the wrong archive)
+    manual: str = ""  # for entries without url: where and how to get the data by hand
+
+
+MANUAL_EXIT = 3  # `fcnseg data download NAME` for a dataset without a public archive: nothing downloaded
 
 
 RESOURCES: dict[str, Resource] = {
@@ -70,7 +85,49 @@ RESOURCES: dict[str, Resource] = {
         spec="sbd",
         about="Semantic Boundaries Dataset (SBD), 1.4 GB",
     ),
+    "voc2010": Resource(
+        url="https://thor.robots.ox.ac.uk/pascal/VOC/voc2010/VOCtrainval_03-May-2010.tar",
+        md5="da459979d0c395079b5c75ee67908abb",
+        dataset_dir="VOCdevkit/VOC2010",
+        spec="pascal-context",
+        about="PASCAL VOC 2010 train+val, 1.3 GB (the images PASCAL-Context annotates)",
+        confirmed="torchvision 0.29.1: torchvision/datasets/voc.py (VOCSegmentation, year 2010)",
+    ),
+    "pascal-context": Resource(
+        url="https://cs.stanford.edu/~roozbeh/pascal-context/trainval.tar.gz",
+        md5=None,
+        dataset_dir="pascal-context",
+        spec="pascal-context",
+        about="PASCAL-Context annotations (labels.txt, trainval/*.mat), 31 MB, plus voc2010",
+        confirmed="the dataset's page https://cs.stanford.edu/~roozbeh/pascal-context/ (no checksum published)",
+        needs=("voc2010",),
+        extract_into=True,
+        contains=("labels.txt", "trainval"),
+    ),
+    "cityscapes": Resource(
+        url="",
+        md5=None,
+        dataset_dir=".",
+        spec="cityscapes",
+        about="Cityscapes (an account is needed to download it)",
+        confirmed="https://www.cityscapes-dataset.com/downloads/",
+        manual="Cityscapes is downloaded only with an account: log in at "
+        "https://www.cityscapes-dataset.com/downloads/, get leftImg8bit_trainvaltest.zip and "
+        "gtFine_trainvaltest.zip, unzip both into one folder DIR and use cityscapes:DIR",
+    ),
 }
+
+
+def manual_step(name: str) -> str | None:
+    """The one line saying where to get dataset ``name`` by hand, or None if it can be downloaded."""
+    resource = _resource(name)
+    return None if resource.url else resource.manual
+
+
+def _resource(name: str) -> Resource:
+    if name not in RESOURCES:
+        raise FcnsegError(f"no download for {name!r}{did_you_mean(name, RESOURCES)}; available: {', '.join(RESOURCES)}")
+    return RESOURCES[name]
 
 
 def tar_problem(head: bytes) -> str | None:
@@ -179,9 +236,19 @@ def _remove_interrupted_extractions(root: Path) -> None:
         log.info("removed %s, left by an interrupted extraction", folder)
 
 
-def extract_into_place(archive: Path, root: Path, dataset_dir: str, ours: bool = True) -> Path:
+def extract_into_place(
+    archive: Path,
+    root: Path,
+    dataset_dir: str,
+    ours: bool = True,
+    *,
+    extract_into: bool = False,
+    contains: tuple[str, ...] = (),
+) -> Path:
     """Extract ``archive`` into a temporary folder in ``root`` and rename its ``dataset_dir`` to
     ``root/dataset_dir`` only when all of it is out; an earlier folder there is replaced only then.
+    ``extract_into``: the archive's members themselves go into ``dataset_dir`` (an archive without
+    a top folder); ``contains``: what the folder must hold, else the archive is the wrong one.
     Whatever fails, the temporary folder is removed and the error says what became of the target."""
     target = root / dataset_dir
     before = target.exists()
@@ -197,7 +264,7 @@ def extract_into_place(archive: Path, root: Path, dataset_dir: str, ours: bool =
         try:
             safe_extract(
                 archive,
-                tmp,
+                tmp / dataset_dir if extract_into else tmp,
                 "delete it and run the same command to download it again"
                 if ours
                 else "the archive is damaged or incomplete (it was left as it is)",
@@ -205,8 +272,9 @@ def extract_into_place(archive: Path, root: Path, dataset_dir: str, ours: bool =
         except FcnsegError as exc:
             raise FcnsegError(f"{exc} ({state})") from None
         new = tmp / dataset_dir
-        if not new.is_dir():
-            raise FcnsegError(f"{archive} does not contain {dataset_dir}; is it the right archive? ({state})")
+        lacking = [part for part in contains if not (new / part).exists()] if new.is_dir() else [dataset_dir]
+        if lacking:
+            raise FcnsegError(f"{archive} does not contain {', '.join(lacking)}; is it the right archive? ({state})")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             if before:
@@ -245,12 +313,14 @@ def download_dataset(
     where it lies, and left there); ``md5="registry"`` uses the registry's checksum, a hex string
     another one, ``None`` skips the check.
     """
-    if name not in RESOURCES:
-        raise FcnsegError(f"no download for {name!r}{did_you_mean(name, RESOURCES)}; available: {', '.join(RESOURCES)}")
-    resource = RESOURCES[name]
+    resource = _resource(name)
+    if not resource.url:
+        raise FcnsegError(resource.manual)
     root = Path(root).expanduser()
     done = root / f".fcnseg-{name}.done"
     target = root / resource.dataset_dir
+    for part in resource.needs:  # each with its own published address and sum
+        download_dataset(part, root, keep_archive=keep_archive, progress=progress)
     if done.is_file() and target.is_dir():
         return target
     root.mkdir(parents=True, exist_ok=True)
@@ -263,7 +333,9 @@ def download_dataset(
     else:
         archive, ours = root / (_url_filename(url) or _url_filename(resource.url)), True
         download_file(url, archive, md5, progress, expect=tar_problem)
-    extract_into_place(archive, root, resource.dataset_dir, ours)
+    extract_into_place(
+        archive, root, resource.dataset_dir, ours, extract_into=resource.extract_into, contains=resource.contains
+    )
     write_text(done, f"{url}\n")
     if ours and not keep_archive:
         archive.unlink()

@@ -4,7 +4,8 @@
 * ``read_label_png``: a palette ('P') or greyscale PNG -> (H, W) uint8 class ids (the palette is
   ignored: pixel values *are* the labels, as in PASCAL VOC's SegmentationClass).
 * ``decode_colors``: an RGB colour-coded mask -> class ids through a colour table, vectorised.
-* ``read_sbd_mat``: an SBD ``cls/*.mat`` file -> GTcls.Segmentation.
+* ``read_mat_array``: one array of a MATLAB file; ``read_sbd_mat``: an SBD ``cls/*.mat`` file ->
+  GTcls.Segmentation.
 * ``PairedFileDataset``: the dataset class shared by every on-disk format.
 
 Every reader raises FcnsegError naming the file when it is missing, unreadable, truncated or a
@@ -77,24 +78,40 @@ def decode_colors(
     return values[pos]
 
 
-def read_sbd_mat(path: str | os.PathLike) -> np.ndarray:
-    """The class segmentation of an SBD ``cls/<id>.mat`` file (struct GTcls, field Segmentation)."""
-    from scipy.io import loadmat  # scipy is slow to import; only SBD needs it
+def read_mat_array(path: str | os.PathLike, what: str, variable: str, field: str | None, wrong: str) -> np.ndarray:
+    """One array from a MATLAB file: ``variable`` (or its struct ``field``) as uint16 class ids; one
+    FcnsegError naming the file for every way it can fail (``wrong``: what to say of a file without it)."""
+    from scipy.io import loadmat  # scipy is slow to import; only the .mat formats need it
 
-    check_input_file(path, "SBD mask")  # a folder, a FIFO or a link loop: said as it is, never opened
+    check_input_file(path, what)  # a folder, a FIFO or a link loop: said as it is, never opened
+    name = f"{variable}.{field}" if field else variable
     try:
-        mat = loadmat(path, variable_names=["GTcls"], squeeze_me=True, struct_as_record=False)
-        return np.asarray(mat["GTcls"].Segmentation, dtype=np.uint8)
+        mat = loadmat(path, variable_names=[variable], squeeze_me=True, struct_as_record=False)
+        value = getattr(mat[variable], field) if field else mat[variable]
+        array = np.asarray(value)
+        if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+            raise TypeError(f"{name} is not a 2-D array of numbers")
+        return array.astype(np.uint16)
     except FileNotFoundError:
         raise FcnsegError(
-            f"{path}: SBD mask not found; check the SBD directory (`fcnseg data check` lists all problems)"
+            f"{path}: {what} not found; check the dataset folder (`fcnseg data check` lists all)"
         ) from None
     except (KeyError, AttributeError):
-        raise FcnsegError(
-            f"{path}: not an SBD class file (no GTcls.Segmentation); use the files in SBD's cls/ folder"
-        ) from None
+        raise FcnsegError(f"{path}: {wrong}") from None
     except (OSError, ValueError, TypeError) as exc:
-        raise FcnsegError(f"{path}: cannot read SBD mask ({exc}); re-download or remove this file") from None
+        raise FcnsegError(f"{path}: cannot read {what} ({exc}); re-download or remove this file") from None
+
+
+def read_sbd_mat(path: str | os.PathLike) -> np.ndarray:
+    """The class segmentation of an SBD ``cls/<id>.mat`` file (struct GTcls, field Segmentation)."""
+    mask = read_mat_array(
+        path,
+        "SBD mask",
+        "GTcls",
+        "Segmentation",
+        "not an SBD class file (no GTcls.Segmentation); use the files in SBD's cls/ folder",
+    )
+    return mask.astype(np.uint8)
 
 
 def read_id_list(path: Path, what: str) -> list[str]:

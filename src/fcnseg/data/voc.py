@@ -78,7 +78,7 @@ def read_voc_or_sbd_mask(path: Path) -> np.ndarray:
     return read_sbd_mat(path) if path.suffix == ".mat" else read_voc_mask(path)
 
 
-def _find_root(path: str, marker: str, candidates: tuple[str, ...], what: str, hint: str) -> Path:
+def find_root(path: str, marker: str, candidates: tuple[str, ...], what: str, hint: str) -> Path:
     """The first of PATH/<candidate> holding ``marker``."""
     base = require_dir(path, what)
     for sub in candidates:
@@ -90,7 +90,7 @@ def _find_root(path: str, marker: str, candidates: tuple[str, ...], what: str, h
 
 
 def voc_root(path: str) -> Path:
-    return _find_root(
+    return find_root(
         path,
         "ImageSets/Segmentation",
         (".", "VOC2012", "VOCdevkit/VOC2012"),
@@ -100,7 +100,7 @@ def voc_root(path: str) -> Path:
 
 
 def sbd_root(path: str) -> Path:
-    return _find_root(
+    return find_root(
         path,
         "cls",
         (".", "dataset", "benchmark_RELEASE/dataset"),

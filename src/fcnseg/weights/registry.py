@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fcnseg.data.context import CLASS_NAMES as CONTEXT_CLASSES
 from fcnseg.data.voc import CLASS_NAMES as VOC_CLASSES
 from fcnseg.data.voc import voc_colormap
 from fcnseg.errors import FcnsegError, did_you_mean
@@ -149,47 +150,6 @@ NYUD_CLASSES = (
     "otherstructure",
     "otherfurniture",
     "otherprop",
-)
-CONTEXT_CLASSES = VOC_CLASSES + (
-    "bag",
-    "bed",
-    "bench",
-    "book",
-    "building",
-    "cabinet",
-    "ceiling",
-    "clothes",
-    "computer",
-    "cup",
-    "door",
-    "fence",
-    "floor",
-    "flower",
-    "food",
-    "grass",
-    "ground",
-    "keyboard",
-    "light",
-    "mountain",
-    "mouse",
-    "curtain",
-    "platform",
-    "sign",
-    "plate",
-    "road",
-    "rock",
-    "shelves",
-    "sidewalk",
-    "sky",
-    "snow",
-    "bedcloth",
-    "track",
-    "tree",
-    "truck",
-    "wall",
-    "water",
-    "window",
-    "wood",
 )
 
 _VOC = {"class_names": VOC_CLASSES, "palette": _palette(len(VOC_CLASSES))}
