@@ -243,3 +243,11 @@ def test_evaluate_fcn8s_context_by_name(tmp_path, monkeypatch, capsys):
     confusion = np.array(metrics["confusion"])
     truth = sum(np.bincount(expected_mask(k).ravel(), minlength=60) for k in range(2, 5))
     assert np.array_equal(confusion.sum(axis=1), truth)  # every pixel counted, under its mapped class
+    # the Python API gives the same numbers from the same name
+    import fcnseg
+    from fcnseg.weights import open_model
+
+    opened = open_model("fcn8s-context")
+    dataset = fcnseg.load_dataset(f"pascal-context:{tmp_path / 'pc'}", "val")
+    api = fcnseg.evaluate(opened.module, dataset, meta=opened.meta, device="cpu")
+    assert api["confusion"] == metrics["confusion"] and api["class_names"] == list(CLASS_NAMES)
