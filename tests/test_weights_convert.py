@@ -210,28 +210,6 @@ def test_convert_writes_an_ordinary_checkpoint(tmp_path, capsys):
     assert mask.shape == (20, 30)
 
 
-def test_two_headed_siftflow_model_loads_its_semantic_head(tmp_path, caplog):
-    """SIFT Flow's nets name the semantic head *_sem and add a geometric head *_geo (dropped)."""
-    layers = random_reference("fcn16s", num_classes=33)
-    geo = random_reference("fcn16s", num_classes=3, seed=5)
-    heads = ("score_fr", "upscore2", "score_pool4", "upscore16")
-    two_headed = {
-        **{k: v for k, v in layers.items() if k not in heads},
-        **{k + "_sem": layers[k] for k in heads},
-        **{k + "_geo": geo[k] for k in heads},
-    }
-    path = tmp_path / "siftflow-fcn16s-heavy.caffemodel"
-    path.write_bytes(caffemodel_bytes(two_headed))
-    with caplog.at_level(logging.INFO, logger="fcnseg"):
-        model, meta = load(path)
-    assert meta["model_name"] == "fcn16s" and meta["model_kwargs"]["num_classes"] == 33
-    assert meta["class_names"][27] == "sky"  # the published file name brings the registry's classes
-    assert "geometric-class head" in caplog.text
-    x = image()
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), reference_forward(layers, x, "fcn16s"), rtol=1e-4, atol=1e-4)
-
-
 # ----------------------------------------------------------------- FCN-AlexNet (CaffeNet trunk)
 
 # voc-fcn-alexnet/net.py: (name, channels, kernel, stride, pad, group); pool (3x3/2) + LRN after

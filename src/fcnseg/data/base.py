@@ -10,13 +10,20 @@ It also knows ``class_names``, ``palette`` (one (r, g, b) per class), ``num_clas
 cannot be read raises FcnsegError naming the file.
 
 Spec strings say which dataset: ``shapes`` (built in), ``voc:PATH``, ``sbd:PATH``,
-``voc-aug:VOC_PATH,SBD_PATH``, ``cityscapes:PATH``, ``folder:PATH``, ``pascal-context:PATH``.
+``voc-aug:VOC_PATH,SBD_PATH``, ``cityscapes:PATH``, ``folder:PATH``, ``pascal-context:PATH``,
+``siftflow:PATH``.
+
+A dataset may label its pixels a second way (SIFT Flow: geometric classes beside the semantic
+ones): ``extra_targets`` names them (``ExtraTarget``) and ``load_extra(i, name)`` reads one. Item
+``i`` stays ``(image, mask)``; only models with a head per target read the others, through
+``WithTargets``, whose item is ``(image, masks)`` with the masks stacked (1 + K, H, W).
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +48,18 @@ def bad_labels_message(labels: list[int], num_classes: int, ignore_index: int = 
     return f"labels {', '.join(map(str, labels))} are not classes (0..{num_classes - 1}) or {ignore_index}"
 
 
+@dataclass(frozen=True)
+class ExtraTarget:
+    """A second labelling of a dataset's pixels, read only by a model with a head for it."""
+
+    name: str  # the model head that predicts it, e.g. "geometric"
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
 class SegmentationDataset(Dataset):
     """Base class: subclasses set ``class_names``, ``palette``, ``split`` and implement
     ``__len__``, ``sample_name`` and ``load_arrays`` (numpy HxWx3 uint8 image, HxW integer mask)."""
@@ -51,6 +70,8 @@ class SegmentationDataset(Dataset):
     split: str = ""
     #: A string that identifies the data (format, root and split), used as a cache key.
     identity: str = ""
+    #: Other labellings of the same pixels (see ``load_extra`` and ``WithTargets``).
+    extra_targets: tuple[ExtraTarget, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -77,6 +98,14 @@ class SegmentationDataset(Dataset):
         """The mask's file (or id), for messages about the mask."""
         return self.sample_name(index)
 
+    def load_extra(self, index: int, name: str) -> np.ndarray:
+        """The (H, W) labels of extra target ``name`` for sample ``index`` (``ignore_index`` = void)."""
+        raise FcnsegError(f"{self!r} has no {name} labels")
+
+    def extra_name(self, index: int, name: str) -> str:
+        """The file (or id) of extra target ``name`` of sample ``index``, for messages."""
+        return self.mask_name(index)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
@@ -102,6 +131,53 @@ class SegmentationDataset(Dataset):
         )
 
 
+class WithTargets(Dataset):
+    """``dataset`` with its extra targets ``names``: item ``i`` is (image uint8 (3, H, W), masks int64
+    (1 + K, H, W)), the dataset's mask first, then each extra target in the order of ``names``; every
+    label checked as the mask is. Transforms and collation treat the stack as one mask. Other
+    attributes (``class_names``, ``sample_name``, ...) are the dataset's own."""
+
+    def __init__(self, dataset: SegmentationDataset, names: Sequence[str]):
+        known = {t.name: t for t in dataset.extra_targets}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise FcnsegError(f"{dataset!r} has no {unknown[0]} labels; it has: {', '.join(known) or 'none'}")
+        self.dataset = dataset
+        self.targets = tuple(known[n] for n in names)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str):
+        if name == "dataset":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.dataset[index]
+        index = index % len(self.dataset)
+        masks = [mask]
+        for target in self.targets:
+            labels = self.dataset.load_extra(index, target.name)
+            where = self.dataset.extra_name(index, target.name)
+            if labels.shape != tuple(mask.shape):
+                raise FcnsegError(
+                    f"{where}: {target.name} labels are {labels.shape[1]}x{labels.shape[0]} but the image is "
+                    f"{mask.shape[1]}x{mask.shape[0]}; fix or remove this sample"
+                )
+            bad = bad_labels(labels, target.num_classes, self.dataset.ignore_index)
+            if bad:
+                raise FcnsegError(
+                    f"{where}: {target.name} {bad_labels_message(bad, target.num_classes, self.dataset.ignore_index)}; "
+                    "fix or remove this file"
+                )
+            masks.append(torch.from_numpy(labels.astype(np.int64)))
+        return image, torch.stack(masks)
+
+    def __repr__(self) -> str:
+        return f"{self.dataset!r} with {', '.join(t.name for t in self.targets)} labels"
+
+
 # name -> "module:function"; the function takes (argument after the colon, split) -> dataset.
 _FORMATS: dict[str, str] = {
     "shapes": "fcnseg.data.shapes:open_shapes",
@@ -111,6 +187,7 @@ _FORMATS: dict[str, str] = {
     "cityscapes": "fcnseg.data.cityscapes:open_cityscapes",
     "folder": "fcnseg.data.folder:open_folder",
     "pascal-context": "fcnseg.data.context:open_context",
+    "siftflow": "fcnseg.data.siftflow:open_siftflow",
 }
 
 
@@ -122,6 +199,7 @@ SPEC_FORMS = (
     "cityscapes:PATH",
     "folder:PATH",
     "pascal-context:PATH",
+    "siftflow:PATH",
 )
 
 

@@ -4,8 +4,8 @@
 * ``read_label_png``: a palette ('P') or greyscale PNG -> (H, W) uint8 class ids (the palette is
   ignored: pixel values *are* the labels, as in PASCAL VOC's SegmentationClass).
 * ``decode_colors``: an RGB colour-coded mask -> class ids through a colour table, vectorised.
-* ``read_mat_array``: one array of a MATLAB file; ``read_sbd_mat``: an SBD ``cls/*.mat`` file ->
-  GTcls.Segmentation.
+* ``read_mat_array``: one array of a MATLAB file (PASCAL-Context, SIFT Flow); ``read_sbd_mat``: an
+  SBD ``cls/*.mat`` file -> GTcls.Segmentation.
 * ``PairedFileDataset``: the dataset class shared by every on-disk format.
 
 Every reader raises FcnsegError naming the file when it is missing, unreadable, truncated or a
@@ -78,8 +78,11 @@ def decode_colors(
     return values[pos]
 
 
-def read_mat_array(path: str | os.PathLike, what: str, variable: str, field: str | None, wrong: str) -> np.ndarray:
-    """One array from a MATLAB file: ``variable`` (or its struct ``field``) as uint16 class ids; one
+def read_mat_array(
+    path: str | os.PathLike, what: str, variable: str, field: str | None, wrong: str, dtype=np.uint16
+) -> np.ndarray:
+    """One array from a MATLAB file: ``variable`` (or its struct ``field``) as ``dtype`` class ids
+    (a signed type where the file marks void with -1: SIFT Flow's geometric labels); one
     FcnsegError naming the file for every way it can fail (``wrong``: what to say of a file without it)."""
     from scipy.io import loadmat  # scipy is slow to import; only the .mat formats need it
 
@@ -91,7 +94,7 @@ def read_mat_array(path: str | os.PathLike, what: str, variable: str, field: str
         array = np.asarray(value)
         if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
             raise TypeError(f"{name} is not a 2-D array of numbers")
-        return array.astype(np.uint16)
+        return array.astype(dtype)
     except FileNotFoundError:
         raise FcnsegError(
             f"{path}: {what} not found; check the dataset folder (`fcnseg data check` lists all)"

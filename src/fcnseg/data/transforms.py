@@ -1,6 +1,7 @@
 """Paired image/mask transforms on tensors, and a collate function that pads batches.
 
-Images are uint8 (3, H, W) RGB, masks int64 (H, W). Randomness comes from torch's global RNG, which
+Images are uint8 (3, H, W) RGB, masks int64 (H, W), or (K, H, W) for K labellings of the same pixels
+(``data.base.WithTargets``), transformed alike. Randomness comes from torch's global RNG, which
 the DataLoader seeds per worker (see fcnseg.data.loader.build_loader); with workers=0 seed it with
 ``torch.manual_seed``. Normalisation is not done here: the training loop normalises whole batches
 with fcnseg.data.normalize.
@@ -30,9 +31,10 @@ def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) 
         return image, mask
     x = F.interpolate(image[None].float(), size=(h, w), mode="bilinear", align_corners=False, antialias=True)
     image = x[0].round_().clamp_(0, 255).to(torch.uint8)
-    rows = ((torch.arange(h) + 0.5) * mask.shape[0] / h).long().clamp_(max=mask.shape[0] - 1)
-    cols = ((torch.arange(w) + 0.5) * mask.shape[1] / w).long().clamp_(max=mask.shape[1] - 1)
-    return image, mask[rows[:, None], cols[None, :]]
+    mh, mw = mask.shape[-2:]
+    rows = ((torch.arange(h) + 0.5) * mh / h).long().clamp_(max=mh - 1)
+    cols = ((torch.arange(w) + 0.5) * mw / w).long().clamp_(max=mw - 1)
+    return image, mask[..., rows[:, None], cols[None, :]]
 
 
 def pad_pair(
@@ -51,8 +53,8 @@ def pad_pair(
     H, W = max(h, height), max(w, width)
     out_image = torch.tensor(pad_value, dtype=image.dtype).view(3, 1, 1).repeat(1, H, W)
     out_image[:, :h, :w] = image
-    out_mask = torch.full((H, W), ignore_index, dtype=mask.dtype)
-    out_mask[:h, :w] = mask
+    out_mask = torch.full((*mask.shape[:-2], H, W), ignore_index, dtype=mask.dtype)
+    out_mask[..., :h, :w] = mask
     return out_image, out_mask
 
 
@@ -120,7 +122,7 @@ class TrainTransform:
         h, w = image.shape[-2:]
         top = int(torch.randint(0, h - ch + 1, ()).item())
         left = int(torch.randint(0, w - cw + 1, ()).item())
-        return image[:, top : top + ch, left : left + cw], mask[top : top + ch, left : left + cw]
+        return image[:, top : top + ch, left : left + cw], mask[..., top : top + ch, left : left + cw]
 
     def __repr__(self) -> str:
         return (

@@ -1,4 +1,7 @@
-"""Evaluation: the paper's four metrics, per-class IoU and the validation loss over a dataset split."""
+"""Evaluation: the paper's four metrics, per-class IoU and the validation loss over a dataset split.
+
+A model with more heads than the semantic one (SIFT Flow's geometric head) on a dataset that has
+those labels (``extra_targets``) is scored on each of them too: ``result["heads"][name]``."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import torch
 from torch import nn
 
 from fcnseg.data import build_loader
+from fcnseg.data.base import WithTargets
 from fcnseg.data.normalize import mean_pixel
 from fcnseg.engine.checkpoint import model_from_checkpoint
 from fcnseg.engine.losses import segmentation_loss
@@ -35,6 +39,13 @@ def check_compatible(meta: ModelMeta | dict, dataset: Any, what: str) -> None:
             f"{what} predicts {model_classes} classes but dataset {dataset!r} has "
             f"{dataset.num_classes}; evaluate on the data it was trained for or retrain"
         )
+
+
+def extra_heads(model: nn.Module, dataset: Any) -> tuple[str, ...]:
+    """The model's heads beyond the semantic one for which ``dataset`` has labels, in the model's order:
+    the heads training gives a loss and evaluation scores."""
+    have = {target.name for target in getattr(dataset, "extra_targets", ())}
+    return tuple(h for h in getattr(unwrap(model), "head_names", ("semantic",))[1:] if h in have)
 
 
 def check_not_empty(dataset: Any, what: str) -> None:
@@ -74,10 +85,13 @@ def predict_logits(
     device: torch.device,
     precision: str = "fp32",
     channels_last: bool = False,
-) -> torch.Tensor:
-    """Scores (N, C, H, W) in fp32 for a uint8 batch."""
+    all_heads: bool = False,
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Scores (N, C, H, W) in fp32 for a uint8 batch; with ``all_heads``, every head's by name."""
     x = prepare_input(images, normalization, device, channels_last)
     with autocast(device, precision):
+        if all_heads:
+            return {name: scores.float() for name, scores in model(x, all_heads=True).items()}
         return model(x).float()
 
 
@@ -103,6 +117,8 @@ def evaluate(
     ``confusion`` (rows truth, columns prediction) and ``class_names``. Inside an initialised process
     group every process evaluates its share of the images and the results are summed across ranks.
     ``progress`` shows a bar on a terminal, else a log line at about every 10% (rank 0 only).
+    A model with extra heads that the dataset labels (``extra_heads``) adds ``heads``: {name: the same
+    metrics, ``confusion`` and ``class_names``} (SIFT Flow: ``result["heads"]["geometric"]["pixel_acc"]``).
     """
     model, meta, what = load_for_eval(checkpoint_or_model, meta)
     check_not_empty(dataset, "evaluation split of")
@@ -127,8 +143,9 @@ def evaluate(
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     info = current_dist()
     shard = list(range(info.rank, n, info.world_size))
+    heads = extra_heads(net, dataset)
     loader = build_loader(
-        dataset,
+        WithTargets(dataset, heads) if heads else dataset,
         batch_size=batch_size,
         shuffle=False,
         sampler=shard,
@@ -136,18 +153,34 @@ def evaluate(
         pad_value=mean_pixel(meta.normalization),
     )
     confusion = ConfusionMatrix(dataset.num_classes, ignore_index=ignore)
+    targets = {t.name: t for t in getattr(dataset, "extra_targets", ())}
+    head_confusion = {h: ConfusionMatrix(targets[h].num_classes, ignore_index=ignore) for h in heads}
     loss_sum, labelled = 0.0, 0.0
     for images, masks in track(loader, len(loader), "evaluate", enabled=progress and info.is_main, unit="batches"):
-        logits = predict_logits(
-            net, images, normalization=meta.normalization, device=dev, precision=precision, channels_last=channels_last
+        scores = predict_logits(
+            net,
+            images,
+            normalization=meta.normalization,
+            device=dev,
+            precision=precision,
+            channels_last=channels_last,
+            all_heads=bool(heads),
         )
         masks = masks.to(dev)
+        if heads:  # masks (N, 1 + K, H, W): the semantic labels, then each head's
+            for k, head in enumerate(heads, 1):
+                head_confusion[head].update(scores[head].argmax(1), masks[:, k])
+            logits, masks = scores["semantic"], masks[:, 0]
+        else:
+            logits = scores
         loss_sum += float(segmentation_loss(logits, masks, ignore_index=ignore, weight=weight, reduction="sum"))
         labelled += float((masks != ignore).sum())
         confusion.update(logits.argmax(1), masks)
     net.train(was_training)
 
     confusion.all_reduce()
+    for matrix in head_confusion.values():
+        matrix.all_reduce()
     loss_sum, labelled, images_seen = all_reduce_sum([loss_sum, labelled, float(len(shard))])
     result = confusion.compute()
     result.update(
@@ -156,4 +189,9 @@ def evaluate(
         confusion=confusion.mat.tolist(),
         class_names=list(getattr(dataset, "class_names", [])),
     )
+    if heads:
+        result["heads"] = {
+            h: {**m.compute(), "confusion": m.mat.tolist(), "class_names": list(targets[h].class_names)}
+            for h, m in head_confusion.items()
+        }
     return result

@@ -37,8 +37,8 @@ CSV_COLUMNS = ("iteration", "kind", "loss", "lr", "images_per_s", "pixel_acc", "
 
 
 def scalars(metrics: dict) -> dict:
-    """The per-run numbers of an evaluation (no per-class lists or matrices)."""
-    return {k: metrics[k] for k in VAL_KEYS}
+    """The per-run numbers of an evaluation (no per-class lists or matrices; a head's have no loss)."""
+    return {k: metrics[k] for k in VAL_KEYS if k in metrics}
 
 
 def duration(seconds: float) -> str:
@@ -249,13 +249,15 @@ class TrainProgress:
         """After each evaluation: the record and one line."""
         self.record({"iteration": iteration, "kind": "val", **scalars(metrics)})
         if self.is_main:
+            heads = "".join(f"  {h} pixel acc {100 * m['pixel_acc']:.1f}" for h, m in metrics.get("heads", {}).items())
             log.info(
-                "iteration %d/%d  val mean IU %.1f  pixel acc %.1f  loss %.4f%s",
+                "iteration %d/%d  val mean IU %.1f  pixel acc %.1f  loss %.4f%s%s",
                 iteration,
                 self.total,
                 100 * metrics["mean_iu"],
                 100 * metrics["pixel_acc"],
                 metrics["loss"],
+                heads,
                 "  (best so far)" if best else "",
             )
 

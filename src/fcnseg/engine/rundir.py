@@ -266,15 +266,27 @@ def _pct(x: float) -> str:
 
 
 def metrics_table(metrics: dict, class_names: Sequence[str] = ()) -> str:
-    """A plain-text summary: the four metrics, the loss, and per-class IoU / accuracy."""
+    """A plain-text summary: the four metrics, the loss, and per-class IoU / accuracy; then the same
+    for each extra head (``metrics["heads"]``)."""
     lines = [
         f"pixel acc {_pct(metrics['pixel_acc'])}   mean acc {_pct(metrics['mean_acc'])}   "
         f"mean IU {_pct(metrics['mean_iu'])}   f.w. IU {_pct(metrics['fw_iu'])}   "
         f"loss {metrics.get('loss', float('nan')):.4f}",
     ]
+    lines += _class_rows(metrics, class_names)
+    for head, scores in metrics.get("heads", {}).items():  # a second head (SIFT Flow's geometric classes)
+        lines.append(
+            f"{head} head: pixel acc {_pct(scores['pixel_acc'])}   mean acc {_pct(scores['mean_acc'])}   "
+            f"mean IU {_pct(scores['mean_iu'])}   f.w. IU {_pct(scores['fw_iu'])}"
+        )
+        lines += _class_rows(scores, scores.get("class_names", ()))
+    return "\n".join(lines)
+
+
+def _class_rows(metrics: dict, class_names: Sequence[str]) -> list[str]:
     names = list(class_names) or [str(i) for i in range(len(metrics["per_class_iou"]))]
     width = max(len("class"), *(len(n) for n in names))
-    lines.append(f"{'class':<{width}}    IoU    acc")
+    lines = [f"{'class':<{width}}    IoU    acc"]
     for name, iou, acc in zip(names, metrics["per_class_iou"], metrics["per_class_acc"]):
         lines.append(f"{name:<{width}}  {_pct(iou)}  {_pct(acc)}")
-    return "\n".join(lines)
+    return lines

@@ -1,6 +1,8 @@
 """The training loop. Read `train` top to bottom; everything else here is a small helper it calls.
 
-One iteration = one optimiser step on ``batch_size`` images per process. Evaluation, checkpoints and
+One iteration = one optimiser step on ``batch_size`` images per process. A model with a head for each
+of the dataset's extra labellings (SIFT Flow's geometric classes) is trained on the sum of the heads'
+losses, as the reference sums loss_sem and loss_geo. Evaluation, checkpoints and
 log lines happen every ``eval_every`` / ``checkpoint_every`` / ``log_every`` iterations and at the end.
 """
 
@@ -19,6 +21,7 @@ from torch import nn
 
 from fcnseg.config import TrainConfig, config_from_dict, save_config
 from fcnseg.data import TrainTransform, load_dataset
+from fcnseg.data.base import WithTargets
 from fcnseg.data.normalize import mean_pixel
 from fcnseg.devices import is_out_of_memory
 from fcnseg.engine.batches import training_batches
@@ -28,7 +31,7 @@ from fcnseg.engine.checkpoint import (
     restore_training,
     save_training_checkpoint,
 )
-from fcnseg.engine.evaluator import check_compatible, check_not_empty, evaluate, predict_logits
+from fcnseg.engine.evaluator import check_compatible, check_not_empty, evaluate, extra_heads, predict_logits
 from fcnseg.engine.losses import load_class_weights, segmentation_loss
 from fcnseg.engine.optim import build_optimizer, build_scheduler
 from fcnseg.engine.progress import TrainProgress, log_summary, scalars
@@ -146,8 +149,9 @@ def run_training(
         elapsed_before=state["elapsed_s"],
     )
     report.header(train_set, val_set, model, device, world.world_size, run)
+    heads = extra_heads(model, train_set)
     batches = training_batches(
-        train_set,
+        WithTargets(train_set, heads) if heads else train_set,
         transform=train_transform(cfg, meta),
         batch_size=cfg.batch_size,
         seed=cfg.seed,
@@ -213,6 +217,7 @@ def run_training(
                     world=world,
                     iteration=state["iteration"],
                     run=run,
+                    heads=heads,
                 )
             scheduler.step()
             state["iteration"] += 1
@@ -269,18 +274,27 @@ def train_step(
     world: Dist,
     iteration: int,
     run: Path,
+    heads: tuple[str, ...] = (),
 ) -> float:
-    """Forward, loss, backward, update. Stops the run (FcnsegError) on a non-finite loss, before the update."""
+    """Forward, loss, backward, update. Stops the run (FcnsegError) on a non-finite loss, before the update.
+
+    With extra ``heads`` the masks are (N, 1 + K, H, W) (semantic first) and the loss is the sum of
+    each head's; class weights apply to the semantic head only."""
     x = prepare_input(images, meta["normalization"], device, cfg.channels_last)
+    masks = masks.to(device)
     with autocast(device, cfg.precision):
-        logits = net(x)
-    loss = segmentation_loss(
-        logits,
-        masks.to(device),
-        ignore_index=cfg.ignore_index,
-        weight=weights,
-        reduction=cfg.loss_reduction,
-        sample_prob=cfg.loss_sample_prob,
+        scores = net(x, all_heads=True) if heads else {"semantic": net(x)}
+    labels = dict(zip(("semantic", *heads), masks.unbind(1))) if heads else {"semantic": masks}
+    loss = sum(
+        segmentation_loss(
+            scores[head],
+            labels[head],
+            ignore_index=cfg.ignore_index,
+            weight=weights if head == "semantic" else None,
+            reduction=cfg.loss_reduction,
+            sample_prob=cfg.loss_sample_prob,
+        )
+        for head in labels
     )
     value = float(loss.detach())
     if world.enabled:
@@ -375,6 +389,7 @@ def model_meta(cfg: TrainConfig, dataset: Any) -> ModelMeta:
         "backbone": cfg.backbone,
         "geometry": cfg.geometry,
         "width": cfg.width,
+        **head_options(cfg, dataset),
         **cfg.model_options,
     }
     return ModelMeta(
@@ -387,6 +402,16 @@ def model_meta(cfg: TrainConfig, dataset: Any) -> ModelMeta:
         data=cfg.data,
         train_split=cfg.train_split,
     )
+
+
+def head_options(cfg: TrainConfig, dataset: Any) -> dict[str, int]:
+    """A head for each extra labelling of the data that the model can have (SIFT Flow's geometric
+    classes: ``geometric_classes=3`` for an FCN); ``--model-options`` may still set it (0: none)."""
+    from fcnseg.models import model_options
+
+    accepted = model_options(cfg.model)
+    targets = getattr(dataset, "extra_targets", ())
+    return {f"{t.name}_classes": t.num_classes for t in targets if f"{t.name}_classes" in accepted}
 
 
 def build_model(cfg: TrainConfig, dataset: Any) -> tuple[nn.Module, dict]:
@@ -523,7 +548,11 @@ def finish_run(
         "run_dir": str(run),
         "iterations": state["iteration"],
         "wall_time_s": round(seconds, 2),
-        "final": {**scalars(val), "per_class_iou": val["per_class_iou"]},
+        "final": {
+            **scalars(val),
+            "per_class_iou": val["per_class_iou"],
+            **({"heads": {h: scalars(m) for h, m in val["heads"].items()}} if "heads" in val else {}),
+        },
         "best_mean_iu": state["best_mean_iu"],
         "best_iteration": state["best_iteration"],
         "checkpoints": {"last": str(run / "last.pt"), "best": str(run / "best.pt")},

@@ -19,7 +19,7 @@ from fcnseg.models import fcn, resnet, unet  # noqa: F401  (importing registers 
 from fcnseg.models.fcn import FCN
 from fcnseg.models.flops import count_flops, count_parameters
 from fcnseg.models.layers import BilinearUpsample, bilinear_kernel
-from fcnseg.models.registry import build_model, list_models, model_entry
+from fcnseg.models.registry import build_model, list_models, model_entry, model_options
 from fcnseg.models.surgery import load_backbone_weights, load_matching
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "create_model",
     "list_models",
     "model_entry",
+    "model_options",
     "load_backbone_weights",
     "load_matching",
 ]

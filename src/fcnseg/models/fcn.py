@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from fcnseg.errors import FcnsegError
 from fcnseg.models.backbones import TRUNKS, ClassifierTrunk
 from fcnseg.models.geometry import CoordMap, compose, crop_offset, integer_offset
 from fcnseg.models.layers import BilinearUpsample, fuse, pad_to_multiple, score_layer
@@ -35,6 +36,16 @@ class _Skip:
     offset: int  # crop offset of the skip scores relative to the upsampled ones (see fuse)
 
 
+GEOMETRIC_SUFFIX = "_geo"  # the reference's name suffix for SIFT Flow's geometric head (score_fr_geo, ...)
+
+
+@dataclass(frozen=True)
+class _Head:
+    scorer: str  # the 1x1 score layer on fc7, e.g. "score_fr" or "score_fr_geo"
+    skips: tuple[_Skip, ...]
+    final: str  # the final upsampler, e.g. "upscore8" or "upscore8_geo"
+
+
 class FCN(nn.Module):
     """A fully convolutional network: trunk + score layers + skip fusion + upsampling to the input.
 
@@ -42,6 +53,11 @@ class FCN(nn.Module):
     ``output_stride`` is the trunk's coarsest stride (32 for VGG16 and AlexNet, whatever the skips):
     the pooling grid repeats every ``output_stride`` pixels. ``score_stride`` is the stride of the
     finest score map, the one upsampled to the input (FCN-32s 32, FCN-16s 16, FCN-8s 8).
+
+    ``geometric_classes`` > 0 adds the SIFT Flow nets' second head on the same trunk: its own score,
+    skip and upsampling layers, named as the semantic ones plus ``_geo`` (``score_fr_geo``,
+    ``upscore2_geo``, ..., ``upscore8_geo``). ``forward(x)`` still returns the semantic scores;
+    ``forward(x, all_heads=True)`` returns ``{"semantic": ..., "geometric": ...}`` (``head_names``).
     """
 
     def __init__(
@@ -52,47 +68,74 @@ class FCN(nn.Module):
         skip_scales: dict[str, float] | None = None,
         learn_skip_upsample: bool = True,
         learn_final_upsample: bool = False,
+        geometric_classes: int = 0,
     ) -> None:
         super().__init__()
-        skip_scales = skip_scales or {}
         self.backbone = backbone
         self.num_classes = num_classes
+        self.geometric_classes = geometric_classes
         self.output_stride = backbone.output_stride
-        self.score_fr = score_layer(backbone.channels["fc7"], num_classes)
-        scores = compose([*backbone.layers_to("fc7"), self.score_fr])
+        options = (skips, skip_scales or {}, learn_skip_upsample, learn_final_upsample)
+        self._heads = {"semantic": self._add_head(num_classes, "", *options)}
+        if geometric_classes:
+            self._heads["geometric"] = self._add_head(geometric_classes, GEOMETRIC_SUFFIX, *options)
+        self.head_names = tuple(self._heads)
+        self._skips = self._heads["semantic"].skips
+        self.final_name = self._heads["semantic"].final
+        self._taps = ("fc7", *skips)
+
+    def _add_head(
+        self,
+        classes: int,
+        suffix: str,
+        skips: tuple[str, ...],
+        skip_scales: dict[str, float],
+        learn_skip_upsample: bool,
+        learn_final_upsample: bool,
+    ) -> _Head:
+        """Score, skip and upsampling layers for ``classes`` named with ``suffix``; the crops computed."""
+        backbone = self.backbone
+        scorer = f"score_fr{suffix}"
+        setattr(self, scorer, score_layer(backbone.channels["fc7"], classes))
+        scores = compose([*backbone.layers_to("fc7"), getattr(self, scorer)])
         previous = "fr"
-        self._skips: list[_Skip] = []
+        head_skips: list[_Skip] = []
         for tap in skips:
-            upsampler = "upscore2" if previous == "fr" else f"upscore_{previous}"
-            setattr(self, upsampler, BilinearUpsample(num_classes, 2, learn_skip_upsample))
-            setattr(self, f"score_{tap}", score_layer(backbone.channels[tap], num_classes))
+            upsampler = ("upscore2" if previous == "fr" else f"upscore_{previous}") + suffix
+            setattr(self, upsampler, BilinearUpsample(classes, 2, learn_skip_upsample))
+            setattr(self, f"score_{tap}{suffix}", score_layer(backbone.channels[tap], classes))
             upsampled = scores.then(getattr(self, upsampler))
             skip = compose(backbone.layers_to(tap))
             offset = integer_offset(crop_offset(skip, upsampled))
-            self._skips.append(_Skip(tap, upsampler, f"score_{tap}", skip_scales.get(tap, 1.0), offset))
+            head_skips.append(_Skip(tap, upsampler, f"score_{tap}{suffix}", skip_scales.get(tap, 1.0), offset))
             scores = upsampled if offset >= 0 else skip  # the fused map has the cropped-to grid
             previous = tap
         factor = int(scores.stride)
         self.score_stride = factor
-        self.final_name = f"upscore{factor}"
+        final = f"upscore{factor}{suffix}"
         kernel = 2 * factor - 1 if backbone.odd_upsampler else None  # FCN-AlexNet: 63x63, crop 18
-        setattr(self, self.final_name, BilinearUpsample(num_classes, factor, learn_final_upsample, kernel))
-        output = scores.then(getattr(self, self.final_name))
+        setattr(self, final, BilinearUpsample(classes, factor, learn_final_upsample, kernel))
+        output = scores.then(getattr(self, final))
         self.output_offset = integer_offset(crop_offset(output, CoordMap()))
-        self._taps = ("fc7", *skips)
+        return _Head(scorer, tuple(head_skips), final)
 
-    def forward(self, x: Tensor) -> Tensor:
-        image = x
-        x = pad_to_multiple(x, self.backbone.input_multiple)
-        taps = self.backbone.forward_taps(x, self._taps)
-        scores = self.score_fr(taps["fc7"])
-        for skip in self._skips:
+    def _head(self, head: _Head, taps: dict[str, Tensor], size: tuple[int, int]) -> Tensor:
+        scores = getattr(self, head.scorer)(taps["fc7"])
+        for skip in head.skips:
             upsampled = getattr(self, skip.upsampler)(scores)
             feature = taps[skip.tap] if skip.scale == 1.0 else taps[skip.tap] * skip.scale
             scores = fuse(upsampled, getattr(self, skip.scorer)(feature), skip.offset)
-        out = getattr(self, self.final_name)(scores)
+        out = getattr(self, head.final)(scores)
         off = self.output_offset
-        return out[:, :, off : off + image.shape[-2], off : off + image.shape[-1]]
+        return out[:, :, off : off + size[0], off : off + size[1]]
+
+    def forward(self, x: Tensor, all_heads: bool = False) -> Tensor | dict[str, Tensor]:
+        size = (x.shape[-2], x.shape[-1])
+        x = pad_to_multiple(x, self.backbone.input_multiple)
+        taps = self.backbone.forward_taps(x, self._taps)
+        if not all_heads:
+            return self._head(self._heads["semantic"], taps, size)
+        return {name: self._head(head, taps, size) for name, head in self._heads.items()}
 
     def crop_offsets(self) -> dict[str, int]:
         """The computed crops, by the reference's names (e.g. {"score_pool4": 5, "upscore8": 31})."""
@@ -118,7 +161,12 @@ def _fcn_builder(skips: tuple[str, ...], skip_scales: dict[str, float] | None = 
         weights: WeightsSource | None,
         learn_skip_upsample: bool = True,
         learn_final_upsample: bool = False,
+        geometric_classes: int = 0,
     ) -> FCN:
+        if isinstance(geometric_classes, bool) or not isinstance(geometric_classes, int) or geometric_classes < 0:
+            raise FcnsegError(
+                f"geometric_classes must be 0 (no geometric head) or a class count, got {geometric_classes!r}"
+            )
         return FCN(
             build_trunk(backbone, geometry, width, weights),
             num_classes,
@@ -126,6 +174,7 @@ def _fcn_builder(skips: tuple[str, ...], skip_scales: dict[str, float] | None = 
             skip_scales,
             learn_skip_upsample,
             learn_final_upsample,
+            geometric_classes,
         )
 
     return build

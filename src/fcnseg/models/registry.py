@@ -44,6 +44,12 @@ def model_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
+def model_options(name: str) -> list[str]:
+    """The options model ``name``'s builder takes beyond the common ones (e.g. ``geometric_classes``)."""
+    common = ("num_classes", "backbone", "geometry", "width", "weights")
+    return [p for p in inspect.signature(model_entry(name).builder).parameters if p not in common]
+
+
 def build_model(
     name: str,
     num_classes: int,
@@ -66,7 +72,9 @@ def build_model(
             geometry "caffe" (reference: 100-pixel pad, ceil pooling, computed crops) or "same"
             (no big pad, outputs aligned to the input, ~40% fewer FLOPs).
             options: learn_skip_upsample=True (2x upsamplers learned, as in the paper),
-            learn_final_upsample=False (final upsampler fixed bilinear, as in the paper).
+            learn_final_upsample=False (final upsampler fixed bilinear, as in the paper),
+            geometric_classes=0 (N > 0: SIFT Flow's second, geometric head with N classes;
+            ``forward(x, all_heads=True)`` returns both heads' scores by name).
         fcn-resnet50, fcn-resnet101   dilated ResNet (output stride 8) + FCN head, torchvision's
             fcn_resnet50/101 layout (``backbone.*``, ``classifier.*``); bilinear output. Geometry "same".
         unet          U-Net (skip features concatenated, padded convs); geometry "same".
@@ -88,11 +96,7 @@ def build_model(
         raise FcnsegError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not isinstance(width, (int, float)) or not 0 < width <= 4:
         raise FcnsegError(f"width must be a number in (0, 4], got {width!r}")
-    accepted = [
-        p
-        for p in inspect.signature(entry.builder).parameters
-        if p not in ("num_classes", "backbone", "geometry", "width", "weights")
-    ]
+    accepted = model_options(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise FcnsegError(

@@ -13,7 +13,9 @@ conv1_1 ... conv5_3 (FCN-AlexNet: conv1 ... conv5, on the caffenet trunk) -> ``b
 their names, and the final upsampler (``upscore`` in FCN-32s, ``upscore16``, ``upscore8``) is the
 model's ``upscore{32,16,8}``. The architecture, class count and width are read from the file; every
 layer of the model must be in the file with the same shape, and every layer with weights in the
-file must be used (or be a known extra, e.g. SIFT Flow's geometric head, which is dropped with a note).
+file must be used. SIFT Flow's two-headed nets (``*_sem`` and ``*_geo`` layers) load as an FCN with
+``geometric_classes``: the semantic layers under the usual names, the geometric ones under the same
+names plus ``_geo`` (its final upsampler ``upscore_geo`` in FCN-32s is ``upscore32_geo``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from fcnseg.errors import FcnsegError
+from fcnseg.models.fcn import GEOMETRIC_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,18 @@ def reference_names(model: nn.Module) -> dict[str, str]:
     names.update(fc6=f"backbone.classifier.{fcs[0]}", fc7=f"backbone.classifier.{fcs[1]}")
     names.update({ref: ref for ref in HEAD_LAYERS if hasattr(model, ref)})
     names[model.final_name] = model.final_name
+    if getattr(model, "geometric_classes", 0):
+        geo = [ref + GEOMETRIC_SUFFIX for ref in (*HEAD_LAYERS, model.final_name)]
+        names.update({ref: ref for ref in geo if hasattr(model, ref)})
     return names
+
+
+def _candidates(ref: str, final: str, suffix: str) -> list[str]:
+    """The reference names that may hold fcnseg layer ``ref``: the semantic head with or without the
+    SIFT Flow ``_sem`` suffix, the geometric head as named; the final upsampler is ``upscore`` in FCN-32s."""
+    if ref.endswith(GEOMETRIC_SUFFIX):
+        return [ref] + (["upscore" + GEOMETRIC_SUFFIX] if ref == final + GEOMETRIC_SUFFIX else [])
+    return [ref + suffix, ref] + (["upscore" + suffix, "upscore"] if ref == final else [])
 
 
 # ------------------------------------------------------------------------- state dicts and reference layers
@@ -96,8 +110,9 @@ def _reference_layers_from_state(state: dict) -> dict[str, list[torch.Tensor]]:
     return {name: [p[k] for k in ("weight", "bias") if k in p] for name, p in layers.items()}
 
 
-def _arch_from_reference(layers: dict, label: str) -> tuple[str, int, float, str, str]:
-    """(model name, num_classes, width, head suffix, backbone) read off the reference layer names."""
+def _arch_from_reference(layers: dict, label: str) -> tuple[str, int, float, str, str, int]:
+    """(model name, num_classes, width, head suffix, backbone, geometric classes) read off the reference
+    layer names (geometric classes: 0, or the size of SIFT Flow's second head, ``score_fr_geo``)."""
     if "conv1" in layers and "fc6" in layers and "conv1_1" not in layers:  # FCN-AlexNet (CaffeNet trunk)
         if "score_fr" not in layers or "score_pool4" in layers:
             raise FcnsegError(
@@ -105,7 +120,7 @@ def _arch_from_reference(layers: dict, label: str) -> tuple[str, int, float, str
                 f"fc7, score_fr, upscore); {FIX}"
             )
         num_classes = int(layers["score_fr"][0].shape[0])
-        return "fcn32s", num_classes, int(layers["conv1"][0].shape[0]) / 96, "", "caffenet"
+        return "fcn32s", num_classes, int(layers["conv1"][0].shape[0]) / 96, "", "caffenet", 0
     if "conv1_1" not in layers:
         raise FcnsegError(
             f"{label} has no conv1_1 layer: it is not an FCN on VGG16 (layers: "
@@ -125,7 +140,9 @@ def _arch_from_reference(layers: dict, label: str) -> tuple[str, int, float, str
         name = "fcn32s"
     num_classes = int(layers["score_fr" + suffix][0].shape[0])
     width = int(layers["conv1_1"][0].shape[0]) / 64
-    return name, num_classes, width, suffix, "vgg16"
+    geo = "score_fr" + GEOMETRIC_SUFFIX
+    geometric = int(layers[geo][0].shape[0]) if suffix and geo in layers else 0
+    return name, num_classes, width, suffix, "vgg16", geometric
 
 
 def load_reference(model: nn.Module, layers: dict[str, list], label: str, suffix: str = "") -> None:
@@ -136,8 +153,7 @@ def load_reference(model: nn.Module, layers: dict[str, list], label: str, suffix
     used = set()
     loaded: dict[str, torch.Tensor] = {}
     for ref, prefix in names.items():
-        candidates = [ref + suffix, ref] + (["upscore" + suffix, "upscore"] if ref == final else [])
-        source = next((c for c in candidates if c in layers), None)
+        source = next((c for c in _candidates(ref, final, suffix) if c in layers), None)
         if source is None:
             raise FcnsegError(
                 f"{label} lacks layer {ref} that {type(model).__name__} {getattr(model, 'final_name', '')} needs; {FIX}"
@@ -171,12 +187,8 @@ def load_reference(model: nn.Module, layers: dict[str, list], label: str, suffix
                     f"{label}: {name} is {value:g}, fcnseg's fcn8s-atonce uses "
                     f"{ATONCE_SCALES[name]:g}; this at-once variant is not supported"
                 )
-        elif suffix and name.endswith("_geo"):
-            continue
         else:
             raise FcnsegError(f"{label} has layers fcnseg's model does not ({', '.join(extra[:3])}); {FIX}")
-    if any(n.endswith("_geo") for n in extra):
-        log.info("%s: the geometric-class head (*_geo layers) is dropped; the semantic head is loaded", label)
     with torch.no_grad():
         for key, value in loaded.items():
             own[key].copy_(value)
@@ -250,7 +262,7 @@ def from_reference(layers: dict[str, list], kind: str, label: str, *, model: str
     pytorch-fcn state dict regrouped ("pytorch-fcn")."""
     from fcnseg.models import build_model
 
-    name, num_classes, width, suffix, backbone = _arch_from_reference(layers, label)
+    name, num_classes, width, suffix, backbone, geometric = _arch_from_reference(layers, label)
     model = model or (entry.model if entry is not None else None)
     if model and model != name and {model, name} != {"fcn8s", "fcn8s-atonce"}:
         raise FcnsegError(
@@ -260,6 +272,8 @@ def from_reference(layers: dict[str, list], kind: str, label: str, *, model: str
     kwargs = {"num_classes": num_classes, "backbone": backbone, "geometry": "caffe"}
     if width != 1:
         kwargs["width"] = width
+    if geometric:
+        kwargs["geometric_classes"] = geometric
     net = build_model(name, **kwargs)
     load_reference(net, layers, label, suffix)
     return net.eval(), _meta(name, kwargs, "caffe", entry, label)

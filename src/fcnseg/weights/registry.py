@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fcnseg.data.context import CLASS_NAMES as CONTEXT_CLASSES
+from fcnseg.data.siftflow import CLASS_NAMES as SIFT_FLOW_CLASSES
+from fcnseg.data.siftflow import GEOMETRIC
 from fcnseg.data.voc import CLASS_NAMES as VOC_CLASSES
 from fcnseg.data.voc import voc_colormap
 from fcnseg.errors import FcnsegError, did_you_mean
@@ -74,41 +76,6 @@ def _palette(n: int) -> tuple[tuple[int, int, int], ...]:
     return tuple(tuple(int(v) for v in c) for c in voc_colormap(n))
 
 
-SIFT_FLOW_CLASSES = (
-    "awning",
-    "balcony",
-    "bird",
-    "boat",
-    "bridge",
-    "building",
-    "bus",
-    "car",
-    "cow",
-    "crosswalk",
-    "desert",
-    "door",
-    "fence",
-    "field",
-    "grass",
-    "moon",
-    "mountain",
-    "person",
-    "plant",
-    "pole",
-    "river",
-    "road",
-    "rock",
-    "sand",
-    "sea",
-    "sidewalk",
-    "sign",
-    "sky",
-    "staircase",
-    "streetlight",
-    "sun",
-    "tree",
-    "window",
-)
 NYUD_CLASSES = (
     "wall",
     "floor",
@@ -206,7 +173,11 @@ def _caffe(
     runnable: bool = True,
     backbone: str = "vgg16",
     normalization: str = "caffe",
+    geometric_classes: int = 0,
 ) -> WeightsEntry:
+    kwargs = {"num_classes": len(classes), "backbone": backbone, "geometry": "caffe"}
+    if geometric_classes:
+        kwargs["geometric_classes"] = geometric_classes
     return WeightsEntry(
         name=name,
         kind="model",
@@ -219,7 +190,7 @@ def _caffe(
         published=f"{FCN_REPO} ({repo_dir}, README)",
         confirmed=f"{FCN_REPO} at {_FCN_COMMIT}: {repo_dir}/caffemodel-url (URL; no checksum published), "
         "README.md (result)",
-        model_kwargs={"num_classes": len(classes), "backbone": backbone, "geometry": "caffe"},
+        model_kwargs=kwargs,
         class_names=classes,
         palette=_palette(len(classes)),
         normalization=normalization,
@@ -330,8 +301,10 @@ _ENTRIES = [
         "siftflow-fcn32s",
         classes=SIFT_FLOW_CLASSES,
         normalization=_SIFT_FLOW,
-        note="semantic head (33 classes); the geometric head is dropped. Subtracts the SIFT Flow "
-        "mean BGR (114.578, 115.294, 108.353)",
+        geometric_classes=GEOMETRIC.num_classes,
+        note="two heads: semantic (33 classes, the predicted mask) and geometric (3: sky, horizontal, "
+        "vertical; scored by `fcnseg evaluate --data siftflow:PATH`). Subtracts the SIFT Flow mean BGR "
+        "(114.578, 115.294, 108.353)",
     ),
     _caffe(
         "fcn16s-siftflow",
@@ -342,7 +315,8 @@ _ENTRIES = [
         "siftflow-fcn16s",
         classes=SIFT_FLOW_CLASSES,
         normalization=_SIFT_FLOW,
-        note="semantic head (33 classes); the geometric head is dropped",
+        geometric_classes=GEOMETRIC.num_classes,
+        note="two heads: semantic (33 classes, the predicted mask) and geometric (3 classes)",
     ),
     _caffe(
         "fcn8s-siftflow",
@@ -353,7 +327,8 @@ _ENTRIES = [
         "siftflow-fcn8s",
         classes=SIFT_FLOW_CLASSES,
         normalization=_SIFT_FLOW,
-        note="semantic head (33 classes); the geometric head is dropped",
+        geometric_classes=GEOMETRIC.num_classes,
+        note="two heads: semantic (33 classes, the predicted mask) and geometric (3 classes)",
     ),
     _caffe(
         "fcn32s-context",

@@ -1,0 +1,233 @@
+"""SIFT Flow end to end on a tiny fake dataset in the real layout: the format (labels shifted as the
+reference's data layer shifts them, the geometric labels as an extra target), the two-headed FCN
+trained on both losses, both heads evaluated (CLI and Python API), and the authors' two-headed
+caffemodels converted with both heads, checked against an independent forward."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from PIL import Image
+
+from fcnseg.cli import main
+from fcnseg.data import load_dataset
+from fcnseg.data.base import WithTargets
+from fcnseg.data.siftflow import SUBFOLDER, split_ids
+from fcnseg.data.transforms import PadCollate, TrainTransform
+from fcnseg.engine import evaluate
+from fcnseg.engine.checkpoint import load_checkpoint
+from fcnseg.errors import FcnsegError
+from fcnseg.models import build_model
+from fcnseg.weights import load
+from test_weights_convert import caffemodel_bytes, image, random_reference, reference_forward
+
+TRAIN = ["coast_a1", "forest_b2", "street_c3"]
+TEST = ["highway_d4", "mountain_e5"]
+
+
+def semantic_labels(h, w, k):
+    """Raw SIFT Flow semantic labels: 0 (unlabelled) in the first row, then class 28 (sky) on top,
+    class 1 + k below."""
+    s = np.full((h, w), 28, np.int16)
+    s[h // 2 :] = 1 + k
+    s[0] = 0
+    return s
+
+
+def geometric_labels(h, w):
+    """Raw geometric labels: -1 (unlabelled) in the first row, 1 (sky) on top, 2 (horizontal) below,
+    3 (vertical) in the right quarter."""
+    g = np.full((h, w), 1, np.int16)
+    g[h // 2 :] = 2
+    g[:, 3 * w // 4 :] = 3
+    g[0] = -1
+    return g
+
+
+def make_siftflow(root, h=32, w=40):
+    """SiftFlowDataset/ with Images, SemanticLabels and GeoLabels, and the split lists beside them."""
+    data = root / "SiftFlowDataset"
+    rng = np.random.default_rng(0)
+    for k, i in enumerate(TRAIN + TEST):
+        for folder in ("Images", "SemanticLabels", "GeoLabels"):
+            (data / folder / SUBFOLDER).mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        pixels[: h // 2] = (120, 170, 230)  # a sky-blue top half: something to learn
+        Image.fromarray(pixels).save(data / "Images" / SUBFOLDER / f"{i}.jpg", quality=95)
+        scipy.io.savemat(data / "SemanticLabels" / SUBFOLDER / f"{i}.mat", {"S": semantic_labels(h, w, k)})
+        scipy.io.savemat(data / "GeoLabels" / SUBFOLDER / f"{i}.mat", {"S": geometric_labels(h, w)})
+    (data / "trainval.txt").write_text("\n".join(TRAIN) + "\n")
+    (data / "test.txt").write_text("\n".join(TEST))
+    return data
+
+
+@pytest.fixture
+def siftflow(tmp_path):
+    make_siftflow(tmp_path / "data")
+    return f"siftflow:{tmp_path / 'data'}"
+
+
+# ----------------------------------------------------------------- the format
+
+
+def test_layout_splits_and_labels_shifted_as_the_reference_does(siftflow, tmp_path):
+    for spec in (siftflow, f"{siftflow}/SiftFlowDataset"):
+        ds = load_dataset(spec, "trainval")
+        assert len(ds) == 3 and ds.num_classes == 33 and ds.class_names[27] == "sky"
+    assert [ds.sample_name(i).rsplit("/", 1)[1] for i in range(3)] == [f"{i}.jpg" for i in TRAIN]
+    assert len(load_dataset(siftflow, "train")) == 3 and len(load_dataset(siftflow, "val")) == 2  # the aliases
+    assert len(load_dataset(siftflow, "test")) == 2
+    img, mask = ds[1]
+    assert img.shape == (3, 32, 40) and mask.shape == (32, 40)
+    assert (mask[0] == 255).all() and mask[5, 0] == 27 and mask[20, 0] == 1  # 0 -> void, 28 -> 27, 2 -> 1
+    geo = ds.load_extra(1, "geometric")
+    assert geo[0, 0] == 255 and geo[5, 0] == 0 and geo[20, 0] == 1 and geo[20, 39] == 2
+    assert [t.name for t in ds.extra_targets] == ["geometric"] and ds.extra_targets[0].num_classes == 3
+    with pytest.raises(FcnsegError, match="no split 'valid'"):
+        load_dataset(siftflow, "valid")
+    with pytest.raises(FcnsegError, match="no Images/spatial_envelope"):
+        load_dataset(f"siftflow:{tmp_path}", "test")
+
+
+def test_shipped_split_lists_are_the_references():
+    trainval, test = (
+        split_ids(__import__("pathlib").Path("/nonexistent"), "trainval"),
+        split_ids(__import__("pathlib").Path("/nonexistent"), "test"),
+    )
+    assert len(trainval) == 2486 and len(test) == 200 and not set(trainval) & set(test)
+    assert "coast_natu975" in test and not {"highway_bost181", "street_urb506"} & set(trainval + test)
+
+
+def test_geometric_labels_travel_stacked_through_transforms_and_collation(siftflow):
+    ds = WithTargets(load_dataset(siftflow, "trainval"), ["geometric"])
+    image0, masks = ds[0]
+    assert masks.shape == (2, 32, 40) and masks.dtype == torch.int64
+    assert masks[1, 20, 39] == 2 and masks[0, 20, 0] == 0
+    torch.manual_seed(3)
+    t_image, t_masks = TrainTransform(crop_size=48, scale_range=(0.5, 1.5), hflip=True)(image0, masks)
+    assert t_image.shape[-2:] == t_masks.shape[-2:] == (48, 48) and t_masks.shape[0] == 2
+    # the two labellings stay aligned: where the geometric label is void, so is the semantic one (row 0)
+    assert ((t_masks[1] == 255) <= (t_masks[0] == 255)).all()
+    images, batch = PadCollate()([(image0, masks), (t_image, t_masks)])
+    assert images.shape == (2, 3, 48, 48) and batch.shape == (2, 2, 48, 48) and (batch[0, :, 32:] == 255).all()
+
+
+def test_bad_and_missing_geometric_files_are_named(siftflow, tmp_path):
+    geo = tmp_path / "data" / "SiftFlowDataset" / "GeoLabels" / SUBFOLDER
+    scipy.io.savemat(geo / "forest_b2.mat", {"S": np.full((32, 40), 7, np.int16)})
+    ds = WithTargets(load_dataset(siftflow, "trainval"), ["geometric"])
+    with pytest.raises(FcnsegError, match="forest_b2.mat: geometric labels 6 are not classes"):
+        ds[1]
+    scipy.io.savemat(geo / "forest_b2.mat", {"other": np.zeros(3)})
+    with pytest.raises(
+        FcnsegError, match="forest_b2.mat: not a SIFT Flow geometric label file \\(no S\\); use the files in GeoLabels/"
+    ):
+        ds[1]
+    (geo / "coast_a1.mat").unlink()
+    with pytest.raises(FcnsegError, match="coast_a1.mat does not exist"):
+        load_dataset(siftflow, "trainval")
+
+
+# ----------------------------------------------------------------- two heads: training and evaluation
+
+
+def test_train_with_both_losses_then_evaluate_both_heads(siftflow, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--data", siftflow, "--model", "fcn16s", "--width", "0.0625", "--geometry", "same"]
+    args += ["--iterations", "2", "--batch-size", "2", "--optimizer", "adamw", "--lr", "1e-2"]
+    args += ["--num-samples", "0", "--no-progress", "--out", str(run)]
+    assert main(args) == 0
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["meta"]["model_kwargs"]["geometric_classes"] == 3
+    geo_scorer = ckpt["model"]["score_fr_geo.weight"]
+    assert geo_scorer.abs().sum() > 0  # zero-initialised: only the geometric loss can have moved it
+    summary = json.loads((run / "summary.json").read_text())
+    assert 0 <= summary["final"]["heads"]["geometric"]["pixel_acc"] <= 1
+
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--weights", str(run / "last.pt"), "--data", siftflow, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "geometric head: pixel acc" in printed and "horizontal" in printed
+    metrics = json.loads(out.read_text())
+    geometric = metrics["heads"]["geometric"]
+    assert geometric["class_names"] == ["sky", "horizontal", "vertical"] and len(geometric["confusion"]) == 3
+    assert metrics["images"] == 2 and np.array(geometric["confusion"]).sum() == 2 * 31 * 40  # row 0 void
+
+
+def test_one_headed_model_trains_semantic_only_when_asked(siftflow, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--data", siftflow, "--model", "fcn32s", "--width", "0.0625", "--geometry", "same"]
+    args += ["--iterations", "1", "--num-samples", "0", "--no-progress", "--out", str(run)]
+    assert main([*args, "--model-options", "{geometric_classes: 0}"]) == 0
+    assert not any("geo" in k for k in load_checkpoint(run / "last.pt")["model"])
+
+
+def test_geometric_pixel_accuracy_is_counted_from_the_geometric_labels(siftflow):
+    """A two-headed model whose geometric head always says 'vertical': its geometric pixel accuracy
+    is the share of labelled pixels that are vertical, whatever the semantic head does."""
+    model = build_model("fcn32s", 33, width=1 / 16, geometry="same", geometric_classes=3).eval()
+    with torch.no_grad():
+        model.score_fr_geo.weight.zero_()
+        model.score_fr_geo.bias.copy_(torch.tensor([0.0, 0.0, 5.0]))
+    ds = load_dataset(siftflow, "test")
+    result = evaluate(model, ds, meta={"model_kwargs": {"num_classes": 33}, "normalization": "caffe"})
+    g = geometric_labels(32, 40)
+    assert result["heads"]["geometric"]["pixel_acc"] == pytest.approx((g == 3).sum() / (g != -1).sum())
+    assert result["heads"]["geometric"]["per_class_iou"][:2] == [0.0, 0.0]
+    assert "heads" not in evaluate(
+        build_model("fcn32s", 33, width=1 / 16), ds, meta={"model_kwargs": {"num_classes": 33}}
+    )
+
+
+# ----------------------------------------------------------------- the authors' two-headed caffemodels
+
+
+HEADS = {
+    "fcn32s": ("score_fr", "upscore"),
+    "fcn16s": ("score_fr", "upscore2", "score_pool4", "upscore16"),
+    "fcn8s": ("score_fr", "upscore2", "score_pool4", "upscore_pool4", "score_pool3", "upscore8"),
+}
+
+
+def two_headed(arch):
+    """A SIFT Flow net's layers: trunk, *_sem head (33 classes), *_geo head (3), as siftflow-fcn*/net.py names them."""
+    sem, geo = random_reference(arch, num_classes=33), random_reference(arch, num_classes=3, seed=5)
+    layers = {k: v for k, v in sem.items() if k not in HEADS[arch]}
+    layers.update({k + "_sem": sem[k] for k in HEADS[arch]})
+    layers.update({k + "_geo": geo[k] for k in HEADS[arch]})
+    return layers, sem, {**{k: v for k, v in sem.items() if k not in HEADS[arch]}, **{k: geo[k] for k in HEADS[arch]}}
+
+
+@pytest.mark.parametrize("arch", ["fcn32s", "fcn16s", "fcn8s"])
+def test_two_headed_caffemodel_keeps_both_heads(tmp_path, arch):
+    layers, semantic, geometric = two_headed(arch)
+    path = tmp_path / f"siftflow-{arch}-heavy.caffemodel"
+    path.write_bytes(caffemodel_bytes(layers))
+    model, meta = load(path)
+    assert meta["model_name"] == arch and meta["model_kwargs"]["geometric_classes"] == 3
+    assert meta["class_names"][27] == "sky"  # the published file name brings the registry's classes
+    x = image()
+    with torch.no_grad():
+        heads = model(x, all_heads=True)
+        torch.testing.assert_close(heads["semantic"], reference_forward(semantic, x, arch), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(heads["geometric"], reference_forward(geometric, x, arch), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model(x), heads["semantic"])  # the mask predict and serve use
+
+
+def test_converted_two_headed_file_evaluates_both_heads(tmp_path, siftflow, capsys):
+    layers, _, _ = two_headed("fcn8s")
+    src = tmp_path / "siftflow-fcn8s-heavy.caffemodel"
+    src.write_bytes(caffemodel_bytes(layers))
+    assert main(["weights", "convert", str(src), "--out", str(tmp_path / "siftflow.pt")]) == 0
+    for weights in (src, tmp_path / "siftflow.pt"):
+        out = tmp_path / "m.json"
+        assert (
+            main(["evaluate", "--weights", str(weights), "--data", siftflow, "--split", "test", "--json", str(out)])
+            == 0
+        )
+        assert set(json.loads(out.read_text())["heads"]) == {"geometric"}
+    assert "geometric head" in capsys.readouterr().out
