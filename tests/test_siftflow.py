@@ -6,6 +6,8 @@ caffemodels converted with both heads, checked against an independent forward.""
 from __future__ import annotations
 
 import json
+import stat
+import zipfile
 
 import numpy as np
 import pytest
@@ -13,9 +15,11 @@ import scipy.io
 import torch
 from PIL import Image
 
+import fcnseg
 from fcnseg.cli import main
 from fcnseg.data import load_dataset
 from fcnseg.data.base import WithTargets
+from fcnseg.data.download import download_dataset, safe_extract
 from fcnseg.data.siftflow import SUBFOLDER, split_ids
 from fcnseg.data.transforms import PadCollate, TrainTransform
 from fcnseg.engine import evaluate
@@ -132,6 +136,15 @@ def test_bad_and_missing_geometric_files_are_named(siftflow, tmp_path):
         load_dataset(siftflow, "trainval")
 
 
+def test_data_check_reads_the_geometric_labels_too(siftflow, tmp_path, capsys):
+    geo = tmp_path / "data" / "SiftFlowDataset" / "GeoLabels" / SUBFOLDER
+    scipy.io.savemat(geo / "mountain_e5.mat", {"S": np.full((16, 40), 2, np.int16)})
+    assert main(["data", "check", siftflow]) != 0
+    out = capsys.readouterr().out
+    assert "mountain_e5.mat" in out and "geometric labels are 40x16 but the image is 40x32" in out
+    assert "train: 3 samples, 0 problems" in out
+
+
 # ----------------------------------------------------------------- two heads: training and evaluation
 
 
@@ -216,6 +229,9 @@ def test_two_headed_caffemodel_keeps_both_heads(tmp_path, arch):
         torch.testing.assert_close(heads["semantic"], reference_forward(semantic, x, arch), rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(heads["geometric"], reference_forward(geometric, x, arch), rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(model(x), heads["semantic"])  # the mask predict and serve use
+    for fast in (False, True):  # the Segmenter predicts the semantic head, on either path
+        mask = fcnseg.Segmenter.from_pretrained(str(path), fast=fast).predict(np.zeros((20, 30, 3), np.uint8))
+        assert mask.shape == (20, 30) and mask.max() < 33
 
 
 def test_converted_two_headed_file_evaluates_both_heads(tmp_path, siftflow, capsys):
@@ -231,3 +247,41 @@ def test_converted_two_headed_file_evaluates_both_heads(tmp_path, siftflow, caps
         )
         assert set(json.loads(out.read_text())["heads"]) == {"geometric"}
     assert "geometric head" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------- fcnseg data download siftflow (a zip)
+
+
+def zip_folder(folder, archive):
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(folder).as_posix())
+    return archive
+
+
+def test_download_extracts_the_zip_and_verifies_its_structure(tmp_path, capsys):
+    """The zip holds Images/, SemanticLabels/ and GeoLabels/ at its top level (no folder of its own)."""
+    archive = zip_folder(make_siftflow(tmp_path / "src"), tmp_path / "SiftFlowDataset.zip")
+    root = tmp_path / "root"
+    assert main(["data", "download", "siftflow", "--root", str(root), "--url", archive.as_uri(), "--no-progress"]) == 0
+    assert f"use it as siftflow:{root}" in capsys.readouterr().out
+    assert len(load_dataset(f"siftflow:{root}", "trainval")) == 3 and archive.exists()  # file://: left in place
+    wrong = zip_folder(tmp_path / "src" / "SiftFlowDataset" / "GeoLabels", tmp_path / "wrong.zip")
+    with pytest.raises(FcnsegError, match="does not contain Images/spatial_envelope"):
+        download_dataset("siftflow", tmp_path / "other", url=wrong.as_uri(), md5=None, progress=False)
+
+
+@pytest.mark.parametrize("name", ["/tmp/evil.txt", "fine/../../evil.txt", "link"])
+def test_zip_members_escaping_the_target_are_refused_before_anything_is_written(tmp_path, name):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("fine/file.txt", "hi")
+        info = zipfile.ZipInfo(name)
+        if name == "link":
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "../../outside" if name == "link" else "evil")
+    target = tmp_path / "a" / "b"
+    with pytest.raises(FcnsegError, match="refusing to extract"):
+        safe_extract(archive, target)
+    assert not (target / "fine").exists() and not (tmp_path / "evil.txt").exists()

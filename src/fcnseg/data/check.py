@@ -64,6 +64,23 @@ def _check_sample(
         bad = bad_labels(mask, dataset.num_classes, dataset.ignore_index)
         if bad:
             problems.append(_problem(name, bad_labels_message(bad, dataset.num_classes, dataset.ignore_index)))
+    for target in dataset.extra_targets:  # other labellings of the pixels (SIFT Flow's geometric classes)
+        name = dataset.extra_name(index, target.name)
+        labels = attempt(lambda i, t=target.name: dataset.load_extra(i, t), name)
+        if labels is None:
+            continue
+        if image is not None and image.shape[:2] != labels.shape:
+            problems.append(
+                _problem(
+                    name,
+                    f"{target.name} labels are {labels.shape[1]}x{labels.shape[0]} but the image is "
+                    f"{image.shape[1]}x{image.shape[0]}",
+                )
+            )
+        bad = bad_labels(labels, target.num_classes, dataset.ignore_index)
+        if bad:
+            message = bad_labels_message(bad, target.num_classes, dataset.ignore_index)
+            problems.append(_problem(name, f"{target.name} {message}"))
     return size, counts, problems
 
 

@@ -2,8 +2,9 @@
 
 ``download_dataset("voc2012", root)`` fetches the archive into ``root`` (resuming a partial
 ``<archive>.part`` file with an HTTP Range request; see ``fcnseg.fetch`` for what makes a transfer
-complete), checks its MD5 and extracts it, refusing any member that would land outside the target
-(absolute paths, ``..``, links pointing out, device files).
+complete), checks its MD5 and extracts it (tar, any compression, or zip: ``safe_extract`` tells them
+apart by content), refusing any member that would land outside the target (absolute paths, ``..``,
+links pointing out, device files; a zip may hold no links at all).
 
 Extraction goes into a temporary folder beside the target (``root/.fcnseg-extract-*``); the
 dataset's folder is renamed into place only once the whole archive is out, so a failed extraction
@@ -16,7 +17,8 @@ The addresses and MD5 sums are those of torchvision's VOCSegmentation and SBData
 0.29.1, torchvision/datasets/voc.py and sbd.py) for the very same archives. Mirrors can be given
 with ``url=``; the sum still applies (it identifies the file). PASCAL-Context's annotation archive
 has no published checksum: it is checked by kind (a tar archive) and by content (labels.txt and
-trainval/ in it) only. A dataset made of several archives names the others in ``needs``
+trainval/ in it) only. SIFT Flow's zip (the address the FCN reference gives in data/sift-flow/README.md)
+has none either: md5 is None and it is verified by structure only (its three label/image folders). A dataset made of several archives names the others in ``needs``
 (PASCAL-Context needs VOC2010's images); they are fetched first, each with its own address and sum.
 
 Some hosts publish no archive a program may fetch (an account, a licence form): their entries have
@@ -30,10 +32,12 @@ import errno
 import logging
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 import urllib.parse
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +108,19 @@ RESOURCES: dict[str, Resource] = {
         extract_into=True,
         contains=("labels.txt", "trainval"),
     ),
+    "siftflow": Resource(
+        url="http://www.cs.unc.edu/~jtighe/Papers/ECCV10/siftflow/SiftFlowDataset.zip",
+        md5=None,
+        dataset_dir="SiftFlowDataset",
+        spec="siftflow",
+        about="SIFT Flow, 2,688 images with semantic and geometric labels, about 140 MB (a zip; no checksum "
+        "published: verified by structure only)",
+        confirmed="FCN reference (shelhamer/fcn.berkeleyvision.org) data/sift-flow/README.md: the URL, no checksum",
+        extract_into=True,
+        contains=tuple(
+            f"{d}/spatial_envelope_256x256_static_8outdoorcategories" for d in ("Images", "SemanticLabels", "GeoLabels")
+        ),
+    ),
     "cityscapes": Resource(
         url="",
         md5=None,
@@ -135,6 +152,16 @@ def tar_problem(head: bytes) -> str | None:
     if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")) or head[257:262] == b"ustar":
         return None
     return "not a tar archive (plain, gzip, bzip2 or xz)"
+
+
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header, or the end record of an empty zip
+
+
+def archive_problem(head: bytes) -> str | None:
+    """None if ``head`` can start an archive ``safe_extract`` reads: a tar (any compression) or a zip."""
+    if head.startswith(ZIP_MAGIC) or tar_problem(head) is None:
+        return None
+    return "not an archive (tar, plain or compressed, or zip)"
 
 
 def download_file(
@@ -192,14 +219,44 @@ def _check_member(member: tarfile.TarInfo, root: Path, archive: Path) -> None:
         refuse("device or FIFO file")
 
 
+def _check_zip_member(info: zipfile.ZipInfo, root: Path, archive: Path) -> None:
+    def refuse(why: str) -> None:
+        raise FcnsegError(
+            f"{archive}: refusing to extract {info.filename!r} ({why}); the archive is not safe to unpack"
+        )
+
+    name = info.filename
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        refuse("absolute path")
+    if not _inside(root, name.replace("\\", "/")):
+        refuse("path leads outside the target directory")
+    mode = info.external_attr >> 16  # Unix mode bits, where the zip was made on Unix
+    if stat.S_ISLNK(mode):
+        refuse("symbolic link")
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        refuse("device or FIFO file")
+
+
+def _extract_zip(archive: Path, root: Path) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        members = zf.infolist()
+        for info in members:
+            _check_zip_member(info, root, archive)
+        zf.extractall(root, members=members)
+
+
 def safe_extract(
     archive: str | os.PathLike, root: str | os.PathLike, corrupt_advice: str = "delete it and download it again"
 ) -> None:
-    """Extract a tar archive (any compression) into ``root``; every member is checked first, and
+    """Extract a tar archive (any compression) or a zip into ``root``, told apart by content; every
+    member is checked first (a zip's links and device files are refused outright), and for tar
     Python's "data" filter re-checks links against what is already on disk while extracting."""
     archive, root = Path(archive), Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     try:
+        if zipfile.is_zipfile(archive):
+            _extract_zip(archive, root)
+            return
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
             for member in members:
@@ -210,7 +267,7 @@ def safe_extract(
                 tar.extractall(root, members=members)
     except getattr(tarfile, "FilterError", ()) as exc:
         raise FcnsegError(f"{archive}: refusing to extract ({exc}); the archive is not safe to unpack") from None
-    except (tarfile.TarError, EOFError) as exc:
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
         raise FcnsegError(f"{archive}: cannot extract ({exc}); {corrupt_advice}") from None
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -332,7 +389,7 @@ def download_dataset(
         _check_own_archive(archive, md5)
     else:
         archive, ours = root / (_url_filename(url) or _url_filename(resource.url)), True
-        download_file(url, archive, md5, progress, expect=tar_problem)
+        download_file(url, archive, md5, progress, expect=archive_problem)
     extract_into_place(
         archive, root, resource.dataset_dir, ours, extract_into=resource.extract_into, contains=resource.contains
     )
@@ -353,7 +410,7 @@ def _check_own_archive(archive: Path, md5: str | None) -> None:
         got = file_md5(archive) if md5 else None
     except OSError as exc:
         raise FcnsegError(os_error_message(exc, "cannot read", archive)) from None
-    problem = page_problem(head, who=f"{archive} is") or tar_problem(head)
+    problem = page_problem(head, who=f"{archive} is") or archive_problem(head)
     if problem:
         raise FcnsegError(f"--url {archive.as_uri()}: {problem}; it was left as it is")
     if md5 and got != md5.lower():

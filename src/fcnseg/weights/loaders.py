@@ -236,7 +236,12 @@ def _meta(model_name: str, kwargs: dict, normalization: str, entry, label: str):
 
     n = kwargs["num_classes"]
     if entry is not None:
-        if entry.model_kwargs.get("num_classes", n) != n or (entry.class_names and len(entry.class_names) != n):
+        geometric = kwargs.get("geometric_classes", 0)
+        if (
+            entry.model_kwargs.get("num_classes", n) != n
+            or (entry.class_names and len(entry.class_names) != n)
+            or entry.model_kwargs.get("geometric_classes", geometric) != geometric
+        ):
             raise FcnsegError(
                 f"{label} has {n} classes, the registry entry {entry.name} "
                 f"{entry.num_classes or entry.model_kwargs.get('num_classes')}; the file is not "
