@@ -24,6 +24,7 @@ from fcnseg.data.siftflow import SUBFOLDER, split_ids
 from fcnseg.data.transforms import PadCollate, TrainTransform
 from fcnseg.engine import evaluate
 from fcnseg.engine.checkpoint import load_checkpoint
+from fcnseg.engine.metrics import ConfusionMatrix
 from fcnseg.errors import FcnsegError
 from fcnseg.models import build_model
 from fcnseg.weights import load
@@ -186,14 +187,28 @@ def test_geometric_pixel_accuracy_is_counted_from_the_geometric_labels(siftflow)
     with torch.no_grad():
         model.score_fr_geo.weight.zero_()
         model.score_fr_geo.bias.copy_(torch.tensor([0.0, 0.0, 5.0]))
+        model.score_fr.bias[27] = 5.0  # the semantic head says "sky" everywhere
     ds = load_dataset(siftflow, "test")
     result = evaluate(model, ds, meta={"model_kwargs": {"num_classes": 33}, "normalization": "caffe"})
     g = geometric_labels(32, 40)
     assert result["heads"]["geometric"]["pixel_acc"] == pytest.approx((g == 3).sum() / (g != -1).sum())
     assert result["heads"]["geometric"]["per_class_iou"][:2] == [0.0, 0.0]
+    # semantic: test images hold sky and classes 3 and 4 (see make_siftflow); mean IU over those three
+    s = semantic_labels(32, 40, 3)
+    sky_iou = (s == 28).sum() / (s != 0).sum()
+    assert result["mean_iu"] == pytest.approx(sky_iou / 3) and result["pixel_acc"] == pytest.approx(sky_iou)
     assert "heads" not in evaluate(
         build_model("fcn32s", 33, width=1 / 16), ds, meta={"model_kwargs": {"num_classes": 33}}
     )
+
+
+def test_mean_iu_over_present_classes_leaves_out_predicted_but_absent_ones():
+    """The paper's SIFT Flow rule: a class absent from the truth does not count, even if predicted."""
+    cm = ConfusionMatrix(3)
+    cm.update(torch.tensor([0, 2, 1, 1]), torch.tensor([0, 0, 1, 1]))  # class 2 predicted once, never true
+    assert cm.compute()["mean_iu"] == pytest.approx((0.5 + 1 + 0) / 3)
+    assert cm.compute(present_only=True)["mean_iu"] == pytest.approx((0.5 + 1) / 2)
+    assert ConfusionMatrix(3).compute(present_only=True)["pixels"] == 0
 
 
 # ----------------------------------------------------------------- the authors' two-headed caffemodels

@@ -72,6 +72,8 @@ class SegmentationDataset(Dataset):
     identity: str = ""
     #: Other labellings of the same pixels (see ``load_extra`` and ``WithTargets``).
     extra_targets: tuple[ExtraTarget, ...] = ()
+    #: Mean IU over the classes present in the split's labels only (SIFT Flow, as the paper scores it).
+    score_present_classes: bool = False
 
     @property
     def num_classes(self) -> int:

@@ -16,6 +16,10 @@ start at 0 and unlabelled pixels become 255 (ignored). Splits are the FCN refere
 ``trainval.txt`` / ``test.txt`` in PATH itself (the reference's data/sift-flow folder holds both
 beside the data) is used instead of the shipped one.
 
+Mean IU is averaged over the classes present in the split's labels (``score_present_classes``): three
+classes (cow, desert, moon) are absent from the test set, and the paper "only included categories
+actually present in the test set" in its evaluation.
+
 The item is ``(image, semantic mask)`` as for every format; the geometric labels are the extra
 target ``geometric`` (``load_extra``), read by two-headed models only (see ``data.base.WithTargets``).
 """
@@ -109,6 +113,7 @@ class SiftFlowDataset(PairedFileDataset):
     """(image, semantic labels) pairs; the geometric labels are the extra target ``geometric``."""
 
     extra_targets = (GEOMETRIC,)
+    score_present_classes = True  # cow, desert and moon are absent from the test set (the paper's rule)
 
     def __init__(self, root: Path, split: str, check_files: bool = True):
         self.root = root

@@ -117,7 +117,8 @@ def evaluate(
     ``confusion`` (rows truth, columns prediction) and ``class_names``. Inside an initialised process
     group every process evaluates its share of the images and the results are summed across ranks.
     ``progress`` shows a bar on a terminal, else a log line at about every 10% (rank 0 only).
-    A model with extra heads that the dataset labels (``extra_heads``) adds ``heads``: {name: the same
+    A dataset with ``score_present_classes`` (SIFT Flow) averages mean IU over the classes present in
+    its labels, as the paper does. A model with extra heads that the dataset labels (``extra_heads``) adds ``heads``: {name: the same
     metrics, ``confusion`` and ``class_names``} (SIFT Flow: ``result["heads"]["geometric"]["pixel_acc"]``).
     """
     model, meta, what = load_for_eval(checkpoint_or_model, meta)
@@ -182,7 +183,8 @@ def evaluate(
     for matrix in head_confusion.values():
         matrix.all_reduce()
     loss_sum, labelled, images_seen = all_reduce_sum([loss_sum, labelled, float(len(shard))])
-    result = confusion.compute()
+    present_only = bool(getattr(dataset, "score_present_classes", False))
+    result = confusion.compute(present_only)
     result.update(
         loss=loss_sum / labelled if labelled else float("nan"),
         images=int(images_seen),
@@ -191,7 +193,7 @@ def evaluate(
     )
     if heads:
         result["heads"] = {
-            h: {**m.compute(), "confusion": m.mat.tolist(), "class_names": list(targets[h].class_names)}
+            h: {**m.compute(present_only), "confusion": m.mat.tolist(), "class_names": list(targets[h].class_names)}
             for h, m in head_confusion.items()
         }
     return result

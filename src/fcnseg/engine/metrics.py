@@ -11,6 +11,8 @@ Which classes count in the means (n_cl):
   * mean IU averages over classes present in the truth OR the prediction; a class absent from
     both has IU 0/0 and is left out (a predicted-but-absent class has IU 0 and counts).
   * mean accuracy averages over classes present in the truth (n_ii / t_i is undefined if t_i = 0).
+  * ``compute(present_only=True)``: mean IU too averages over the classes present in the truth, as
+    the paper scores SIFT Flow ("only included categories actually present in the test set").
 Per-class values of left-out classes are NaN. Pixels whose target is ``ignore_index`` are skipped.
 """
 
@@ -71,8 +73,9 @@ class ConfusionMatrix:
             dist.all_reduce(self.mat, op=dist.ReduceOp.SUM)
         return self
 
-    def compute(self) -> dict:
-        """The four standard metrics plus per-class IoU and accuracy (floats; NaN where undefined)."""
+    def compute(self, present_only: bool = False) -> dict:
+        """The four standard metrics plus per-class IoU and accuracy (floats; NaN where undefined);
+        ``present_only``: mean IU over the classes present in the truth (see the module docstring)."""
         m = self.mat.to(torch.float64)
         diag = m.diag()
         truth = m.sum(1)  # t_i
@@ -95,7 +98,7 @@ class ConfusionMatrix:
         return {
             "pixel_acc": float(diag.sum() / total),
             "mean_acc": float(acc[truth > 0].mean()),
-            "mean_iu": float(iou[union > 0].mean()),
+            "mean_iu": float(iou[truth > 0].mean() if present_only else iou[union > 0].mean()),
             "fw_iu": float((truth[union > 0] * iou[union > 0]).sum() / total),
             "per_class_iou": iou.tolist(),
             "per_class_acc": acc.tolist(),
