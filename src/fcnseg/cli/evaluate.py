@@ -16,7 +16,8 @@ def register(subparsers) -> None:
         "evaluate",
         help="evaluate a checkpoint on a dataset split",
         description="Pixel accuracy, mean accuracy, mean IU, frequency-weighted IU, per-class IoU, confusion "
-        "matrix and loss of a checkpoint. Multi-process: torchrun --nproc_per_node N -m fcnseg evaluate ...",
+        "matrix and loss of a checkpoint; a model with a second head (SIFT Flow's geometric classes) on data "
+        "labelled for it is scored on both. Multi-process: torchrun --nproc_per_node N -m fcnseg evaluate ...",
     )
     add_model_options(parser, int8=True)
     parser.add_argument("--data", required=True, metavar="SPEC", help="dataset spec, e.g. shapes or voc:PATH")
