@@ -17,9 +17,11 @@ The addresses and MD5 sums are those of torchvision's VOCSegmentation and SBData
 0.29.1, torchvision/datasets/voc.py and sbd.py) for the very same archives. Mirrors can be given
 with ``url=``; the sum still applies (it identifies the file). PASCAL-Context's annotation archive
 has no published checksum: it is checked by kind (a tar archive) and by content (labels.txt and
-trainval/ in it) only. SIFT Flow's zip (the address the FCN reference gives in data/sift-flow/README.md)
-has none either: md5 is None and it is verified by structure only (its three label/image folders). A dataset made of several archives names the others in ``needs``
+trainval/ in it) only. A dataset made of several archives names the others in ``needs``
 (PASCAL-Context needs VOC2010's images); they are fetched first, each with its own address and sum.
+SIFT Flow's zip (the address the FCN reference gives in data/sift-flow/README.md) has no published
+checksum either: md5 is None and it is verified by structure only (its Images/, SemanticLabels/
+and GeoLabels/ folders, at the zip's top level).
 
 Some hosts publish no archive a program may fetch (an account, a licence form): their entries have
 no ``url`` and ``manual_step(name)`` is the one line saying where to get the data by hand;

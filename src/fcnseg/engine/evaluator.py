@@ -118,8 +118,9 @@ def evaluate(
     group every process evaluates its share of the images and the results are summed across ranks.
     ``progress`` shows a bar on a terminal, else a log line at about every 10% (rank 0 only).
     A dataset with ``score_present_classes`` (SIFT Flow) averages mean IU over the classes present in
-    its labels, as the paper does. A model with extra heads that the dataset labels (``extra_heads``) adds ``heads``: {name: the same
-    metrics, ``confusion`` and ``class_names``} (SIFT Flow: ``result["heads"]["geometric"]["pixel_acc"]``).
+    its labels, as the paper does. A model with extra heads that the dataset labels (``extra_heads``)
+    adds ``heads``: {name: the same metrics, ``confusion`` and ``class_names``} (SIFT Flow:
+    ``result["heads"]["geometric"]["pixel_acc"]``).
     """
     model, meta, what = load_for_eval(checkpoint_or_model, meta)
     check_not_empty(dataset, "evaluation split of")
