@@ -5,6 +5,8 @@ caffemodels converted with both heads, checked against an independent forward.""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import stat
 import zipfile
@@ -300,3 +302,35 @@ def test_zip_members_escaping_the_target_are_refused_before_anything_is_written(
     with pytest.raises(FcnsegError, match="refusing to extract"):
         safe_extract(archive, target)
     assert not (target / "fine").exists() and not (tmp_path / "evil.txt").exists()
+
+
+def test_evaluate_fcn8s_siftflow_by_name_scores_both_heads(tmp_path, siftflow, monkeypatch, capsys):
+    """`fcnseg evaluate --weights fcn8s-siftflow --data siftflow:PATH --split test`: the registered
+    entry (its file replaced by a tiny two-headed caffemodel of the same layout, as the real one
+    cannot be fetched here) through the download cache and the converter; the Python API agrees."""
+    from fcnseg.weights import open_model, registry
+    from test_weights_convert import WIDTH
+
+    monkeypatch.setenv("FCNSEG_HOME", str(tmp_path / "home"))
+    data = caffemodel_bytes(two_headed("fcn8s")[0])
+    src = tmp_path / "siftflow-fcn8s-heavy.caffemodel"
+    src.write_bytes(data)
+    real = registry.get_entry("fcn8s-siftflow")
+    assert real.model_kwargs["geometric_classes"] == 3
+    tiny = dataclasses.replace(
+        real,
+        urls=(src.as_uri(),),
+        checksum="md5:" + hashlib.md5(data).hexdigest(),
+        model_kwargs={**real.model_kwargs, "width": WIDTH},
+    )
+    monkeypatch.setitem(registry.REGISTRY, "fcn8s-siftflow", tiny)
+    out = tmp_path / "m.json"
+    args = ["evaluate", "--weights", "fcn8s-siftflow", "--data", siftflow, "--split", "test", "--json", str(out)]
+    assert main([*args, "--no-progress", "--device", "cpu"]) == 0
+    assert "geometric head: pixel acc" in capsys.readouterr().out
+    metrics = json.loads(out.read_text())
+    assert np.array(metrics["heads"]["geometric"]["confusion"]).sum() == 2 * 31 * 40
+    opened = open_model("fcn8s-siftflow")
+    api = evaluate(opened.module, load_dataset(siftflow, "test"), meta=opened.meta, device="cpu")
+    assert api["heads"]["geometric"]["confusion"] == metrics["heads"]["geometric"]["confusion"]
+    assert api["confusion"] == metrics["confusion"] and api["mean_iu"] == metrics["mean_iu"]
