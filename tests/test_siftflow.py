@@ -8,7 +8,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import stat
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -334,3 +337,17 @@ def test_evaluate_fcn8s_siftflow_by_name_scores_both_heads(tmp_path, siftflow, m
     api = evaluate(opened.module, load_dataset(siftflow, "test"), meta=opened.meta, device="cpu")
     assert api["heads"]["geometric"]["confusion"] == metrics["heads"]["geometric"]["confusion"]
     assert api["confusion"] == metrics["confusion"] and api["mean_iu"] == metrics["mean_iu"]
+
+
+@pytest.mark.slow
+def test_torchrun_trains_both_heads(siftflow, tmp_path):
+    """Under DDP the two-headed forward goes through the wrapper (every parameter gets a gradient)."""
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fcnseg"]
+    cmd += ["train", "--data", siftflow, "--model", "fcn16s", "--width", "0.0625", "--geometry", "same"]
+    cmd += ["--iterations", "2", "--optimizer", "adamw", "--lr", "1e-2", "--num-samples", "0", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*cmd, "--out", str(run)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert load_checkpoint(run / "last.pt")["model"]["score_fr_geo.weight"].abs().sum() > 0
+    assert "geometric" in json.loads((run / "summary.json").read_text())["final"]["heads"]
