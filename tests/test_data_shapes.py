@@ -32,12 +32,27 @@ def test_contract():
 
 
 def test_deterministic_and_pinned():
-    # Pinned: the same pixels on every machine. Change only on purpose (it changes every result).
+    # Pinned: the same pixels on every machine. Change only on purpose (it changes every result). The
+    # whole val split (every reported number), and samples of train and of the training stream.
     assert _digest(load_dataset("shapes", "train"), (0, 1, 2, 399)) == (
         "8fa8f7eca068e1053e0ddebd2efb5955b4c5ba507fa22999ed249b5973a11ca5"
     )
     assert _digest(load_dataset("shapes", "val"), (0, 99)) == (
         "0d57b83e4a6bd763827a08481176889d70f329dd5b4458ff04ef23098faa3229"
+    )
+    assert _digest(load_dataset("shapes", "val"), range(100)) == (
+        "af48fce49207a0d2da0b15282391b210a3710eff74f463470175f775cf8f0661"
+    )
+    assert _digest(load_dataset("shapes", "stream"), (0, 1, 2, 123_456, 999_999)) == (
+        "94d27a2a22a344b919968caf8020fecc42bca8e292969c62ebf053a653784984"
+    )
+
+
+def test_every_pixel_as_the_full_grid_formulas_draw_it():
+    """Shapes are computed only in a window around them, the background from per-row and per-column
+    terms: the whole train split still hashes as when every formula ran on the full grid."""
+    assert _digest(load_dataset("shapes", "train"), range(400)) == (
+        "2394bd1268360d0628bc1360c221d9cbaacfe6914dc8f514accabbe9ed5b75a1"
     )
 
 

@@ -23,6 +23,7 @@ twice, so it cannot overfit. Batch 8 needs 125,000 iterations to see every strea
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -54,89 +55,150 @@ def _unit_vector(rng: np.random.Generator) -> np.ndarray:
             return v / np.sqrt(n2)
 
 
-def _resize_bilinear(grid: np.ndarray, size: int) -> np.ndarray:
-    """Upsample a small (g, g, C) grid to (size, size, C), separably and vectorised."""
-    g = grid.shape[0]
+@lru_cache(maxsize=8)
+def _bilinear_taps(g: int, size: int) -> tuple[np.ndarray, ...]:
+    """Source indices and weights of the bilinear upsampling of ``g`` cells to ``size`` pixels."""
     pos = (np.arange(size) + 0.5) * (g - 1) / size
     i0 = np.minimum(pos.astype(np.int64), g - 2)
-    w = (pos - i0)[:, None, None]
-    rows = grid[i0] * (1 - w) + grid[i0 + 1] * w  # (size, g, C)
-    w = w.reshape(1, size, 1)
-    return rows[:, i0] * (1 - w) + rows[:, i0 + 1] * w
+    w = pos - i0
+    return i0, i0 + 1, w, 1 - w
 
 
-def _background(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    size = yy.shape[0]
+def _resize_bilinear(grid: np.ndarray, size: int) -> np.ndarray:
+    """Upsample a small (C, g, g) grid to (C, size, size), separably (rows, then columns)."""
+    i0, i1, w, w0 = _bilinear_taps(grid.shape[1], size)
+    rows = grid[:, i0] * w0[:, None] + grid[:, i1] * w[:, None]  # (C, size, g)
+    out = np.take(rows, i0, axis=2)
+    out *= w0
+    right = np.take(rows, i1, axis=2)
+    right *= w
+    out += right
+    return out
+
+
+@lru_cache(maxsize=8)
+def _pixel_centres(size: int) -> np.ndarray:
+    """The pixel centres 0.5, 1.5, ... along one axis (rows and columns alike)."""
+    centres = np.arange(size) + 0.5
+    centres.flags.writeable = False
+    return centres
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """The textured background, float (3, size, size), channels first.
+
+    Each pixel gets the value of the formula ``base + smooth + amplitude * pattern(x, y) + noise``,
+    bit for bit: the same operations in the same order. Terms that depend on one axis only (x * u[0],
+    y * u[1], floor(x / period)) are computed once per column or row and broadcast."""
+    c = _pixel_centres(size)
     base = rng.uniform(50, 200, 3)
-    smooth = _resize_bilinear(rng.uniform(-45, 45, (5, 5, 3)), size)
+    image = _resize_bilinear(rng.uniform(-45, 45, (5, 5, 3)).transpose(2, 0, 1), size)
+    image += base[:, None, None]
     period = rng.uniform(4, 14)
     amplitude = rng.uniform(5, 35)
     if rng.random() < 0.5:  # stripes: a triangle wave along a random direction
         u = _unit_vector(rng)
-        phase = np.mod(xx * u[0] + yy * u[1], period) / period
-        pattern = np.abs(2 * phase - 1) * 2 - 1
-    else:  # checkerboard
-        pattern = (np.floor(xx / period) + np.floor(yy / period)) % 2 * 2 - 1
-    image = base + smooth + (amplitude * pattern)[..., None]
-    return image + rng.uniform(-12, 12, image.shape)
+        pattern = (c * u[0])[None, :] + (c * u[1])[:, None]  # x * u[0] + y * u[1]
+        # Python's modulo (the result takes the divisor's sign), as np.mod computes it: the exact
+        # remainder of fmod, plus the period where it is negative
+        np.fmod(pattern, period, out=pattern)
+        pattern[pattern < 0] += period
+        pattern /= period  # the phase in [0, 1)
+        pattern *= 2
+        pattern -= 1
+        np.abs(pattern, out=pattern)
+        pattern *= 2
+        pattern -= 1
+    else:  # checkerboard: (floor(x / period) + floor(y / period)) % 2 * 2 - 1, exact small integers
+        cells = np.floor(c / period)
+        pattern = (cells[None, :] + cells[:, None]) % 2 * 2 - 1
+    pattern *= amplitude
+    image += pattern
+    image += rng.uniform(-12, 12, (size, size, 3)).transpose(2, 0, 1)
+    return image
 
 
-def _shape_mask(kind: int, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """Boolean mask of one random shape of class ``kind``."""
-    size = yy.shape[0]
+def _window(lo_x: float, hi_x: float, lo_y: float, hi_y: float, size: int) -> tuple[slice, slice]:
+    """Rows and columns whose pixel centres lie within 1.5 pixels of the box: no pixel further out
+    can pass a shape's test (a shape's tests err by ~1e-13 pixels, not 1)."""
+    cols = slice(max(0, math.floor(lo_x) - 2), min(size, math.ceil(hi_x) + 2))
+    rows = slice(max(0, math.floor(lo_y) - 2), min(size, math.ceil(hi_y) + 2))
+    return rows, cols
+
+
+def _shape_mask(kind: int, rng: np.random.Generator, size: int) -> tuple[tuple[slice, slice], np.ndarray]:
+    """One random shape of class ``kind``: the window of the image that holds it (rows, columns) and
+    its boolean mask there. Each pixel is tested by the same arithmetic as on the full grid, so the
+    mask equals the full-grid mask cut to the window (and it is all False outside)."""
+    c = _pixel_centres(size)
     cy, cx = rng.uniform(0.05 * size, 0.95 * size, 2)
-    dy, dx = yy - cy, xx - cx
-    d2 = dy * dy + dx * dx
-    if kind == DISK:
-        r = rng.uniform(2.5, 0.18 * size)
-        return d2 <= r * r
-    if kind == RING:
-        r = rng.uniform(4.0, 0.17 * size)
-        t = rng.uniform(*RING_WIDTH)
-        return (d2 <= r * r) & (d2 >= (r - t) * (r - t))
+    if kind in (DISK, RING):
+        if kind == DISK:
+            r = rng.uniform(2.5, 0.18 * size)
+        else:
+            r, t = rng.uniform(4.0, 0.17 * size), rng.uniform(*RING_WIDTH)
+        win = _window(cx - r, cx + r, cy - r, cy + r, size)
+        dy, dx = (c[win[0]] - cy)[:, None], (c[win[1]] - cx)[None, :]
+        d2 = dy * dy + dx * dx
+        inside = d2 <= r * r
+        return win, inside if kind == DISK else inside & (d2 >= (r - t) * (r - t))
     if kind == RECTANGLE:
         u = _unit_vector(rng)
         half_w, half_h = rng.uniform(2.0, 0.16 * size, 2)
+        reach = half_w + half_h  # no corner is further than this from the centre along either axis
+        win = _window(cx - reach, cx + reach, cy - reach, cy + reach, size)
+        dy, dx = (c[win[0]] - cy)[:, None], (c[win[1]] - cx)[None, :]
         along = dx * u[0] + dy * u[1]
         across = -dx * u[1] + dy * u[0]
-        return (np.abs(along) <= half_w) & (np.abs(across) <= half_h)
+        return win, (np.abs(along) <= half_w) & (np.abs(across) <= half_h)
     if kind == TRIANGLE:  # roughly equilateral: three radii at 120 degree steps, jittered
         u = _unit_vector(rng)
         dirs = [u, np.array([-0.5 * u[0] - _SQRT3_2 * u[1], _SQRT3_2 * u[0] - 0.5 * u[1]])]
         dirs.append(-dirs[0] - dirs[1])
         r = rng.uniform(3.5, 0.2 * size)
         pts = [np.array([cx, cy]) + d * r * rng.uniform(0.75, 1.15) for d in dirs]
-        inside = np.ones_like(d2, dtype=bool)
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        win = _window(min(xs), max(xs), min(ys), max(ys), size)
+        yy, xx = c[win[0]][:, None], c[win[1]][None, :]
+        inside = None
         for a, b in zip(pts, pts[1:] + pts[:1]):  # counter-clockwise: the inside is left of each edge
-            inside &= (b[0] - a[0]) * (yy - a[1]) - (b[1] - a[1]) * (xx - a[0]) >= 0
-        return inside
+            left = (b[0] - a[0]) * (yy - a[1]) - (b[1] - a[1]) * (xx - a[0]) >= 0
+            inside = left if inside is None else inside & left
+        return win, inside
     if kind == LINE:  # a segment from the centre, 1 to 2.2 pixels thick
         u = _unit_vector(rng)
         length = rng.uniform(0.25 * size, 0.8 * size)
         ex, ey = u * length
+        half = rng.uniform(*LINE_WIDTH) / 2
+        win = _window(
+            min(cx, cx + ex) - half, max(cx, cx + ex) + half, min(cy, cy + ey) - half, max(cy, cy + ey) + half, size
+        )
+        dy, dx = (c[win[0]] - cy)[:, None], (c[win[1]] - cx)[None, :]
         t = np.clip((dx * ex + dy * ey) / (length * length), 0.0, 1.0)
         px, py = dx - t * ex, dy - t * ey
-        half = rng.uniform(*LINE_WIDTH) / 2
-        return px * px + py * py <= half * half
+        return win, px * px + py * py <= half * half
     raise ValueError(f"unknown shape class {kind}")
 
 
 @lru_cache(maxsize=1024)
 def render(seed: int, size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """The image (size, size, 3) uint8 and mask (size, size) uint8 drawn from ``seed``."""
+    """The image (size, size, 3) uint8 and mask (size, size) uint8 drawn from ``seed``.
+
+    Each shape is computed only in the window that holds it (see ``_shape_mask``); the pixels are
+    those of the full-grid formulas, bit for bit (a test pins them)."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] + 0.5  # pixel centres
-    image = _background(rng, yy, xx)
+    image = _background(rng, size)
     mask = np.zeros((size, size), dtype=np.uint8)
     kinds = [int(k) for k in rng.integers(DISK, TRIANGLE + 1, int(rng.integers(3, 7)))]
     kinds += [LINE] * int(rng.integers(1, 3)) + [RING] * int(rng.integers(0, 3))
     for k in rng.permutation(len(kinds)):
         kind = kinds[k]
-        m = _shape_mask(kind, rng, yy, xx)
+        win, m = _shape_mask(kind, rng, size)
         colour = rng.uniform(0, 255, 3)
-        image[m] = colour + rng.uniform(-10, 10, (int(m.sum()), 3))
-        mask[m] = kind
-    image = np.clip(image, 0, 255).astype(np.uint8)
+        image[:, win[0], win[1]][:, m] = (colour + rng.uniform(-10, 10, (int(np.count_nonzero(m)), 3))).T
+        mask[win][m] = kind
+    np.clip(image, 0, 255, out=image)
+    image = image.transpose(1, 2, 0).astype(np.uint8, order="C")
     image.flags.writeable = False
     mask.flags.writeable = False
     return image, mask
