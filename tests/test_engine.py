@@ -305,3 +305,20 @@ def test_auto_precision_follows_the_hardware():
     assert resolve_precision("auto", cpu) == ("bf16" if fast_bf16(cpu) else "fp32")
     assert resolve_precision("fp16", cpu) == "fp16"
     assert resolve_config("demo").precision == "auto"
+
+
+def test_isolated_rng_seeds_and_restores_every_cpu_generator():
+    """Per-sample augmentation seeds the CPU generators alone: the same draws as after seeding all of
+    them, and every global generator restored after the block."""
+    seed_state = capture_rng()
+    with isolated_rng(7):
+        inside = (torch.rand(3), np.random.rand(2), random.random())
+    after = (torch.rand(3), np.random.rand(2), random.random())
+    restore_rng(seed_state)
+    assert torch.equal(torch.rand(3), after[0]) and np.array_equal(np.random.rand(2), after[1])
+    assert random.random() == after[2]
+    torch.manual_seed(7)
+    random.seed(7)
+    np.random.seed(7)
+    assert torch.equal(torch.rand(3), inside[0]) and np.array_equal(np.random.rand(2), inside[1])
+    assert random.random() == inside[2]

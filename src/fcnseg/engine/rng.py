@@ -56,16 +56,29 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _seed_cpu(seed: int) -> None:
+    """Seed Python, NumPy and torch's CPU generator (not the accelerators': see isolated_rng)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)
+
+
 @contextlib.contextmanager
 def isolated_rng(seed: int | None = None) -> Iterator[None]:
-    """Run a block without disturbing the global generators; optionally seed them inside it."""
-    saved = capture_rng()
+    """Run a block without disturbing the global CPU generators (Python, NumPy, torch's CPU
+    generator); optionally seed them inside it. For blocks that draw on the CPU, as the training
+    augmentation does once per sample: ``torch.manual_seed`` would also seed every accelerator, and
+    while CUDA is not initialised torch queues each such call with a formatted stack trace (about a
+    millisecond each, kept in memory until CUDA starts), as much as generating a `shapes` image."""
+    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
         if seed is not None:
-            seed_everything(seed)
+            _seed_cpu(seed)
         yield
     finally:
-        restore_rng(saved)
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
 
 
 def mix_seed(*parts: int) -> int:
