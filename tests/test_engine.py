@@ -298,12 +298,27 @@ def test_evaluate_matches_a_manual_confusion_matrix():
         evaluate(_ByIndex(), _Toy(0), meta=meta)
 
 
-def test_auto_precision_follows_the_hardware():
+@pytest.mark.parametrize(
+    "flags, cap, expected",
+    [
+        ((), "", "fp32"),  # an AVX2/AVX512 CPU without native bf16
+        (("avx512_bf16",), "", "bf16"),
+        (("amx_bf16", "avx512_bf16"), "", "bf16"),
+        (("avx512_bf16",), "avx2", "fp32"),  # FCNSEG_CPU_ISA runs a lesser CPU's paths
+    ],
+)
+def test_auto_precision_dispatch_on_both_answers(monkeypatch, flags, cap, expected):
+    """Training's `--precision auto` on either CPU class, whatever this machine has."""
+    from fcnseg import devices
     from fcnseg.engine.runtime import fast_bf16, resolve_precision
 
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(devices.ISA_ENV, cap)
+    monkeypatch.setattr(devices, "_cpuinfo_flags", lambda: frozenset({"fma", "avx2", "avx512f", *flags}))
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == ("bf16" if fast_bf16(cpu) else "fp32")
-    assert resolve_precision("fp16", cpu) == "fp16"
+    assert resolve_precision("auto", cpu) == expected and fast_bf16(cpu) == (expected == "bf16")
+    assert resolve_precision("fp16", cpu) == "fp16" and resolve_precision("fp32", cpu) == "fp32"
     assert resolve_config("demo").precision == "auto"
 
 
