@@ -1,6 +1,7 @@
 """Training images/s of fcnseg's step against plain PyTorch, on both CPU classes.
 
     python benchmarks/bench_train_step.py [--reps 5] [--workloads demo vgg16-320] [--classes native avx2-fp32]
+                                          [--clock wall|cpu]
 
 CPU classes (each measured in its own process, since oneDNN and ATen pick their kernels at start):
 
@@ -24,7 +25,15 @@ Workloads:
   vgg16-320  FCN-8s VGG16 full width, "caffe" geometry, 320x320, batch 1, the paper's SGD
 
 Also printed for `demo`: the data pipeline's cost per batch (the `shapes` stream with the preset's
-augmentation, through the same batch stream as training) as a share of the fcnseg step.
+augmentation, through the same batch stream as training) as a share of the fcnseg step, and the
+whole iteration as `fcnseg train` runs it (drawing the batch, then the step): images/s of the demo.
+
+``--clock cpu`` times with the process's CPU time instead of the wall clock: on a machine shared with
+other jobs, a thread that is descheduled stalls the others at every parallel region, so wall times
+swing by several x while CPU time stays within ~10%; ratios between variants are then comparable
+(the images/s column is then per CPU-second of this process, not per wall-clock second). It runs
+every step on one thread: with two, a thread waiting for its descheduled partner spins, and the
+spinning counts as CPU time (on a loaded machine most of it). So it compares one-thread steps.
 Random initialisation; score layers get N(0, 0.01) weights so the loss is not trivially log(C).
 """
 
@@ -132,7 +141,10 @@ def make_step(work: dict, *, precision: str, channels_last: bool, fused: bool, b
     return step
 
 
-def data_ms_per_batch(batch: int, reps: int) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def data_ms_per_batch(batch: int, reps: int, clock=time.perf_counter) -> float:
     from fcnseg.config import resolve_config
     from fcnseg.data import TrainTransform, load_dataset
     from fcnseg.engine.batches import training_batches
@@ -147,15 +159,19 @@ def data_ms_per_batch(batch: int, reps: int) -> float:
         workers=0,
     )
     next(stream)
-    start = time.perf_counter()
+    start = clock()
     for _ in range(reps):
         next(stream)
-    return 1000 * (time.perf_counter() - start) / reps
+    return 1000 * (clock() - start) / reps
 
 
-def measure(class_name: str, workloads: list[str], reps: int) -> list[dict]:
+def measure(class_name: str, workloads: list[str], reps: int, clock_name: str = "wall") -> list[dict]:
     """Runs in the class's own process: interleaved rounds of every variant of every workload."""
     import torch
+
+    clock = CLOCKS[clock_name]
+    if clock_name == "cpu":
+        torch.set_num_threads(1)  # see the module docstring
 
     from fcnseg.config import resolve_config
     from fcnseg.devices import resolve_precision
@@ -179,9 +195,9 @@ def measure(class_name: str, workloads: list[str], reps: int) -> list[dict]:
         times: dict[str, list[float]] = {label: [] for label in steps}
         for _ in range(reps):
             for label, (step, _) in steps.items():
-                start = time.perf_counter()
+                start = clock()
                 step()
-                times[label].append(time.perf_counter() - start)
+                times[label].append(clock() - start)
         for label, (_, batch) in steps.items():
             ms = 1000 * statistics.median(times[label])
             rows.append(
@@ -196,18 +212,23 @@ def measure(class_name: str, workloads: list[str], reps: int) -> list[dict]:
                 )
             )
         if name == "demo":
-            ms = data_ms_per_batch(fast_batch, max(3, reps))
-            rows.append(
-                dict(
-                    cls=class_name,
-                    workload=name,
-                    variant=f"data: shapes stream, b{fast_batch}",
-                    ms=ms,
-                    ips=fast_batch * 1000 / ms,
-                    loss=float("nan"),
-                    batch=fast_batch,
+            data_ms = data_ms_per_batch(fast_batch, max(3, reps), clock)
+            step_ms = rows[-1]["ms"]
+            for variant, ms in (
+                (f"data: shapes stream, b{fast_batch}", data_ms),
+                ("iteration: data + fcnseg step", data_ms + step_ms),
+            ):
+                rows.append(
+                    dict(
+                        cls=class_name,
+                        workload=name,
+                        variant=variant,
+                        ms=ms,
+                        ips=fast_batch * 1000 / ms,
+                        loss=float("nan"),
+                        batch=fast_batch,
+                    )
                 )
-            )
     return rows
 
 
@@ -216,19 +237,21 @@ def main() -> None:
     parser.add_argument("--reps", "--repeats", type=int, default=5)
     parser.add_argument("--workloads", nargs="+", default=["demo"], choices=list(WORKLOADS))
     parser.add_argument("--classes", nargs="+", default=list(CLASSES), choices=list(CLASSES))
+    parser.add_argument("--clock", choices=list(CLOCKS), default="wall", help="wall or process CPU time")
     parser.add_argument("--child", choices=list(CLASSES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child, args.workloads, args.reps)))
+        print(json.dumps(measure(args.child, args.workloads, args.reps, args.clock)))
         return
 
     import torch
 
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
+    threads = 1 if args.clock == "cpu" else torch.get_num_threads()
     print(
-        f"training step, FCN-8s; torch {torch.__version__}, {torch.get_num_threads()} threads; {cpu_header()}; "
-        f"load average before: {load}; median of {args.reps} interleaved rounds"
+        f"training step, FCN-8s; torch {torch.__version__}, {threads} thread(s); {cpu_header()}; "
+        f"load average before: {load}; median of {args.reps} interleaved rounds; {args.clock} clock"
     )
     print(
         f"{'class':<10} {'workload':<10} {'variant':<34} {'ms/step':>8} {'images/s':>9} {'vs plain':>9} "
@@ -239,7 +262,8 @@ def main() -> None:
         src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
         out = subprocess.run(
-            [sys.executable, __file__, "--child", cls, "--reps", str(args.reps), "--workloads", *args.workloads],
+            [sys.executable, __file__, "--child", cls, "--reps", str(args.reps), "--clock", args.clock]
+            + ["--workloads", *args.workloads],
             env=env,
             check=True,
             capture_output=True,
@@ -247,17 +271,20 @@ def main() -> None:
         ).stdout
         rows = json.loads(out.strip().splitlines()[-1])
         for row in rows:
-            plain = next(r for r in rows if r["workload"] == row["workload"] and r["variant"].startswith("plain"))
-            is_data = row["variant"].startswith("data")
-            ratio = (
-                f"{row['ms'] / next(r['ms'] for r in rows if r['workload'] == row['workload'] and r['variant'].startswith('fcnseg')):>8.0%}"
-                " "
-                if is_data
-                else f"{row['ips'] / plain['ips']:>8.2f}x"
-            )
+            same = [r for r in rows if r["workload"] == row["workload"]]
+            plain = next(r for r in same if r["variant"].startswith("plain"))
+            fcnseg = next(r for r in same if r["variant"].startswith("fcnseg"))
+            measured_step = not row["variant"].startswith(("data", "iteration"))
+            if measured_step:
+                ratio = f"{row['ips'] / plain['ips']:>8.2f}x"
+            elif row["variant"].startswith("data"):
+                ratio = f"{row['ms'] / fcnseg['ms']:>8.0%} "
+            else:
+                ratio = " " * 9
+            loss = format(row["loss"], "11.5g") if measured_step else ""
             print(
                 f"{cls:<10} {row['workload']:<10} {row['variant']:<34} {row['ms']:>8.0f} {row['ips']:>9.1f} "
-                f"{ratio} {'' if is_data else format(row['loss'], '11.5g'):>11}",
+                f"{ratio} {loss:>11}",
                 flush=True,
             )
     with open("/proc/loadavg") as f:
