@@ -148,7 +148,7 @@ def test_resume_after_sigkill_reaches_the_same_metrics(tmp_path):
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_train_cmd(killed, *options), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + 900  # a bound, not a timing: a busy shared machine takes minutes to get there
     while time.time() < deadline:
         done = [r["iteration"] for r in read_metrics(killed / "metrics.jsonl")]
         if done and done[-1] >= 26 or proc.poll() is not None:
