@@ -68,8 +68,8 @@ def isolated_rng(seed: int | None = None) -> Iterator[None]:
     """Run a block without disturbing the global CPU generators (Python, NumPy, torch's CPU
     generator); optionally seed them inside it. For blocks that draw on the CPU, as the training
     augmentation does once per sample: ``torch.manual_seed`` would also seed every accelerator, and
-    while CUDA is not initialised torch queues each such call with a formatted stack trace (about a
-    millisecond each, kept in memory until CUDA starts), as much as generating a `shapes` image."""
+    while CUDA (XPU, MTIA) is not initialised torch formats a stack trace for each such deferred call,
+    about a millisecond per sample, as much as generating a `shapes` image."""
     saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
         if seed is not None:
