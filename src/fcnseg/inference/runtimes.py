@@ -38,9 +38,10 @@ def onnxruntime_session(model_bytes: bytes, threads: int | None = None):
 
 def load(runtime: str, model_bytes: bytes, threads: int | None = None) -> Run:
     """A scoring function for ``model_bytes`` (ONNX, input "image", output "scores") on ``runtime``."""
-    if runtime == "onnxruntime":
-        session = onnxruntime_session(model_bytes, threads)
-        return lambda x: torch.from_numpy(session.run(["scores"], {"image": x.float().contiguous().numpy()})[0])
+    if runtime == "onnxruntime":  # int8 models with a Caffe-padded trunk get per-size head graphs
+        from fcnseg.inference.int8_padcache import PadCachedInt8
+
+        return PadCachedInt8(model_bytes, lambda data: onnxruntime_session(data, threads))
     if runtime == "openvino":
         try:
             import openvino as ov

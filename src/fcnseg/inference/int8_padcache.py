@@ -1,0 +1,424 @@
+"""The pad-constant cache for int8 models: per input size, an onnxruntime graph of the trunk's first
+layers that computes only the cells that depend on the image (fcnseg.inference.padcache's idea, on
+the int8 model file of `fcnseg quantize`).
+
+In the Caffe geometry the first convolution pads the image by 100 zero pixels, so at 500x500 about
+31% of FCN-8s VGG16's work produces activations that are the same for every image of that size. The
+int8 model (static QDQ) keeps its activations as uint8 maps between layers, and an int8 convolution
+is exact integer arithmetic, so those constant cells are exact constants too. For each input size:
+
+* the first image runs the whole model (dynamic H and W) and returns, besides the scores, the
+  uint8 maps of the trunk; the per-size *head* graph is built from them (pure protobuf work plus a
+  small session: the first layers' weights only);
+* later images of that size run the head, whose layers compute only the dependent rectangle (the
+  rectangles, and where computing them stops, come from padcache's own arithmetic, so the decision
+  lives in one place): each layer's input is the computed rectangle framed by the cached uint8
+  constants (Concat) and zero-padded at the map's edges (Pad with the map's zero point), then the
+  original DequantizeLinear -> Conv/MaxPool -> QuantizeLinear chain with no padding of its own;
+  the maps read whole later (the pool3/pool4 taps and the last partial layer) are framed whole;
+* the *rest* session (the original graph from those maps to the scores, one per boundary) finishes.
+
+The result equals the plain int8 model's (the same integer arithmetic on the same uint8 inputs).
+Batches of more than one image, models without a Caffe-padded trunk (e.g. the `same` geometry)
+and graphs of any other shape run the plain model. Up to ``max_sizes`` sizes are kept.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fcnseg.errors import FcnsegError
+from fcnseg.inference.padcache import PadConstantTrunk
+
+Rect = tuple[tuple[int, int], tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One spatial layer of the int8 trunk: DequantizeLinear -> Conv/MaxPool -> QuantizeLinear."""
+
+    dq: object  # onnx NodeProto
+    op: object
+    q: object
+    zero_point: str | None  # the input map's zero point (initializer name), the value of real 0
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """The trunk of a QDQ model: ``maps[i]`` is the uint8 input map of ``layers[i]``, ``maps[i + 1]``
+    its output; ``taps``: layers whose output is also read outside the chain (FCN's skips)."""
+
+    quantize_image: object
+    layers: list[_Layer]
+    maps: list[str]
+    taps: frozenset[int]
+    trunk: nn.Module  # the layers' geometry as meta-device torch layers, for padcache's arithmetic
+
+
+class _MetaTrunk(nn.Module):
+    """The shape of a ClassifierTrunk (``features``, ``feature_taps``) for padcache's layout."""
+
+    def __init__(self, features: list[nn.Module], taps: frozenset[int]) -> None:
+        super().__init__()
+        self.features = nn.Sequential(*features)
+        self.feature_taps = {f"tap{i}": i for i in sorted(taps)}
+
+    def forward_taps(self, x, taps):  # pragma: no cover - never run: only the layout is used
+        raise NotImplementedError
+
+
+def _attrs(node) -> dict:
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _meta_layer(op, weight_dims) -> nn.Module | None:
+    """The torch layer (meta device) with ``op``'s geometry, None where padcache could not follow it."""
+    a = _attrs(op)
+    kernel, strides = list(a.get("kernel_shape", [])), list(a.get("strides", [1, 1]))
+    pads = list(a.get("pads", [0, 0, 0, 0]))
+    if len(kernel) != 2 or kernel[0] != kernel[1] or strides[0] != strides[1] or len(set(pads)) > 1:
+        return None
+    if op.op_type == "MaxPool":
+        if pads[0] or list(a.get("dilations", [1, 1])) != [1, 1]:
+            return None
+        return nn.MaxPool2d(kernel[0], strides[0], ceil_mode=bool(a.get("ceil_mode", 0)))
+    if (
+        a.get("group", 1) != 1
+        or list(a.get("dilations", [1, 1])) != [1, 1]
+        or a.get("auto_pad", b"NOTSET") != b"NOTSET"
+    ):
+        return None
+    out_channels, in_channels = weight_dims[:2]
+    return nn.Conv2d(in_channels, out_channels, kernel[0], strides[0], pads[0], device="meta")
+
+
+def find_chain(proto) -> _Chain | None:
+    """The int8 trunk of a QDQ model from `fcnseg quantize`, None for any other graph."""
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    consumers: dict[str, list] = defaultdict(list)
+    producer = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+        for name in node.output:
+            producer[name] = node
+    first = [n for n in consumers.get("image", []) if n.op_type == "QuantizeLinear"]
+    if len(first) != 1 or len(consumers["image"]) != 1:
+        return None
+
+    def quantized_weight(node):
+        if node.op_type != "Conv" or len(node.input) < 2:
+            return None
+        dq = producer.get(node.input[1])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+            return None
+        return list(inits[dq.input[0]].dims)
+
+    layers, maps, taps, meta_layers = [], [first[0].output[0]], set(), []
+    while True:
+        readers = consumers.get(maps[-1], [])
+        if len(readers) != 1 or readers[0].op_type != "DequantizeLinear":
+            break
+        dq = readers[0]
+        nxt = [n for n in consumers.get(dq.output[0], []) if n.op_type == "MaxPool" or quantized_weight(n)]
+        if len(nxt) != 1:
+            break
+        op = nxt[0]
+        if len(consumers.get(dq.output[0], [])) > 1 and layers:
+            taps.add(len(layers) - 1)  # the previous layer's output is also read by a skip
+        after = consumers.get(op.output[0], [])
+        if len(after) != 1 or after[0].op_type != "QuantizeLinear" or op.output[0] in {o.name for o in graph.output}:
+            break
+        meta = _meta_layer(op, quantized_weight(op))
+        if meta is None:
+            break
+        zero_point = dq.input[2] if len(dq.input) > 2 and dq.input[2] else None
+        layers.append(_Layer(dq, op, after[0], zero_point))
+        maps.append(after[0].output[0])
+        meta_layers.append(meta)
+    if not layers:
+        return None
+    trunk = _MetaTrunk(meta_layers, frozenset(taps))
+    if not PadConstantTrunk.applies_to(trunk):
+        return None
+    return _Chain(first[0], layers, maps, frozenset(taps), trunk)
+
+
+def _strips(full: np.ndarray, clip: Rect, have: Rect) -> list[np.ndarray]:
+    """The constants of ``full`` inside ``clip`` around ``have``: top, bottom, left, right."""
+    (r0, r1), (c0, c1) = clip
+    (h0, h1), (w0, w1) = have
+    return [
+        full[:, :, r0:h0, c0:c1],
+        full[:, :, h1:r1, c0:c1],
+        full[:, :, h0:h1, c0:w0],
+        full[:, :, h0:h1, w1:c1],
+    ]
+
+
+class _Builder:
+    """Collects the nodes and initializers of one head graph."""
+
+    def __init__(self, proto) -> None:
+        self.source = {i.name: i for i in proto.graph.initializer}
+        self.producer = {o: n for n in proto.graph.node for o in n.output}
+        self.constant_nodes = set()  # nodes computed from initializers alone (weights, shared biases)
+        known = set(self.source)
+        for node in proto.graph.node:
+            if all(not i or i in known for i in node.input):
+                self.constant_nodes.add(id(node))
+                known.update(node.output)
+        self.nodes, self.inits, self.used, self.count = [], [], set(), 0
+
+    def name(self, stem: str) -> str:
+        self.count += 1
+        return f"{stem}__pc{self.count}"
+
+    def constant(self, array: np.ndarray, stem: str) -> str:
+        from onnx import numpy_helper
+
+        name = self.name(stem)
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def copy(self, node, inputs: dict[str, str], output: str, **attrs) -> None:
+        """``node`` with its data input(s) renamed and its output named ``output``; the weights it
+        reads (initializers, or DequantizeLinear nodes of initializers) come along."""
+        import onnx
+
+        names = [inputs.get(i, i) for i in node.input]
+        for name in names:
+            self.need(name)
+        kept = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        kept.update(attrs)
+        self.nodes.append(onnx.helper.make_node(node.op_type, names, [output], name=self.name(node.name), **kept))
+
+    def need(self, name: str) -> None:
+        if not name or name in self.used:
+            return
+        self.used.add(name)
+        if name in self.source:
+            self.inits.append(self.source[name])
+        elif name in self.producer and id(self.producer[name]) in self.constant_nodes:
+            node = self.producer[name]  # a weight's dequantization, a shared bias: copy it along
+            for i in node.input:
+                self.need(i)
+            self.nodes.append(node)
+
+    def frame(self, c: str, full: np.ndarray, clip: Rect, have: Rect, stem: str) -> str:
+        """The tile ``clip`` of a map: the computed rectangle ``c`` (at ``have``) framed by constants."""
+        import onnx
+
+        if clip == have:
+            return c
+        top, bottom, left, right = _strips(full, clip, have)
+        middle = [self.constant(s, stem) for s in (left,) if s.shape[3]] + [c]
+        middle += [self.constant(s, stem) for s in (right,) if s.shape[3]]
+        if len(middle) > 1:
+            row = self.name(stem)
+            self.nodes.append(onnx.helper.make_node("Concat", middle, [row], axis=3))
+            c = row
+        column = [self.constant(s, stem) for s in (top,) if s.shape[2]] + [c]
+        column += [self.constant(s, stem) for s in (bottom,) if s.shape[2]]
+        if len(column) > 1:
+            out = self.name(stem)
+            self.nodes.append(onnx.helper.make_node("Concat", column, [out], axis=2))
+            c = out
+        return c
+
+    def pad(self, c: str, clip: Rect, need: Rect, zero_point: str | None, stem: str) -> str:
+        import onnx
+
+        (r0, r1), (c0, c1) = clip
+        (n0, n1), (m0, m1) = need
+        pads = [0, 0, r0 - n0, c0 - m0, 0, 0, n1 - r1, m1 - c1]
+        if not any(pads):
+            return c
+        value = zero_point or self.constant(np.zeros((), np.uint8), stem)
+        self.need(value)
+        out = self.name(stem)
+        pads_name = self.constant(np.array(pads, np.int64), stem)
+        self.nodes.append(onnx.helper.make_node("Pad", [c, pads_name, value], [out], mode="constant"))
+        return out
+
+
+def head_end(chain: _Chain, stop: int) -> int:
+    """Where the head ends: after the trunk's last pooling (so one rest graph serves every size),
+    or after the partial range where that reaches further."""
+    pools = [i for i, layer in enumerate(chain.layers) if layer.op.op_type == "MaxPool"]
+    return max(stop, pools[-1] + 1 if pools else stop)
+
+
+def head_graph(proto, chain: _Chain, layout, maps: dict[str, np.ndarray], size: tuple[int, int]):
+    """The per-size head: image (1 x 3 x H x W) -> the uint8 maps the rest of the model reads
+    (named as in the full model), computing only the image-dependent rectangles up to
+    ``layout.stop`` and whole maps from there to :func:`head_end`."""
+    import onnx
+
+    b = _Builder(proto)
+    c = b.name("image_q")
+    b.copy(chain.quantize_image, {}, c)
+    end = head_end(chain, layout.stop)
+    outputs = []
+    for i in range(end):
+        layer, stem, name = chain.layers[i], f"l{i}", chain.maps[i + 1]
+        partial = i < layout.stop
+        if partial and layout.tile[i]:
+            c = b.frame(c, maps[chain.maps[i]], layout.clip[i], layout.have[i], stem)
+            c = b.pad(c, layout.clip[i], layout.need[i], layer.zero_point, stem)
+        dq, op = b.name(stem), b.name(stem)
+        b.copy(layer.dq, {layer.dq.input[0]: c}, dq)
+        unpadded = {"pads": [0, 0, 0, 0]} if partial and layer.op.op_type == "Conv" else {}
+        b.copy(layer.op, {layer.op.input[0]: dq}, op, **unpadded)
+        framed = partial and layout.whole[i]  # a rectangle, needed whole: frame it with its constants
+        boundary = i in chain.taps or i == end - 1
+        c = name if boundary and not framed else b.name(stem)
+        b.copy(layer.q, {layer.q.input[0]: op}, c)
+        if framed:  # the next layer reads the rectangle, unless the partial range ends here
+            bounds = ((0, layout.sizes[i + 1][0]), (0, layout.sizes[i + 1][1]))
+            whole = name if boundary else b.name(stem)
+            b.nodes.append(
+                onnx.helper.make_node("Identity", [b.frame(c, maps[name], bounds, layout.out[i], stem)], [whole])
+            )
+            c = whole if i == layout.stop - 1 else c
+        if boundary:
+            outputs.append(name)
+    graph = onnx.helper.make_graph(
+        b.nodes,
+        "fcnseg_int8_head",
+        [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, *size])],
+        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UINT8, None) for n in outputs],
+        b.inits,
+    )
+    model = onnx.helper.make_model(graph, opset_imports=list(proto.opset_import))
+    model.ir_version = proto.ir_version
+    return model, outputs
+
+
+def rest_graph(proto, inputs: list[str]):
+    """The full model from the uint8 maps ``inputs`` to its outputs (the nodes they need)."""
+    import onnx
+
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    inits = {i.name: i for i in proto.graph.initializer}
+    keep, seen, todo = set(), set(inputs), [o.name for o in proto.graph.output]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = producer.get(name)
+        if node is not None:
+            keep.add(id(node))
+            todo.extend(node.input)
+    nodes = [n for n in proto.graph.node if id(n) in keep]  # still in topological order
+    graph = onnx.helper.make_graph(
+        nodes,
+        "fcnseg_int8_rest",
+        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UINT8, None) for n in inputs]
+        + [i for i in proto.graph.input if i.name in seen],  # the image, where its size is read
+        list(proto.graph.output),
+        [inits[n] for n in sorted(seen) if n in inits],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=list(proto.opset_import))
+    model.ir_version = proto.ir_version
+    return model
+
+
+@dataclass(frozen=True)
+class _Rest:
+    """The rest of the model from a boundary of uint8 maps (and the image, where its size is read)."""
+
+    session: object
+    needs_image: bool
+
+
+@dataclass(frozen=True)
+class _Head:
+    session: object
+    outputs: list[str]
+    rest: _Rest
+
+
+_SEEN = "seen"  # a size met once: it runs the plain model; the second image of that size builds its head
+
+
+class PadCachedInt8:
+    """x -> scores for an int8 model on onnxruntime, with per-size head graphs (module docstring).
+    ``session`` makes an onnxruntime session from model bytes. A size's head is built when a second
+    image of that size comes (a folder of photos in many sizes pays nothing for sizes met once)."""
+
+    def __init__(self, model_bytes: bytes, session, max_sizes: int = 8) -> None:
+        try:
+            import onnx
+        except ImportError:
+            raise FcnsegError("the onnxruntime backend needs the onnx extra; pip install 'fcnseg[onnx]'") from None
+        self.session = session
+        self.proto = onnx.load_from_string(model_bytes)
+        self.chain = find_chain(self.proto)
+        self.max_sizes = max_sizes
+        self.heads: OrderedDict[tuple, _Head | str | None] = OrderedDict()
+        self.rests: dict[tuple, _Rest] = {}
+        self.lock = threading.Lock()
+        if self.chain is None:
+            self.full = session(model_bytes)
+            return
+        capture = onnx.ModelProto()  # the model, also returning the trunk's uint8 maps
+        capture.CopyFrom(self.proto)
+        for name in self.chain.maps:
+            capture.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UINT8, None))
+        self.full = session(capture.SerializeToString())
+        self.layouts = PadConstantTrunk(self.chain.trunk)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        image = x.float().contiguous().numpy()
+        if self.chain is None or image.shape[0] != 1:
+            return self._plain(image)
+        size = tuple(image.shape[-2:])
+        with self.lock:
+            entry = self.heads.get(size)
+            if size in self.heads:
+                self.heads.move_to_end(size)
+            else:
+                self._remember(size, _SEEN)
+        if isinstance(entry, _Head):
+            maps = entry.session.run(entry.outputs, {"image": image})
+            feeds = dict(zip(entry.outputs, maps))
+            if entry.rest.needs_image:
+                feeds["image"] = image
+            return torch.from_numpy(entry.rest.session.run(["scores"], feeds)[0])
+        if entry != _SEEN:  # new, or no saving at this size
+            return self._plain(image)
+        results = self.full.run(["scores", *self.chain.maps], {"image": image})
+        head = self._build(size, dict(zip(self.chain.maps, results[1:])))
+        with self.lock:
+            self._remember(size, head)
+        return torch.from_numpy(results[0])
+
+    def _remember(self, size: tuple, entry) -> None:
+        self.heads[size] = entry
+        while len(self.heads) > self.max_sizes:
+            self.heads.popitem(last=False)
+
+    def _plain(self, image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.full.run(["scores"], {"image": image})[0])
+
+    def _build(self, size: tuple[int, int], maps: dict[str, np.ndarray]) -> _Head | None:
+        layout = self.layouts._layout(torch.empty(1, 3, *size, device="meta"), set(self.chain.taps))
+        if layout is None:
+            return None
+        head, outputs = head_graph(self.proto, self.chain, layout, maps, size)
+        key = tuple(outputs)
+        if key not in self.rests:
+            rest = self.session(rest_graph(self.proto, outputs).SerializeToString())
+            self.rests[key] = _Rest(rest, "image" in {i.name for i in rest.get_inputs()})
+        return _Head(self.session(head.SerializeToString()), outputs, self.rests[key])
