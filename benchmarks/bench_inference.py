@@ -28,8 +28,10 @@ from other processes hits them alike; --variants picks some):
   openvino default      the same ONNX file compiled by OpenVINO with its default for this class (bf16
                         where the CPU has it, f32 otherwise), static input shape; skipped with a note if
                         the `openvino` extra is not installed
-  int8 onnxruntime      `fcnseg quantize`'s model (onnxruntime static QDQ, per-channel int8 weights,
-                        calibrated on --calib images) on onnxruntime: fcnseg's int8 path without OpenVINO
+  int8 onnxruntime      `fcnseg quantize`'s model (onnxruntime static QDQ, per-channel 7-bit weights,
+                        calibrated on --calib images) on onnxruntime, with the per-size int8 head that
+                        computes only the image-dependent cells (fcnseg.inference.int8_padcache; built
+                        when a size comes twice, here in the warm-up)
   int8 openvino         the same int8 file on OpenVINO: fcnseg's int8 path where OpenVINO is installed
                         (both int8 rows run as Segmenter runs them: dynamic height and width)
   --extra adds:         bf16 autocast (the textbook recipe) and fast+compile (torch.compile, freezing)
@@ -331,6 +333,8 @@ def bench_geometry(geometry: str, names: list[str], args: argparse.Namespace, pe
         start = time.perf_counter()
         runs[name] = VARIANTS[name](base if name == "naive fp32" else copy.deepcopy(base), args)
         outputs[name] = runs[name](x)  # warm-up (and compilation) outside the timings
+        if name == "int8 onnxruntime":
+            outputs[name] = runs[name](x)  # a size met twice gets its per-size int8 head (int8_padcache)
         setup[name] = time.perf_counter() - start
     times = {name: [] for name in names}
     for _ in range(args.reps):

@@ -37,6 +37,14 @@ def caffe_int8():
     return model, meta, int8.quantize(model, meta, [picture(64, 80, s) for s in range(2)])
 
 
+def close(got, want):
+    """The same integer arithmetic on the same uint8 maps; only the fp32 first convolution may round
+    differently on a smaller tile (a uint8 step, rarely), so allow a hair."""
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1e-3 * (np.abs(want).max() + 1e-6)
+    assert (got.argmax(1) == want.argmax(1)).mean() > 0.99
+
+
 def plain(data):
     session = runtimes.onnxruntime_session(data)
     return lambda x: session.run(["scores"], {"image": x.numpy()})[0]
@@ -50,7 +58,7 @@ def test_head_graphs_equal_the_plain_int8_model(caffe_int8):
     assert isinstance(run, pc.PadCachedInt8)
     for size in [(61, 83), (40, 40), (61, 83), (61, 83), (40, 40), (40, 40), (61, 83), (37, 101)]:
         x = picture(*size, seed=sum(size))
-        assert np.array_equal(run(x).numpy(), reference(x)), size  # the same integer arithmetic
+        close(run(x).numpy(), reference(x))
     assert isinstance(run.heads[(61, 83)], pc._Head) and isinstance(run.heads[(40, 40)], pc._Head)
     assert run.heads[(37, 101)] == pc._SEEN  # met once: the plain model, no head built
     assert len(run.rests) == 1  # one rest graph serves every size
@@ -61,7 +69,9 @@ def test_head_computes_only_the_dependent_cells(caffe_int8):
     run = runtimes.load("onnxruntime", data)
     size = (50, 60)
     x = picture(*size)
-    maps = dict(zip(run.chain.maps, run.full.run(run.chain.maps, {"image": x.numpy()})))
+    names = run.chain.maps[1:]  # maps[0] is the image: the first convolution stays fp32
+    assert run.chain.maps[0] == "image" and run.chain.layers[0].dq is None
+    maps = dict(zip(names, run.full.run(names, {"image": x.numpy()})), image=x.numpy())
     layout = run.layouts._layout(torch.empty(1, 3, *size, device="meta"), set(run.chain.taps))
     head, outputs = pc.head_graph(run.proto, run.chain, layout, maps, size)
     assert len(outputs) == 3  # pool3, pool4 and pool5: the rest graph's inputs
@@ -77,7 +87,7 @@ def test_batches_and_other_geometries_run_the_plain_model(caffe_int8):
     run, reference = runtimes.load("onnxruntime", data), plain(data)
     batch = torch.cat([picture(30, 30, 1), picture(30, 30, 2)])
     for _ in range(3):
-        assert np.array_equal(run(batch).numpy(), reference(batch))
+        close(run(batch).numpy(), reference(batch))
     assert not run.heads  # batches of two never build a head
     same = tiny("same")
     same_int8 = int8.quantize(same, META, [picture(32, 32)])
@@ -86,7 +96,7 @@ def test_batches_and_other_geometries_run_the_plain_model(caffe_int8):
     run = runtimes.load("onnxruntime", same_int8)
     x = picture(33, 47)
     for _ in range(3):
-        assert np.array_equal(run(x).numpy(), plain(same_int8)(x))
+        close(run(x).numpy(), plain(same_int8)(x))
 
 
 def test_segmenter_predicts_the_same_masks_through_the_cache(caffe_int8, tmp_path):

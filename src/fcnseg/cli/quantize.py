@@ -8,9 +8,11 @@
 The model is any source with PyTorch weights (--checkpoint is the same option as --weights).
 --data defaults to the dataset the model was trained on, as its checkpoint records it.
 
-The model is quantized with onnxruntime (static QDQ: per-channel int8 weights, int8 activations
-whose ranges come from running the fp32 model on the calibration images; the class-score layers
-stay fp32). It runs on onnxruntime's CPU provider with the VNNI int8 kernels where the CPU has them.
+The model is quantized with onnxruntime (static QDQ: per-channel 7-bit weights, so CPUs without
+VNNI compute the same exact sums; uint8 activations whose ranges come from running the fp32 model
+on the calibration images; the first convolution and the class-score layers stay fp32). It runs on
+onnxruntime's CPU provider (VNNI int8 kernels where the CPU has them; --backend openvino for
+OpenVINO); Caffe-geometry models compute only the image-dependent cells for sizes met twice.
 """
 
 from __future__ import annotations

@@ -6,15 +6,27 @@ the user's own training images, and the runtime that executes it.
     fcnseg evaluate --weights model.int8.onnx --data folder:DATA
 
 The file is an ONNX model (input ``image``: normalised float32 N x 3 x H x W, dynamic H and W; output
-``scores``) whose convolutions read int8 activations and int8 per-output-channel weights and
+``scores``) whose convolutions read uint8 activations and per-output-channel int8 weights and
 accumulate in int32 (AVX512-VNNI / AVX-VNNI / AMX where the CPU has them). Its metadata carries the
 checkpoint's meta (key "fcnseg": classes, palette, normalisation) and the quantization record (key
 "fcnseg_int8": engine, calibration data, and the architecture and weight digest of the source
 checkpoint, so a quantized model is never paired with another checkpoint's weights).
 
 Calibration runs the fp32 model on ``images`` training images (whole images, any size) and records
-each activation's range (MinMax). The class-score layers and upsamplers stay in fp32: they cost
-almost nothing and their rounding would turn close scores into argmax flips.
+each activation's range (MinMax). Three choices keep the answers of the fp32 model on every CPU:
+
+* weights use 7 bits (``reduce_range``): onnxruntime's kernels for CPUs without VNNI add pairs of
+  uint8 x int8 products in int16 (vpmaddubsw), which can saturate with full 8-bit weights
+  (2 x 255 x 127 > 32767; the likely cause of the lower agreement an audit measured on an AVX2
+  CPU); with 7-bit weights (2 x 255 x 64 < 32767) every CPU computes the same exact integer sums;
+* the first convolution stays fp32 (it reads the image's three channels, each normalised to its
+  own range; quantizing them to one 8-bit range cost the most agreement; 3 input channels make it
+  a sliver of the work);
+* the class-score layers and upsamplers stay fp32: they cost almost nothing and their rounding
+  would turn close scores into argmax flips.
+
+On onnxruntime, Caffe-geometry models compute only the image-dependent cells of the trunk's first
+layers for each input size met twice (fcnseg.inference.int8_padcache).
 """
 
 from __future__ import annotations
@@ -39,7 +51,10 @@ from fcnseg.weights.meta import as_meta
 
 log = logging.getLogger(__name__)
 
-ENGINE = "onnxruntime static QDQ, per-channel int8 weights, int8 activations (MinMax calibration)"
+ENGINE = (
+    "onnxruntime static QDQ, per-channel 7-bit weights, uint8 activations (MinMax calibration); "
+    "first convolution and class-score layers in fp32"
+)
 SUFFIX = ".int8.onnx"
 
 
@@ -51,6 +66,12 @@ def weights_digest(model: nn.Module) -> str:
         digest.update(str(tuple(value.shape)).encode())
         digest.update(value.detach().float().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def _first_convolution(proto) -> list[str]:
+    """The convolution that reads the image: it stays fp32 (3 input channels: a sliver of the work,
+    and quantizing the image's three differently scaled channels to one 8-bit range loses the most)."""
+    return [n.name for n in proto.graph.node if n.op_type == "Conv" and n.input[0] == "image" and n.name]
 
 
 def _head_nodes(proto, num_classes: int) -> list[str]:
@@ -129,7 +150,8 @@ def quantize(model: nn.Module, meta: dict, calibration: Iterable[torch.Tensor], 
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 op_types_to_quantize=["Conv", "MaxPool", "Relu"],
-                nodes_to_exclude=_head_nodes(fp32, num_classes),
+                nodes_to_exclude=_head_nodes(fp32, num_classes) + _first_convolution(fp32),
+                reduce_range=True,  # 7-bit weights: AVX2's u8 x s8 pair sums cannot saturate int16
                 calibrate_method=CalibrationMethod.MinMax,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
             )
@@ -324,8 +346,10 @@ def quantize_checkpoint(
 
 
 def default_runtime() -> str:
-    """The runtime an int8 model runs on unless told: OpenVINO where installed (its int8 kernels ran
-    the same file 1.1x faster than onnxruntime's here; docs/ARCHITECTURE.md), else onnxruntime."""
-    from fcnseg.inference.runtimes import installed
-
-    return "openvino" if installed("openvino") else "onnxruntime"
+    """The runtime an int8 model runs on unless told (``--backend openvino`` picks the other):
+    onnxruntime, installed or not OpenVINO. Measured on FCN-8s VGG16 500x500 (docs/ARCHITECTURE.md,
+    "The int8 engine"): on a quiet AVX512-VNNI EPYC onnxruntime ran the int8 file in 488 ms, OpenVINO
+    in 705 ms; only onnxruntime gets the per-size int8 head (int8_padcache, 9-18% less time again),
+    and with 7-bit weights its integer sums are the same on every CPU, so a model agrees with its
+    fp32 source on an AVX2 laptop as it did where it was measured."""
+    return "onnxruntime"

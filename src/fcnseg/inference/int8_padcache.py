@@ -41,10 +41,12 @@ Rect = tuple[tuple[int, int], tuple[int, int]]
 
 @dataclass(frozen=True)
 class _Layer:
-    """One spatial layer of the int8 trunk: DequantizeLinear -> Conv/MaxPool -> QuantizeLinear."""
+    """One spatial layer of the int8 trunk: DequantizeLinear -> Conv/MaxPool [-> Relu] -> QuantizeLinear;
+    the first convolution may run in fp32 on the image (no DequantizeLinear: ``dq`` None)."""
 
-    dq: object  # onnx NodeProto
+    dq: object | None  # onnx NodeProto
     op: object
+    relu: object | None
     q: object
     zero_point: str | None  # the input map's zero point (initializer name), the value of real 0
 
@@ -54,7 +56,7 @@ class _Chain:
     """The trunk of a QDQ model: ``maps[i]`` is the uint8 input map of ``layers[i]``, ``maps[i + 1]``
     its output; ``taps``: layers whose output is also read outside the chain (FCN's skips)."""
 
-    quantize_image: object
+    quantize_image: object | None  # None where the first convolution reads the float image
     layers: list[_Layer]
     maps: list[str]
     taps: frozenset[int]
@@ -111,46 +113,66 @@ def find_chain(proto) -> _Chain | None:
             consumers[name].append(node)
         for name in node.output:
             producer[name] = node
-    first = [n for n in consumers.get("image", []) if n.op_type == "QuantizeLinear"]
-    if len(first) != 1 or len(consumers["image"]) != 1:
+    readers = [n for n in consumers.get("image", []) if n.op_type != "Shape"]  # Shape: the crops read its size
+    if len(readers) != 1 or readers[0].op_type not in ("QuantizeLinear", "Conv"):
         return None
+    outputs = {o.name for o in graph.output}
 
-    def quantized_weight(node):
+    def weight_dims(node):
+        """The dims of a convolution's weight: int8 (dequantized) or, for the first one, fp32."""
         if node.op_type != "Conv" or len(node.input) < 2:
             return None
+        if node.input[1] in inits and node.input[0] == "image":
+            return list(inits[node.input[1]].dims)
         dq = producer.get(node.input[1])
         if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
             return None
         return list(inits[dq.input[0]].dims)
 
-    layers, maps, taps, meta_layers = [], [first[0].output[0]], set(), []
+    def quantized_output(op):
+        """(Relu or None, QuantizeLinear) after ``op``; None where the chain does not go on."""
+        after = consumers.get(op.output[0], [])
+        relu = after[0] if len(after) == 1 and after[0].op_type == "Relu" else None
+        if relu is not None:
+            after = consumers.get(relu.output[0], [])
+        if (
+            len(after) != 1
+            or after[0].op_type != "QuantizeLinear"
+            or outputs & {*op.output, *(relu.output if relu else ())}
+        ):
+            return None
+        return relu, after[0]
+
+    quantize_image = readers[0] if readers[0].op_type == "QuantizeLinear" else None
+    layers, maps, taps, meta_layers = [], [quantize_image.output[0] if quantize_image else "image"], set(), []
     while True:
-        readers = consumers.get(maps[-1], [])
-        if len(readers) != 1 or readers[0].op_type != "DequantizeLinear":
+        readers = [n for n in consumers.get(maps[-1], []) if n.op_type != "Shape"]
+        if quantize_image is None and not layers:
+            dq, nxt = None, [n for n in readers if weight_dims(n)]  # an fp32 first convolution
+        elif len(readers) == 1 and readers[0].op_type == "DequantizeLinear":
+            dq = readers[0]
+            nxt = [n for n in consumers.get(dq.output[0], []) if n.op_type == "MaxPool" or weight_dims(n)]
+        else:
             break
-        dq = readers[0]
-        nxt = [n for n in consumers.get(dq.output[0], []) if n.op_type == "MaxPool" or quantized_weight(n)]
         if len(nxt) != 1:
             break
         op = nxt[0]
-        if len(consumers.get(dq.output[0], [])) > 1 and layers:
+        if dq is not None and len(consumers.get(dq.output[0], [])) > 1 and layers:
             taps.add(len(layers) - 1)  # the previous layer's output is also read by a skip
-        after = consumers.get(op.output[0], [])
-        if len(after) != 1 or after[0].op_type != "QuantizeLinear" or op.output[0] in {o.name for o in graph.output}:
+        found = quantized_output(op)
+        meta = _meta_layer(op, weight_dims(op))
+        if found is None or meta is None:
             break
-        meta = _meta_layer(op, quantized_weight(op))
-        if meta is None:
-            break
-        zero_point = dq.input[2] if len(dq.input) > 2 and dq.input[2] else None
-        layers.append(_Layer(dq, op, after[0], zero_point))
-        maps.append(after[0].output[0])
+        zero_point = dq.input[2] if dq is not None and len(dq.input) > 2 and dq.input[2] else None
+        layers.append(_Layer(dq, op, found[0], found[1], zero_point))
+        maps.append(found[1].output[0])
         meta_layers.append(meta)
     if not layers:
         return None
     trunk = _MetaTrunk(meta_layers, frozenset(taps))
     if not PadConstantTrunk.applies_to(trunk):
         return None
-    return _Chain(first[0], layers, maps, frozenset(taps), trunk)
+    return _Chain(quantize_image, layers, maps, frozenset(taps), trunk)
 
 
 def _strips(full: np.ndarray, clip: Rect, have: Rect) -> list[np.ndarray]:
@@ -235,7 +257,7 @@ class _Builder:
             c = out
         return c
 
-    def pad(self, c: str, clip: Rect, need: Rect, zero_point: str | None, stem: str) -> str:
+    def pad(self, c: str, clip: Rect, need: Rect, zero_point: str | None, stem: str, dtype=np.uint8) -> str:
         import onnx
 
         (r0, r1), (c0, c1) = clip
@@ -243,7 +265,7 @@ class _Builder:
         pads = [0, 0, r0 - n0, c0 - m0, 0, 0, n1 - r1, m1 - c1]
         if not any(pads):
             return c
-        value = zero_point or self.constant(np.zeros((), np.uint8), stem)
+        value = zero_point or self.constant(np.zeros((), dtype), stem)
         self.need(value)
         out = self.name(stem)
         pads_name = self.constant(np.array(pads, np.int64), stem)
@@ -265,8 +287,10 @@ def head_graph(proto, chain: _Chain, layout, maps: dict[str, np.ndarray], size: 
     import onnx
 
     b = _Builder(proto)
-    c = b.name("image_q")
-    b.copy(chain.quantize_image, {}, c)
+    c = "image"
+    if chain.quantize_image is not None:
+        c = b.name("image_q")
+        b.copy(chain.quantize_image, {}, c)
     end = head_end(chain, layout.stop)
     outputs = []
     for i in range(end):
@@ -274,11 +298,19 @@ def head_graph(proto, chain: _Chain, layout, maps: dict[str, np.ndarray], size: 
         partial = i < layout.stop
         if partial and layout.tile[i]:
             c = b.frame(c, maps[chain.maps[i]], layout.clip[i], layout.have[i], stem)
-            c = b.pad(c, layout.clip[i], layout.need[i], layer.zero_point, stem)
-        dq, op = b.name(stem), b.name(stem)
-        b.copy(layer.dq, {layer.dq.input[0]: c}, dq)
+            dtype = np.float32 if layer.dq is None else np.uint8  # an fp32 first convolution reads the image
+            c = b.pad(c, layout.clip[i], layout.need[i], layer.zero_point, stem, dtype)
+        if layer.dq is not None:
+            dq = b.name(stem)
+            b.copy(layer.dq, {layer.dq.input[0]: c}, dq)
+            c = dq
+        op = b.name(stem)
         unpadded = {"pads": [0, 0, 0, 0]} if partial and layer.op.op_type == "Conv" else {}
-        b.copy(layer.op, {layer.op.input[0]: dq}, op, **unpadded)
+        b.copy(layer.op, {layer.op.input[0]: c}, op, **unpadded)
+        if layer.relu is not None:
+            relu = b.name(stem)
+            b.copy(layer.relu, {layer.relu.input[0]: op}, relu)
+            op = relu
         framed = partial and layout.whole[i]  # a rectangle, needed whole: frame it with its constants
         boundary = i in chain.taps or i == end - 1
         c = name if boundary and not framed else b.name(stem)
@@ -374,7 +406,7 @@ class PadCachedInt8:
             return
         capture = onnx.ModelProto()  # the model, also returning the trunk's uint8 maps
         capture.CopyFrom(self.proto)
-        for name in self.chain.maps:
+        for name in self.chain.maps[1:] if self.chain.quantize_image is None else self.chain.maps:
             capture.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UINT8, None))
         self.full = session(capture.SerializeToString())
         self.layouts = PadConstantTrunk(self.chain.trunk)
@@ -398,8 +430,9 @@ class PadCachedInt8:
             return torch.from_numpy(entry.rest.session.run(["scores"], feeds)[0])
         if entry != _SEEN:  # new, or no saving at this size
             return self._plain(image)
-        results = self.full.run(["scores", *self.chain.maps], {"image": image})
-        head = self._build(size, dict(zip(self.chain.maps, results[1:])))
+        names = [m for m in self.chain.maps if m != "image"]
+        results = self.full.run(["scores", *names], {"image": image})
+        head = self._build(size, {"image": image, **dict(zip(names, results[1:]))})
         with self.lock:
             self._remember(size, head)
         return torch.from_numpy(results[0])

@@ -166,8 +166,8 @@ class Segmenter:
         or a file recognised by its content, whatever its name: fcnseg .pt / .safetensors, fp32 or
         int8 .onnx, .caffemodel, pytorch-fcn or torchvision .pth (see fcnseg.weights.open_model).
 
-        ``backend`` defaults to "onnxruntime" for ONNX files (OpenVINO where installed for int8
-        models) and "torch" otherwise; asking for onnxruntime with PyTorch weights exports them to
+        ``backend`` defaults to "onnxruntime" for ONNX files (int8 models too: int8.default_runtime)
+        and "torch" otherwise; asking for onnxruntime with PyTorch weights exports them to
         ONNX in memory first. ``int8``: run this int8 model of ``source`` (it must have been
         quantized from that architecture and weights). Every other keyword is a constructor option
         (``device``, ``fast``, ``tile``, ``overlap``, ``tta_flip``, ``scales``, ``shift_stitch``,
