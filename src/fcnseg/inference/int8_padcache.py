@@ -336,33 +336,34 @@ def head_graph(proto, chain: _Chain, layout, maps: dict[str, np.ndarray], size: 
     return model, outputs
 
 
-def rest_graph(proto, inputs: list[str]):
-    """The full model from the uint8 maps ``inputs`` to its outputs (the nodes they need)."""
+def rest_graph(model_bytes: bytes, inputs: list[str]):
+    """The full model from the uint8 maps ``inputs`` to its outputs (the nodes they need): a fresh
+    copy of the model with everything else deleted in place (the weights are never copied again)."""
     import onnx
 
-    producer = {o: n for n in proto.graph.node for o in n.output}
-    inits = {i.name: i for i in proto.graph.initializer}
-    keep, seen, todo = set(), set(inputs), [o.name for o in proto.graph.output]
+    model = onnx.load_from_string(model_bytes)
+    graph = model.graph
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    keep, seen, todo = set(), set(inputs), [o.name for o in graph.output]
     while todo:
         name = todo.pop()
         if name in seen:
             continue
         seen.add(name)
-        node = producer.get(name)
-        if node is not None:
-            keep.add(id(node))
-            todo.extend(node.input)
-    nodes = [n for n in proto.graph.node if id(n) in keep]  # still in topological order
-    graph = onnx.helper.make_graph(
-        nodes,
-        "fcnseg_int8_rest",
-        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UINT8, None) for n in inputs]
-        + [i for i in proto.graph.input if i.name in seen],  # the image, where its size is read
-        list(proto.graph.output),
-        [inits[n] for n in sorted(seen) if n in inits],
-    )
-    model = onnx.helper.make_model(graph, opset_imports=list(proto.opset_import))
-    model.ir_version = proto.ir_version
+        if name in producer:
+            keep.add(producer[name])
+            todo.extend(graph.node[producer[name]].input)
+    for field, wanted in (
+        (graph.node, lambda i, n: i in keep),
+        (graph.initializer, lambda i, n: n.name in seen),
+        (graph.input, lambda i, n: n.name in seen),  # the image stays where its size is read
+        (graph.value_info, lambda i, n: False),
+    ):
+        for i in reversed(range(len(field))):
+            if not wanted(i, field[i]):
+                del field[i]
+    graph.input.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UINT8, None) for n in inputs)
+    graph.name = "fcnseg_int8_rest"
     return model
 
 
@@ -394,7 +395,7 @@ class PadCachedInt8:
             import onnx
         except ImportError:
             raise FcnsegError("the onnxruntime backend needs the onnx extra; pip install 'fcnseg[onnx]'") from None
-        self.session = session
+        self.session, self.model_bytes = session, model_bytes
         self.proto = onnx.load_from_string(model_bytes)
         self.chain = find_chain(self.proto)
         self.max_sizes = max_sizes
@@ -452,6 +453,6 @@ class PadCachedInt8:
         head, outputs = head_graph(self.proto, self.chain, layout, maps, size)
         key = tuple(outputs)
         if key not in self.rests:
-            rest = self.session(rest_graph(self.proto, outputs).SerializeToString())
+            rest = self.session(rest_graph(self.model_bytes, outputs).SerializeToString())
             self.rests[key] = _Rest(rest, "image" in {i.name for i in rest.get_inputs()})
         return _Head(self.session(head.SerializeToString()), outputs, self.rests[key])
