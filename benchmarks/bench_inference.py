@@ -32,7 +32,7 @@ from other processes hits them alike; --variants picks some):
                         calibrated on --calib images) on onnxruntime, with the per-size int8 head that
                         computes only the image-dependent cells (fcnseg.inference.int8_padcache; built
                         when a size comes twice, here in the warm-up)
-  int8 openvino         the same int8 file on OpenVINO: fcnseg's int8 path where OpenVINO is installed
+  int8 openvino         the same int8 file on OpenVINO: fcnseg's int8 path with --backend openvino
                         (both int8 rows run as Segmenter runs them: dynamic height and width)
   --extra adds:         bf16 autocast (the textbook recipe) and fast+compile (torch.compile, freezing)
 
