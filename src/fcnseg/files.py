@@ -32,6 +32,16 @@ from typing import IO, Any
 from fcnseg.errors import FcnsegError
 
 TEMP_SUFFIX = ".tmp"
+HOME_ENV = "FCNSEG_HOME"
+
+
+def fcnseg_home() -> Path:
+    """fcnseg's cache folder: $FCNSEG_HOME, default $XDG_CACHE_HOME/fcnseg or ~/.cache/fcnseg
+    (downloaded weights under weights/, computed HHA images under hha/)."""
+    home = os.environ.get(HOME_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fcnseg"
+    )
+    return Path(home).expanduser()
 
 
 _ADVICE = {

@@ -22,6 +22,9 @@ is never opened), an empty file, a file that is not an image, a decompression bo
 x height is checked against ``max_pixels`` *before* decoding) and a truncated or corrupt file (decoded
 at once, so it fails here and not later).
 
+``read_depth(path)`` reads a depth map (NYUDv2's 16-bit PNGs in millimetres): one greyscale channel,
+every bit kept (HxW float32, no high-byte rule), EXIF orientation applied like the others.
+
 ``save_image`` encodes in memory and writes through ``fcnseg.files`` (temp file + rename), so a full
 disk leaves no half-written PNG or JPEG behind.
 """
@@ -235,6 +238,22 @@ def read_label(path: str | os.PathLike, by_colour: bool = False, max_pixels: int
             )
         labels = labels.astype(np.uint8)
     return np.ascontiguousarray(labels)
+
+
+_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F", "L")
+
+
+def read_depth(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A single-channel depth image -> HxW float32 with every bit of the stored values (16-bit PNGs
+    keep their full range; the caller knows the unit). Colour images are refused, naming the file."""
+    with open_image(path, "depth map", max_pixels) as img:
+        img = upright(img)
+        if img.mode not in _DEPTH_MODES:
+            raise FcnsegError(
+                f"{path}: a depth map must be one greyscale channel (16-bit PNG), this is {img.mode}; "
+                "use the dataset's depth files, not a colourised preview"
+            )
+        return np.asarray(img, dtype=np.float32).copy()
 
 
 def encode_image(img: Image.Image, fmt: str, **options) -> bytes:

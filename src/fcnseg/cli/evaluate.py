@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if opened.is_onnx:  # ONNX models run on the CPU runtimes
         device, precision = resolve_device("cpu"), "fp32"
     name = args.int8 or args.weights
+    dataset = dataset.with_modality(meta.modality)  # the input the model declares: rgb, hha, rgb-hha
     check_compatible(meta, dataset, f"model {name}")
     model.to(device)
     if args.channels_last and not opened.is_onnx:

@@ -11,12 +11,16 @@ cannot be read raises FcnsegError naming the file.
 
 Spec strings say which dataset: ``shapes`` (built in), ``voc:PATH``, ``sbd:PATH``,
 ``voc-aug:VOC_PATH,SBD_PATH``, ``cityscapes:PATH``, ``folder:PATH``, ``pascal-context:PATH``,
-``siftflow:PATH``.
+``siftflow:PATH``, ``nyud:PATH``.
 
 A dataset may label its pixels a second way (SIFT Flow: geometric classes beside the semantic
 ones): ``extra_targets`` names them (``ExtraTarget``) and ``load_extra(i, name)`` reads one. Item
 ``i`` stays ``(image, mask)``; only models with a head per target read the others, through
 ``WithTargets``, whose item is ``(image, masks)`` with the masks stacked (1 + K, H, W).
+
+The input modality (``MODALITIES``): every dataset gives ``rgb`` (3 channels); a dataset with depth
+(NYUDv2) can also give ``hha`` (3) or ``rgb-hha`` (6: RGB then HHA), chosen by ``modality=`` (a
+model's metadata declares the one it takes; ``fcnseg evaluate`` opens the data with it).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from torch.utils.data import Dataset
 from fcnseg.errors import FcnsegError, did_you_mean
 
 IGNORE_INDEX = 255
+# input modality -> channels of the image tensor
+MODALITIES: dict[str, int] = {"rgb": 3, "hha": 3, "rgb-hha": 6}
 
 
 def bad_labels(mask: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> list[int]:
@@ -74,6 +80,9 @@ class SegmentationDataset(Dataset):
     extra_targets: tuple[ExtraTarget, ...] = ()
     #: Mean IU over the classes present in the split's labels only (SIFT Flow, as the paper scores it).
     score_present_classes: bool = False
+    #: What the image tensor holds (a key of MODALITIES), and what else this dataset can give.
+    modality: str = "rgb"
+    modalities: tuple[str, ...] = ("rgb",)
 
     @property
     def num_classes(self) -> int:
@@ -131,6 +140,28 @@ class SegmentationDataset(Dataset):
         return (
             f"{type(self).__name__}({self.identity or self.split!r}, {len(self)} samples, {self.num_classes} classes)"
         )
+
+    def with_modality(self, modality: str) -> SegmentationDataset:
+        """This dataset giving ``modality`` input (itself when it already does); FcnsegError, one
+        line, when it cannot (a colour-only dataset asked for depth)."""
+        check_modality(modality)
+        if modality == self.modality:
+            return self
+        if modality not in self.modalities:
+            raise FcnsegError(
+                f"{self!r} has {' or '.join(self.modalities)} input only, the model takes {modality}; "
+                "evaluate it on data with depth (nyud:PATH) or use a model for colour images"
+            )
+        return self._as_modality(modality)
+
+    def _as_modality(self, modality: str) -> SegmentationDataset:
+        raise NotImplementedError
+
+
+def check_modality(modality: str) -> str:
+    if modality not in MODALITIES:
+        raise FcnsegError(f"unknown input modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+    return modality
 
 
 class WithTargets(Dataset):
@@ -190,6 +221,7 @@ _FORMATS: dict[str, str] = {
     "folder": "fcnseg.data.folder:open_folder",
     "pascal-context": "fcnseg.data.context:open_context",
     "siftflow": "fcnseg.data.siftflow:open_siftflow",
+    "nyud": "fcnseg.data.nyud:open_nyud",
 }
 
 
@@ -202,6 +234,7 @@ SPEC_FORMS = (
     "folder:PATH",
     "pascal-context:PATH",
     "siftflow:PATH",
+    "nyud:PATH",
 )
 
 
@@ -223,16 +256,21 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return name, arg
 
 
-def load_dataset(spec: str, split: str = "train", *, check_files: bool = True) -> SegmentationDataset:
+def load_dataset(
+    spec: str, split: str = "train", *, check_files: bool = True, modality: str = "rgb"
+) -> SegmentationDataset:
     """Open the dataset named by ``spec`` (see the module docstring) for ``split``.
 
     With ``check_files`` (the default) a file-based dataset fails at once, naming the first missing
     or unpaired file; ``fcnseg data check`` opens with ``check_files=False`` to list every problem.
+    ``modality`` (see ``MODALITIES``) is the input the images give: "rgb", or "hha"/"rgb-hha" from
+    a dataset with depth.
     """
+    check_modality(modality)
     name, arg = parse_spec(spec)
     module_name, func_name = _FORMATS[name].split(":")
     opener: Callable[..., SegmentationDataset] = getattr(importlib.import_module(module_name), func_name)
-    return opener(arg, split, check_files=check_files)
+    return opener(arg, split, check_files=check_files).with_modality(modality)
 
 
 def check_split(split: str, choices: Sequence[str], what: str) -> str:

@@ -51,7 +51,7 @@ def pad_pair(
     if h >= height and w >= width:
         return image, mask
     H, W = max(h, height), max(w, width)
-    out_image = torch.tensor(pad_value, dtype=image.dtype).view(3, 1, 1).repeat(1, H, W)
+    out_image = torch.tensor(pad_value, dtype=image.dtype).view(-1, 1, 1).repeat(1, H, W)
     out_image[:, :h, :w] = image
     out_mask = torch.full((*mask.shape[:-2], H, W), ignore_index, dtype=mask.dtype)
     out_mask[..., :h, :w] = mask

@@ -32,12 +32,19 @@ from fcnseg.weights.meta import ModelMeta, as_meta
 
 
 def check_compatible(meta: ModelMeta | dict, dataset: Any, what: str) -> None:
-    """FcnsegError when the model's number of classes differs from the dataset's."""
-    model_classes = as_meta(meta).model_kwargs.get("num_classes")
+    """FcnsegError when the model's number of classes or input modality differs from the dataset's."""
+    meta = as_meta(meta)
+    model_classes = meta.model_kwargs.get("num_classes")
     if model_classes is not None and model_classes != dataset.num_classes:
         raise FcnsegError(
             f"{what} predicts {model_classes} classes but dataset {dataset!r} has "
             f"{dataset.num_classes}; evaluate on the data it was trained for or retrain"
+        )
+    data_modality = getattr(dataset, "modality", "rgb")
+    if data_modality != meta.modality:
+        raise FcnsegError(
+            f"{what} takes {meta.modality} input but dataset {dataset!r} gives {data_modality}; open the "
+            f"data with load_dataset(spec, split, modality={meta.modality!r}) (fcnseg evaluate does)"
         )
 
 

@@ -1,4 +1,4 @@
-"""Segmentation models: the FCN family on VGG16/AlexNet, dilated-ResNet FCN, U-Net.
+"""Segmentation models: the FCN family on VGG16/AlexNet, RGB-HHA late fusion, dilated-ResNet FCN, U-Net.
 
     build_model(name, num_classes, *, backbone=None, geometry=None, backbone_weights=None,
                 width=1.0, **options) -> nn.Module      the bare architecture (docstring: every name)
@@ -12,10 +12,10 @@
     bilinear_kernel(k) -> Tensor                                         the upsampling filter
 
 Every model's forward maps (N, 3, H, W) to (N, num_classes, H, W) for any H, W >= 1 and has an
-``output_stride`` attribute.
+``output_stride`` attribute; the late-fusion models (``fcn32s-fusion``, ...) take (N, 6, H, W).
 """
 
-from fcnseg.models import fcn, resnet, unet  # noqa: F401  (importing registers the models)
+from fcnseg.models import fcn, fusion, resnet, unet  # noqa: F401  (importing registers the models)
 from fcnseg.models.fcn import FCN
 from fcnseg.models.flops import count_flops, count_parameters
 from fcnseg.models.layers import BilinearUpsample, bilinear_kernel

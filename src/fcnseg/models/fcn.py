@@ -180,24 +180,42 @@ def _fcn_builder(skips: tuple[str, ...], skip_scales: dict[str, float] | None = 
     return build
 
 
+# model name -> (skips, skip scales): the one list of the skip variants
+_SKIPS: dict[str, tuple[tuple[str, ...], dict[str, float] | None]] = {
+    "fcn32s": ((), None),
+    "fcn16s": (("pool4",), None),
+    "fcn8s": (("pool4", "pool3"), None),
+    "fcn8s-atonce": (("pool4", "pool3"), {"pool4": 1e-2, "pool3": 1e-4}),
+}
+
+
+def fcn_skips(name: str) -> tuple[tuple[str, ...], dict[str, float] | None]:
+    """(skips, skip scales) of an FCN variant ("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce")."""
+    return _SKIPS[name]
+
+
 _GEOMETRIES = ("caffe", "same")
 _VGG = ("vgg16", "vgg16_bn")
 register_model(
     "fcn32s",
     ModelEntry(
-        _fcn_builder(()), ("vgg16", "vgg16_bn", "alexnet", "caffenet"), _GEOMETRIES, "FCN-32s: fc7 scores upsampled 32x"
+        _fcn_builder(*fcn_skips("fcn32s")),
+        ("vgg16", "vgg16_bn", "alexnet", "caffenet"),
+        _GEOMETRIES,
+        "FCN-32s: fc7 scores upsampled 32x",
     ),
 )
 register_model(
-    "fcn16s", ModelEntry(_fcn_builder(("pool4",)), _VGG, _GEOMETRIES, "FCN-16s: + pool4 scores, upsampled 16x")
+    "fcn16s",
+    ModelEntry(_fcn_builder(*fcn_skips("fcn16s")), _VGG, _GEOMETRIES, "FCN-16s: + pool4 scores, upsampled 16x"),
 )
 register_model(
-    "fcn8s", ModelEntry(_fcn_builder(("pool4", "pool3")), _VGG, _GEOMETRIES, "FCN-8s: + pool3 scores, upsampled 8x")
+    "fcn8s", ModelEntry(_fcn_builder(*fcn_skips("fcn8s")), _VGG, _GEOMETRIES, "FCN-8s: + pool3 scores, upsampled 8x")
 )
 register_model(
     "fcn8s-atonce",
     ModelEntry(
-        _fcn_builder(("pool4", "pool3"), {"pool4": 1e-2, "pool3": 1e-4}),
+        _fcn_builder(*fcn_skips("fcn8s-atonce")),
         _VGG,
         _GEOMETRIES,
         "FCN-8s trained at once: pool4 x0.01, pool3 x1e-4",

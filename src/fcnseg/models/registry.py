@@ -69,6 +69,8 @@ def build_model(
         fcn16s        VGG16; + pool4 scores, upsampled 16x.
         fcn8s         VGG16; + pool3 scores, upsampled 8x.
         fcn8s-atonce  VGG16; FCN-8s trained in one stage: pool4 scaled by 0.01 and pool3 by 1e-4.
+        fcn32s-fusion, fcn16s-fusion, fcn8s-fusion   RGB-HHA late fusion (NYUDv2): two such FCNs,
+                      ``color`` on channels 0-2 and ``hha`` on 3-5 of a 6-channel input, scores summed x0.5.
             geometry "caffe" (reference: 100-pixel pad, ceil pooling, computed crops) or "same"
             (no big pad, outputs aligned to the input, ~40% fewer FLOPs).
             options: learn_skip_upsample=True (2x upsamplers learned, as in the paper),

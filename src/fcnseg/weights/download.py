@@ -33,21 +33,18 @@ from pathlib import Path
 
 from fcnseg.errors import FcnsegError
 from fcnseg.fetch import ChecksumError, FetchError, describe_size, fetch, file_hash
+from fcnseg.files import HOME_ENV, fcnseg_home  # noqa: F401 - HOME_ENV: its historical home
 from fcnseg.weights.registry import REGISTRY, WeightsEntry
 
 log = logging.getLogger(__name__)
 
-HOME_ENV = "FCNSEG_HOME"
 MIRROR_ENV = "FCNSEG_MIRROR"
 OFFLINE_ENV = "FCNSEG_OFFLINE"
 
 
 def cache_dir() -> Path:
     """Where downloaded weights live: $FCNSEG_HOME/weights, default ~/.cache/fcnseg/weights."""
-    home = os.environ.get(HOME_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fcnseg"
-    )
-    return Path(home).expanduser() / "weights"
+    return fcnseg_home() / "weights"
 
 
 def cached_path(entry: WeightsEntry) -> Path:

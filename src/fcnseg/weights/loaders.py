@@ -255,6 +255,7 @@ def _meta(model_name: str, kwargs: dict, normalization: str, entry, label: str):
             entry.normalization,
             source=entry.name,
             trained_on=published_data(entry.name),
+            modality=entry.modality,
         )
     voc = n == len(CLASS_NAMES)
     return ModelMeta(
@@ -262,11 +263,52 @@ def _meta(model_name: str, kwargs: dict, normalization: str, entry, label: str):
     )
 
 
+def _fused_streams(layers: dict[str, list]) -> dict[str, dict[str, list]] | None:
+    """{stream: its reference layers, suffix removed, shared layers included} for a late-fusion file
+    (conv1_1color and conv1_1hha), else None."""
+    from fcnseg.models.fusion import STREAMS
+
+    if not all(f"conv1_1{s}" in layers for s in STREAMS):
+        return None
+    shared = {n: b for n, b in layers.items() if not n.endswith(STREAMS)}
+    return {s: {**shared, **{n[: -len(s)]: b for n, b in layers.items() if n.endswith(s)}} for s in STREAMS}
+
+
+def _from_fused(streams: dict[str, dict[str, list]], kind: str, label: str, model: str | None, entry):
+    """(late-fusion model, ModelMeta) from the two streams' layers (see the module docstring)."""
+    from fcnseg.data.nyud import RGB_HHA_NORMALIZATION
+    from fcnseg.models import build_model
+
+    archs = {s: _arch_from_reference(layers, f"{label} ({s} stream)") for s, layers in streams.items()}
+    if len(set(archs.values())) != 1:
+        raise FcnsegError(f"{label}: the colour and HHA streams differ ({archs}); {FIX}")
+    base, num_classes, width, _, backbone, geometric = next(iter(archs.values()))
+    if geometric:
+        raise FcnsegError(f"{label}: a late-fusion net with a geometric head is not one fcnseg knows; {FIX}")
+    name = f"{base}-fusion"
+    model = model or (entry.model if entry is not None else None)
+    if model and model != name:
+        raise FcnsegError(
+            f"{label} holds an {name} (two streams, {kind} layer names), not a {model}; pass --model {name}"
+        )
+    kwargs = {"num_classes": num_classes, "backbone": backbone, "geometry": "caffe"}
+    if width != 1:
+        kwargs["width"] = width
+    net = build_model(name, **kwargs)
+    for stream, layers in streams.items():
+        load_reference(getattr(net, stream), layers, f"{label} ({stream} stream)")
+    meta = _meta(name, kwargs, RGB_HHA_NORMALIZATION, entry, label)
+    return net.eval(), meta.with_(modality="rgb-hha", normalization=RGB_HHA_NORMALIZATION)
+
+
 def from_reference(layers: dict[str, list], kind: str, label: str, *, model: str | None = None, entry=None):
     """(model, ModelMeta) from reference-named layers: a .caffemodel's blobs ("caffe") or a
     pytorch-fcn state dict regrouped ("pytorch-fcn")."""
     from fcnseg.models import build_model
 
+    streams = _fused_streams(layers)
+    if streams is not None:
+        return _from_fused(streams, kind, label, model, entry)
     name, num_classes, width, suffix, backbone, geometric = _arch_from_reference(layers, label)
     model = model or (entry.model if entry is not None else None)
     if model and model != name and {model, name} != {"fcn8s", "fcn8s-atonce"}:

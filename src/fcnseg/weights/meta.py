@@ -8,7 +8,8 @@ reads it and every older one:
     meta_version 1 / none   {"model_name", "model_kwargs", "class_names", "palette",
                              "normalization" (absent in the first checkpoints: "imagenet"),
                              "fcnseg_version", "source" (registry), "output_stride" (exports)}
-    meta_version 2          the above plus "trained_on", "data", "train_split"
+    meta_version 2          the above plus "trained_on", "data", "train_split", and "modality"
+                            (written only when it is not "rgb": "hha", "rgb-hha"; absent = "rgb")
 
 Defaults live here only (``DEFAULT_NORMALIZATION``). Layer: weights (no torch needed).
 """
@@ -23,6 +24,7 @@ from fcnseg.errors import FcnsegError
 
 META_VERSION = 2
 DEFAULT_NORMALIZATION = "imagenet"
+DEFAULT_MODALITY = "rgb"
 # data spec kind -> how a model card names it
 _DATA_NAMES = {
     "shapes": "shapes (synthetic)",
@@ -30,6 +32,7 @@ _DATA_NAMES = {
     "sbd": "SBD",
     "voc-aug": "PASCAL VOC + SBD",
     "cityscapes": "Cityscapes",
+    "nyud": "NYUDv2",
 }
 
 
@@ -67,6 +70,7 @@ class ModelMeta:
     ``model_kwargs`` always holds ``num_classes``. ``palette`` may be empty (the palette rule then
     picks colours). ``trained_on`` names the data ("shapes (synthetic)"; None = not recorded);
     ``data``/``train_split`` are the spec and split `fcnseg train` used (quantize calibrates on them).
+    ``modality`` is the input the model takes (fcnseg.data.base.MODALITIES: "rgb", "hha", "rgb-hha").
     """
 
     model_name: str
@@ -80,12 +84,14 @@ class ModelMeta:
     train_split: str | None = None
     output_stride: int | None = None
     fcnseg_version: str | None = None
+    modality: str = DEFAULT_MODALITY
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_kwargs", dict(self.model_kwargs))
         object.__setattr__(self, "class_names", tuple(str(n) for n in self.class_names or ()))
         object.__setattr__(self, "palette", tuple(tuple(int(v) for v in c) for c in self.palette or ()))
         object.__setattr__(self, "normalization", self.normalization or DEFAULT_NORMALIZATION)
+        object.__setattr__(self, "modality", self.modality or DEFAULT_MODALITY)
 
     @property
     def num_classes(self) -> int:
@@ -103,9 +109,10 @@ class ModelMeta:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def model_card(self) -> str:
-        """One line: "fcn8s, 6 classes, trained on shapes (synthetic)"."""
+        """One line: "fcn8s, 6 classes, trained on shapes (synthetic)" (", hha input" where not RGB)."""
         trained = f"trained on {self.trained_on}" if self.trained_on else "training data not recorded"
-        return f"{self.model_name}, {self.num_classes} classes, {trained}"
+        takes = f", {self.modality} input" if self.modality != DEFAULT_MODALITY else ""
+        return f"{self.model_name}, {self.num_classes} classes{takes}, {trained}"
 
     # ------------------------------------------------------------------ the dict in files
 
@@ -123,6 +130,8 @@ class ModelMeta:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
+        if self.modality != DEFAULT_MODALITY:
+            out["modality"] = self.modality
         return out
 
     @classmethod

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fcnseg.data.context import CLASS_NAMES as CONTEXT_CLASSES
+from fcnseg.data.nyud import CLASS_NAMES as NYUD_CLASS_NAMES
+from fcnseg.data.nyud import COLOR_NORMALIZATION, HHA_NORMALIZATION, RGB_HHA_NORMALIZATION
 from fcnseg.data.siftflow import CLASS_NAMES as SIFT_FLOW_CLASSES
 from fcnseg.data.siftflow import GEOMETRIC
 from fcnseg.data.voc import CLASS_NAMES as VOC_CLASSES
@@ -49,6 +51,7 @@ class WeightsEntry:
     normalization: str = "imagenet"
     note: str = ""
     runnable: bool = True  # False: downloadable, but fcnseg has no matching architecture yet
+    modality: str = "rgb"  # the input it takes (fcnseg.data.base.MODALITIES)
 
     @property
     def filename(self) -> str:
@@ -69,6 +72,7 @@ class WeightsEntry:
             "palette": [list(c) for c in self.palette],
             "normalization": self.normalization,
             "source": self.name,
+            **({"modality": self.modality} if self.modality != "rgb" else {}),
         }
 
 
@@ -76,48 +80,7 @@ def _palette(n: int) -> tuple[tuple[int, int, int], ...]:
     return tuple(tuple(int(v) for v in c) for c in voc_colormap(n))
 
 
-NYUD_CLASSES = (
-    "wall",
-    "floor",
-    "cabinet",
-    "bed",
-    "chair",
-    "sofa",
-    "table",
-    "door",
-    "window",
-    "bookshelf",
-    "picture",
-    "counter",
-    "blinds",
-    "desk",
-    "shelves",
-    "curtain",
-    "dresser",
-    "pillow",
-    "mirror",
-    "floor mat",
-    "clothes",
-    "ceiling",
-    "books",
-    "refridgerator",
-    "television",
-    "paper",
-    "towel",
-    "shower curtain",
-    "box",
-    "whiteboard",
-    "person",
-    "night stand",
-    "toilet",
-    "sink",
-    "lamp",
-    "bathtub",
-    "bag",
-    "otherstructure",
-    "otherfurniture",
-    "otherprop",
-)
+NYUD_CLASSES = NYUD_CLASS_NAMES  # the reference's data/nyud/classes.txt
 
 _VOC = {"class_names": VOC_CLASSES, "palette": _palette(len(VOC_CLASSES))}
 _TV_RESULT = "ImageNet-1K top-1 {}"
@@ -174,6 +137,7 @@ def _caffe(
     backbone: str = "vgg16",
     normalization: str = "caffe",
     geometric_classes: int = 0,
+    modality: str = "rgb",
 ) -> WeightsEntry:
     kwargs = {"num_classes": len(classes), "backbone": backbone, "geometry": "caffe"}
     if geometric_classes:
@@ -196,6 +160,7 @@ def _caffe(
         normalization=normalization,
         note=note,
         runnable=runnable,
+        modality=modality,
     )
 
 
@@ -224,7 +189,7 @@ def _pytorch_fcn(name: str, model: str, drive_id: str, md5: str, result: str, si
 # The Caffe models' input means (BGR), from the reference's data layers: PASCAL VOC and PASCAL-Context
 # (voc_layers.py, pascalcontext_layers.py) subtract the ImageNet VGG mean ("caffe"); NYUDv2 and SIFT
 # Flow subtract their own (nyud_layers.py mean_bgr, siftflow_layers.py mean).
-_NYUD = "caffe:116.190,97.203,92.318"
+_NYUD = COLOR_NORMALIZATION
 _SIFT_FLOW = "caffe:114.578,115.294,108.353"
 
 # Sizes of the Caffe and pytorch-fcn files: 4 bytes per parameter of the architecture (counted with
@@ -291,6 +256,31 @@ _ENTRIES = [
         classes=NYUD_CLASSES,
         normalization=_NYUD,
         note="colour input only; subtracts the NYUDv2 mean BGR (116.190, 97.203, 92.318)",
+    ),
+    _caffe(
+        "fcn32s-nyud-hha",
+        "nyud-fcn32s-hha-heavy.caffemodel",
+        "fcn32s",
+        537.8,
+        _NO_RESULT,
+        "nyud-fcn32s-hha",
+        classes=NYUD_CLASSES,
+        normalization=HHA_NORMALIZATION,
+        modality="hha",
+        note="HHA input (data/hha/ of the NYUDv2 folder, or computed from depth); subtracts the HHA "
+        "mean (132.431, 94.076, 118.477)",
+    ),
+    _caffe(
+        "fcn32s-nyud-color-hha",
+        "nyud-fcn32s-color-hha-heavy.caffemodel",
+        "fcn32s-fusion",
+        1050.6,  # two FCN-32s streams (2 x 537.8) sharing one 40x40x64x64 upscore (25.0)
+        _NO_RESULT,
+        "nyud-fcn32s-color-hha",
+        classes=NYUD_CLASSES,
+        normalization=RGB_HHA_NORMALIZATION,
+        modality="rgb-hha",
+        note="RGB-HHA late fusion: a colour and an HHA FCN-32s, scores summed x0.5 (6-channel input)",
     ),
     _caffe(
         "fcn32s-siftflow",
