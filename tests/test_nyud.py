@@ -19,6 +19,7 @@ from fcnseg.data.nyud import HHA_NORMALIZATION, RGB_HHA_NORMALIZATION
 from fcnseg.errors import FcnsegError
 from fcnseg.models import build_model
 from fcnseg.weights import load
+from test_data_check_download import tar_of
 from test_weights_convert import WIDTH, caffemodel_bytes, random_reference, reference_forward
 
 H, W = 48, 64
@@ -91,7 +92,7 @@ def test_hha_cache_is_keyed_by_content(tmp_path, monkeypatch):
 def make_nyud(root, ids=("0001", "0002", "0003"), splits=None, hha=False, seed=0):
     """The reference's layout (data/nyud): split lists, data/images, data/depth, segmentation/*.mat."""
     rng = np.random.default_rng(seed)
-    splits = splits or {"train": ids[:1], "val": ids[1:2], "test": ids[2:]}
+    splits = {"train": ids[:1], "val": ids[1:2], "test": ids[2:]} if splits is None else splits
     for split, members in splits.items():
         (root / f"{split}.txt").parent.mkdir(parents=True, exist_ok=True)
         (root / f"{split}.txt").write_text("".join(f"{i}\n" for i in members))
@@ -245,3 +246,26 @@ def test_python_api_checks_model_and_data_agree(tmp_path):
         fcnseg.evaluate(model, load_dataset(f"nyud:{root}", "test"), meta=model.fcnseg_meta)
     metrics = fcnseg.evaluate(model, load_dataset(f"nyud:{root}", "test", modality="rgb-hha"), meta=model.fcnseg_meta)
     assert metrics["images"] == 1
+
+
+def test_depth_models_refuse_photos(tmp_path):
+    hha_file = tmp_path / "nyud-fcn32s-hha-heavy.caffemodel"
+    hha_file.write_bytes(caffemodel_bytes(random_reference("fcn32s", 40)))
+    with pytest.raises(FcnsegError, match="takes hha input .*not colour photos"):
+        fcnseg.Segmenter.from_pretrained(str(hha_file))
+
+
+@pytest.mark.parametrize("top_folder", [True, False], ids=["nyud-top-folder", "no-top-folder"])
+def test_download_nyud_archive_then_open_it_with_the_shipped_split_lists(tmp_path, capsys, top_folder):
+    src = tmp_path / "src"
+    folder = make_nyud(src / "nyud" if top_folder else src, ids=("5133", "5003"), splits={})  # no split lists
+    archive = tar_of(src, tmp_path / "nyud.tar.gz")
+    root = tmp_path / "data"
+    assert main(["data", "download", "nyud", "--root", str(root), "--url", archive.as_uri(), "--no-progress"]) == 0
+    assert f"nyud:{root}" in capsys.readouterr().out
+    assert not list(folder.glob("*.txt"))
+    with pytest.raises(FcnsegError, match=r"does not exist \(1306 of 1308 files"):  # the reference's 654 test ids
+        load_dataset(f"nyud:{root}", "test")
+    listed = load_dataset(f"nyud:{root}", "test", check_files=False)
+    assert len(listed) == 654 and listed.sample_name(0).endswith("img_5133.png")
+    assert len(load_dataset(f"nyud:{root}", "trainval", check_files=False)) == 795

@@ -45,7 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_download)
 
     p = sub.add_parser("check", help="read every sample and report counts, sizes, class pixels and all problems")
-    p.add_argument("spec", help="dataset: shapes, voc:PATH, sbd:PATH, voc-aug:VOC,SBD, cityscapes:PATH, folder:PATH")
+    p.add_argument(
+        "spec",
+        help="dataset: shapes, voc:PATH, sbd:PATH, voc-aug:VOC,SBD, cityscapes:PATH, folder:PATH, pascal-context:PATH, nyud:PATH",
+    )
     p.add_argument("--split", action="append", help="split to check (repeatable; default: the usual train/val pair)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the full report as JSON")
     p.add_argument("--workers", type=arg_type(int, min=1), default=2, help="reading threads (default 2)")

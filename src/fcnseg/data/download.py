@@ -123,6 +123,15 @@ RESOURCES: dict[str, Resource] = {
             f"{d}/spatial_envelope_256x256_static_8outdoorcategories" for d in ("Images", "SemanticLabels", "GeoLabels")
         ),
     ),
+    "nyud": Resource(
+        url="http://dl.caffe.berkeleyvision.org/nyud.tar.gz",
+        md5=None,
+        dataset_dir="nyud",
+        spec="nyud",
+        about="NYUDv2 in the FCN authors' layout (images, depth, HHA, 40-class labels), no checksum published",
+        confirmed="fcn.berkeleyvision.org at 1305c7378a9f: data/nyud/README.md (URL; no checksum published)",
+        extract_into=True,  # nyud:DIR/nyud finds the data with or without the archive's own top folder
+    ),
     "cityscapes": Resource(
         url="",
         md5=None,

@@ -3,7 +3,9 @@
 ``nyud:PATH`` -- PATH is the folder the reference's nyud_layers.py reads (data/nyud of
 fcn.berkeleyvision.org, the contents of http://dl.caffe.berkeleyvision.org/nyud.tar.gz):
 
-    train.txt, val.txt, test.txt      image ids, one per line (e.g. 5003)
+    train.txt, val.txt, test.txt      image ids, one per line (e.g. 5003); optional: the reference's
+                                      lists ship with fcnseg (data/splits/nyud_*.txt) and are used
+                                      where the folder has none
     data/images/img_<id>.png          colour image
     data/depth/img_<id>.png           depth, 16-bit PNG in millimetres
     data/hha/img_<id>.png             HHA (optional: computed from depth when the folder is absent)
@@ -21,6 +23,7 @@ has it (the images the authors trained on), else from the depth with ``fcnseg.da
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -92,11 +95,15 @@ def read_nyud_mat(path: str | os.PathLike) -> np.ndarray:
 
 
 def nyud_split_ids(root: Path, split: str) -> list[str]:
+    """The folder's ``<split>.txt``, else the reference's list shipped with fcnseg; ``trainval``
+    without a trainval.txt is train + val."""
     check_split(split, SPLITS, "nyud")
-    hint = f"give the folder that holds the reference's {', '.join(s + '.txt' for s in SPLITS if s != 'trainval')}"
     if split == "trainval" and not (root / "trainval.txt").exists():
-        return read_id_list(root / "train.txt", hint) + read_id_list(root / "val.txt", hint)
-    return read_id_list(root / f"{split}.txt", hint)
+        return nyud_split_ids(root, "train") + nyud_split_ids(root, "val")
+    if (root / f"{split}.txt").exists():
+        return read_id_list(root / f"{split}.txt", "give a list of image ids, one per line")
+    text = resources.files("fcnseg.data").joinpath(f"splits/nyud_{split}.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 class NYUDDataset(PairedFileDataset):
@@ -167,10 +174,16 @@ class NYUDDataset(PairedFileDataset):
 
 
 def nyud_root(path: str) -> Path:
+    """The folder holding segmentation/: PATH itself, or up to two levels of nyud/ below it (where
+    `fcnseg data download nyud` extracted the archive, with or without its own top folder)."""
     root = require_dir(path, "nyud")
-    if not (root / "test.txt").exists() and (root / "nyud" / "test.txt").exists():
-        root = root / "nyud"  # the folder nyud.tar.gz was extracted into
-    return root
+    for candidate in (root, root / "nyud", root / "nyud" / "nyud"):
+        if (candidate / "segmentation").is_dir():
+            return candidate
+    raise FcnsegError(
+        f"nyud: {root} has no segmentation/ folder; give the NYUDv2 folder of the FCN authors' layout "
+        "(data/images, segmentation/*.mat), e.g. what `fcnseg data download nyud --root DIR` made"
+    )
 
 
 def open_nyud(path: str, split: str, check_files: bool = True) -> NYUDDataset:

@@ -115,6 +115,11 @@ class Segmenter:
         if any(s <= 0 for s in scales):
             raise FcnsegError(f"--scales {scales} must all be positive")
         meta = as_meta(meta)
+        if meta.modality != "rgb":  # photos have no depth to make HHA from
+            raise FcnsegError(
+                f"{meta.model_name} takes {meta.modality} input (NYUDv2 depth), not colour photos; "
+                "evaluate it with `fcnseg evaluate --data nyud:PATH`, or use a colour model to segment photos"
+            )
         if shift_stitch is True:  # the model's own output stride
             shift_stitch = getattr(model, "output_stride", None) or meta.output_stride
             if not shift_stitch:

@@ -8,7 +8,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 def count_flops(model: nn.Module, size: tuple[int, int], batch: int = 1) -> int:
-    """FLOPs of one forward pass on a (batch, 3, H, W) input, counted by torch's FlopCounterMode.
+    """FLOPs of one forward pass on a (batch, C, H, W) input, counted by torch's FlopCounterMode
+    (C is the model's ``in_channels``: 3, or 6 for the late-fusion models).
 
     A multiply-add counts as 2 FLOPs; convolutions, transposed convolutions and matmuls are counted
     (elementwise ops, pooling and interpolation are not, as usual). The pass runs on fake tensors
@@ -18,6 +19,7 @@ def count_flops(model: nn.Module, size: tuple[int, int], batch: int = 1) -> int:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     height, width = size
+    channels = getattr(model, "in_channels", 3)
     try:
         device = next(model.parameters()).device
     except StopIteration:
@@ -28,10 +30,10 @@ def count_flops(model: nn.Module, size: tuple[int, int], batch: int = 1) -> int:
         counter = FlopCounterMode(display=False)
         if device.type == "meta":
             with torch.no_grad(), counter:
-                model(torch.empty(batch, 3, height, width, device="meta"))
+                model(torch.empty(batch, channels, height, width, device="meta"))
         else:
             with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as fake, counter:
-                model(fake.from_tensor(torch.empty(batch, 3, height, width, device=device)))
+                model(fake.from_tensor(torch.empty(batch, channels, height, width, device=device)))
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
