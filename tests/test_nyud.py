@@ -269,3 +269,47 @@ def test_download_nyud_archive_then_open_it_with_the_shipped_split_lists(tmp_pat
     listed = load_dataset(f"nyud:{root}", "test", check_files=False)
     assert len(listed) == 654 and listed.sample_name(0).endswith("img_5133.png")
     assert len(load_dataset(f"nyud:{root}", "trainval", check_files=False)) == 795
+
+
+TINY_NYUD_TRAIN = [
+    "--width",
+    "0.0625",
+    "--geometry",
+    "same",
+    "--iterations",
+    "2",
+    "--batch-size",
+    "2",
+    "--crop-size",
+    "32",
+    "--hflip",
+    "--optimizer",
+    "adamw",
+    "--lr",
+    "1e-3",
+    "--no-progress",
+    "--num-samples",
+    "1",
+    "--train-split",
+    "trainval",
+    "--val-split",
+    "test",
+]
+
+
+def test_train_hha_and_fusion_models_on_nyud_from_the_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FCNSEG_HOME", str(tmp_path / "home"))
+    root = make_nyud(tmp_path / "nyud")
+    data = ["--data", f"nyud:{root}"]
+    run = tmp_path / "fusion"
+    fusion = ["--model", "fcn32s-fusion", "--modality", "rgb-hha", "--out", str(run)]
+    assert main(["train", *data, *fusion, *TINY_NYUD_TRAIN]) == 0
+    _, meta = load(run / "best.pt")
+    assert meta.modality == "rgb-hha" and meta.normalization == "imagenet+imagenet"
+    assert main(["evaluate", "--weights", str(run / "best.pt"), *data, "--split", "test", "--no-progress"]) == 0
+    capsys.readouterr()
+    bad = ["train", *data, "--model", "fcn32s", "--modality", "rgb-hha", "--out", str(tmp_path / "bad")]
+    assert main([*bad, *TINY_NYUD_TRAIN]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "takes 3-channel input but --modality rgb-hha gives 6; use --model fcn32s-fusion" in err[0]
+    assert not (tmp_path / "bad").exists()

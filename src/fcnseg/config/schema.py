@@ -188,8 +188,14 @@ class TrainConfig:
     # data
     data: str = _opt(
         "",
-        "dataset spec: shapes, voc:PATH, sbd:PATH, voc-aug:VOC,SBD, cityscapes:PATH, folder:PATH",
+        "dataset spec: shapes, voc:PATH, sbd:PATH, voc-aug:VOC,SBD, cityscapes:PATH, folder:PATH, nyud:PATH",
         check=data_spec_problem,
+    )
+    modality: str = _opt(
+        "rgb",
+        "input the model sees: rgb, hha (depth as HHA) or rgb-hha (6 channels, for the *-fusion models); "
+        "hha and rgb-hha need data with depth (nyud:PATH)",
+        ("rgb", "hha", "rgb-hha"),
     )
     train_split: str = _opt("train", "split to train on (voc-aug: train_aug unless set)")
     val_split: str = _opt("val", "split to evaluate on (voc-aug: seg11valid unless set)")

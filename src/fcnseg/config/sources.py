@@ -133,7 +133,7 @@ def overrides_from_args(args: argparse.Namespace, schema: type = TrainConfig) ->
 # position in the batch stream would no longer fit them.
 RESUME_FIXED = {
     **dict.fromkeys(
-        ("model", "backbone", "geometry", "width", "model_options", "normalization"),
+        ("model", "backbone", "geometry", "width", "model_options", "normalization", "modality"),
         "it would change the model's architecture",
     ),
     "optimizer": "the saved optimiser state belongs to the run's optimiser",

@@ -57,6 +57,17 @@ def input_channels(mode: str) -> int:
     return 3 * len(parse_modes(mode))
 
 
+def for_channels(mode: str, channels: int) -> str:
+    """``mode`` for ``channels`` input channels: itself, or a single mode repeated per group of 3
+    ("imagenet" for 6 channels -> "imagenet+imagenet")."""
+    groups = parse_modes(mode)
+    if 3 * len(groups) == channels:
+        return mode
+    if len(groups) == 1 and channels % 3 == 0:
+        return "+".join([mode] * (channels // 3))
+    raise FcnsegError(f"normalisation {mode!r} is for {3 * len(groups)}-channel input, not {channels}")
+
+
 def check_mode(mode: str) -> str:
     parse_modes(mode)
     return mode

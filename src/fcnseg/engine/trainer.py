@@ -334,11 +334,27 @@ def due(iteration: int, every: int) -> bool:
 # set-up helpers
 
 
+def check_modality(cfg: TrainConfig) -> None:
+    """--modality against the model's input channels and --jitter, before any data is read."""
+    from fcnseg.data.base import MODALITIES
+    from fcnseg.models import model_entry
+
+    takes, gives = model_entry(cfg.model).in_channels, MODALITIES[cfg.modality]
+    if takes != gives:
+        fix = f"--model {cfg.model}-fusion" if gives == 6 else "a single-stream model (e.g. fcn32s)"
+        raise FcnsegError(
+            f"--model {cfg.model} takes {takes}-channel input but --modality {cfg.modality} gives {gives}; use {fix}"
+        )
+    if cfg.jitter and cfg.modality != "rgb":
+        raise FcnsegError(f"--jitter is colour jitter, for rgb input only; leave it out with --modality {cfg.modality}")
+
+
 def open_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
     if not cfg.data:
         raise FcnsegError("no dataset given; pass --data SPEC (e.g. --data shapes or --data voc:PATH)")
-    train_set = load_dataset(cfg.data, cfg.train_split)
-    val_set = load_dataset(cfg.data, cfg.val_split)
+    check_modality(cfg)
+    train_set = load_dataset(cfg.data, cfg.train_split, modality=cfg.modality)
+    val_set = load_dataset(cfg.data, cfg.val_split, modality=cfg.modality)
     check_not_empty(train_set, "training split of")
     check_not_empty(val_set, "validation split of")
     if train_set.num_classes != val_set.num_classes:
@@ -392,15 +408,19 @@ def model_meta(cfg: TrainConfig, dataset: Any) -> ModelMeta:
         **head_options(cfg, dataset),
         **cfg.model_options,
     }
+    from fcnseg.data.base import MODALITIES
+    from fcnseg.data.normalize import for_channels
+
     return ModelMeta(
         cfg.model,
         kwargs,
         dataset.class_names,
         dataset.palette,
-        cfg.normalization,
+        for_channels(cfg.normalization, MODALITIES[cfg.modality]),
         trained_on=describe_data(cfg.data, cfg.train_split),
         data=cfg.data,
         train_split=cfg.train_split,
+        modality=cfg.modality,
     )
 
 

@@ -52,7 +52,7 @@ def onnx_bytes(model: nn.Module, meta: ModelMeta | dict, sample_size: tuple[int,
     import onnx
 
     model = model.eval().float().to(memory_format=torch.contiguous_format)
-    sample = torch.zeros(1, 3, *sample_size)
+    sample = torch.zeros(1, getattr(model, "in_channels", 3), *sample_size)  # 6: the late-fusion models
     axes = {0: "batch", 2: "height", 3: "width"}
     buffer = io.BytesIO()
     with warnings.catch_warnings():

@@ -78,5 +78,6 @@ for _base in ("fcn32s", "fcn16s", "fcn8s"):
             ("vgg16", "vgg16_bn"),
             ("caffe", "same"),
             f"RGB-HHA late fusion: two {_base} streams (colour, HHA) on 6-channel input, scores summed x0.5",
+            in_channels=LateFusionFCN.in_channels,
         ),
     )

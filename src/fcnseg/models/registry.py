@@ -22,6 +22,7 @@ class ModelEntry:
     geometries: tuple[str, ...]  # the first is the default
     summary: str
     takes_backbone_weights: bool = True  # False: no ImageNet trunk to load (U-Net), the builder says so
+    in_channels: int = 3  # input channels (6: the RGB-HHA late-fusion models)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
