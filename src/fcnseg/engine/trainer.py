@@ -353,8 +353,8 @@ def open_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
     if not cfg.data:
         raise FcnsegError("no dataset given; pass --data SPEC (e.g. --data shapes or --data voc:PATH)")
     check_modality(cfg)
-    train_set = load_dataset(cfg.data, cfg.train_split, modality=cfg.modality)
-    val_set = load_dataset(cfg.data, cfg.val_split, modality=cfg.modality)
+    train_set = load_dataset(cfg.data, cfg.train_split).with_modality(cfg.modality)
+    val_set = load_dataset(cfg.data, cfg.val_split).with_modality(cfg.modality)
     check_not_empty(train_set, "training split of")
     check_not_empty(val_set, "validation split of")
     if train_set.num_classes != val_set.num_classes:
