@@ -330,7 +330,7 @@ def quantize_checkpoint(
         split = split or meta.train_split
         log.info("calibrating on %s (%s), the data %s was trained on", data, split or "train", checkpoint)
     split = split or "train"
-    dataset = load_dataset(data, split)
+    dataset = load_dataset(data, split).with_modality(meta.modality)  # the input the model takes
     if len(dataset) == 0:
         raise FcnsegError(f"calibration split {split!r} of {data} is empty; give --data/--split with training images")
     classes = meta.num_classes
