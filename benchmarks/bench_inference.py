@@ -24,6 +24,8 @@ from other processes hits them alike; --variants picks some):
                         channels_last + inference_mode, fc6/fc7 as one packed GEMM, per-class upsamplers,
                         plus the pad-constant cache (fcnseg.inference.padcache)
   default, no padcache  the same without the pad-constant cache
+  default, no winograd  the same without Winograd F(4x4, 3x3) for the wide 3x3 convolutions (fp32 path
+                        only: on a bf16 CPU it is the default itself; fcnseg.inference.winograd)
   onnxruntime fp32      the ONNX export on onnxruntime's CPU provider
   openvino default      the same ONNX file compiled by OpenVINO with its default for this class (bf16
                         where the CPU has it, f32 otherwise), static input shape; skipped with a note if
@@ -133,6 +135,12 @@ def default_no_padcache(model: nn.Module, args) -> Forward:
     return lambda x: fastpath.run_model(model, x, fast)
 
 
+def default_no_winograd(model: nn.Module, args) -> Forward:
+    fast = fastpath.fast_path_supported()
+    fastpath.prepare_model(model, fast, NUM_CLASSES, use_winograd=False)
+    return lambda x: fastpath.run_model(model, x, fast)
+
+
 def autocast(model: nn.Module, args) -> Forward:
     model.to(memory_format=torch.channels_last)
 
@@ -216,6 +224,7 @@ VARIANTS = {
     "naive fp32": naive,
     "fcnseg default": fcnseg_default,
     "default, no padcache": default_no_padcache,
+    "default, no winograd": default_no_winograd,
     "onnxruntime fp32": onnxruntime_fp32,
     "openvino default": openvino_default,
     "int8 onnxruntime": int8_onnxruntime,
@@ -282,7 +291,7 @@ def kernel_dtype(name: str) -> str:
         return "int8"
     bf16 = bool(fastpath.cpu_bf16_flags())
     if name in ("bf16 autocast", "fast+compile") or (
-        bf16 and name in ("fcnseg default", "default, no padcache", "openvino default")
+        bf16 and name in ("fcnseg default", "default, no padcache", "default, no winograd", "openvino default")
     ):
         return "bf16"
     return "fp32"
@@ -619,6 +628,8 @@ def measure_class(args: argparse.Namespace) -> None:
                 f"{geometry} [{cpu_class()}]: pad-constant cache: "
                 f"{got['default, no padcache']['ms'] / default['ms']:.2f}x"
             )
+        if default and "default, no winograd" in got:
+            print(f"{geometry} [{cpu_class()}]: Winograd: {got['default, no winograd']['ms'] / default['ms']:.2f}x")
     if args.folder:
         print(flush=True)
         folder = bench_folder("caffe", args)
