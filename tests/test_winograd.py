@@ -111,3 +111,15 @@ def test_dispatch_on_both_answers_and_describe_says_which(monkeypatch, fast):
         expected = fastpath.run_model(reference, x, False).softmax(1)[0].numpy()
         assert np.abs(seg.predict_proba(rgb) - expected).max() < 1e-4
         assert (seg.predict(rgb) == expected.argmax(0)).mean() >= 0.999
+
+
+def test_rows_of_tiles_in_chunks_give_the_same_values():
+    """Big maps run in chunks of tile rows (bounded work buffers): the chunk seams change nothing."""
+    conv = conv_relu()
+    layer = WinogradConvReLU(conv.weight, conv.bias, conv.padding)
+    x = torch.randn(2, 8, 29, 23).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        whole = layer(x)
+        layer.max_buffer = 36 * 2 * 6 * 8  # one row of tiles at a time
+        chunked = layer(x)
+    assert torch.allclose(chunked, whole, atol=1e-6) and torch.allclose(whole, F.relu(conv(x)), atol=1e-5)

@@ -55,6 +55,9 @@ TILE, OUT = 6, 4  # input tile and output block sides
 # 2 EPYC cores (VGG16 shapes, Caffe geometry at 500x500): 512 -> 512 at 88x88 and 44x44 about 2x
 # faster than oneDNN's direct convolution, 256 -> 256 at 175x175 about even, 128 and 64 slower
 MIN_CHANNELS = 256
+# work buffers hold at most this many floats (rows of tiles run in chunks): bounded memory on big
+# images, and each chunk's data stays closer to the caches
+MAX_BUFFER = 16 << 20
 _BIAS_CELL = 1 * TILE + 1  # A^T e_1 = (1, 1, 1, 1): a bias added at cell (1, 1) reaches all 16 outputs
 
 _buffers = threading.local()
@@ -92,6 +95,7 @@ class WinogradConvReLU(nn.Module):
         self.weight = nn.Parameter(weight.detach(), requires_grad=False)
         self.bias = nn.Parameter(bias.detach(), requires_grad=False)
         self.relu_inplace = relu_inplace
+        self.max_buffer = MAX_BUFFER
         self.register_buffer("transformed", transformed_weight(weight), persistent=False)
         self.register_buffer("kron_in", _kron(_BT, _BT), persistent=False)  # (36, 36)
         self.register_buffer("kron_out", _kron(_AT, _AT), persistent=False)  # (16, 36)
@@ -127,15 +131,29 @@ class WinogradConvReLU(nn.Module):
         if out_h < 1 or out_w < 1:
             return F.relu(F.conv2d(x, self.weight, self.bias))
         rows, cols = -(-out_h // OUT), -(-out_w // OUT)
-        cells = TILE * TILE
-        tiles, out_channels = n * rows * cols, self.weight.shape[0]
+        out_channels = self.weight.shape[0]
         nhwc = x.permute(0, 2, 3, 1)  # a view for channels_last input
         extra_h, extra_w = OUT * rows + 2 - height, OUT * cols + 2 - width
         if extra_h or extra_w:  # whole tiles: zeros past the bottom and right edges
             nhwc = F.pad(nhwc, (0, 0, 0, extra_w, 0, extra_h))
+        out = torch.empty(n, out_h, out_w, out_channels)
+        per_row = TILE * TILE * n * cols * max(channels, out_channels)  # the largest buffer, per row of tiles
+        step = max(1, min(rows, self.max_buffer // per_row))
+        for top in range(0, rows, step):
+            self._tile_rows(nhwc, out, top, min(rows, top + step))
+        return out.permute(0, 3, 1, 2)  # (n, C_out, h, w) in channels_last memory order
+
+    def _tile_rows(self, nhwc: Tensor, out: Tensor, top: int, bottom: int) -> None:
+        """Output rows of tiles [top, bottom) of ``nhwc`` (padded to whole tiles) into ``out`` (NHWC)."""
+        n, _, _, channels = nhwc.shape
+        out_h, out_w, out_channels = out.shape[1:]
+        rows, cols, cells = bottom - top, (nhwc.shape[2] - 2) // OUT, TILE * TILE
+        tiles = n * rows * cols
         s = nhwc.stride()
         windows = nhwc.as_strided(
-            (TILE, TILE, n, rows, cols, channels), (s[1], s[2], s[0], OUT * s[1], OUT * s[2], s[3])
+            (TILE, TILE, n, rows, cols, channels),
+            (s[1], s[2], s[0], OUT * s[1], OUT * s[2], s[3]),
+            nhwc.storage_offset() + OUT * top * s[1],
         )
         gathered = _buffer("gathered", cells * tiles * channels).view(TILE, TILE, n, rows, cols, channels)
         gathered.copy_(windows)
@@ -147,16 +165,14 @@ class WinogradConvReLU(nn.Module):
         blocks = _buffer("blocks", OUT * OUT * tiles * out_channels).view(OUT * OUT, tiles * out_channels)
         torch.mm(self.kron_out, products.view(cells, -1), out=blocks)
         blocks.clamp_(min=0)
-        full_h, full_w = OUT * rows, OUT * cols
-        out = torch.empty(n, out_h, out_w, out_channels)
         grid = blocks.view(OUT, OUT, n, rows, cols, out_channels).permute(2, 3, 0, 4, 1, 5)
-        if (full_h, full_w) == (out_h, out_w):
-            out.view(n, rows, OUT, cols, OUT, out_channels).copy_(grid)
-        else:
-            whole = _buffer("whole", n * full_h * full_w * out_channels).view(n, rows, OUT, cols, OUT, out_channels)
+        first, last = OUT * top, min(out_h, OUT * bottom)
+        if last - first == OUT * rows and out_w == OUT * cols:
+            out[:, first:last].view(n, rows, OUT, cols, OUT, out_channels).copy_(grid)
+        else:  # a partial block at the bottom or right edge
+            whole = _buffer("whole", tiles * OUT * OUT * out_channels).view(n, rows, OUT, cols, OUT, out_channels)
             whole.copy_(grid)
-            out.copy_(whole.view(n, full_h, full_w, out_channels)[:, :out_h, :out_w])
-        return out.permute(0, 3, 1, 2)  # (n, C_out, h, w) in channels_last memory order
+            out[:, first:last].copy_(whole.view(n, OUT * rows, OUT * cols, out_channels)[:, : last - first, :out_w])
 
     def unfused(self) -> tuple[nn.Conv2d, nn.ReLU]:
         """The two layers again (see fcnseg.inference.fastpath.unfuse_conv_relu)."""
