@@ -3,7 +3,8 @@ with the huge fc6/fc7 convolutions computed as one GEMM on a weight packed once.
 
 On CPUs with AVX512-BF16 or AMX (recent Xeon and EPYC) oneDNN runs bf16 convolutions several times
 faster than fp32. On other CPUs emulated bf16 is slower than fp32, so the fast path stays off there
-and the model runs in fp32 with the same layout and exact rewrites (see :func:`prepare_model`).
+and the model runs in fp32 with the same layout and exact rewrites, plus Winograd F(4x4, 3x3) for
+the wide 3x3 convolutions (:mod:`fcnseg.inference.winograd`; see :func:`prepare_model`).
 ``FCNSEG_CPU_ISA`` (avx2, avx512, avx512_vnni, avx512_bf16, amx) makes fcnseg treat the CPU as no
 better than that class, to run and measure a lesser CPU's path.
 
@@ -425,7 +426,7 @@ def prepare_model(
         _per_class_upsamplers(model)
     padcache.uninstall(model)  # prepared before: the cache would run the layers it saw then
     unfuse_conv_relu(model)  # prepared for fp32 before: the layers as they were
-    if not fast:  # fp32 everywhere: the same layout and the same exact rewrites, no rounding
+    if not fast:  # fp32 everywhere: the same layout and the same exact rewrites, plus Winograd
         model.to(memory_format=torch.channels_last)
         gemm_large_convs(model)
         fuse_conv_relu(model)

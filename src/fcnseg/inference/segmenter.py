@@ -147,7 +147,9 @@ class Segmenter:
                 self.model = model.eval().to(self.device, memory_format=torch.channels_last)
             else:
                 self.fast = fastpath.fast_path_supported() if fast is None else bool(fast)
-                self.model = fastpath.prepare_model(model, self.fast, self.num_classes, pad_constants=not compile)
+                self.model = fastpath.prepare_model(  # torch.compile traces the plain layers
+                    model, self.fast, self.num_classes, pad_constants=not compile, use_winograd=not compile
+                )
             if compile:
                 self.model = fastpath.Compiled(self.model)
         else:
