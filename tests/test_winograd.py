@@ -24,7 +24,8 @@ def conv_relu(channels_in=8, channels_out=6, padding=1, seed=0):
 
 @pytest.mark.parametrize("size", [(3, 3), (4, 4), (6, 9), (17, 30), (33, 32)])
 @pytest.mark.parametrize("padding", [0, 1, 100])
-def test_equals_the_direct_convolution_and_relu(size, padding):
+def test_equals_the_direct_convolution_and_relu(monkeypatch, size, padding):
+    monkeypatch.setattr(winograd, "MIN_PIXELS", 1)  # every size by Winograd (the default: maps >= 32x32)
     conv = conv_relu(padding=padding)
     layer = WinogradConvReLU(conv.weight, conv.bias, conv.padding)
     x = torch.randn(2, 8, *size).contiguous(memory_format=torch.channels_last)
@@ -38,7 +39,8 @@ def test_equals_the_direct_convolution_and_relu(size, padding):
     assert torch.allclose(unpadded, expected, atol=1e-5 * expected.abs().max().item())
 
 
-def test_nchw_input_gradients_and_state_dict():
+def test_nchw_input_gradients_and_state_dict(monkeypatch):
+    monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
     conv = conv_relu()
     layer = WinogradConvReLU(conv.weight, conv.bias, conv.padding)
     x = torch.randn(1, 8, 13, 11)  # plain NCHW memory works too
@@ -74,9 +76,10 @@ def randomised(geometry):
 
 
 @pytest.mark.parametrize("geometry", ["caffe", "same"])
-def test_a_whole_fcn_agrees_with_its_plain_fp32_forward(geometry):
+def test_a_whole_fcn_agrees_with_its_plain_fp32_forward(monkeypatch, geometry):
     """Forced onto every 3x3 convolution of a tiny FCN-8s (the default takes >= 256 channels), with
     and without the pad-constant cache, at sizes that are no multiple of the 4x4 output block."""
+    monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
     model = randomised(geometry)
     plain = fastpath.prepare_model(copy.deepcopy(model), False, 3, pad_constants=False, use_winograd=False)
     assert fastpath.winograd_layers(plain) == 0
@@ -96,6 +99,7 @@ def test_a_whole_fcn_agrees_with_its_plain_fp32_forward(geometry):
 def test_dispatch_on_both_answers_and_describe_says_which(monkeypatch, fast):
     """fp32 path: Winograd where the channels reach the threshold; the bf16 fast path: never."""
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 4)
+    monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
     model = randomised("caffe")
     meta = {"model_name": "fcn8s", "model_kwargs": {"num_classes": 3}, "normalization": "imagenet"}
     seg = Segmenter(model, meta, fast=fast, device="cpu")
@@ -113,8 +117,9 @@ def test_dispatch_on_both_answers_and_describe_says_which(monkeypatch, fast):
         assert (seg.predict(rgb) == expected.argmax(0)).mean() >= 0.999
 
 
-def test_rows_of_tiles_in_chunks_give_the_same_values():
+def test_rows_of_tiles_in_chunks_give_the_same_values(monkeypatch):
     """Big maps run in chunks of tile rows (bounded work buffers): the chunk seams change nothing."""
+    monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
     conv = conv_relu()
     layer = WinogradConvReLU(conv.weight, conv.bias, conv.padding)
     x = torch.randn(2, 8, 29, 23).contiguous(memory_format=torch.channels_last)
@@ -123,3 +128,19 @@ def test_rows_of_tiles_in_chunks_give_the_same_values():
         layer.max_buffer = 36 * 2 * 6 * 8  # one row of tiles at a time
         chunked = layer(x)
     assert torch.allclose(chunked, whole, atol=1e-6) and torch.allclose(whole, F.relu(conv(x)), atol=1e-5)
+
+
+def test_small_maps_take_the_direct_convolution(monkeypatch):
+    """Below MIN_PIXELS output cells the transformed weight costs more than it saves: direct conv."""
+    conv = conv_relu()
+    layer = WinogradConvReLU(conv.weight, conv.bias, conv.padding)
+    x = torch.randn(1, 8, 12, 12)
+    calls = []
+    monkeypatch.setattr(layer, "_tile_rows", lambda *a: calls.append(a))
+    with torch.inference_mode():
+        assert torch.allclose(layer(x), F.relu(conv(x)), atol=1e-6)
+    assert not calls
+    monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
+    with torch.inference_mode():
+        layer(x)
+    assert calls

@@ -55,6 +55,10 @@ TILE, OUT = 6, 4  # input tile and output block sides
 # 2 EPYC cores (VGG16 shapes, Caffe geometry at 500x500): 512 -> 512 at 88x88 and 44x44 about 2x
 # faster than oneDNN's direct convolution, 256 -> 256 at 175x175 about even, 128 and 64 slower
 MIN_CHANNELS = 256
+# output cells (over the batch) from which a call runs by Winograd: the transformed weight is 4x the
+# direct one, and on small maps streaming it costs more than the saved arithmetic (an estimate: at
+# 100 GFLOP/s and ~10 GB/s, a 512 -> 512 layer breaks even near 9x9 cells; 32x32 leaves a margin)
+MIN_PIXELS = 32 * 32
 # work buffers hold at most this many floats (rows of tiles run in chunks): bounded memory on big
 # images, and each chunk's data stays closer to the caches
 MAX_BUFFER = 16 << 20
@@ -128,7 +132,7 @@ class WinogradConvReLU(nn.Module):
     def _winograd(self, x: Tensor) -> Tensor:
         n, channels, height, width = x.shape
         out_h, out_w = height - 2, width - 2
-        if out_h < 1 or out_w < 1:
+        if out_h < 1 or out_w < 1 or n * out_h * out_w < MIN_PIXELS:
             return F.relu(F.conv2d(x, self.weight, self.bias))
         rows, cols = -(-out_h // OUT), -(-out_w // OUT)
         out_channels = self.weight.shape[0]
