@@ -14,19 +14,25 @@ from fcnseg.inference.winograd import WinogradConvReLU
 from fcnseg.models import create_model
 
 
-def conv_relu(channels_in=8, channels_out=6, padding=1, seed=0):
+def every_size(monkeypatch):
+    """Winograd on maps of any size (the default: only where the transformed weight pays)."""
+    monkeypatch.setattr(winograd, "MIN_PIXELS", {3: 1, 7: 1})
+
+
+def conv_relu(channels_in=8, channels_out=6, padding=1, seed=0, kernel=3):
     torch.manual_seed(seed)
-    conv = nn.Conv2d(channels_in, channels_out, 3, padding=padding)
+    conv = nn.Conv2d(channels_in, channels_out, kernel, padding=padding)
     with torch.no_grad():
         conv.bias.normal_(0, 0.1)
     return conv
 
 
-@pytest.mark.parametrize("size", [(3, 3), (4, 4), (6, 9), (17, 30), (33, 32)])
+@pytest.mark.parametrize("size", [(7, 7), (8, 8), (9, 12), (17, 30), (33, 32)])
 @pytest.mark.parametrize("padding", [0, 1, 100])
-def test_equals_the_direct_convolution_and_relu(monkeypatch, size, padding):
-    monkeypatch.setattr(winograd, "MIN_PIXELS", 1)  # every size by Winograd (the default: maps >= 32x32)
-    conv = conv_relu(padding=padding)
+@pytest.mark.parametrize("kernel", [3, 7])
+def test_equals_the_direct_convolution_and_relu(monkeypatch, size, padding, kernel):
+    every_size(monkeypatch)
+    conv = conv_relu(padding=padding, kernel=kernel)
     layer = WinogradConvReLU(conv.weight, conv.bias, conv.padding)
     x = torch.randn(2, 8, *size).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -39,30 +45,34 @@ def test_equals_the_direct_convolution_and_relu(monkeypatch, size, padding):
     assert torch.allclose(unpadded, expected, atol=1e-5 * expected.abs().max().item())
 
 
-def test_nchw_input_gradients_and_state_dict(monkeypatch):
-    monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
-    conv = conv_relu()
+@pytest.mark.parametrize("kernel", [3, 7])
+def test_nchw_input_gradients_and_state_dict(monkeypatch, kernel):
+    """3x3 layers keep the weight; 7x7 (fc6) recompute it from the transformed one: same state dict."""
+    every_size(monkeypatch)
+    conv = conv_relu(kernel=kernel)
     layer = WinogradConvReLU(conv.weight, conv.bias, conv.padding)
     x = torch.randn(1, 8, 13, 11)  # plain NCHW memory works too
     with torch.inference_mode():
         assert torch.allclose(layer(x), F.relu(conv(x)), atol=1e-5)
-    assert torch.equal(layer(x), F.relu(conv(x)))  # with gradients: the direct convolution
-    assert set(layer.state_dict()) == {"weight", "bias"}  # a prepared model saves like the original
-    other = conv_relu(seed=1)
+    assert torch.allclose(layer(x), F.relu(conv(x)), atol=1e-6)  # with gradients: the direct convolution
+    state = layer.state_dict()
+    assert set(state) == {"weight", "bias"}  # a prepared model saves like the original
+    assert torch.allclose(state["weight"], conv.weight, atol=1e-6)
+    other = conv_relu(seed=1, kernel=kernel)
     layer.load_state_dict(other.state_dict())  # new weights reach the transformed copy
     with torch.inference_mode():
         assert torch.allclose(layer(x), F.relu(other(x)), atol=1e-5)
     conv2, relu = layer.unfused()
-    assert torch.equal(conv2.weight, other.weight) and isinstance(relu, nn.ReLU)
+    assert torch.allclose(conv2.weight, other.weight, atol=1e-6) and isinstance(relu, nn.ReLU)
 
 
 def test_applies_only_to_wide_plain_3x3_convolutions():
     wide = nn.Conv2d(256, 256, 3, padding=1)
-    assert WinogradConvReLU.applies_to(wide.weight, wide.stride, wide.dilation, wide.groups, wide.padding)
+    assert WinogradConvReLU.applies_to(wide.weight, wide.stride, wide.dilation, wide.groups, wide.padding, 256)
     narrow = nn.Conv2d(128, 256, 3, padding=1)
-    assert not WinogradConvReLU.applies_to(narrow.weight, narrow.stride, narrow.dilation, 1, narrow.padding)
+    assert not WinogradConvReLU.applies_to(narrow.weight, narrow.stride, narrow.dilation, 1, narrow.padding, 256)
     for odd in (nn.Conv2d(256, 256, 3, stride=2), nn.Conv2d(256, 256, 3, dilation=2), nn.Conv2d(256, 256, 5)):
-        assert not WinogradConvReLU.applies_to(odd.weight, odd.stride, odd.dilation, odd.groups, odd.padding)
+        assert not WinogradConvReLU.applies_to(odd.weight, odd.stride, odd.dilation, odd.groups, odd.padding, 256)
 
 
 def randomised(geometry):
@@ -79,13 +89,13 @@ def randomised(geometry):
 def test_a_whole_fcn_agrees_with_its_plain_fp32_forward(monkeypatch, geometry):
     """Forced onto every 3x3 convolution of a tiny FCN-8s (the default takes >= 256 channels), with
     and without the pad-constant cache, at sizes that are no multiple of the 4x4 output block."""
-    monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
+    every_size(monkeypatch)
     model = randomised(geometry)
     plain = fastpath.prepare_model(copy.deepcopy(model), False, 3, pad_constants=False, use_winograd=False)
-    assert fastpath.winograd_layers(plain) == 0
+    assert fastpath.winograd_layers(plain) == {}
     for pad_constants in (False, True):
         fast = fastpath.prepare_model(copy.deepcopy(model), False, 3, pad_constants, winograd_min_channels=1)
-        assert fastpath.winograd_layers(fast) == 13  # every VGG16 3x3 convolution
+        assert fastpath.winograd_layers(fast) == {"F(4x4,3x3)": 13, "F(2x2,7x7)": 1}  # every 3x3 conv, fc6
         for size in [(45, 70), (64, 64)]:
             x = torch.randn(1, 3, *size)
             expected = fastpath.run_model(plain, x, False)
@@ -99,16 +109,17 @@ def test_a_whole_fcn_agrees_with_its_plain_fp32_forward(monkeypatch, geometry):
 def test_dispatch_on_both_answers_and_describe_says_which(monkeypatch, fast):
     """fp32 path: Winograd where the channels reach the threshold; the bf16 fast path: never."""
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 4)
-    monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
+    every_size(monkeypatch)
     model = randomised("caffe")
     meta = {"model_name": "fcn8s", "model_kwargs": {"num_classes": 3}, "normalization": "imagenet"}
     seg = Segmenter(model, meta, fast=fast, device="cpu")
     text = seg.describe()
     count = fastpath.winograd_layers(seg.model)
     if fast:
-        assert count == 0 and "Winograd" not in text and "bf16 weights" in text
+        assert count == {} and "Winograd" not in text and "bf16 weights" in text
     else:
-        assert count == 12 and "Winograd F(4x4,3x3) for 12 3x3 convs of >= 4 channels" in text  # not conv1_1
+        assert count == {"F(4x4,3x3)": 12, "F(2x2,7x7)": 1}  # not conv1_1 (3 channels)
+        assert "Winograd for the convs of >= 4 channels (F(4x4,3x3) x12, F(2x2,7x7) x1;" in text
         reference = fastpath.prepare_model(copy.deepcopy(randomised("caffe")), False, 3, use_winograd=False)
         rgb = np.random.default_rng(0).integers(0, 255, (37, 50, 3), np.uint8)
         x = normalize(torch.from_numpy(rgb).permute(2, 0, 1)[None], "imagenet")
@@ -119,7 +130,7 @@ def test_dispatch_on_both_answers_and_describe_says_which(monkeypatch, fast):
 
 def test_rows_of_tiles_in_chunks_give_the_same_values(monkeypatch):
     """Big maps run in chunks of tile rows (bounded work buffers): the chunk seams change nothing."""
-    monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
+    every_size(monkeypatch)
     conv = conv_relu()
     layer = WinogradConvReLU(conv.weight, conv.bias, conv.padding)
     x = torch.randn(2, 8, 29, 23).contiguous(memory_format=torch.channels_last)
@@ -140,7 +151,7 @@ def test_small_maps_take_the_direct_convolution(monkeypatch):
     with torch.inference_mode():
         assert torch.allclose(layer(x), F.relu(conv(x)), atol=1e-6)
     assert not calls
-    monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
+    every_size(monkeypatch)
     with torch.inference_mode():
         layer(x)
     assert calls

@@ -322,11 +322,12 @@ class Segmenter:
         else:
             reason = "disabled" if fastpath.fast_path_supported() else fastpath.fast_path_reason()
             parts.append(f"torch fp32 + channels_last + inference_mode (fast path off: {reason})")
-        winograd_layers = fastpath.winograd_layers(self.model) if self.backend == "torch" else 0
+        winograd_layers = fastpath.winograd_layers(self.model) if self.backend == "torch" else {}
         if winograd_layers:
+            algorithms = ", ".join(f"{name} x{count}" for name, count in winograd_layers.items())
             parts[-1] += (
-                f" + Winograd F(4x4,3x3) for {winograd_layers} 3x3 convs of >= {fastpath.winograd.MIN_CHANNELS} "
-                "channels (4x fewer multiplications than the direct fp32 convolution)"
+                f" + Winograd for the convs of >= {fastpath.winograd.MIN_CHANNELS} channels ({algorithms}; "
+                "fewer multiplications than the direct fp32 convolution)"
             )
         if self.backend == "torch" and fastpath.padcache.installed(self.model):
             parts[-1] += " + pad-constant cache"

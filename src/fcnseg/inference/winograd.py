@@ -21,48 +21,58 @@ costs page faults comparable to the arithmetic saved).
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# F(4x4, 3x3) on the points 0, 1, -1, 2, -2 and infinity (Lavin & Gray, section 4.2)
-_BT = (
-    (4, 0, -5, 0, 1, 0),
-    (0, -4, -4, 1, 1, 0),
-    (0, 4, -4, -1, 1, 0),
-    (0, -2, -1, 2, 1, 0),
-    (0, 2, -1, -2, 1, 0),
-    (0, 4, 0, -5, 0, 1),
-)
-_G = (
-    (1 / 4, 0, 0),
-    (-1 / 6, -1 / 6, -1 / 6),
-    (-1 / 6, 1 / 6, -1 / 6),
-    (1 / 24, 1 / 12, 1 / 6),
-    (1 / 24, -1 / 12, 1 / 6),
-    (0, 0, 1),
-)
-_AT = (
-    (1, 1, 1, 1, 1, 0),
-    (0, 1, -1, 2, -2, 0),
-    (0, 1, 1, 4, 4, 0),
-    (0, 1, -1, 8, -8, 1),
-)
-TILE, OUT = 6, 4  # input tile and output block sides
+# interpolation points of the Winograd / Cook-Toom construction (plus the point at infinity), in the
+# order that keeps the transforms' constants small (Lavin & Gray, section 4.2)
+POINTS = (0, 1, -1, 2, -2, 1 / 2, -1 / 2, 3, -3)
+# the output block side per kernel side: F(4x4, 3x3) for 3x3 (4x fewer multiplications), F(2x2, 7x7)
+# for VGG16's fc6 (3x fewer; F(4x4, 7x7) would save 7.8x but loses ~1e-3 of the output to rounding)
+BLOCK = {3: 4, 7: 2}
+
+
+@functools.cache
+def matrices(block: int, kernel: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(A^T, G, B^T) of F(block, kernel) in float64: ``A^T [(G g) * (B^T d)]`` is the valid correlation
+    of a tile ``d`` of ``block + kernel - 1`` cells with a kernel ``g``. A^T and G come from the
+    points (Vandermonde rows, Lagrange weights); B^T is solved for, so the identity holds exactly."""
+    n = block + kernel - 1
+    points = torch.tensor(POINTS[: n - 1], dtype=torch.float64)
+    at = torch.zeros(block, n, dtype=torch.float64)
+    g = torch.zeros(n, kernel, dtype=torch.float64)
+    for j, p in enumerate(points):
+        weight = torch.prod(torch.stack([p - q for k, q in enumerate(points) if k != j])) if n > 2 else 1.0
+        at[:, j] = p ** torch.arange(block, dtype=torch.float64)
+        g[j] = p ** torch.arange(kernel, dtype=torch.float64) / weight
+    at[block - 1, n - 1] = g[n - 1, kernel - 1] = 1
+    # sum_j AT[i, j] G[j, k] BT[j, l] = [l == i + k] for every output i, tap k and input cell l
+    system = torch.einsum("ij,jk->ikj", at, g).reshape(block * kernel, n)
+    target = torch.zeros(block, kernel, n, dtype=torch.float64)
+    for i in range(block):
+        for k in range(kernel):
+            target[i, k, i + k] = 1
+    bt = torch.linalg.lstsq(system, target.reshape(block * kernel, n)).solution
+    assert torch.allclose(system @ bt, target.reshape(block * kernel, n), atol=1e-9)
+    return at, g, bt
+
+
 # channels (in and out) from which a layer runs by Winograd: measured under ONEDNN_MAX_CPU_ISA=AVX2 on
 # 2 EPYC cores (VGG16 shapes, Caffe geometry at 500x500): 512 -> 512 at 88x88 and 44x44 about 2x
 # faster than oneDNN's direct convolution, 256 -> 256 at 175x175 about even, 128 and 64 slower
 MIN_CHANNELS = 256
-# output cells (over the batch) from which a call runs by Winograd: the transformed weight is 4x the
-# direct one, and on small maps streaming it costs more than the saved arithmetic (an estimate: at
-# 100 GFLOP/s and ~10 GB/s, a 512 -> 512 layer breaks even near 9x9 cells; 32x32 leaves a margin)
-MIN_PIXELS = 32 * 32
+# output cells (over the batch) from which a call runs by Winograd, per kernel side: the transformed
+# weight is (t/k)^2 times the direct one, and on small maps streaming it costs more than the saved
+# arithmetic. A cost model (100 GFLOP/s, 10 GB/s) breaks even near 80 cells for F(4x4, 3x3) and 9 for
+# F(2x2, 7x7); these thresholds leave a wide margin (VGG16 at 500x500: conv5 44x44, fc6 16x16 cells)
+MIN_PIXELS = {3: 32 * 32, 7: 12 * 12}
 # work buffers hold at most this many floats (rows of tiles run in chunks): bounded memory on big
 # images, and each chunk's data stays closer to the caches
 MAX_BUFFER = 16 << 20
-_BIAS_CELL = 1 * TILE + 1  # A^T e_1 = (1, 1, 1, 1): a bias added at cell (1, 1) reaches all 16 outputs
 
 _buffers = threading.local()
 
@@ -81,34 +91,64 @@ def release_buffers() -> None:
     _buffers.__dict__.pop("store", None)
 
 
-def transformed_weight(weight: Tensor) -> Tensor:
-    """(C_out, C, 3, 3) -> (36, C, C_out): ``G g G^T`` for every channel pair, computed in float64."""
-    g = torch.tensor(_G, dtype=torch.float64)
-    u = torch.einsum("ak,oikl,bl->abio", g, weight.detach().double().cpu(), g)
-    return u.reshape(TILE * TILE, weight.shape[1], weight.shape[0]).float().contiguous()
+def transformed_weight(weight: Tensor, block: int, chunk: int = 256) -> Tensor:
+    """(C_out, C, k, k) -> (t*t, C, C_out): ``G g G^T`` for every channel pair, computed in float64
+    ``chunk`` output channels at a time (fc6's weight is 411 MB in float32)."""
+    _, g, _ = matrices(block, weight.shape[-1])
+    out = torch.empty(g.shape[0] ** 2, weight.shape[1], weight.shape[0])
+    for start in range(0, weight.shape[0], chunk):
+        part = weight[start : start + chunk].detach().double().cpu()
+        out[:, :, start : start + chunk] = torch.einsum("ak,oikl,bl->abio", g, part, g).flatten(0, 1)
+    return out
+
+
+def original_weight(transformed: Tensor, block: int, kernel: int, chunk: int = 256) -> Tensor:
+    """The (C_out, C, k, k) weight back from :func:`transformed_weight` (G has full column rank)."""
+    _, g, _ = matrices(block, kernel)
+    tile, (_, in_channels, out_channels) = block + kernel - 1, transformed.shape
+    pinv = torch.linalg.pinv(g)
+    out = torch.empty(out_channels, in_channels, kernel, kernel)
+    for start in range(0, out_channels, chunk):
+        u = transformed[:, :, start : start + chunk].double().reshape(tile, tile, in_channels, -1)
+        out[start : start + chunk] = torch.einsum("ka,abio,lb->oikl", pinv, u, pinv)
+    return out
 
 
 class WinogradConvReLU(nn.Module):
-    """relu(conv3x3(x) + bias), stride 1, by F(4x4, 3x3). Keeps the convolution's ``weight`` and
-    ``bias`` (the state dict, the direct fallback) next to the transformed weight."""
+    """relu(conv(x) + bias) for a square k x k kernel, stride 1, by F(m x m, k x k) (m from ``BLOCK``).
+
+    Holds the transformed weight; the convolution's own weight (for the state dict, the direct
+    fallback and :meth:`unfused`) is kept as is for 3x3 kernels and recomputed from the transformed
+    one for bigger kernels (VGG16's fc6: 411 MB that need not be held twice)."""
 
     def __init__(self, weight: Tensor, bias: Tensor, padding: tuple[int, int], relu_inplace: bool = False) -> None:
         super().__init__()
-        self.kernel_size, self.stride, self.padding = (3, 3), (1, 1), tuple(padding)
+        kernel = weight.shape[-1]
+        self.block = BLOCK[kernel]
+        self.tile = self.block + kernel - 1
+        self.kernel_size, self.stride, self.padding = (kernel, kernel), (1, 1), tuple(padding)
         self.dilation, self.groups = (1, 1), 1
-        self.weight = nn.Parameter(weight.detach(), requires_grad=False)
         self.bias = nn.Parameter(bias.detach(), requires_grad=False)
         self.relu_inplace = relu_inplace
         self.max_buffer = MAX_BUFFER
-        self.register_buffer("transformed", transformed_weight(weight), persistent=False)
-        self.register_buffer("kron_in", _kron(_BT, _BT), persistent=False)  # (36, 36)
-        self.register_buffer("kron_out", _kron(_AT, _AT), persistent=False)  # (16, 36)
+        self.register_buffer("transformed", transformed_weight(weight, self.block), persistent=False)
+        self.keep_weight = kernel == 3
+        if self.keep_weight:
+            self.weight = nn.Parameter(weight.detach(), requires_grad=False)
+        at, _, bt = matrices(self.block, kernel)
+        self.register_buffer("kron_in", torch.kron(bt, bt).float(), persistent=False)  # (t*t, t*t)
+        self.register_buffer("kron_out", torch.kron(at, at).float(), persistent=False)  # (m*m, t*t)
+        # A^T's column for the point 1 is all ones: a bias added at that cell reaches every output
+        self.bias_cell = POINTS.index(1) * (self.tile + 1)
 
     @staticmethod
-    def applies_to(weight: Tensor, stride, dilation, groups: int, padding, min_channels: int = MIN_CHANNELS) -> bool:
-        """A 3x3, stride 1, undilated, ungrouped fp32 convolution with >= ``min_channels`` in and out."""
+    def applies_to(weight: Tensor, stride, dilation, groups: int, padding, min_channels: int) -> bool:
+        """A square 3x3 or 7x7, stride 1, undilated, ungrouped fp32 convolution with >= ``min_channels``
+        in and out."""
         return (
-            tuple(weight.shape[2:]) == (3, 3)
+            weight.dim() == 4
+            and weight.shape[-1] == weight.shape[-2]
+            and weight.shape[-1] in BLOCK
             and weight.dtype == torch.float32
             and tuple(stride) == (1, 1)
             and tuple(dilation) == (1, 1)
@@ -117,10 +157,16 @@ class WinogradConvReLU(nn.Module):
             and min(weight.shape[:2]) >= min_channels
         )
 
+    def conv_weight(self) -> Tensor:
+        """The (C_out, C, k, k) convolution weight."""
+        if self.keep_weight:
+            return self.weight
+        return original_weight(self.transformed, self.block, self.kernel_size[0])
+
     def forward(self, x: Tensor, padding: tuple | None = None) -> Tensor:
         padding = self.padding if padding is None else padding
         if torch.is_grad_enabled() or x.dtype != torch.float32 or x.device.type != "cpu":
-            return F.relu(F.conv2d(x, self.weight, self.bias, 1, padding))
+            return F.relu(F.conv2d(x, self.conv_weight(), self.bias, 1, padding))
         if any(padding):
             x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
         return self._winograd(x)
@@ -131,17 +177,18 @@ class WinogradConvReLU(nn.Module):
 
     def _winograd(self, x: Tensor) -> Tensor:
         n, channels, height, width = x.shape
-        out_h, out_w = height - 2, width - 2
-        if out_h < 1 or out_w < 1 or n * out_h * out_w < MIN_PIXELS:
-            return F.relu(F.conv2d(x, self.weight, self.bias))
-        rows, cols = -(-out_h // OUT), -(-out_w // OUT)
-        out_channels = self.weight.shape[0]
+        reach, block = self.kernel_size[0] - 1, self.block
+        out_h, out_w = height - reach, width - reach
+        if out_h < 1 or out_w < 1 or n * out_h * out_w < MIN_PIXELS[reach + 1]:
+            return F.relu(F.conv2d(x, self.conv_weight(), self.bias))
+        rows, cols = -(-out_h // block), -(-out_w // block)
+        out_channels = self.bias.shape[0]
         nhwc = x.permute(0, 2, 3, 1)  # a view for channels_last input
-        extra_h, extra_w = OUT * rows + 2 - height, OUT * cols + 2 - width
+        extra_h, extra_w = block * rows + reach - height, block * cols + reach - width
         if extra_h or extra_w:  # whole tiles: zeros past the bottom and right edges
             nhwc = F.pad(nhwc, (0, 0, 0, extra_w, 0, extra_h))
         out = torch.empty(n, out_h, out_w, out_channels)
-        per_row = TILE * TILE * n * cols * max(channels, out_channels)  # the largest buffer, per row of tiles
+        per_row = self.tile**2 * n * cols * max(channels, out_channels)  # the largest buffer, per row of tiles
         step = max(1, min(rows, self.max_buffer // per_row))
         for top in range(0, rows, step):
             self._tile_rows(nhwc, out, top, min(rows, top + step))
@@ -149,53 +196,67 @@ class WinogradConvReLU(nn.Module):
 
     def _tile_rows(self, nhwc: Tensor, out: Tensor, top: int, bottom: int) -> None:
         """Output rows of tiles [top, bottom) of ``nhwc`` (padded to whole tiles) into ``out`` (NHWC)."""
-        n, _, _, channels = nhwc.shape
+        n, _, width, channels = nhwc.shape
         out_h, out_w, out_channels = out.shape[1:]
-        rows, cols, cells = bottom - top, (nhwc.shape[2] - 2) // OUT, TILE * TILE
+        t, m = self.tile, self.block
+        rows, cols, cells = bottom - top, (width - t) // m + 1, t * t
         tiles = n * rows * cols
         s = nhwc.stride()
         windows = nhwc.as_strided(
-            (TILE, TILE, n, rows, cols, channels),
-            (s[1], s[2], s[0], OUT * s[1], OUT * s[2], s[3]),
-            nhwc.storage_offset() + OUT * top * s[1],
+            (t, t, n, rows, cols, channels),
+            (s[1], s[2], s[0], m * s[1], m * s[2], s[3]),
+            nhwc.storage_offset() + m * top * s[1],
         )
-        gathered = _buffer("gathered", cells * tiles * channels).view(TILE, TILE, n, rows, cols, channels)
+        gathered = _buffer("gathered", cells * tiles * channels).view(t, t, n, rows, cols, channels)
         gathered.copy_(windows)
         spectra = _buffer("spectra", cells * tiles * channels).view(cells, tiles * channels)
         torch.mm(self.kron_in, gathered.view(cells, -1), out=spectra)
         products = _buffer("products", cells * tiles * out_channels).view(cells, tiles, out_channels)
         torch.bmm(spectra.view(cells, tiles, channels), self.transformed, out=products)
-        products[_BIAS_CELL].add_(self.bias)
-        blocks = _buffer("blocks", OUT * OUT * tiles * out_channels).view(OUT * OUT, tiles * out_channels)
+        products[self.bias_cell].add_(self.bias)
+        blocks = _buffer("blocks", m * m * tiles * out_channels).view(m * m, tiles * out_channels)
         torch.mm(self.kron_out, products.view(cells, -1), out=blocks)
         blocks.clamp_(min=0)
-        grid = blocks.view(OUT, OUT, n, rows, cols, out_channels).permute(2, 3, 0, 4, 1, 5)
-        first, last = OUT * top, min(out_h, OUT * bottom)
-        if last - first == OUT * rows and out_w == OUT * cols:
-            out[:, first:last].view(n, rows, OUT, cols, OUT, out_channels).copy_(grid)
+        grid = blocks.view(m, m, n, rows, cols, out_channels).permute(2, 3, 0, 4, 1, 5)
+        first, last = m * top, min(out_h, m * bottom)
+        if last - first == m * rows and out_w == m * cols:
+            out[:, first:last].view(n, rows, m, cols, m, out_channels).copy_(grid)
         else:  # a partial block at the bottom or right edge
-            whole = _buffer("whole", tiles * OUT * OUT * out_channels).view(n, rows, OUT, cols, OUT, out_channels)
+            whole = _buffer("whole", tiles * m * m * out_channels).view(n, rows, m, cols, m, out_channels)
             whole.copy_(grid)
-            out[:, first:last].copy_(whole.view(n, OUT * rows, OUT * cols, out_channels)[:, : last - first, :out_w])
+            out[:, first:last].copy_(whole.view(n, m * rows, m * cols, out_channels)[:, : last - first, :out_w])
 
     def unfused(self) -> tuple[nn.Conv2d, nn.ReLU]:
         """The two layers again (see fcnseg.inference.fastpath.unfuse_conv_relu)."""
-        out_channels, in_channels = self.weight.shape[:2]
-        conv = nn.Conv2d(in_channels, out_channels, 3, 1, self.padding, device=self.weight.device)
+        weight = self.conv_weight()
+        out_channels, in_channels, kernel = weight.shape[0], weight.shape[1], weight.shape[-1]
+        conv = nn.Conv2d(in_channels, out_channels, kernel, 1, self.padding, device=weight.device)
         with torch.no_grad():
-            conv.weight.copy_(self.weight)
+            conv.weight.copy_(weight)
             conv.bias.copy_(self.bias)
         return conv, nn.ReLU(inplace=self.relu_inplace)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args)
+    # state dicts keep the convolution's layout ("weight", "bias"): a prepared model saves like the original
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if not self.keep_weight:
+            destination[prefix + "weight"] = self.conv_weight()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        weight = state_dict.get(prefix + "weight")
+        if not self.keep_weight:  # no parameter of that name: take it here
+            state_dict = {k: v for k, v in state_dict.items() if k != prefix + "weight"}
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+        if weight is None:
+            missing.append(prefix + "weight")
+            return
         with torch.no_grad():
-            self.transformed.copy_(transformed_weight(self.weight))
+            if self.keep_weight:
+                self.transformed.copy_(transformed_weight(self.weight, self.block))
+            else:
+                self.transformed.copy_(transformed_weight(weight, self.block))
 
     def extra_repr(self) -> str:
-        out_channels, in_channels = self.weight.shape[:2]
-        return f"{in_channels} -> {out_channels}, 3x3 by Winograd F(4x4, 3x3), padding={self.padding}, + ReLU"
-
-
-def _kron(a: tuple, b: tuple) -> Tensor:
-    return torch.kron(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)).float()
+        k, m = self.kernel_size[0], self.block
+        cells, out_channels = self.transformed.shape[1:]
+        return f"{cells} -> {out_channels}, {k}x{k} by Winograd F({m}x{m}, {k}x{k}), padding={self.padding}, + ReLU"
