@@ -1,18 +1,19 @@
-"""3x3 convolutions + ReLU by Winograd's minimal filtering, F(4x4, 3x3): 4x fewer multiplications.
+"""Convolutions + ReLU by Winograd's minimal filtering: F(4x4, 3x3) for 3x3 kernels (4x fewer
+multiplications) and F(2x2, 7x7) for VGG16's fc6 (3x fewer).
 
-Each 4x4 block of output cells is computed from the 6x6 input tile around it (tiles overlap by 2):
-``Y = A^T [(G g G^T) * (B^T d B)] A`` (Lavin & Gray, "Fast Algorithms for Convolutional Neural
-Networks", 2016). With the weight transformed once (``U = G g G^T``, 36 matrices of C x C_out) a
-layer becomes three dense matrix products: the input transform (one GEMM with the 36x36 matrix
-``B^T (x) B^T`` over all tiles), 36 products of (tiles x C) by (C x C_out), and the output transform
-(16x36). 144 multiplications per output block and channel pair instead of 16 * 9 * 4 = 576: the
-channel products dominate, so wide layers (VGG16's conv4 and conv5: 512 channels) run at about half
-the time of oneDNN's direct fp32 convolution on AVX2 (see :func:`applies_to`); narrow ones, where
-the transforms' memory traffic outweighs the saving, keep the direct convolution.
+Each m x m block of output cells is computed from the (m+k-1)^2 input tile around it (tiles overlap
+by k-1): ``Y = A^T [(G g G^T) * (B^T d B)] A`` (Lavin & Gray, "Fast Algorithms for Convolutional
+Neural Networks", 2016; the matrices are generated from interpolation points by :func:`matrices`).
+With the weight transformed once (``U = G g G^T``: t*t matrices of C x C_out) a layer becomes three
+dense matrix products: the input transform (one GEMM with ``B^T (x) B^T`` over all tiles), t*t
+products of (tiles x C) by (C x C_out), and the output transform. The channel products dominate, so
+wide layers (VGG16's conv3_2 to conv5_3 and fc6) run in a fraction of the time of oneDNN's direct
+fp32 convolution on AVX2; narrow ones, where the transforms' memory traffic outweighs the saving,
+keep the direct convolution (``MIN_CHANNELS``), and so do small maps (``MIN_PIXELS``).
 
-Rounding: the transforms' constants (1/4, 1/6, 1/24; points 0, +-1, +-2) cost a few bits; on random
-VGG-sized layers the largest difference from the direct fp32 convolution is about 1e-5 of the
-largest output (tested; :mod:`fcnseg.inference.fastpath` counts argmax agreement on a whole FCN).
+Rounding: the transforms' constants cost a few bits; on random VGG-sized layers the largest
+difference from the direct fp32 convolution is about 1e-5 of the largest output (F(4x4, 3x3) and
+F(2x2, 7x7) alike; tests check a whole FCN's agreement with its plain fp32 forward).
 
 Only for inference in fp32 on the CPU; with gradients, another dtype or device it runs the direct
 convolution. Work buffers are reused per thread (allocating fresh 30-70 MB blocks on every call
