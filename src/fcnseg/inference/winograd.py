@@ -92,27 +92,24 @@ def release_buffers() -> None:
     _buffers.__dict__.pop("store", None)
 
 
-def transformed_weight(weight: Tensor, block: int, chunk: int = 256) -> Tensor:
-    """(C_out, C, k, k) -> (t*t, C, C_out): ``G g G^T`` for every channel pair, computed in float64
-    ``chunk`` output channels at a time (fc6's weight is 411 MB in float32)."""
+def transformed_weight(weight: Tensor, block: int) -> Tensor:
+    """(C_out, C, k, k) -> (t*t, C, C_out): ``G g G^T`` for every channel pair (one GEMM with
+    ``G (x) G``, then torch's blocked 2-D transpose)."""
     _, g, _ = matrices(block, weight.shape[-1])
-    out = torch.empty(g.shape[0] ** 2, weight.shape[1], weight.shape[0])
-    for start in range(0, weight.shape[0], chunk):
-        part = weight[start : start + chunk].detach().double().cpu()
-        out[:, :, start : start + chunk] = torch.einsum("ak,oikl,bl->abio", g, part, g).flatten(0, 1)
-    return out
+    out_channels, in_channels = weight.shape[:2]
+    u = weight.detach().cpu().float().reshape(out_channels * in_channels, -1) @ torch.kron(g, g).float().t()
+    u = u.view(out_channels, -1).t().contiguous()  # (C * t * t, C_out)
+    return u.view(in_channels, g.shape[0] ** 2, out_channels).transpose(0, 1).contiguous()
 
 
-def original_weight(transformed: Tensor, block: int, kernel: int, chunk: int = 256) -> Tensor:
+def original_weight(transformed: Tensor, block: int, kernel: int) -> Tensor:
     """The (C_out, C, k, k) weight back from :func:`transformed_weight` (G has full column rank)."""
     _, g, _ = matrices(block, kernel)
-    tile, (_, in_channels, out_channels) = block + kernel - 1, transformed.shape
+    cells, in_channels, out_channels = transformed.shape
+    u = transformed.transpose(0, 1).reshape(-1, out_channels).t().contiguous()  # (C_out, C * t * t)
     pinv = torch.linalg.pinv(g)
-    out = torch.empty(out_channels, in_channels, kernel, kernel)
-    for start in range(0, out_channels, chunk):
-        u = transformed[:, :, start : start + chunk].double().reshape(tile, tile, in_channels, -1)
-        out[start : start + chunk] = torch.einsum("ka,abio,lb->oikl", pinv, u, pinv)
-    return out
+    w = u.view(-1, cells) @ torch.kron(pinv, pinv).float().t()
+    return w.view(out_channels, in_channels, kernel, kernel)
 
 
 class WinogradConvReLU(nn.Module):
