@@ -97,6 +97,7 @@ def transformed_weight(weight: Tensor, block: int) -> Tensor:
     ``G (x) G``, then torch's blocked 2-D transpose)."""
     _, g, _ = matrices(block, weight.shape[-1])
     out_channels, in_channels = weight.shape[:2]
+    # float32 (float64 would cost fc6's preparation 2x the time for ~1e-8 of its largest weight)
     u = weight.detach().cpu().float().reshape(out_channels * in_channels, -1) @ torch.kron(g, g).float().t()
     u = u.view(out_channels, -1).t().contiguous()  # (C * t * t, C_out)
     return u.view(in_channels, g.shape[0] ** 2, out_channels).transpose(0, 1).contiguous()
@@ -107,9 +108,9 @@ def original_weight(transformed: Tensor, block: int, kernel: int) -> Tensor:
     _, g, _ = matrices(block, kernel)
     cells, in_channels, out_channels = transformed.shape
     u = transformed.transpose(0, 1).reshape(-1, out_channels).t().contiguous()  # (C_out, C * t * t)
-    pinv = torch.linalg.pinv(g)
-    w = u.view(-1, cells) @ torch.kron(pinv, pinv).float().t()
-    return w.view(out_channels, in_channels, kernel, kernel)
+    pinv = torch.linalg.pinv(g)  # in float64: the saved weight is the original one to ~1e-7
+    w = torch.cat([rows.double() @ torch.kron(pinv, pinv).t() for rows in u.view(-1, cells).split(1 << 20)])
+    return w.float().view(out_channels, in_channels, kernel, kernel)
 
 
 class WinogradConvReLU(nn.Module):
