@@ -63,8 +63,9 @@ def matrices(block: int, kernel: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 # channels (in and out) from which a layer runs by Winograd: measured under ONEDNN_MAX_CPU_ISA=AVX2 on
-# 2 EPYC cores (VGG16 shapes, Caffe geometry at 500x500): 512 -> 512 at 88x88 and 44x44 about 2x
-# faster than oneDNN's direct convolution, 256 -> 256 at 175x175 about even, 128 and 64 slower
+# 2 busy EPYC cores, one layer at a time against oneDNN's direct convolution + ReLU (VGG16 shapes at
+# 500x500, Caffe geometry; best of 5): 512 -> 512 at 88x88 1.8-2.0x, 256 -> 512 at 88x88 1.3-1.4x,
+# 256 -> 256 at 175x175 1.25-1.4x, 128 -> 128 at 349x349 and 128 -> 256 0.92-0.98x (so not them)
 MIN_CHANNELS = 256
 # output cells (over the batch) from which a call runs by Winograd, per kernel side: the transformed
 # weight is (t/k)^2 times the direct one, and on small maps streaming it costs more than the saved
@@ -72,7 +73,8 @@ MIN_CHANNELS = 256
 # F(2x2, 7x7); these thresholds leave a wide margin (VGG16 at 500x500: conv5 44x44, fc6 16x16 cells)
 MIN_PIXELS = {3: 32 * 32, 7: 12 * 12}
 # work buffers hold at most this many floats (rows of tiles run in chunks): bounded memory on big
-# images, and each chunk's data stays closer to the caches
+# images. Not smaller: each chunk streams the whole transformed weight (4M-float chunks were 1.3-1.6x
+# slower than unchunked on 256- and 512-channel layers, 16M about even)
 MAX_BUFFER = 16 << 20
 
 _buffers = threading.local()
