@@ -493,8 +493,9 @@ class Compiled(nn.Module):
             return self.compiled(x)
 
 
-def run_model(model: nn.Module, x: torch.Tensor, fast: bool) -> torch.Tensor:
-    """Forward a normalised float batch through a model from :func:`prepare_model`; float32 scores."""
+def run_model(model: nn.Module, x: torch.Tensor, fast: bool, forward=None) -> torch.Tensor:
+    """Forward a normalised float batch through a model from :func:`prepare_model`; float32 scores.
+    ``forward``: the model's method to call (default: the model itself, e.g. ``model.forward_valid``)."""
     with torch.inference_mode():
         dtype = getattr(model, "fast_input_dtype", torch.bfloat16) if fast else x.dtype
-        return model(x.to(dtype, memory_format=torch.channels_last)).float()
+        return (forward or model)(x.to(dtype, memory_format=torch.channels_last)).float()

@@ -27,6 +27,7 @@ from fcnseg.devices import autocast_dtype, resolve_device
 from fcnseg.errors import FcnsegError
 from fcnseg.inference import export, fastpath, runtimes
 from fcnseg.inference.image_io import DEFAULT_MAX_PIXELS, ImageInput, image_list, load_image
+from fcnseg.inference.overlap_tile import PAPER_TILE, output_tile, overlap_tile
 from fcnseg.inference.shift_stitch import shift_and_stitch, subsampled
 from fcnseg.inference.window import sliding_window, tta
 from fcnseg.weights.meta import ModelMeta, as_meta
@@ -76,6 +77,9 @@ class Segmenter:
       openvino backend (default: export ``model``).
     * ``tile``: sliding-window tile size in pixels; None = whole image up to 2.25 MP, 1024-pixel
       tiles above; 0 = always the whole image. ``overlap``: tile overlap fraction in [0, 1).
+      The unpadded U-Net (``unet-valid``, torch backend) predicts by overlap-tile instead: output
+      tiles of ``tile`` pixels (None = the paper's 388, rounded down to 4 + 16k), mirrored borders,
+      exactly the whole mirrored image's result; 0 = one forward over the whole mirrored image.
     * ``tta_flip``, ``scales``: test-time augmentation, averaging the horizontal flip and these
       input scales (e.g. (0.75, 1, 1.25)).
     * ``shift_stitch``: shift-and-stitch (paper Section 3.2) with this stride; True = the model's
@@ -140,6 +144,13 @@ class Segmenter:
         self.compiled = compile and backend == "torch"
         self.device = _inference_device(device, backend)
         self.int8_record = int8_record
+        # the unpadded U-Net labels tile by tile from mirrored context (inference/overlap_tile.py)
+        self.overlap_tile = backend == "torch" and not compile and hasattr(model, "forward_valid") and tile != 0
+        if self.overlap_tile and (tta_flip or self.scales != (1.0,) or self.shift_stitch):
+            raise FcnsegError(
+                "unet-valid predicts by overlap-tile, without TTA or shift-and-stitch; "
+                "drop those options or pass tile=0 (--tile 0) to run the whole mirrored image"
+            )
         if backend == "torch":
             if model is None:
                 raise FcnsegError("backend 'torch' needs a model; pass a .pt or .safetensors checkpoint")
@@ -268,10 +279,15 @@ class Segmenter:
 
         image_t = torch.from_numpy(rgb).permute(2, 0, 1)
         tile = self._tile_for(height, width)
+        if self.overlap_tile:
+            overlap_tile(self._valid_probs, image_t, self.num_classes, sink, tile)
+            return mask, rgb
         sliding_window(self._tile_probs, image_t, self.num_classes, tile or max(height, width), self.overlap, sink)
         return mask, rgb
 
     def _tile_for(self, height: int, width: int) -> int:
+        if self.overlap_tile:
+            return PAPER_TILE if self.tile is None else self.tile
         if self.tile is None:
             return AUTO_TILE if height * width > AUTO_TILE_PIXELS else 0
         return self.tile
@@ -284,6 +300,13 @@ class Segmenter:
             f = self.shift_stitch
             fn = lambda t, base=fn: shift_and_stitch(subsampled(base, f), t, f)  # noqa: E731
         return tta(fn, self.tta_flip, self.scales)(x)
+
+    def _valid_probs(self, tile_uint8: torch.Tensor) -> torch.Tensor:
+        """(1, 3, t + 184, t + 184) uint8 -> (1, C, t, t) probabilities of the unpadded U-Net."""
+        x = normalize(tile_uint8, self.normalization)
+        if self.device.type == "cuda":
+            return _cuda_probs(self.model, x, self.device, forward=self.model.forward_valid)
+        return fastpath.run_model(self.model, x, self.fast, forward=self.model.forward_valid).softmax(1)
 
     def _probs(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax class probabilities of the backend for a normalised float batch."""
@@ -333,7 +356,10 @@ class Segmenter:
             parts[-1] += " + pad-constant cache"
         if self.compiled:
             parts[-1] += " + torch.compile (freezing)"
-        if self.tile is None:
+        if self.overlap_tile:
+            size = output_tile(PAPER_TILE if self.tile is None else self.tile)
+            parts.append(f"overlap-tile {size}px out / {size + 184}px in, mirrored borders")
+        elif self.tile is None:
             parts.append(f"whole image, tiles of {AUTO_TILE} above {AUTO_TILE_PIXELS / 1e6:.2f} MP")
         elif self.tile == 0:
             parts.append("whole image")
@@ -381,11 +407,12 @@ def _inference_device(device: str | torch.device | None, backend: str) -> torch.
     return resolve_device(device)
 
 
-def _cuda_probs(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Probabilities on the GPU: autocast (bf16, else fp16) + channels_last; returned on the CPU."""
+def _cuda_probs(model: nn.Module, x: torch.Tensor, device: torch.device, forward=None) -> torch.Tensor:
+    """Probabilities on the GPU: autocast (bf16, else fp16) + channels_last; returned on the CPU.
+    ``forward``: the model's method to call (default: the model itself)."""
     x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast("cuda", dtype=autocast_dtype(device)):
-        scores = model(x)
+        scores = (forward or model)(x)
     return scores.float().softmax(1).cpu()
 
 

@@ -92,6 +92,27 @@ def pad_to_multiple(x: Tensor, multiple: int, value: float = 0.0) -> Tensor:
     return F.pad(x, (0, (-width) % multiple, 0, (-height) % multiple), value=value)
 
 
+def mirror_indices(length: int, before: int, after: int, device: torch.device | None = None) -> Tensor:
+    """Indices into ``range(length)`` that extend it by ``before``/``after`` positions by mirroring at
+    each end without repeating the edge (numpy's "reflect"), folding again as often as needed, so an
+    extension may be longer than ``length`` itself (a 1-pixel line repeats its pixel)."""
+    positions = torch.arange(-before, length + after, device=device)
+    if length == 1:
+        return torch.zeros_like(positions)
+    period = 2 * (length - 1)
+    folded = positions.remainder(period)
+    return torch.where(folded < length, folded, period - folded)
+
+
+def mirror_pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
+    """``x`` (..., H, W) extended by mirroring at its borders (see :func:`mirror_indices`): U-Net's
+    extrapolation of the missing context (Ronneberger et al. 2015, Fig. 2)."""
+    height, width = x.shape[-2], x.shape[-1]
+    rows = mirror_indices(height, top, bottom, x.device)
+    cols = mirror_indices(width, left, right, x.device)
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
 class LocalResponseNorm(nn.LocalResponseNorm):
     """Caffe's cross-channel LRN, computed in float32 whatever the input's dtype (PyTorch's CPU
     kernel has no bfloat16 form, and the sum of squares wants the precision); returns the input's dtype."""
