@@ -256,6 +256,24 @@ def read_depth(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         return np.asarray(img, dtype=np.float32).copy()
 
 
+def read_instance_ids(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """An instance mask (0 = background, one id per object; 8-, 16- or 32-bit greyscale, or palette
+    indices) -> HxW int32 ids. Colour images are refused. EXIF orientation is applied, as for images."""
+    with open_image(path, "instance mask", max_pixels) as img:
+        img = upright(img)
+        if img.mode not in _INDEX_MODES:
+            raise FcnsegError(
+                f"{path}: instance mask is a colour image; save instance ids as a greyscale (8- or 16-bit) "
+                "PNG or TIFF, 0 = background, one value per object"
+            )
+        if img.mode in ("LA", "PA"):
+            img = img.getchannel(0)
+        ids = np.asarray(img).astype(np.int32)
+    if ids.size and ids.min() < 0:
+        raise FcnsegError(f"{path}: instance ids must be 0 (background) or positive, found {ids.min()}")
+    return np.ascontiguousarray(ids)
+
+
 def encode_image(img: Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
     img.save(buffer, format=fmt, **options)

@@ -232,6 +232,11 @@ class TrainConfig:
         "mean", "'sum' = unnormalised loss as in the paper, 'mean' over labelled pixels", ("mean", "sum")
     )
     class_weights: str | None = _opt(None, "'median' (median-frequency balancing) or a file with one weight per class")
+    weight_map: bool = _opt(
+        False,
+        "U-Net's weight map: median-frequency class balance + 10 exp(-(d1+d2)^2 / 50) on the gaps between "
+        "objects (needs --data instances:PATH; replaces --class-weights)",
+    )
     loss_sample_prob: float = _opt(
         1.0, "keep each output cell's loss with this probability (paper Section 3.4)", above=0, max=1
     )
@@ -243,6 +248,12 @@ class TrainConfig:
     scale_range: list | None = _opt(None, "random rescale range, e.g. 0.5,2.0", check=scale_range_problem)
     hflip: bool = _opt(False, "random horizontal flips")
     jitter: float = _opt(0.0, "colour jitter strength", min=0)
+    elastic: float = _opt(
+        0.0,
+        "elastic deformation: pixels of random displacement on a 3x3 grid, bicubic (U-Net: 10; 0 = off)",
+        min=0,
+        max=100,
+    )
     # evaluation, logging, checkpoints
     eval_every: int = _opt(0, "evaluate on the val split every N iterations (0 = only at the end)", min=0)
     checkpoint_every: int = _opt(0, "write last.pt every N iterations (0 = at evaluations and at the end)", min=0)

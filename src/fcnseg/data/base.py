@@ -11,7 +11,7 @@ cannot be read raises FcnsegError naming the file.
 
 Spec strings say which dataset: ``shapes`` (built in), ``voc:PATH``, ``sbd:PATH``,
 ``voc-aug:VOC_PATH,SBD_PATH``, ``cityscapes:PATH``, ``folder:PATH``, ``pascal-context:PATH``,
-``siftflow:PATH``, ``nyud:PATH``.
+``siftflow:PATH``, ``nyud:PATH``, ``instances:PATH`` (instance masks, fcnseg.data.instances).
 
 A dataset may label its pixels a second way (SIFT Flow: geometric classes beside the semantic
 ones): ``extra_targets`` names them (``ExtraTarget``) and ``load_extra(i, name)`` reads one. Item
@@ -222,6 +222,7 @@ _FORMATS: dict[str, str] = {
     "pascal-context": "fcnseg.data.context:open_context",
     "siftflow": "fcnseg.data.siftflow:open_siftflow",
     "nyud": "fcnseg.data.nyud:open_nyud",
+    "instances": "fcnseg.data.instances:open_instances",
 }
 
 
@@ -235,6 +236,7 @@ SPEC_FORMS = (
     "pascal-context:PATH",
     "siftflow:PATH",
     "nyud:PATH",
+    "instances:PATH",
 )
 
 

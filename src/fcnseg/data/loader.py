@@ -46,13 +46,13 @@ class _GuardedDataset(Dataset):
 
     def __getitem__(self, index: int):
         try:
-            image, mask = self.dataset[index]
+            sample = self.dataset[index]  # (image, mask), or (image, mask, pixel weights)
         except FcnsegError as exc:
             name = self.dataset.sample_name(index) if hasattr(self.dataset, "sample_name") else str(index)
             return _BadSample(name, str(exc))
         if self.transform is not None:
-            image, mask = self.transform(image, mask)
-        return image, mask
+            sample = self.transform(*sample)
+        return sample
 
 
 class _GuardedCollate:
@@ -65,10 +65,10 @@ class _GuardedCollate:
 
     def __call__(self, samples: Sequence) -> _Batch:
         good = [s for s in samples if not isinstance(s, _BadSample)]
-        images, masks = self.collate(good)
+        images, masks, *weights = self.collate(good)
         if self.compact and (masks.numel() == 0 or (masks.min() >= 0 and masks.max() <= 255)):
             masks = masks.to(torch.uint8)
-        batch = _Batch((images, masks))
+        batch = _Batch((images, masks, *weights))
         batch.bad = [s for s in samples if isinstance(s, _BadSample)]
         return batch
 
@@ -101,9 +101,9 @@ class SegmentationLoader(DataLoader):
                 if bad.name not in self.seen:
                     self.seen[bad.name] = bad.reason
                     log.warning("skipped bad sample %s: %s", bad.name, bad.reason.removeprefix(f"{bad.name}: "))
-            images, masks = batch
+            images, masks, *weights = batch  # weights: per-pixel loss weights, when the samples have them
             if len(images):
-                yield images, masks.long()
+                yield (images, masks.long(), *weights)
 
 
 def build_loader(

@@ -66,11 +66,11 @@ class SeededAugment(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
-        image, mask = self.dataset[index]
+        sample = self.dataset[index]
         if self.transform is None:
-            return image, mask
+            return sample
         with isolated_rng(mix_seed(self.seed, epoch, index)):
-            return self.transform(image, mask)
+            return self.transform(*sample)
 
 
 def batches_per_epoch(dataset_size: int, batch_size: int, world_size: int) -> int:

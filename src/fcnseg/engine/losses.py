@@ -19,6 +19,7 @@ def segmentation_loss(
     weight: torch.Tensor | None = None,
     reduction: str = "mean",
     sample_prob: float = 1.0,
+    pixel_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of (N, C, H, W) scores against (N, H, W) labels.
 
@@ -26,6 +27,8 @@ def segmentation_loss(
     ``"mean"`` divides by the (weighted) number of labelled pixels kept. ``sample_prob < 1`` is loss
     sampling (Section 3.4): each output cell's loss is kept with that probability, the rest ignored,
     which is what patchwise training amounts to. Pixels labelled ``ignore_index`` never count.
+    ``pixel_weight`` (N, H, W) multiplies each pixel's loss (U-Net's weight map); ``"mean"`` then
+    divides by the summed weights of the labelled pixels kept.
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
@@ -34,14 +37,16 @@ def segmentation_loss(
         target = target.masked_fill(dropped, ignore_index)
     logits = logits.float()  # the loss is always computed in fp32, also under autocast
     per_pixel = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index, reduction="none")
+    if pixel_weight is not None:
+        per_pixel = per_pixel * pixel_weight.to(per_pixel)
     total = per_pixel.sum()
     if reduction == "sum":
         return total
     labelled = target != ignore_index
-    if weight is None:
-        denom = labelled.sum()
-    else:
-        denom = weight[target.clamp(0, weight.numel() - 1)][labelled].sum()
+    kept = labelled.float() if weight is None else weight[target.clamp(0, weight.numel() - 1)] * labelled
+    if pixel_weight is not None:
+        kept = kept * pixel_weight.to(kept)
+    denom = kept.sum()
     return total / denom.clamp(min=1)
 
 

@@ -150,9 +150,10 @@ def run_training(
     )
     report.header(train_set, val_set, model, device, world.world_size, run)
     heads = extra_heads(model, train_set)
+    samples, transform = training_samples(cfg, meta, train_set)
     batches = training_batches(
-        WithTargets(train_set, heads) if heads else train_set,
-        transform=train_transform(cfg, meta),
+        WithTargets(train_set, heads) if heads else samples,
+        transform=transform,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         start_iteration=state["iteration"],
@@ -203,11 +204,12 @@ def run_training(
     with StopSignals() as stop:
         while state["iteration"] < cfg.iterations:
             with out_of_memory_advice(f"at iteration {state['iteration'] + 1}", device, memory_options(cfg)):
-                images, masks = next(batches)
+                images, masks, *pixel_weights = next(batches)
                 loss = train_step(
                     net,
                     images,
                     masks,
+                    pixel_weights=pixel_weights[0] if pixel_weights else None,
                     cfg=cfg,
                     meta=meta,
                     device=device,
@@ -275,6 +277,7 @@ def train_step(
     iteration: int,
     run: Path,
     heads: tuple[str, ...] = (),
+    pixel_weights: torch.Tensor | None = None,
 ) -> float:
     """Forward, loss, backward, update. Stops the run (FcnsegError) on a non-finite loss, before the update.
 
@@ -293,6 +296,7 @@ def train_step(
             weight=weights if head == "semantic" else None,
             reduction=cfg.loss_reduction,
             sample_prob=cfg.loss_sample_prob,
+            pixel_weight=pixel_weights.to(device) if pixel_weights is not None and head == "semantic" else None,
         )
         for head in labels
     )
@@ -357,6 +361,10 @@ def open_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
     val_set = load_dataset(cfg.data, cfg.val_split).with_modality(cfg.modality)
     check_not_empty(train_set, "training split of")
     check_not_empty(val_set, "validation split of")
+    if cfg.weight_map:
+        from fcnseg.data.instances import check_weight_map
+
+        check_weight_map(train_set, cfg.class_weights)
     if train_set.num_classes != val_set.num_classes:
         raise FcnsegError(
             f"splits {cfg.train_split!r} and {cfg.val_split!r} of {cfg.data} disagree on the number "
@@ -488,7 +496,7 @@ def class_weights(cfg: TrainConfig, dataset: Any) -> torch.Tensor | None:
 
 
 def train_transform(cfg: TrainConfig, meta: dict) -> TrainTransform | None:
-    if cfg.crop_size is None and cfg.scale_range is None and not cfg.hflip and cfg.jitter == 0:
+    if cfg.crop_size is None and cfg.scale_range is None and not cfg.hflip and cfg.jitter == 0 and cfg.elastic == 0:
         return None
     return TrainTransform(
         crop_size=cfg.crop_size,
@@ -497,7 +505,19 @@ def train_transform(cfg: TrainConfig, meta: dict) -> TrainTransform | None:
         jitter=cfg.jitter,
         pad_value=mean_pixel(meta["normalization"]),
         ignore_index=cfg.ignore_index,
+        elastic=cfg.elastic,
     )
+
+
+def training_samples(cfg: TrainConfig, meta: dict, train_set: Any) -> tuple[Any, Any]:
+    """(dataset, transform) the batches are drawn from; with --weight-map the samples carry U-Net's
+    per-pixel weights, computed from the augmented instance ids (fcnseg.data.instances)."""
+    transform = train_transform(cfg, meta)
+    if not cfg.weight_map:
+        return train_set, transform
+    from fcnseg.data.instances import with_weight_map
+
+    return with_weight_map(train_set, transform)
 
 
 def wrap_model(model: nn.Module, cfg: TrainConfig, device: torch.device, world: Dist) -> nn.Module:
