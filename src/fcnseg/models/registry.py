@@ -82,6 +82,9 @@ def build_model(
             fcn_resnet50/101 layout (``backbone.*``, ``classifier.*``); bilinear output. Geometry "same".
         unet          U-Net (skip features concatenated, padded convs); geometry "same".
             options: batch_norm=True.
+        unet-valid    U-Net as published: unpadded convs, cropped skips (``forward_valid``: 572 -> 388);
+            ``forward`` mirror-extends any input and returns scores at its size. Geometry "valid".
+            options: batch_norm=True.
 
     ``width`` multiplies every channel count (e.g. 1/16 for tiny test models).
     ``backbone_weights``: a path (or state dict) in torchvision's layout for the trunk, e.g.
