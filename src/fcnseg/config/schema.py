@@ -188,7 +188,8 @@ class TrainConfig:
     # data
     data: str = _opt(
         "",
-        "dataset spec: shapes, voc:PATH, sbd:PATH, voc-aug:VOC,SBD, cityscapes:PATH, folder:PATH, nyud:PATH",
+        "dataset spec: shapes, voc:PATH, sbd:PATH, voc-aug:VOC,SBD, cityscapes:PATH, folder:PATH, nyud:PATH, "
+        "instances:PATH",
         check=data_spec_problem,
     )
     modality: str = _opt(
