@@ -41,6 +41,7 @@ from PIL import Image
 from scipy import ndimage
 
 import fcnseg
+from fcnseg.engine.checkpoint import load_checkpoint
 from fcnseg.images import save_image
 from fcnseg.inference import Segmenter
 
@@ -150,7 +151,12 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.0625)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=None, help="keep runs here (default: a temporary folder)")
+    parser.add_argument(
+        "--score", type=Path, nargs="+", default=None, help="only score these run folders' last.pt (no training)"
+    )
     args = parser.parse_args()
+    if args.score:
+        return score_runs(args)
 
     image, ids = stardist_arrays(args.cache)
     work = args.out or Path(tempfile.mkdtemp(prefix="cells_weightmap_"))
@@ -184,15 +190,34 @@ def main() -> None:
             start = time.perf_counter()
             fcnseg.train(config)
             seconds = time.perf_counter() - start
-            seg = Segmenter.from_pretrained(run / "last.pt", fast=False)
-            pred = seg.predict(test_image) == 1
-            rows.append((variant, seed, seconds, score(pred, test_ids)))
+            rows.append((variant, seed, seconds, score_run(run, test_image, test_ids)))
             print(f"{variant} seed {seed}: {rows[-1][3]} ({seconds:.0f} s)", flush=True)
+    print_table(rows, f"{args.iterations} iterations (lr {args.lr})", args.width)
 
+
+def score_run(run: Path, test_image: Path, test_ids: np.ndarray) -> dict:
+    """The scores of run/last.pt on the held-out half (Segmenter: overlap-tile, mirrored borders)."""
+    seg = Segmenter.from_pretrained(run / "last.pt", fast=False)
+    return score(seg.predict(test_image) == 1, test_ids)
+
+
+def score_runs(args: argparse.Namespace) -> None:
+    """--score RUN...: each run's last.pt (e.g. runs stopped early by SIGTERM) on the held-out half of
+    its own data folder (RUN/../cells)."""
+    rows = []
+    for run in args.score:
+        data = run.parent / "cells"
+        test_ids = fcnseg.load_dataset(f"instances:{data}", "val").load_instances(0)
+        iteration = load_checkpoint(run / "last.pt")["train_state"]["iteration"]
+        rows.append(
+            (f"{run.name} (iteration {iteration})", "", None, score_run(run, data / "val/images/left.png", test_ids))
+        )
+    print_table(rows, "last.pt of each run", args.width)
+
+
+def print_table(rows: list, budget: str, width: float) -> None:
     print(f"\nheld-out left half, {rows[0][3]['objects']} nuclei, {rows[0][3]['pairs']} touching pairs;")
-    print(
-        f"unet-valid width {args.width}, {args.iterations} iterations (lr {args.lr}), batch 2, 128 px crops + elastic\n"
-    )
+    print(f"unet-valid width {width}, {budget}, batch 2, 128 px crops + elastic + flips\n")
     print(
         "| variant | seed | recovered (IoU >= 0.5) | false components | touching pairs separated | merged pairs | fg IoU | train s |"
     )
@@ -200,7 +225,8 @@ def main() -> None:
     for variant, seed, seconds, s in rows:
         print(
             f"| {variant} | {seed} | {s['recovered']}/{s['objects']} | {s['false']} | "
-            f"{s['separated']}/{s['pairs']} | {s['merged']} | {s['fg_iou']:.3f} | {seconds:.0f} |"
+            f"{s['separated']}/{s['pairs']} | {s['merged']} | {s['fg_iou']:.3f} | "
+            f"{'-' if seconds is None else f'{seconds:.0f}'} |"
         )
 
 
