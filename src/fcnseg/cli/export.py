@@ -9,9 +9,11 @@ the model's metadata (classes, palette, normalisation, what it was trained on) s
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 
 from fcnseg.cli._model_options import add_model_options, open_from_args
+
+log = logging.getLogger("fcnseg.export")
 
 FORMATS = ("onnx", "safetensors")
 
@@ -68,5 +70,5 @@ def run(args: argparse.Namespace) -> int:
             raise FcnsegError("ONNX export needs the onnx extra; pip install 'fcnseg[onnx]'") from None
     else:
         export.export_safetensors(model, meta, out)
-    print(f"fcnseg export: wrote {out} ({fmt}, {out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+    log.info("wrote %s (%s, %.1f MB)", out, fmt, out.stat().st_size / 1e6)
     return 0

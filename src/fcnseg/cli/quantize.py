@@ -18,10 +18,12 @@ OpenVINO); Caffe-geometry models compute only the image-dependent cells for size
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 
 from fcnseg.cli._model_options import add_model_options
 from fcnseg.config import MAX_SIDE, MIN_SIDE, arg_type, zero_or_between
+
+log = logging.getLogger("fcnseg.quantize")
 
 
 def register(subparsers) -> None:
@@ -78,10 +80,13 @@ def run(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     calib = record["calibration"]
-    print(
-        f"fcnseg quantize: wrote {out} (int8, {out.stat().st_size / 1e6:.1f} MB, calibrated on "
-        f"{calib['images']} images of {calib['data']} {calib['split']}, "
-        f"{time.perf_counter() - start:.0f} s)",
-        file=sys.stderr,
+    log.info(
+        "wrote %s (int8, %.1f MB, calibrated on %s images of %s %s, %.0f s)",
+        out,
+        out.stat().st_size / 1e6,
+        calib["images"],
+        calib["data"],
+        calib["split"],
+        time.perf_counter() - start,
     )
     return 0
