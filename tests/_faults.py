@@ -115,6 +115,18 @@ def set_mask(path: Path, value: int) -> None:
     Image.fromarray(np.full((size[1], size[0]), value, np.uint8), mode="L").save(path)
 
 
+#: ``torchrun --standalone --nproc_per_node 2 -m fcnseg``: how the tests start a two-process command.
+TORCHRUN_FCNSEG = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc_per_node",
+    "2",
+    "-m",
+    "fcnseg",
+]
+
 TINY_TRAIN = [
     "--model",
     "fcn8s",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from _faults import TORCHRUN_FCNSEG
 from fcnseg.data import load_dataset
 from fcnseg.engine import evaluate
 from fcnseg.engine.checkpoint import load_checkpoint, save_checkpoint
+
+#: the smallest training run the torchrun tests start from; each adds its iterations and checks
+TINY_DDP_TRAIN = ["train", "--data", "shapes", "--model", "fcn8s", "--width", "0.0625", "--geometry", "same"]
 
 IMAGES = 5  # odd, so the two processes get different numbers of images
 
@@ -70,23 +73,8 @@ def test_torchrun_training_writes_one_run(tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "fcnseg",
-        "train",
-        "--data",
-        "shapes",
-        "--model",
-        "fcn8s",
-        "--width",
-        "0.0625",
-        "--geometry",
-        "same",
+        *TORCHRUN_FCNSEG,
+        *TINY_DDP_TRAIN,
         "--iterations",
         "4",
         "--batch-size",
@@ -119,23 +107,8 @@ def test_a_fault_on_one_rank_stops_every_rank_with_its_one_line(tmp_path):
     (run / "best.pt").mkdir(parents=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "fcnseg",
-        "train",
-        "--data",
-        "shapes",
-        "--model",
-        "fcn8s",
-        "--width",
-        "0.0625",
-        "--geometry",
-        "same",
+        *TORCHRUN_FCNSEG,
+        *TINY_DDP_TRAIN,
         "--iterations",
         "4",
         "--eval-every",
@@ -166,23 +139,8 @@ def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step(tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "fcnseg",
-        "train",
-        "--data",
-        "shapes",
-        "--model",
-        "fcn8s",
-        "--width",
-        "0.0625",
-        "--geometry",
-        "same",
+        *TORCHRUN_FCNSEG,
+        *TINY_DDP_TRAIN,
         "--iterations",
         "100000",
         "--log-every",
@@ -246,7 +204,7 @@ def test_a_bad_image_on_one_rank_stops_every_evaluate_process_with_its_line(tmp_
     _tiny_checkpoint(tmp_path / "model.pt")
     data = _folder_with_one_truncated_image(tmp_path / "data")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fcnseg",
+    cmd = [*TORCHRUN_FCNSEG,
            "evaluate", "--weights", str(tmp_path / "model.pt"), "--data", f"folder:{data}", "--split", "val",
            "--no-progress"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

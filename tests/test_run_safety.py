@@ -16,7 +16,7 @@ import textwrap
 import pytest
 import torch
 
-from _faults import TINY_TRAIN, assert_one_line_error, cli, fake_run, folder_dataset, set_mask
+from _faults import TINY_TRAIN, TORCHRUN_FCNSEG, assert_one_line_error, cli, fake_run, folder_dataset, set_mask
 from fcnseg.engine.checkpoint import load_checkpoint
 
 
@@ -184,14 +184,7 @@ def test_two_process_resume_equals_an_uninterrupted_two_process_run(tmp_path):
 
     def torchrun(*args):
         cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "fcnseg",
+            *TORCHRUN_FCNSEG,
             "train",
             *map(str, args),
         ]

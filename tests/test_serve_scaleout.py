@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from _faults import TORCHRUN_FCNSEG
 from fcnseg.engine.runtime import shard
 from test_serve_api import tiny_checkpoint
 
@@ -32,14 +32,7 @@ def test_torchrun_predict_shards_inputs_each_image_exactly_once(tmp_path):
         Image.fromarray(rng.integers(0, 255, (20 + i, 30 + 2 * i, 3), np.uint8)).save(src / name)
     out = tmp_path / "out"
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "fcnseg",
+        *TORCHRUN_FCNSEG,
         "predict",
         "--checkpoint",
         str(ckpt),

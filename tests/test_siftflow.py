@@ -11,7 +11,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 from PIL import Image
 
 import fcnseg
+from _faults import TORCHRUN_FCNSEG
 from fcnseg.cli import main
 from fcnseg.data import load_dataset
 from fcnseg.data.base import WithTargets
@@ -343,7 +343,7 @@ def test_evaluate_fcn8s_siftflow_by_name_scores_both_heads(tmp_path, siftflow, m
 def test_torchrun_trains_both_heads(siftflow, tmp_path):
     """Under DDP the two-headed forward goes through the wrapper (every parameter gets a gradient)."""
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fcnseg"]
+    cmd = list(TORCHRUN_FCNSEG)
     cmd += ["train", "--data", siftflow, "--model", "fcn16s", "--width", "0.0625", "--geometry", "same"]
     cmd += ["--iterations", "2", "--optimizer", "adamw", "--lr", "1e-2", "--num-samples", "0", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
