@@ -224,3 +224,45 @@ def test_vgg16_bn_geometry_is_derived_through_the_norm_layers(geometry):
         for size in [(1, 1), (37, 50), (96, 96)]:
             with torch.no_grad():
                 assert bn(torch.randn(1, 3, *size)).shape == (1, 3, *size)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 3), (2, 5), (4, 9), (12, 12)])
+def test_same_conv_skips_dead_taps_with_identical_outputs_and_gradients(size):
+    """fc6 under the `same` geometry drops the kernel taps that only meet padding (pool5 smaller than
+    7x7): outputs and every gradient equal the plain convolution's, on any input size."""
+    from fcnseg.models.layers import SameConv2d
+
+    torch.manual_seed(0)
+    fast = SameConv2d(4, 6, 7, padding=3)
+    plain = nn.Conv2d(4, 6, 7, padding=3)
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 4, *size, dtype=torch.float64)
+    fast, plain = fast.double(), plain.double()
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    outs = [m(xi) for m, xi in zip((fast, plain), xs)]
+    assert outs[0].shape == outs[1].shape == (2, 6, *size)
+    torch.testing.assert_close(outs[0], outs[1])
+    grad = torch.randn_like(outs[1])
+    for out in outs:
+        out.backward(grad)
+    torch.testing.assert_close(xs[0].grad, xs[1].grad)
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad)
+    torch.testing.assert_close(fast.bias.grad, plain.bias.grad)
+    if size[0] < 4:  # the outer rows of taps were skipped: their gradient is exactly zero
+        assert fast.weight.grad[:, :, 0].abs().sum() == 0
+    if size[1] < 4:
+        assert fast.weight.grad[:, :, :, 0].abs().sum() == 0
+
+
+def test_same_geometry_fc6_is_a_same_conv_and_traces_the_full_kernel():
+    """The demo's trunk uses SameConv2d for fc6; a traced forward keeps the whole 7x7 kernel, so an
+    export from a small sample still serves every size."""
+    from fcnseg.models.layers import SameConv2d
+
+    trunk = vgg16_bn(width=1 / 16, geometry="same")
+    fc6 = trunk.classifier[0]
+    assert isinstance(fc6, SameConv2d) and fc6.kernel_size == (7, 7)
+    assert not isinstance(vgg16_bn(width=1 / 16, geometry="caffe").classifier[0], SameConv2d)
+    traced = torch.jit.trace(fc6.eval(), torch.randn(1, fc6.in_channels, 2, 2))
+    big = torch.randn(1, fc6.in_channels, 9, 9)
+    torch.testing.assert_close(traced(big), fc6(big))

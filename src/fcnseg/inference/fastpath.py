@@ -32,7 +32,7 @@ from fcnseg.devices import (  # noqa: F401 (ISA_ENV, cpu_flags, cpu_isa: used by
 )
 from fcnseg.inference import padcache, winograd
 from fcnseg.inference.winograd import WinogradConvReLU
-from fcnseg.models.layers import BilinearUpsample
+from fcnseg.models.layers import BilinearUpsample, is_plain_conv
 
 
 def fast_path_supported() -> bool:
@@ -93,7 +93,7 @@ class GemmConv2d(nn.Module):
         """A plain (stride 1, undilated, ungrouped, zero-padded) conv with at least ``min_weight``
         weights: the layers where weight traffic, not arithmetic, sets the speed."""
         return (
-            type(module) is nn.Conv2d
+            is_plain_conv(module)
             and module.weight.numel() >= min_weight
             and module.groups == 1
             and module.stride == (1, 1)
@@ -192,7 +192,7 @@ class ConvReLU(nn.Module):
     @staticmethod
     def applies_to(conv: nn.Module, after: nn.Module) -> bool:
         return (
-            type(conv) is nn.Conv2d
+            is_plain_conv(conv)
             and type(after) is nn.ReLU
             and conv.bias is not None
             and conv.padding_mode == "zeros"
@@ -346,7 +346,7 @@ class SplitStemConv2d(nn.Module):
 
     @staticmethod
     def applies_to(module: nn.Module) -> bool:
-        return type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
+        return is_plain_conv(module) and module.groups == 1 and module.padding_mode == "zeros"
 
     def forward(self, x: torch.Tensor, padding: int | tuple | None = None) -> torch.Tensor:
         x = x.float()

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fcnseg.models.geometry import layer_geometry
+from fcnseg.models.layers import is_plain_conv
 
 Interval = tuple[int, int]  # half-open [start, stop)
 
@@ -55,7 +56,7 @@ def _spatial(layer: nn.Module) -> _Spatial | None:
         if padding or layer.dilation not in (1, (1, 1)):
             raise ValueError("padded or dilated pooling")
         return _Spatial(kernel, stride, 0, True)
-    if type(layer) is nn.Conv2d or hasattr(layer, "forward_unpadded"):
+    if is_plain_conv(layer) or hasattr(layer, "forward_unpadded"):
         kernel, stride, padding, _ = layer_geometry(layer)
         if getattr(layer, "padding_mode", "zeros") != "zeros" or getattr(layer, "dilation", (1, 1)) not in (1, (1, 1)):
             raise ValueError("non-zero padding mode or dilation")
@@ -66,7 +67,7 @@ def _spatial(layer: nn.Module) -> _Spatial | None:
 def _run_unpadded(layer: nn.Module, tile: Tensor) -> Tensor:
     if isinstance(layer, nn.MaxPool2d):
         return F.max_pool2d(tile, layer.kernel_size, layer.stride, 0, 1, layer.ceil_mode)
-    if type(layer) is nn.Conv2d:
+    if is_plain_conv(layer):
         return F.conv2d(tile, layer.weight, layer.bias, layer.stride, 0, 1, layer.groups)
     return layer.forward_unpadded(tile)
 

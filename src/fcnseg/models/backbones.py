@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from fcnseg.models.layers import LocalResponseNorm, scaled
+from fcnseg.models.layers import LocalResponseNorm, SameConv2d, scaled
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,10 @@ class ClassifierTrunk(nn.Module):
         self.features = nn.Sequential(*layers)
 
         hidden = scaled(4096, width)
-        fc6 = nn.Conv2d(in_channels, hidden, fc6_kernel, padding=fc6_kernel // 2 if geo.same else 0)
+        if geo.same and fc6_kernel % 2:  # pool5 may be smaller than fc6's reach (3x3 for 96x96 images)
+            fc6 = SameConv2d(in_channels, hidden, fc6_kernel, padding=fc6_kernel // 2)
+        else:
+            fc6 = nn.Conv2d(in_channels, hidden, fc6_kernel, padding=fc6_kernel // 2 if geo.same else 0)
         fc7 = nn.Conv2d(hidden, hidden, 1)
         # torchvision: VGG is [fc6, relu, drop, fc7, relu, drop, fc8], AlexNet [drop, fc6, relu, drop,
         # fc7, relu, fc8]; keeping the indices keeps the state-dict keys.

@@ -113,6 +113,39 @@ def mirror_pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tenso
     return x.index_select(-2, rows).index_select(-1, cols)
 
 
+def _tracing() -> bool:
+    """Whether the forward is being recorded (ONNX export, torch.jit trace, torch.compile/export), where
+    a branch on a tensor's size would be baked into the graph for every later size."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
+class SameConv2d(nn.Conv2d):
+    """A stride-1 convolution with odd kernel and zero "same" padding (k // 2) that, on inputs smaller
+    than the kernel's reach, skips the taps that can only ever meet padding.
+
+    With padding p and an input H cells high, output row i reads input row i + t - p through tap t,
+    so only taps p - (H - 1) .. p + (H - 1) ever touch the image. fc6 under the `same` geometry is a
+    7x7 convolution over pool5, which is 3x3 for the demo's 96x96 images: the 5x5 middle of the kernel
+    computes the same outputs and the same gradients (the skipped taps' gradient is exactly zero) with
+    half the FLOPs. Larger inputs, and any traced or exported forward, run the plain convolution.
+    The weight keeps its full shape and its state-dict key.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        ch, cw = max(0, ph - x.shape[-2] + 1), max(0, pw - x.shape[-1] + 1)
+        if not (ch or cw) or _tracing():
+            return super().forward(x)
+        weight = self.weight[:, :, ch : kh - ch, cw : kw - cw]
+        return F.conv2d(x, weight, self.bias, 1, (ph - ch, pw - cw), 1, self.groups)
+
+
+def is_plain_conv(module: nn.Module) -> bool:
+    """Whether ``module`` computes exactly nn.Conv2d's function from its own attributes (nn.Conv2d or
+    SameConv2d, not a subclass with other maths): the layers inference rewrites may replace."""
+    return type(module) in (nn.Conv2d, SameConv2d)
+
+
 class LocalResponseNorm(nn.LocalResponseNorm):
     """Caffe's cross-channel LRN, computed in float32 whatever the input's dtype (PyTorch's CPU
     kernel has no bfloat16 form, and the sum of squares wants the precision); returns the input's dtype."""
