@@ -132,9 +132,11 @@ class SameConv2d(nn.Conv2d):
     """
 
     def forward(self, x: Tensor) -> Tensor:
+        if _tracing():
+            return super().forward(x)
         (kh, kw), (ph, pw) = self.kernel_size, self.padding
         ch, cw = max(0, ph - x.shape[-2] + 1), max(0, pw - x.shape[-1] + 1)
-        if not (ch or cw) or _tracing():
+        if not (ch or cw):
             return super().forward(x)
         weight = self.weight[:, :, ch : kh - ch, cw : kw - cw]
         return F.conv2d(x, weight, self.bias, 1, (ph - ch, pw - cw), 1, self.groups)
