@@ -65,6 +65,13 @@ def test_quantize_writes_an_int8_model_with_its_record(quantized):
     int8_weights = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
     assert len(int8_weights) >= 14  # 12 VGG convolutions + fc6 + fc7; conv1_1 and the score head stay fp32
     assert all(i.dims[0] != 6 for i in int8_weights)
+    # the fixed bilinear upsamplers (diagonal weights) run grouped, one filter per class, in fp32
+    groups = [
+        next((a.i for a in node.attribute if a.name == "group"), 1)
+        for node in proto.graph.node
+        if node.op_type == "ConvTranspose"
+    ]
+    assert 6 in groups
     record = int8.read_record(out.read_bytes())
     assert record["calibration"] == {"data": "shapes", "split": "train", "max_side": 1024, "images": 3}
     assert record["source"]["model_name"] == "fcn8s"

@@ -16,6 +16,7 @@ job shares the cores; 99.55% argmax agreement with fp32 (random weights, so many
 
 from __future__ import annotations
 
+import copy
 import platform
 
 import torch
@@ -402,6 +403,17 @@ def _per_class_upsamplers(model: nn.Module) -> None:
         for name, child in parent.named_children():
             if PerClassUpsample.applies_to(child):
                 setattr(parent, name, PerClassUpsample(child))
+
+
+def with_per_class_upsamplers(model: nn.Module) -> nn.Module:
+    """``model`` itself if none of its upsamplers is diagonal, else a copy whose diagonal upsamplers
+    run grouped (an ONNX export of it has ConvTranspose with group = classes: the int8 model's 8x
+    upsampler of FCN-8s at 500x500 went from about 70 ms to a few)."""
+    if not any(PerClassUpsample.applies_to(m) for m in model.modules()):
+        return model
+    model = copy.deepcopy(model)
+    _per_class_upsamplers(model)
+    return model
 
 
 def _inputs_to_float(module: nn.Module, args: tuple) -> tuple:
