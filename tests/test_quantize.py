@@ -154,3 +154,20 @@ def test_missing_runtime_is_one_line(monkeypatch):
     for runtime, extra in (("openvino", "fcnseg[openvino]"), ("onnxruntime", "fcnseg[onnx]")):
         with pytest.raises(FcnsegError, match=extra.replace("[", r"\[").replace("]", r"\]")):
             runtimes.load(runtime, b"")
+
+
+def test_onnxruntime_runs_every_quantized_convolution_in_int8(quantized, tmp_path):
+    """The tiny net's biases are all zero, which the ONNX exporter stores once and shares through
+    Identity nodes; onnxruntime fuses DequantizeLinear -> Conv -> QuantizeLinear into an int8
+    convolution only where each bias is its own constant, so every int8 weight must reach a QLinearConv."""
+    import onnxruntime as ort
+
+    _, out = quantized
+    proto = onnx.load(str(out))
+    int8_weights = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("QLinearConv") == len(int8_weights) >= 14
