@@ -14,7 +14,9 @@ Variants, timed side by side (rounds interleave them, so load from other process
 each step is forward + loss + backward + optimiser update:
 
   plain      what a plain PyTorch loop does: fp32, contiguous NCHW, torch's default optimiser
-             implementation (on CPU: one parameter at a time), the workload's reference batch
+             implementation (on CPU: one parameter at a time), the workload's reference batch, and
+             plain nn.Conv2d layers (fcnseg's SameConv2d fc6, which skips the kernel taps that only
+             meet padding, swapped back for the nn.Conv2d it equals)
   fcnseg     `fcnseg train`'s step with the workload's preset settings: precision `auto` resolved
              for the class, channels_last, the fused optimiser update, the preset's batch size
 
@@ -94,7 +96,22 @@ def cpu_header() -> str:
     return f"{model}; {os.cpu_count()} cores; ISA: {' '.join(isa) or 'unknown'}"
 
 
-def make_step(work: dict, *, precision: str, channels_last: bool, fused: bool, batch: int):
+def plain_convs(model):
+    """``model`` with every SameConv2d replaced by the nn.Conv2d it equals (same weights)."""
+    from torch import nn
+
+    from fcnseg.models.layers import SameConv2d
+
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is SameConv2d:
+                plain = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, padding=child.padding)
+                plain.load_state_dict(child.state_dict())
+                setattr(parent, name, plain)
+    return model
+
+
+def make_step(work: dict, *, precision: str, channels_last: bool, fused: bool, batch: int, plain_layers: bool = False):
     import torch
 
     from fcnseg.devices import autocast, prepare_input
@@ -110,6 +127,8 @@ def make_step(work: dict, *, precision: str, channels_last: bool, fused: bool, b
         for name, p in model.named_parameters():
             if "score" in name and p.ndim > 1:
                 p.normal_(0, 0.01)
+    if plain_layers:
+        plain_convs(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     model.train()
@@ -184,7 +203,7 @@ def measure(class_name: str, workloads: list[str], reps: int, clock_name: str = 
         fast_batch = demo_batch if name == "demo" else work["plain_batch"]
         variants = {
             f"plain (fp32, NCHW, b{work['plain_batch']})": dict(
-                precision="fp32", channels_last=False, fused=False, batch=work["plain_batch"]
+                precision="fp32", channels_last=False, fused=False, batch=work["plain_batch"], plain_layers=True
             ),
             f"fcnseg ({default}, CL, fused, b{fast_batch})": dict(
                 precision=default, channels_last=True, fused=True, batch=fast_batch
