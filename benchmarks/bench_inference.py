@@ -91,12 +91,12 @@ def build_model(geometry: str, width: float) -> nn.Module:
     return model
 
 
-def flops(model: nn.Module, size: int) -> int:
+def flops(model: nn.Module, size: int | tuple[int, int]) -> int:
     try:
         from fcnseg.models import count_flops
     except ImportError:
         from fcnseg.models.flops import count_flops
-    return count_flops(model, (size, size))
+    return count_flops(model, (size, size) if isinstance(size, int) else size)
 
 
 def make_input(size: int, seed: int = 0, width: int | None = None) -> torch.Tensor:
@@ -569,6 +569,17 @@ def main() -> None:
         )
 
 
+# onnxruntime cannot be capped to AVX2 here, but what it would take on an AVX2-only CPU is bounded
+# from below: its CPU convolutions (MLAS: direct NCHWc kernels or im2col + GEMM) compute every FLOP
+# of the model (no pad cache, no Winograd), and no kernel runs faster than the class's fp32 peak,
+# measured in the same run with the same caps.
+ORT_BOUND_NOTE = "onnxruntime fp32 on AVX2 kernels takes at least the model's FLOPs / this class's fp32 peak"
+
+
+def ort_avx2_bound_ms(gflop: float, peak_gflops: float) -> float:
+    return gflop / peak_gflops * 1000
+
+
 def measure_class(args: argparse.Namespace) -> None:
     """Header, the single-image table and the folder table for the CPU class this process runs as."""
     names = args.variants or [n for n in VARIANTS if args.extra or n not in EXTRA]
@@ -614,6 +625,12 @@ def measure_class(args: argparse.Namespace) -> None:
                 f"{geometry} [{cpu_class()}]: fcnseg default is {got['openvino default']['ms'] / default['ms']:.2f}x "
                 "OpenVINO default's speed"
             )
+        if default and cpu_class() != "native" and peaks.get("fp32"):
+            bound = ort_avx2_bound_ms(default["gflop"], peaks["fp32"])
+            print(
+                f"{geometry} [{cpu_class()}]: {ORT_BOUND_NOTE}: {bound:.0f} ms here, so fcnseg default is at least "
+                f"{bound / default['ms']:.2f}x onnxruntime on a real CPU of this class"
+            )
         from fcnseg.inference.int8 import default_runtime
 
         int8_default = f"int8 {default_runtime()}"
@@ -641,6 +658,14 @@ def measure_class(args: argparse.Namespace) -> None:
             print(
                 f"folder [{cpu_class()}]: fcnseg default is {fastest['s'] / got['fcnseg default']['s']:.2f}x the "
                 f"best runtime's speed ({fastest['variant']}), {got['fcnseg default']['speedup']:.2f}x naive"
+            )
+        if "fcnseg default" in got and cpu_class() != "native" and peaks.get("fp32"):
+            model = build_model("caffe", args.width)
+            gflop = sum(flops(model, (h, w)) for h, w in VOC_SIZES[: args.folder]) / 1e9
+            bound = ort_avx2_bound_ms(gflop, peaks["fp32"]) / 1000
+            print(
+                f"folder [{cpu_class()}]: {ORT_BOUND_NOTE}: {bound:.1f} s here, so fcnseg default is at least "
+                f"{bound / got['fcnseg default']['s']:.2f}x onnxruntime on a real CPU of this class"
             )
     print(f"load average at the end: {open('/proc/loadavg').read().strip()}", flush=True)
 
