@@ -101,3 +101,27 @@ def test_segmenter_predicts_unet_valid_by_overlap_tile():
     assert (tiled.predict([rgb, rgb])[1] == probs.argmax(0)).all()
     with pytest.raises(FcnsegError, match="overlap-tile"):
         Segmenter(model, META, fast=False, tta_flip=True)
+
+
+@pytest.mark.parametrize("command", [["export", "--format", "onnx"], ["quantize", "--data", "shapes", "--images", "1"]])
+def test_onnx_export_of_unet_valid_is_refused_in_one_line(tmp_path, command):
+    """Its trace would freeze the mirror extension's sizes (a 64x64 input gave 52x52 scores): export
+    and quantize say so instead of writing a model that answers wrongly."""
+    import subprocess
+    import sys
+
+    from fcnseg.engine.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "unet.pt"
+    classes = [f"c{i}" for i in range(6)]  # as many as `shapes`, which quantize calibrates on
+    meta = {**META, "model_kwargs": {"num_classes": 6, "width": 1 / 16}, "class_names": classes, "palette": None}
+    save_checkpoint(ckpt, tiny(6).state_dict(), {k: v for k, v in meta.items() if v is not None})
+    out = tmp_path / "unet.onnx"
+    result = subprocess.run(
+        [sys.executable, "-m", "fcnseg", *command, "--checkpoint", str(ckpt), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and not out.exists()
+    assert "Traceback" not in result.stderr
+    assert "unet-valid cannot be exported to ONNX" in result.stderr.strip().splitlines()[-1]

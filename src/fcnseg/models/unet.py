@@ -119,6 +119,9 @@ class UNetValid(UNet):
 
     padding = 0
     context = VALID_CONTEXT
+    # its mirror extension is Python arithmetic on the input's size, which an ONNX trace freezes
+    # (measured: a 64x64 input gave 52x52 scores); fcnseg.inference.export refuses it
+    onnx_exportable = False
 
     def forward_valid(self, x: Tensor) -> Tensor:
         """(N, 3, o + 184, o + 184) -> (N, C, o, o) for outputs o = 4 + 16 k (rectangles alike)."""
