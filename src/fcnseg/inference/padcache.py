@@ -127,6 +127,10 @@ class _Layout:
     out: list
     whole: list
 
+    def step(self, i: int, spatial: _Spatial | None, frame: tuple[Tensor, ...], full: Tensor | None) -> _Step:
+        """Layer ``i``'s step of this layout, with its constants."""
+        return _Step(spatial, self.tile[i], self.have[i], self.need[i], self.clip[i], self.out[i], frame, full)
+
 
 def _out_size(geo: _Spatial, n: int, ceil_mode: bool) -> int:
     """PyTorch's output length of a convolution / pooling (padding ``geo.padding``) on ``n`` cells."""
@@ -278,18 +282,7 @@ class PadConstantTrunk:
                     plan_ok = False  # a layer the arithmetic got wrong: never use the partial forward
                     continue
                 full = a[:1].clone() if layout.whole[i] else None
-                steps.append(
-                    _Step(
-                        self.geoms[i],
-                        layout.tile[i],
-                        layout.have[i],
-                        layout.need[i],
-                        layout.clip[i],
-                        layout.out[i],
-                        frame,
-                        full,
-                    )
-                )
+                steps.append(layout.step(i, self.geoms[i], frame, full))
         out["fc7"] = self.trunk.classifier[:6](a)
         return out, (_Plan(steps, layout.stop) if plan_ok else None)
 
@@ -341,18 +334,7 @@ class PadConstantTrunk:
                 frame = _frame(x[:1], layout.clip[i], layout.have[i]) if layout.tile[i] else ()
             whole = ((0, layout.sizes[i + 1][0]), (0, layout.sizes[i + 1][1]))
             full = _gather(maps[i + 1], index[i + 1], whole) if layout.whole[i] else None
-            steps.append(
-                _Step(
-                    self.geoms[i],
-                    layout.tile[i],
-                    layout.have[i],
-                    layout.need[i],
-                    layout.clip[i],
-                    layout.out[i],
-                    frame,
-                    full,
-                )
-            )
+            steps.append(layout.step(i, self.geoms[i], frame, full))
         self.zero_runs += 1
         return _Plan(steps, layout.stop)
 
