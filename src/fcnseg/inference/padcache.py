@@ -459,7 +459,7 @@ def _gather(z: Tensor, index: tuple[Tensor, Tensor], region: tuple[Interval, Int
     return (
         z.index_select(-2, rows[r0:r1].to(z.device))
         .index_select(-1, cols[c0:c1].to(z.device))
-        .clone(memory_format=_format(z))
+        .contiguous(memory_format=_format(z))  # index_select made a new tensor: no second copy
     )
 
 
