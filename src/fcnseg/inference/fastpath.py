@@ -32,6 +32,7 @@ from fcnseg.devices import (  # noqa: F401 (ISA_ENV, cpu_flags, cpu_isa: used by
     onednn_cap_allows_bf16,
 )
 from fcnseg.inference import padcache, winograd
+from fcnseg.inference.packed import PackedWeight
 from fcnseg.inference.winograd import WinogradConvReLU
 from fcnseg.models.layers import BilinearUpsample, is_plain_conv
 
@@ -70,12 +71,14 @@ def _is_score_module(module: nn.Module, num_classes: int) -> bool:
 
 class GemmConv2d(nn.Module):
     """A stride-1 convolution with a huge weight (VGG16's fc6 as a 7x7 convolution, fc7) computed as
-    im2col (``F.unfold``) + one matrix product with the weight packed once as (in*k*k, out).
+    im2col (``F.unfold``) + one matrix product with the (out, in*k*k) weight packed once for oneDNN
+    (:class:`fcnseg.inference.packed.PackedWeight`).
 
     Such layers run on few cells (16x16 at 500x500) with a weight far larger than their input, where
     oneDNN's convolution re-lays out the weight on every call; the GEMM reads the packed weight as
-    is (VGG16 fc6 at 500x500 in bf16: about 180 ms instead of 260 ms on 2 AVX512-BF16 cores). Output
-    rows are computed ``rows_per_chunk`` at a time so the unfolded input stays bounded on big inputs.
+    is (VGG16 fc6 at 500x500 in bf16 on 2 AVX512-BF16 cores: about 130 ms as a convolution, 74 ms as
+    ``addmm`` on a row-major weight, 58-60 ms packed). Output rows are computed ``rows_per_chunk``
+    at a time so the unfolded input stays bounded on big inputs.
     """
 
     def __init__(self, conv: nn.Conv2d, rows_per_chunk: int = 32) -> None:
@@ -85,7 +88,7 @@ class GemmConv2d(nn.Module):
         self.out_channels = conv.out_channels
         self.rows_per_chunk = rows_per_chunk
         weight = conv.weight.detach()
-        self.register_buffer("packed", weight.reshape(weight.shape[0], -1).t().contiguous())
+        self.packed = PackedWeight(weight.reshape(weight.shape[0], -1))
         bias = conv.bias.detach() if conv.bias is not None else weight.new_zeros(weight.shape[0])
         self.register_buffer("bias", bias.clone())
 
@@ -118,16 +121,21 @@ class GemmConv2d(nn.Module):
             else:
                 cols = F.unfold(strip, (kh, kw))  # (n, in*k*k, rows*out_w), channel-major like the weight
                 cells = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-            chunks.append(torch.addmm(self.bias, cells, self.packed).view(n, rows, out_w, -1))
+            chunks.append(self.packed(cells, self.bias).view(n, rows, out_w, -1))
         out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
         return out.permute(0, 3, 1, 2)  # (n, out, h, w) in channels_last memory order
 
     def extra_repr(self) -> str:
-        return f"{self.packed.shape[0]} -> {self.out_channels}, kernel_size={self.kernel_size}, padding={self.padding}"
+        return f"{self.packed.shape[1]} -> {self.out_channels}, kernel_size={self.kernel_size}, padding={self.padding}"
 
     def conv_weight(self) -> torch.Tensor:
         """The (out, in, kh, kw) convolution weight the packed one came from."""
-        return self.packed.t().reshape(self.out_channels, -1, *self.kernel_size)
+        return self.packed.dense().reshape(self.out_channels, -1, *self.kernel_size)
+
+    def _apply(self, fn, recurse=True):  # .to(dtype), .float(): the packed weight too (it is no buffer)
+        super()._apply(fn, recurse)
+        self.packed = self.packed.apply(fn)
+        return self
 
     # state dicts keep the convolution's layout ("weight", "bias"): a prepared model saves, exports
     # and loads like the original one
@@ -143,7 +151,9 @@ class GemmConv2d(nn.Module):
             missing_keys.extend(prefix + k for k in ("weight", "bias") if state_dict.get(prefix + k) is None)
             return
         with torch.no_grad():
-            self.packed.copy_(weight.reshape(weight.shape[0], -1).t())
+            self.packed = PackedWeight(
+                weight.reshape(weight.shape[0], -1).to(self.packed.dtype), self.packed.wants_packing
+            )
             self.bias.copy_(bias)
 
 
@@ -494,6 +504,9 @@ class Compiled(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         padcache.uninstall(model)  # dynamo traces the plain forward; the cache is Python-side state
+        for module in model.modules():  # and plain weights (inductor packs them its own way)
+            if isinstance(getattr(module, "packed", None), PackedWeight):
+                module.packed = module.packed.plain()
         self.model = model
         self.fast_input_dtype = getattr(model, "fast_input_dtype", torch.bfloat16)
         self.compiled = torch.compile(model)

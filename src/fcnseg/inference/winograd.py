@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fcnseg.inference.packed import PackedWeight
+
 # interpolation points of the Winograd / Cook-Toom construction (plus the point at infinity), in the
 # order that keeps the transforms' constants small (Lavin & Gray, section 4.2)
 POINTS = (0, 1, -1, 2, -2, 1 / 2, -1 / 2, 3, -3)
@@ -132,7 +134,9 @@ class WinogradConvReLU(nn.Module):
         self.bias = nn.Parameter(bias.detach(), requires_grad=False)
         self.relu_inplace = relu_inplace
         self.max_buffer = MAX_BUFFER
-        self.register_buffer("transformed", transformed_weight(weight, self.block), persistent=False)
+        self.cells = self.tile**2
+        self.in_channels, self.out_channels = weight.shape[1], weight.shape[0]
+        self._pack(transformed_weight(weight, self.block))
         self.keep_weight = kernel == 3
         if self.keep_weight:
             self.weight = nn.Parameter(weight.detach(), requires_grad=False)
@@ -141,6 +145,21 @@ class WinogradConvReLU(nn.Module):
         self.register_buffer("kron_out", torch.kron(at, at).float(), persistent=False)  # (m*m, t*t)
         # A^T's column for the point 1 is all ones: a bias added at that cell reaches every output
         self.bias_cell = POINTS.index(1) * (self.tile + 1)
+
+    def _pack(self, transformed: Tensor, packed: bool = True) -> None:
+        """Hold ``transformed`` (t*t, C, C_out) as one oneDNN-packed (C_out, C) weight per cell
+        (:mod:`fcnseg.inference.packed`: 5-20% faster than ``torch.bmm`` on AVX2, 2x natively on an
+        AVX512 EPYC, where MKL's fp32 GEMM stays on its AVX2 kernels)."""
+        self.packed = [PackedWeight(cell.t(), packed) for cell in transformed]
+
+    def transformed(self) -> Tensor:
+        """The transformed weight, (t*t, C, C_out)."""
+        return torch.stack([cell.dense().t() for cell in self.packed])
+
+    def _apply(self, fn, recurse=True):  # .to(dtype), .float(): the packed weights too (they are no buffers)
+        super()._apply(fn, recurse)
+        self.packed = [cell.apply(fn) for cell in self.packed]
+        return self
 
     @staticmethod
     def applies_to(weight: Tensor, stride, dilation, groups: int, padding, min_channels: int) -> bool:
@@ -162,7 +181,7 @@ class WinogradConvReLU(nn.Module):
         """The (C_out, C, k, k) convolution weight."""
         if self.keep_weight:
             return self.weight
-        return original_weight(self.transformed, self.block, self.kernel_size[0])
+        return original_weight(self.transformed(), self.block, self.kernel_size[0])
 
     def forward(self, x: Tensor, padding: tuple | None = None) -> Tensor:
         padding = self.padding if padding is None else padding
@@ -213,8 +232,8 @@ class WinogradConvReLU(nn.Module):
         spectra = _buffer("spectra", cells * tiles * channels).view(cells, tiles * channels)
         torch.mm(self.kron_in, gathered.view(cells, -1), out=spectra)
         products = _buffer("products", cells * tiles * out_channels).view(cells, tiles, out_channels)
-        torch.bmm(spectra.view(cells, tiles, channels), self.transformed, out=products)
-        products[self.bias_cell].add_(self.bias)
+        for cell, (spectrum, weight) in enumerate(zip(spectra.view(cells, tiles, channels), self.packed)):
+            products[cell] = weight(spectrum, self.bias if cell == self.bias_cell else None)
         blocks = _buffer("blocks", m * m * tiles * out_channels).view(m * m, tiles * out_channels)
         torch.mm(self.kron_out, products.view(cells, -1), out=blocks)
         blocks.clamp_(min=0)
@@ -252,12 +271,8 @@ class WinogradConvReLU(nn.Module):
             missing.append(prefix + "weight")
             return
         with torch.no_grad():
-            if self.keep_weight:
-                self.transformed.copy_(transformed_weight(self.weight, self.block))
-            else:
-                self.transformed.copy_(transformed_weight(weight, self.block))
+            self._pack(transformed_weight(self.weight if self.keep_weight else weight, self.block))
 
     def extra_repr(self) -> str:
         k, m = self.kernel_size[0], self.block
-        cells, out_channels = self.transformed.shape[1:]
-        return f"{cells} -> {out_channels}, {k}x{k} by Winograd F({m}x{m}, {k}x{k}), padding={self.padding}, + ReLU"
+        return f"{self.in_channels} -> {self.out_channels}, {k}x{k} by Winograd F({m}x{m}, {k}x{k}), padding={self.padding}, + ReLU"
