@@ -34,8 +34,6 @@ import torch
 from torch import nn
 
 from fcnseg.errors import FcnsegError
-from fcnseg.inference import int8_gemm
-from fcnseg.inference.int8_gemm import QuantizedGemms
 from fcnseg.inference.padcache import PadConstantTrunk
 
 Rect = tuple[tuple[int, int], tuple[int, int]]
@@ -382,7 +380,6 @@ class _Head:
     session: object
     outputs: list[str]
     rest: _Rest
-    gemms: QuantizedGemms | None  # the huge layers after the head, run by oneDNN (int8_gemm.py)
 
 
 _SEEN = "seen"  # a size met once: it runs the plain model; the second image of that size builds its head
@@ -393,7 +390,7 @@ class PadCachedInt8:
     ``session`` makes an onnxruntime session from model bytes. A size's head is built when a second
     image of that size comes (a folder of photos in many sizes pays nothing for sizes met once)."""
 
-    def __init__(self, model_bytes: bytes, session, max_sizes: int = 8, gemms: bool | None = None) -> None:
+    def __init__(self, model_bytes: bytes, session, max_sizes: int = 8) -> None:
         try:
             import onnx
         except ImportError:
@@ -414,10 +411,6 @@ class PadCachedInt8:
             capture.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UINT8, None))
         self.full = session(capture.SerializeToString())
         self.layouts = PadConstantTrunk(self.chain.trunk)
-        # after the head's last map (the trunk's last pooling), fc6 and fc7 on oneDNN where it has VNNI
-        use_gemms = int8_gemm.wanted() if gemms is None else gemms
-        last = self.chain.maps[head_end(self.chain, 0)]
-        self.gemms = int8_gemm.find_gemms(self.proto, last) if use_gemms else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         image = x.float().contiguous().numpy()
@@ -433,8 +426,6 @@ class PadCachedInt8:
         if isinstance(entry, _Head):
             maps = entry.session.run(entry.outputs, {"image": image})
             feeds = dict(zip(entry.outputs, maps))
-            if entry.gemms is not None:
-                feeds[entry.gemms.target] = entry.gemms(feeds.pop(entry.gemms.source))
             if entry.rest.needs_image:
                 feeds["image"] = image
             return torch.from_numpy(entry.rest.session.run(["scores"], feeds)[0])
@@ -460,9 +451,8 @@ class PadCachedInt8:
         if layout is None:
             return None
         head, outputs = head_graph(self.proto, self.chain, layout, maps, size)
-        gemms = self.gemms if self.gemms is not None and self.gemms.source in outputs else None
-        key = tuple(o for o in outputs if gemms is None or o != gemms.source) + ((gemms.target,) if gemms else ())
+        key = tuple(outputs)
         if key not in self.rests:
-            rest = self.session(rest_graph(self.model_bytes, list(key)).SerializeToString())
+            rest = self.session(rest_graph(self.model_bytes, outputs).SerializeToString())
             self.rests[key] = _Rest(rest, "image" in {i.name for i in rest.get_inputs()})
-        return _Head(self.session(head.SerializeToString()), outputs, self.rests[key], gemms)
+        return _Head(self.session(head.SerializeToString()), outputs, self.rests[key])

@@ -27,9 +27,10 @@ def installed(runtime: str) -> bool:
 
 def onnxruntime_session(model_bytes: bytes, threads: int | None = None, spinning: bool = True):
     """An onnxruntime CPU session. ``spinning=False``: its threads sleep between runs instead of
-    spinning for work (onnxruntime's default), for sessions that run in turn with other sessions or
-    with torch's threads on the same cores (int8 pad-cache heads, rest graphs, oneDNN GEMMs): FCN-8s
-    int8 at 500x500 on 2 cores, 192-218 ms instead of 220-248 ms."""
+    spinning for work (onnxruntime's default), for sessions that run in turn on the same cores (the
+    int8 pad cache's head and rest graphs: a spinning head's threads take cores from the rest graph).
+    FCN-8s VGG16 int8 at 500x500 on 2 EPYC cores (AVX512-VNNI), three alternating processes:
+    186-210 ms without spinning, 221-226 ms with it."""
     try:
         import onnxruntime as ort
     except ImportError:
