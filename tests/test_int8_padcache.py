@@ -114,3 +114,17 @@ def test_old_sizes_are_forgotten(caffe_int8):
     for size in [(30, 30), (31, 30), (32, 30)]:
         run(picture(*size))
     assert list(run.heads) == [(31, 30), (32, 30)]
+
+
+def test_sessions_run_in_turn_without_spinning_threads(caffe_int8):
+    """The head and rest graphs run one after the other on the same cores: their threads sleep
+    between runs (a spinning head's threads would take cores from the rest graph)."""
+    _, _, data = caffe_int8
+    run = runtimes.load("onnxruntime", data)
+    for _ in range(2):
+        run(picture(40, 40))
+    sessions = [run.full, run.heads[(40, 40)].session, run.heads[(40, 40)].rest.session]
+    for session in sessions:
+        assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    default = runtimes.onnxruntime_session(data)  # a session of its own keeps onnxruntime's default
+    assert not default.get_session_options().has_config_entry("session.intra_op.allow_spinning")
