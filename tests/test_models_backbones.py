@@ -226,10 +226,11 @@ def test_vgg16_bn_geometry_is_derived_through_the_norm_layers(geometry):
                 assert bn(torch.randn(1, 3, *size)).shape == (1, 3, *size)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("size", [(1, 1), (3, 3), (2, 5), (4, 9), (12, 12)])
-def test_same_conv_skips_dead_taps_with_identical_outputs_and_gradients(size):
+def test_same_conv_skips_dead_taps_with_identical_outputs_and_gradients(size, channels_last):
     """fc6 under the `same` geometry drops the kernel taps that only meet padding (pool5 smaller than
-    7x7): outputs and every gradient equal the plain convolution's, on any input size."""
+    7x7): outputs and every gradient equal the plain convolution's, on any input size and layout."""
     from fcnseg.models.layers import SameConv2d
 
     torch.manual_seed(0)
@@ -238,6 +239,10 @@ def test_same_conv_skips_dead_taps_with_identical_outputs_and_gradients(size):
     plain.load_state_dict(fast.state_dict())
     x = torch.randn(2, 4, *size, dtype=torch.float64)
     fast, plain = fast.double(), plain.double()
+    if channels_last:  # the weight keeps its plain memory order (no layout copies of its gradient)
+        fast, plain = fast.to(memory_format=torch.channels_last), plain.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        assert fast.weight.is_contiguous() and fast.weight.dtype == torch.float64
     xs = [x.clone().requires_grad_(True) for _ in range(2)]
     outs = [m(xi) for m, xi in zip((fast, plain), xs)]
     assert outs[0].shape == outs[1].shape == (2, 6, *size)
