@@ -24,6 +24,11 @@ def test_gemm_conv_equals_the_convolution(kernel, padding, rows_per_chunk):
     assert out.shape == expected.shape
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(out, expected, atol=1e-5)
+    with torch.no_grad():  # inputs that are views (a batch's second image, a crop) or plain NCHW
+        second = x.contiguous(memory_format=torch.channels_last)[1:]
+        assert torch.allclose(gemm(second), expected[1:], atol=1e-5)
+        assert torch.allclose(gemm(x[:, :, 2:9, 1:12]), conv(x[:, :, 2:9, 1:12]), atol=1e-5)
+    assert torch.allclose(GemmConv2d(conv).conv_weight(), conv.weight)  # unpacked in the original order
 
 
 def test_only_plain_convolutions_with_large_weights_are_replaced():

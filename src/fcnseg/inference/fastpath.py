@@ -88,7 +88,7 @@ class GemmConv2d(nn.Module):
         self.out_channels = conv.out_channels
         self.rows_per_chunk = rows_per_chunk
         weight = conv.weight.detach()
-        self.packed = PackedWeight(weight.reshape(weight.shape[0], -1))
+        self.packed = PackedWeight(self._cell_major(weight))
         bias = conv.bias.detach() if conv.bias is not None else weight.new_zeros(weight.shape[0])
         self.register_buffer("bias", bias.clone())
 
@@ -107,20 +107,29 @@ class GemmConv2d(nn.Module):
             and module.padding[0] == module.padding[1]
         )
 
+    @staticmethod
+    def _cell_major(weight: torch.Tensor) -> torch.Tensor:
+        """(out, in, kh, kw) -> (out, kh * kw * in): the order of a channels_last input's windows."""
+        return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (kh, kw), pad = self.kernel_size, self.padding[0]
+        nhwc = x.permute(0, 2, 3, 1).contiguous()  # a view for channels_last input
         if pad:
-            x = F.pad(x, (pad, pad, pad, pad))
-        n, out_h, out_w = x.shape[0], x.shape[-2] - kh + 1, x.shape[-1] - kw + 1
+            nhwc = F.pad(nhwc, (0, 0, pad, pad, pad, pad))
+        n, height, width, channels = nhwc.shape
+        out_h, out_w = height - kh + 1, width - kw + 1
+        s = nhwc.stride()
         chunks = []
         for top in range(0, out_h, self.rows_per_chunk):
             rows = min(self.rows_per_chunk, out_h - top)
-            strip = x[:, :, top : top + rows + kh - 1]
-            if (kh, kw) == (1, 1):  # a 1x1 conv needs no im2col: cells are the pixels (a view if channels_last)
-                cells = strip.permute(0, 2, 3, 1).reshape(-1, strip.shape[1])
-            else:
-                cols = F.unfold(strip, (kh, kw))  # (n, in*k*k, rows*out_w), channel-major like the weight
-                cells = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+            # im2col in one copy: each output cell's kh x kw x in window, read in memory order
+            windows = nhwc.as_strided(
+                (n, rows, out_w, kh, kw, channels),
+                (s[0], s[1], s[2], s[1], s[2], s[3]),
+                nhwc.storage_offset() + top * s[1],
+            )
+            cells = windows.reshape(-1, kh * kw * channels)  # a view for 1x1 kernels
             chunks.append(self.packed(cells, self.bias).view(n, rows, out_w, -1))
         out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
         return out.permute(0, 3, 1, 2)  # (n, out, h, w) in channels_last memory order
@@ -130,7 +139,8 @@ class GemmConv2d(nn.Module):
 
     def conv_weight(self) -> torch.Tensor:
         """The (out, in, kh, kw) convolution weight the packed one came from."""
-        return self.packed.dense().reshape(self.out_channels, -1, *self.kernel_size)
+        weight = self.packed.dense().reshape(self.out_channels, *self.kernel_size, -1)
+        return weight.permute(0, 3, 1, 2).contiguous()
 
     def _apply(self, fn, recurse=True):  # .to(dtype), .float(): the packed weight too (it is no buffer)
         super()._apply(fn, recurse)
@@ -151,9 +161,7 @@ class GemmConv2d(nn.Module):
             missing_keys.extend(prefix + k for k in ("weight", "bias") if state_dict.get(prefix + k) is None)
             return
         with torch.no_grad():
-            self.packed = PackedWeight(
-                weight.reshape(weight.shape[0], -1).to(self.packed.dtype), self.packed.wants_packing
-            )
+            self.packed = PackedWeight(self._cell_major(weight).to(self.packed.dtype), self.packed.wants_packing)
             self.bias.copy_(bias)
 
 
