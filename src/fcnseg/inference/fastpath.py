@@ -76,9 +76,10 @@ class GemmConv2d(nn.Module):
 
     Such layers run on few cells (16x16 at 500x500) with a weight far larger than their input, where
     oneDNN's convolution re-lays out the weight on every call; the GEMM reads the packed weight as
-    is (VGG16 fc6 at 500x500 in bf16 on 2 AVX512-BF16 cores: about 130 ms as a convolution, 74 ms as
-    ``addmm`` on a row-major weight, 58-60 ms packed). Output rows are computed ``rows_per_chunk``
-    at a time so the unfolded input stays bounded on big inputs.
+    is (VGG16 fc6 at 500x500 in bf16 on 2 AVX512-BF16 cores: about 130 ms as a convolution, 69-77 ms
+    as ``unfold`` + ``addmm`` on a row-major weight, 56-59 ms packed, with the im2col as one copy of
+    the channels_last input's windows). Output rows are computed ``rows_per_chunk`` at a time so the
+    unfolded input stays bounded on big inputs.
     """
 
     def __init__(self, conv: nn.Conv2d, rows_per_chunk: int = 32) -> None:
