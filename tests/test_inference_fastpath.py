@@ -213,3 +213,39 @@ def test_prepared_model_saves_and_loads_like_the_original(fast):
     assert torch.allclose(
         run_model(prepared, x, fast), reference, atol=(0.05 if fast else 1e-5) * reference.abs().max().item()
     )
+
+
+@pytest.mark.parametrize("factor", [2, 8])
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (17, 12)])
+def test_fixed_bilinear_upsampler_as_a_resize_equals_the_transposed_convolution(factor, size):
+    """Exported graphs run fixed bilinear upsamplers as Resize: the same output, edges included."""
+    from fcnseg.inference.fastpath import ResizeUpsample
+    from fcnseg.models.layers import BilinearUpsample
+
+    upsampler = BilinearUpsample(4, factor, learnable=False)
+    assert ResizeUpsample.applies_to(upsampler)
+    x = torch.randn(2, 4, *size)
+    with torch.no_grad():
+        expected, got = upsampler(x), ResizeUpsample(upsampler)(x)
+    assert got.shape == expected.shape == (2, 4, (size[0] + 1) * factor, (size[1] + 1) * factor)
+    assert torch.allclose(got, expected, atol=1e-6 * expected.abs().max().item())
+
+
+def test_only_exactly_bilinear_even_upsamplers_become_resizes():
+    from fcnseg.inference.fastpath import ResizeUpsample, with_export_upsamplers
+    from fcnseg.models.layers import BilinearUpsample
+
+    assert ResizeUpsample.applies_to(BilinearUpsample(3, 2, learnable=True))  # learnable, not yet changed
+    trained = BilinearUpsample(3, 2, learnable=True)
+    with torch.no_grad():
+        trained.weight[0, 0, 1, 1] += 0.01
+    assert not ResizeUpsample.applies_to(trained)  # training changed it: a convolution again
+    assert not ResizeUpsample.applies_to(BilinearUpsample(3, 32, learnable=False, kernel_size=63))  # FCN-AlexNet
+    assert not ResizeUpsample.applies_to(nn.ConvTranspose2d(3, 3, 4, stride=2))
+    model = nn.Sequential(BilinearUpsample(3, 8, learnable=False), trained)
+    exported = with_export_upsamplers(model)
+    assert type(exported[0]) is ResizeUpsample and type(exported[1]) is fastpath.PerClassUpsample
+    assert type(model[0]) is BilinearUpsample  # the model itself is left as it was
+    x = torch.randn(1, 3, 5, 6)
+    with torch.no_grad():
+        assert torch.allclose(exported(x), model(x), atol=1e-5)

@@ -65,13 +65,18 @@ def test_quantize_writes_an_int8_model_with_its_record(quantized):
     int8_weights = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
     assert len(int8_weights) >= 14  # 12 VGG convolutions + fc6 + fc7; conv1_1 and the score head stay fp32
     assert all(i.dims[0] != 6 for i in int8_weights)
-    # the fixed bilinear upsamplers (diagonal weights) run grouped, one filter per class, in fp32
+    # bilinear upsamplers run as Resize (their transposed convolution's values), other diagonal ones
+    # grouped, one filter per class; both in fp32
     groups = [
         next((a.i for a in node.attribute if a.name == "group"), 1)
         for node in proto.graph.node
         if node.op_type == "ConvTranspose"
     ]
-    assert 6 in groups
+    assert "Resize" in ops and all(group == 6 for group in groups)
+    producer = {o: n.op_type for n in proto.graph.node for o in n.output}
+    readers = {i: n.op_type for n in proto.graph.node for i in n.input}
+    for resize in (n for n in proto.graph.node if n.op_type == "Resize"):  # not quantized around
+        assert producer.get(resize.input[0]) != "DequantizeLinear" and readers.get(resize.output[0]) != "QuantizeLinear"
     record = int8.read_record(out.read_bytes())
     assert record["calibration"] == {"data": "shapes", "split": "train", "max_side": 1024, "images": 3}
     assert record["source"]["model_name"] == "fcn8s"

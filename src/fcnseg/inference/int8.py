@@ -146,11 +146,11 @@ def quantize(model: nn.Module, meta: dict, calibration: Iterable[torch.Tensor], 
             count[0] += 1
             yield x.float().contiguous().numpy()
 
-    from fcnseg.inference.fastpath import with_per_class_upsamplers
+    from fcnseg.inference.fastpath import with_export_upsamplers
 
     model = model.eval().float()  # as the export sees it (the weights' digest below reads these)
-    # diagonal (fixed bilinear) upsamplers exported grouped: the same scores for 1/C of the work
-    fp32 = onnx.load_from_string(export.onnx_bytes(with_per_class_upsamplers(model), meta))
+    # fixed bilinear upsamplers exported as Resize, other diagonal ones grouped: the same scores, less work
+    fp32 = onnx.load_from_string(export.onnx_bytes(with_export_upsamplers(model), meta))
     _unshare_initializers(fp32)
     record = {
         "engine": ENGINE,
