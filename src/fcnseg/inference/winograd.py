@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -96,19 +97,24 @@ def release_buffers() -> None:
     _buffers.__dict__.pop("store", None)
 
 
-def transformed_weight(weight: Tensor, block: int) -> Tensor:
-    """(C_out, C, k, k) -> (t*t, C, C_out): ``G g G^T`` for every channel pair (one GEMM with
-    ``G (x) G``, then torch's blocked 2-D transpose)."""
+def transformed_cells(weight: Tensor, block: int, cells_per_pass: int = 8) -> Iterator[Tensor]:
+    """(C_out, C, k, k) -> ``G g G^T`` for every channel pair, one (C_out, C) matrix per cell of the
+    t x t tile, in cell order. A few cells per pass over the weight (a GEMM with rows of ``G (x) G``),
+    so memory stays bounded: fc6's whole transform is 537 MB, and the packed copy is being built."""
     _, g, _ = matrices(block, weight.shape[-1])
     out_channels, in_channels = weight.shape[:2]
     # float32 (float64 would cost fc6's preparation 2x the time for ~1e-8 of its largest weight)
-    u = weight.detach().cpu().float().reshape(out_channels * in_channels, -1) @ torch.kron(g, g).float().t()
-    u = u.view(out_channels, -1).t().contiguous()  # (C * t * t, C_out)
-    return u.view(in_channels, g.shape[0] ** 2, out_channels).transpose(0, 1).contiguous()
+    flat = weight.detach().cpu().float().reshape(out_channels * in_channels, -1)
+    kron = torch.kron(g, g).float()  # (t*t, k*k)
+    for first in range(0, kron.shape[0], cells_per_pass):
+        part = flat @ kron[first : first + cells_per_pass].t()  # (C_out * C, cells)
+        for column in part.t():
+            yield column.reshape(out_channels, in_channels)
 
 
 def original_weight(transformed: Tensor, block: int, kernel: int) -> Tensor:
-    """The (C_out, C, k, k) weight back from :func:`transformed_weight` (G has full column rank)."""
+    """The (C_out, C, k, k) weight back from the transformed one, (t*t, C, C_out) (G has full column
+    rank)."""
     _, g, _ = matrices(block, kernel)
     cells, in_channels, out_channels = transformed.shape
     u = transformed.transpose(0, 1).reshape(-1, out_channels).t().contiguous()  # (C_out, C * t * t)
@@ -136,7 +142,7 @@ class WinogradConvReLU(nn.Module):
         self.max_buffer = MAX_BUFFER
         self.cells = self.tile**2
         self.in_channels, self.out_channels = weight.shape[1], weight.shape[0]
-        self._pack(transformed_weight(weight, self.block))
+        self._pack(weight)
         self.keep_weight = kernel == 3
         if self.keep_weight:
             self.weight = nn.Parameter(weight.detach(), requires_grad=False)
@@ -146,11 +152,11 @@ class WinogradConvReLU(nn.Module):
         # A^T's column for the point 1 is all ones: a bias added at that cell reaches every output
         self.bias_cell = POINTS.index(1) * (self.tile + 1)
 
-    def _pack(self, transformed: Tensor, packed: bool = True) -> None:
-        """Hold ``transformed`` (t*t, C, C_out) as one oneDNN-packed (C_out, C) weight per cell
+    def _pack(self, weight: Tensor) -> None:
+        """Hold ``weight``'s transform as one oneDNN-packed (C_out, C) weight per cell
         (:mod:`fcnseg.inference.packed`: 5-20% faster than ``torch.bmm`` on AVX2, 2x natively on an
-        AVX512 EPYC, where MKL's fp32 GEMM stays on its AVX2 kernels)."""
-        self.packed = [PackedWeight(cell.t(), packed) for cell in transformed]
+        AVX512 EPYC, where MKL's fp32 GEMM stays on its AVX2 kernels), packed as it is computed."""
+        self.packed = [PackedWeight(cell) for cell in transformed_cells(weight, self.block)]
 
     def transformed(self) -> Tensor:
         """The transformed weight, (t*t, C, C_out)."""
@@ -271,7 +277,7 @@ class WinogradConvReLU(nn.Module):
             missing.append(prefix + "weight")
             return
         with torch.no_grad():
-            self._pack(transformed_weight(self.weight if self.keep_weight else weight, self.block))
+            self._pack(self.weight if self.keep_weight else weight)
 
     def extra_repr(self) -> str:
         k, m = self.kernel_size[0], self.block
