@@ -71,8 +71,8 @@ def _is_score_module(module: nn.Module, num_classes: int) -> bool:
 
 class GemmConv2d(nn.Module):
     """A stride-1 convolution with a huge weight (VGG16's fc6 as a 7x7 convolution, fc7) computed as
-    im2col (``F.unfold``) + one matrix product with the (out, in*k*k) weight packed once for oneDNN
-    (:class:`fcnseg.inference.packed.PackedWeight`).
+    im2col (one copy of the channels_last input's kh x kw x in windows) + one matrix product with the
+    weight packed once for oneDNN in that order (:class:`fcnseg.inference.packed.PackedWeight`).
 
     Such layers run on few cells (16x16 at 500x500) with a weight far larger than their input, where
     oneDNN's convolution re-lays out the weight on every call; the GEMM reads the packed weight as

@@ -140,7 +140,6 @@ class WinogradConvReLU(nn.Module):
         self.bias = nn.Parameter(bias.detach(), requires_grad=False)
         self.relu_inplace = relu_inplace
         self.max_buffer = MAX_BUFFER
-        self.cells = self.tile**2
         self.in_channels, self.out_channels = weight.shape[1], weight.shape[0]
         self._pack(weight)
         self.keep_weight = kernel == 3
