@@ -51,12 +51,6 @@ def onnx_bytes(model: nn.Module, meta: ModelMeta | dict, sample_size: tuple[int,
     """The model as a serialised ONNX ModelProto with dynamic batch, height and width."""
     import onnx
 
-    if not getattr(model, "onnx_exportable", True):
-        name = as_meta(meta).model_name
-        raise FcnsegError(
-            f"{name} cannot be exported to ONNX with dynamic sizes (its forward sizes its mirror padding "
-            "in Python); use the checkpoint, or export --format safetensors"
-        )
     model = model.eval().float().to(memory_format=torch.contiguous_format)
     sample = torch.zeros(1, getattr(model, "in_channels", 3), *sample_size)  # 6: the late-fusion models
     axes = {0: "batch", 2: "height", 3: "width"}

@@ -92,14 +92,18 @@ def pad_to_multiple(x: Tensor, multiple: int, value: float = 0.0) -> Tensor:
     return F.pad(x, (0, (-width) % multiple, 0, (-height) % multiple), value=value)
 
 
-def mirror_indices(length: int, before: int, after: int, device: torch.device | None = None) -> Tensor:
+def mirror_indices(
+    length: int | Tensor, before: int, after: int | Tensor, device: torch.device | None = None
+) -> Tensor:
     """Indices into ``range(length)`` that extend it by ``before``/``after`` positions by mirroring at
     each end without repeating the edge (numpy's "reflect"), folding again as often as needed, so an
-    extension may be longer than ``length`` itself (a 1-pixel line repeats its pixel)."""
+    extension may be longer than ``length`` itself (a 1-pixel line repeats its pixel).
+
+    Written as tensor arithmetic with no branch on ``length``, so a traced forward (ONNX export, where
+    sizes are 0-dim tensors) keeps the extension dynamic: a 1-pixel length folds with period 1.
+    """
     positions = torch.arange(-before, length + after, device=device)
-    if length == 1:
-        return torch.zeros_like(positions)
-    period = 2 * (length - 1)
+    period = (2 * (length - 1)).clamp(min=1) if isinstance(length, Tensor) else max(1, 2 * (length - 1))
     folded = positions.remainder(period)
     return torch.where(folded < length, folded, period - folded)
 
@@ -113,7 +117,7 @@ def mirror_pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tenso
     return x.index_select(-2, rows).index_select(-1, cols)
 
 
-def _tracing() -> bool:
+def tracing() -> bool:
     """Whether the forward is being recorded (ONNX export, torch.jit trace, torch.compile/export), where
     a branch on a tensor's size would be baked into the graph for every later size."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
@@ -142,7 +146,7 @@ class SameConv2d(nn.Conv2d):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        if _tracing():
+        if tracing():
             return super().forward(x)
         (kh, kw), (ph, pw) = self.kernel_size, self.padding
         ch, cw = max(0, ph - x.shape[-2] + 1), max(0, pw - x.shape[-1] + 1)

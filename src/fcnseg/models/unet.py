@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from fcnseg.errors import FcnsegError
-from fcnseg.models.layers import mirror_pad, pad_to_multiple, scaled
+from fcnseg.models.layers import mirror_pad, pad_to_multiple, scaled, tracing
 from fcnseg.models.registry import ModelEntry, register_model
 from fcnseg.models.surgery import WeightsSource
 
@@ -104,9 +104,11 @@ VALID_STEP = 16  # output sizes (and tile offsets that keep the pooling grid) co
 VALID_PHASE = 4  # ... starting at 4: valid outputs are 4 + 16 k
 
 
-def valid_output_size(length: int) -> int:
-    """The smallest output size the unpadded U-Net produces that covers ``length`` pixels."""
-    return VALID_PHASE + VALID_STEP * max(0, -(-(length - VALID_PHASE) // VALID_STEP))
+def valid_output_size(length: int | Tensor) -> int | Tensor:
+    """The smallest output size the unpadded U-Net produces that covers ``length`` (>= 1) pixels.
+
+    Plain arithmetic (no ``max``, no branch), so a traced size (a 0-dim tensor) stays traced."""
+    return VALID_PHASE + VALID_STEP * ((length - VALID_PHASE + VALID_STEP - 1) // VALID_STEP)
 
 
 class UNetValid(UNet):
@@ -119,14 +121,11 @@ class UNetValid(UNet):
 
     padding = 0
     context = VALID_CONTEXT
-    # its mirror extension is Python arithmetic on the input's size, which an ONNX trace freezes
-    # (measured: a 64x64 input gave 52x52 scores); fcnseg.inference.export refuses it
-    onnx_exportable = False
 
     def forward_valid(self, x: Tensor) -> Tensor:
         """(N, 3, o + 184, o + 184) -> (N, C, o, o) for outputs o = 4 + 16 k (rectangles alike)."""
         height, width = x.shape[-2], x.shape[-1]
-        for side in (height, width):
+        for side in () if tracing() else (height, width):  # traced: sizes are tensors, made valid by forward
             out = side - 2 * VALID_CONTEXT
             if out < VALID_PHASE or (out - VALID_PHASE) % VALID_STEP:
                 raise FcnsegError(
