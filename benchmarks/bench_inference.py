@@ -71,7 +71,7 @@ import torch
 from torch import nn
 
 from fcnseg.data.normalize import normalize
-from fcnseg.inference import fastpath
+from fcnseg.inference import fastpath, runtimes
 from fcnseg.inference.export import onnx_bytes
 
 NUM_CLASSES = 21
@@ -177,7 +177,7 @@ def openvino_model(data: bytes, size: int | None) -> Forward:
         model = core.read_model(path)
         if size:
             model.reshape({"image": [1, 3, size, size]})
-        compiled = core.compile_model(model, "CPU", config)
+        compiled = runtimes.openvino_compile(core, model, config)  # its sigaltstack fault kept away
     request = compiled.create_infer_request()
     return lambda x: torch.from_numpy(request.infer({"image": x.numpy()})[compiled.output(0)].copy())
 
@@ -204,14 +204,10 @@ def int8_bytes(model: nn.Module, args) -> bytes:
 
 
 def int8_onnxruntime(model: nn.Module, args) -> Forward:
-    from fcnseg.inference import runtimes
-
     return runtimes.load("onnxruntime", int8_bytes(model, args))  # as Segmenter runs it
 
 
 def int8_openvino(model: nn.Module, args) -> Forward:
-    from fcnseg.inference import runtimes
-
     return runtimes.load("openvino", int8_bytes(model, args))  # as Segmenter runs it: dynamic H, W
 
 

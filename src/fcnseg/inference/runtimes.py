@@ -8,8 +8,11 @@ CPU with AVX512-BF16 or AMX run fp32 models in bf16 and int8 models on the VNNI/
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import io
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -58,11 +61,47 @@ def load(runtime: str, model_bytes: bytes, threads: int | None = None) -> Run:
                 "or use --backend onnxruntime"
             ) from None
         core = ov.Core()
-        compiled = core.compile_model(
-            core.read_model(io.BytesIO(model_bytes)),
-            "CPU",
-            {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads()},
-        )
+        config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+        compiled = openvino_compile(core, core.read_model(io.BytesIO(model_bytes)), config)
         request, output = compiled.create_infer_request(), compiled.output(0)
         return lambda x: torch.from_numpy(request.infer({"image": x.float().contiguous().numpy()})[output].copy())
     raise FcnsegError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+
+
+def openvino_compile(core, model, config: dict):
+    """``core.compile_model(model, "CPU", config)`` with the calling thread's signal stack kept.
+
+    OpenVINO's CPU plugin (2026.4) installs its own alternate signal stack (sigaltstack) when it
+    compiles a model and puts back the one it found when that model is released. Released in any
+    order but the reverse of compiling, the thread is left with a stack that has been freed, and the
+    next signal handled there (Ctrl-C, SIGTERM, a child's SIGCHLD: Python installs its handlers with
+    SA_ONSTACK) kills the process with SIGSEGV. Measured: two models compiled and released first to
+    last, then one SIGUSR1 -> exit 139. Putting the caller's stack back right after compiling means
+    every model saves, and later restores, that same live stack."""
+    with _signal_stack_kept():
+        return core.compile_model(model, "CPU", config)
+
+
+class _SignalStack(ctypes.Structure):
+    """glibc's ``stack_t``."""
+
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+_SS_ONSTACK = 1
+
+
+@contextlib.contextmanager
+def _signal_stack_kept() -> Iterator[None]:
+    """The calling thread's alternate signal stack as it was before the block (Linux: elsewhere the
+    structure's layout differs, and nothing is done)."""
+    sigaltstack = getattr(ctypes.CDLL(None), "sigaltstack", None) if sys.platform.startswith("linux") else None
+    saved = _SignalStack()
+    if sigaltstack is None or sigaltstack(None, ctypes.byref(saved)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        if not saved.ss_flags & _SS_ONSTACK:  # (never the case here: we are not in a signal handler)
+            sigaltstack(ctypes.byref(saved), None)
