@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from fcnseg.models.layers import LocalResponseNorm, SameConv2d, scaled
+from fcnseg.models.layers import BatchNorm2d, LocalResponseNorm, SameConv2d, scaled
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ class ClassifierTrunk(nn.Module):
                     nn.Conv2d(in_channels, out_channels, spec.kernel, spec.stride, padding, groups=spec.groups)
                 )
                 if batch_norm:
-                    layers.append(nn.BatchNorm2d(out_channels))
+                    layers.append(BatchNorm2d(out_channels))
                 layers.append(nn.ReLU(inplace=True))
                 in_channels = out_channels
             else:

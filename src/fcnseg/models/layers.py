@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -155,6 +157,82 @@ class SameConv2d(nn.Conv2d):
         layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         weight = self.weight[:, :, ch : kh - ch, cw : kw - cw].contiguous(memory_format=layout)  # as the conv takes it
         return F.conv2d(x, weight, self.bias, 1, (ph - ch, pw - cw), 1, self.groups)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d (same parameters, buffers, state-dict keys and results) that trains faster on
+    channels_last CPU inputs with fewer than 16 channels.
+
+    PyTorch's channels_last batch-norm kernels run 2-7x slower on 4, 8 or 12 channels than on 16
+    (CPU, fp32 and bf16, with and without AVX512: the demo's first block is 8 channels at 96x96).
+    Here the (N*H*W, C) rows are viewed as (N*H*W / r, r*C), about 512 wide, so every pass is a
+    plain vectorised row operation, with the statistics folded back to C channels; the backward is
+    the closed form. Forward + backward of one 8-channel 96x96 layer at batch 8: 2.4 -> 1.3 ms fp32
+    under the AVX2 caps. The demo's whole step (medians of six alternating processes): fp32 under the
+    AVX2 caps 31.4 -> 28.4 ms; bf16 natively 24.0 against 24.0 ms, unchanged. Everything else (eval,
+    other layouts, wider layers, tracing) is nn.BatchNorm2d's own.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.shape[0] * x.shape[2] * x.shape[3] if x.dim() == 4 else 0
+        if not (
+            self.training
+            and rows > 1
+            and x.shape[1] < 16
+            and x.device.type == "cpu"
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not tracing()
+        ):
+            return super().forward(x)
+        out, mean, var = _NarrowChannelsLastBatchNorm.apply(x, self.weight, self.bias, self.eps)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+                self.running_var.lerp_((var * (rows / (rows - 1))).to(self.running_var.dtype), factor)
+        return out
+
+
+class _NarrowChannelsLastBatchNorm(torch.autograd.Function):
+    """Batch norm of a channels_last (N, C, H, W) tensor through a wide row view; statistics in
+    float32 (or the input's wider type), two passes (mean, then centred variance)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
+        n, c, h, w = x.shape
+        rows = n * h * w
+        r = math.gcd(rows, max(1, 512 // c))  # rows folded side by side: (rows / r, r * c)
+        acc = torch.promote_types(x.dtype, torch.float32)
+        wide = x.permute(0, 2, 3, 1).reshape(rows // r, r * c).to(acc)
+        mean = wide.sum(0).view(r, c).sum(0) / rows
+        centred = wide - mean.repeat(r)
+        var = centred.square().sum(0).view(r, c).sum(0) / rows
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd if weight is None else weight.to(acc) * invstd
+        shift = torch.zeros_like(scale) if bias is None else bias.to(acc)
+        out = torch.empty_like(x)  # channels_last, the input's dtype (bf16 under autocast, as nn's)
+        torch.addcmul(shift.repeat(r), centred, scale.repeat(r), out=out.permute(0, 2, 3, 1).view(rows // r, r * c))
+        ctx.save_for_backward(centred, invstd, scale)
+        ctx.geometry = (n, c, h, w, r)
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor, _grad_mean, _grad_var):
+        centred, invstd, scale = ctx.saved_tensors
+        n, c, h, w, r = ctx.geometry
+        rows = n * h * w
+        grad = grad_out.permute(0, 2, 3, 1).reshape(rows // r, r * c).to(centred.dtype)
+        grad_bias = grad.sum(0).view(r, c).sum(0)
+        grad_centred = (grad * centred).sum(0).view(r, c).sum(0)  # = grad_weight / invstd
+        # dx = scale * (dy - mean(dy) - centred * invstd^2 * mean(dy * centred))
+        dx = torch.addcmul((-scale * grad_bias / rows).repeat(r), grad, scale.repeat(r))
+        dx.addcmul_(centred, (-scale * invstd * invstd * grad_centred / rows).repeat(r))
+        dx = dx.to(grad_out.dtype).view(n, h, w, c).permute(0, 3, 1, 2)
+        grad_weight = grad_centred * invstd if ctx.needs_input_grad[1] else None
+        grad_bias = grad_bias if ctx.needs_input_grad[2] else None
+        return dx, grad_weight, grad_bias, None
 
 
 def is_plain_conv(module: nn.Module) -> bool:

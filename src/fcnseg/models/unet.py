@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from fcnseg.errors import FcnsegError
-from fcnseg.models.layers import mirror_pad, pad_to_multiple, scaled, tracing
+from fcnseg.models.layers import BatchNorm2d, mirror_pad, pad_to_multiple, scaled, tracing
 from fcnseg.models.registry import ModelEntry, register_model
 from fcnseg.models.surgery import WeightsSource
 
@@ -37,7 +37,7 @@ def double_conv(in_channels: int, out_channels: int, batch_norm: bool, padding: 
     for c_in in (in_channels, out_channels):
         layers.append(nn.Conv2d(c_in, out_channels, 3, padding=padding, bias=not batch_norm))
         if batch_norm:
-            layers.append(nn.BatchNorm2d(out_channels))
+            layers.append(BatchNorm2d(out_channels))
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
