@@ -88,9 +88,6 @@ class _SignalStack(ctypes.Structure):
     _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
 
 
-_SS_ONSTACK = 1
-
-
 @contextlib.contextmanager
 def _signal_stack_kept() -> Iterator[None]:
     """The calling thread's alternate signal stack as it was before the block (Linux: elsewhere the
@@ -103,5 +100,4 @@ def _signal_stack_kept() -> Iterator[None]:
     try:
         yield
     finally:
-        if not saved.ss_flags & _SS_ONSTACK:  # (never the case here: we are not in a signal handler)
-            sigaltstack(ctypes.byref(saved), None)
+        sigaltstack(ctypes.byref(saved), None)
