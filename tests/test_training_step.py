@@ -42,7 +42,15 @@ def _trajectory(optimizer_name: str, fused: bool, steps: int = 6) -> tuple[list[
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    params = [p.detach().clone() for p in model.parameters()]
+    features = model.backbone.features
+    # a convolution's bias that feeds a batch norm has a gradient of exactly zero, up to rounding:
+    # Adam turns that rounding noise into full-size steps of random sign, so these are not compared
+    noise = {
+        f"backbone.features.{i}.bias"
+        for i in range(len(features) - 1)
+        if isinstance(features[i], torch.nn.Conv2d) and isinstance(features[i + 1], torch.nn.BatchNorm2d)
+    }
+    params = {name: p.detach().clone() for name, p in model.named_parameters() if name not in noise}
     # Adam moves a parameter by at most lr (x the bias multiplier) per step, whatever its gradient
     largest_change = steps * lr * bias_lr_mult if optimizer_name == "adamw" else None
     return losses, {"opt": opt, "params": params, "largest_change": largest_change}
@@ -57,11 +65,13 @@ def test_fused_update_follows_the_plain_update(name):
         assert fast_state["opt"].defaults.get("fused") is True
     assert fast == pytest.approx(plain, rel=1e-4)
     assert plain[-1] < plain[0]  # it trains at all
-    # within 1% of the largest possible total change (steps x lr x bias multiplier): Adam's update of a
-    # parameter whose gradient is rounding noise (a bias before batch norm) is as large as any other's
-    tolerance = 1e-4 if name == "sgd" else 0.01 * plain_state["largest_change"]
-    for a, b in zip(plain_state["params"], fast_state["params"]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=tolerance)
+    # within 0.01% of the largest possible total change (steps x lr x bias multiplier) for Adam
+    tolerance = 1e-4 if name == "sgd" else 1e-4 * plain_state["largest_change"]
+    assert len(plain_state["params"]) > 30
+    for key, a in plain_state["params"].items():
+        torch.testing.assert_close(
+            a, fast_state["params"][key], rtol=1e-4, atol=tolerance, msg=lambda m, key=key: f"{key}: {m}"
+        )
 
 
 def test_channels_last_training_matches_contiguous(tmp_path):

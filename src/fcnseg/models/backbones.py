@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from fcnseg.models.layers import BatchNorm2d, LocalResponseNorm, SameConv2d, scaled
+from fcnseg.models.layers import BatchNorm2d, Dropout, LocalResponseNorm, SameConv2d, scaled
 
 
 @dataclass(frozen=True)
@@ -153,9 +153,9 @@ class ClassifierTrunk(nn.Module):
         # torchvision: VGG is [fc6, relu, drop, fc7, relu, drop, fc8], AlexNet [drop, fc6, relu, drop,
         # fc7, relu, fc8]; keeping the indices keeps the state-dict keys.
         if dropout_first:
-            head = [nn.Dropout(), fc6, nn.ReLU(inplace=True), nn.Dropout(), fc7, nn.ReLU(inplace=True)]
+            head = [Dropout(), fc6, nn.ReLU(inplace=True), Dropout(), fc7, nn.ReLU(inplace=True)]
         else:
-            head = [fc6, nn.ReLU(inplace=True), nn.Dropout(), fc7, nn.ReLU(inplace=True), nn.Dropout()]
+            head = [fc6, nn.ReLU(inplace=True), Dropout(), fc7, nn.ReLU(inplace=True), Dropout()]
         if num_classes is not None:
             head.append(nn.Conv2d(hidden, num_classes, 1))
         self.classifier = nn.Sequential(*head)

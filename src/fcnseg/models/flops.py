@@ -18,6 +18,8 @@ def count_flops(model: nn.Module, size: tuple[int, int], batch: int = 1) -> int:
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    from fcnseg.models.layers import symbolic
+
     height, width = size
     channels = getattr(model, "in_channels", 3)
     try:
@@ -29,10 +31,10 @@ def count_flops(model: nn.Module, size: tuple[int, int], batch: int = 1) -> int:
     try:
         counter = FlopCounterMode(display=False)
         if device.type == "meta":
-            with torch.no_grad(), counter:
+            with torch.no_grad(), symbolic(), counter:
                 model(torch.empty(batch, channels, height, width, device="meta"))
         else:
-            with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as fake, counter:
+            with torch.no_grad(), symbolic(), FakeTensorMode(allow_non_fake_inputs=True) as fake, counter:
                 model(fake.from_tensor(torch.empty(batch, channels, height, width, device=device)))
     finally:
         model.train(was_training)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fcnseg.models.layers import scaled
+from fcnseg.models.layers import Dropout, scaled
 from fcnseg.models.registry import ModelEntry, register_model
 from fcnseg.models.surgery import WeightsSource, load_backbone_weights
 
@@ -105,7 +105,7 @@ class FCNResNet(nn.Module):
             nn.Conv2d(backbone.out_channels, inner, 3, padding=1, bias=False),
             nn.BatchNorm2d(inner),
             nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Conv2d(inner, num_classes, 1),
         )
         self.num_classes = num_classes
