@@ -61,6 +61,32 @@ def test_train_transform_crop_scale_flip_jitter():
     assert outs == {(0, 1, 2), (4, 3, 2)}  # both flipped and unflipped occur; labels move with pixels
 
 
+def test_train_transform_draws_only_from_torch():
+    """It says so (the training stream then isolates torch's generator alone around each sample):
+    every augmentation on, many calls, and Python's and NumPy's generators have not moved."""
+    import random
+
+    from fcnseg.engine.batches import SeededAugment
+
+    assert TrainTransform.draws_only_from_torch
+    random.seed(5)
+    np.random.seed(5)
+    python_state, numpy_state = random.getstate(), np.random.get_state()[1].copy()
+    t = TrainTransform(crop_size=24, scale_range=(0.5, 2.0), hflip=True, jitter=0.3, elastic=3.0)
+    image = torch.arange(3 * 20 * 30).remainder(256).to(torch.uint8).view(3, 20, 30)
+    mask = torch.arange(30).remainder(5).expand(20, 30).clone()
+    for _ in range(10):
+        t(image, mask)
+    assert random.getstate() == python_state and (np.random.get_state()[1] == numpy_state).all()
+    # the same sample key gives the same augmentation, and the caller's torch generator is untouched
+    stream = SeededAugment(Tiny(4), t, seed=3)
+    torch.manual_seed(9)
+    before = torch.get_rng_state()
+    first, second = stream[(0, 2)], stream[(0, 2)]
+    assert torch.equal(first[0], second[0]) and torch.equal(torch.get_rng_state(), before)
+    assert not torch.equal(stream[(1, 2)][0], first[0]) or not torch.equal(stream[(2, 2)][0], first[0])
+
+
 def test_loader_batches_and_bad_samples(caplog):
     loader = build_loader(Tiny(), batch_size=3, shuffle=False)
     images, masks = next(iter(loader))

@@ -109,9 +109,10 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         np.abs(pattern, out=pattern)
         pattern *= 2
         pattern -= 1
-    else:  # checkerboard: (floor(x / period) + floor(y / period)) % 2 * 2 - 1, exact small integers
-        cells = np.floor(c / period)
-        pattern = (cells[None, :] + cells[:, None]) % 2 * 2 - 1
+    else:  # checkerboard: (floor(x / period) + floor(y / period)) % 2 * 2 - 1, exact small integers:
+        # +1 where the two cell indices differ in parity, -1 where they agree
+        parity = np.floor(c / period).astype(np.int64) & 1
+        pattern = np.where(parity[:, None] != parity[None, :], 1.0, -1.0)
     pattern *= amplitude
     image += pattern
     image += rng.uniform(-12, 12, (size, size, 3)).transpose(2, 0, 1)

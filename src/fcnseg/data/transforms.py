@@ -122,7 +122,12 @@ class TrainTransform:
 
     Called as ``transform(image, mask, *labels)``: extra label maps (e.g. instance ids) get the
     mask's geometric transforms (nearest neighbour; padding with 0) and are returned after it.
+
+    Every random draw is from torch's CPU generator (``draws_only_from_torch``): the training stream
+    seeds and restores that one alone around each sample (a test holds Python's and NumPy's still).
     """
+
+    draws_only_from_torch = True
 
     def __init__(
         self,

@@ -69,7 +69,8 @@ class SeededAugment(Dataset):
         sample = self.dataset[index]
         if self.transform is None:
             return sample
-        with isolated_rng(mix_seed(self.seed, epoch, index)):
+        only_torch = getattr(self.transform, "draws_only_from_torch", False)
+        with isolated_rng(mix_seed(self.seed, epoch, index), only_torch=only_torch):
             return self.transform(*sample)
 
 

@@ -64,12 +64,24 @@ def _seed_cpu(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def isolated_rng(seed: int | None = None) -> Iterator[None]:
+def isolated_rng(seed: int | None = None, only_torch: bool = False) -> Iterator[None]:
     """Run a block without disturbing the global CPU generators (Python, NumPy, torch's CPU
     generator); optionally seed them inside it. For blocks that draw on the CPU, as the training
     augmentation does once per sample: ``torch.manual_seed`` would also seed every accelerator, and
     while CUDA (XPU, MTIA) is not initialised torch formats a stack trace for each such deferred call,
-    about a millisecond per sample, as much as generating a `shapes` image."""
+    about a millisecond per sample, as much as generating a `shapes` image.
+
+    ``only_torch``: the block draws from torch's CPU generator alone, so only that one is saved,
+    seeded and restored (about 9 us against 100 us for all three, once per training sample)."""
+    if only_torch:
+        saved_torch = torch.get_rng_state()
+        try:
+            if seed is not None:
+                torch.default_generator.manual_seed(seed)
+            yield
+        finally:
+            torch.set_rng_state(saved_torch)
+        return
     saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
         if seed is not None:

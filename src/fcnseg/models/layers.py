@@ -225,12 +225,17 @@ class SameConv2d(nn.Conv2d):
         ch, cw = max(0, ph - x.shape[-2] + 1), max(0, pw - x.shape[-1] + 1)
         if not (ch or cw):
             return super().forward(x)
-        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        weight = self.weight[:, :, ch : kh - ch, cw : kw - cw].contiguous(memory_format=layout)  # as the conv takes it
-        padding = (ph - ch, pw - cw)
         if self.groups == 1 and x.device.type == "cpu" and torch.is_grad_enabled() and self.weight.requires_grad:
-            return _WeightGradAsMatmulConv.apply(x, weight, self.bias, padding)
-        return F.conv2d(x, weight, self.bias, 1, padding, 1, self.groups)
+            return _WeightGradAsMatmulConv.apply(x, self.weight, self.bias, (ch, cw), (ph - ch, pw - cw))
+        return F.conv2d(x, _live_taps(self.weight, (ch, cw), x), self.bias, 1, (ph - ch, pw - cw), 1, self.groups)
+
+
+def _live_taps(weight: Tensor, crop: tuple[int, int], x: Tensor) -> Tensor:
+    """The middle of ``weight`` without ``crop`` taps at each edge, in ``x``'s memory order (as the
+    convolution takes it)."""
+    (ch, cw), (kh, kw) = crop, weight.shape[-2:]
+    layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return weight[:, :, ch : kh - ch, cw : kw - cw].contiguous(memory_format=layout)
 
 
 class _WeightGradAsMatmulConv(torch.autograd.Function):
@@ -241,13 +246,16 @@ class _WeightGradAsMatmulConv(torch.autograd.Function):
     gradient (N*H*W x O) and the input's unfolded taps (N*H*W x C*kh*kw) takes 0.66 ms (bf16 natively:
     0.52 against 0.31 ms). The forward and the input gradient stay oneDNN's, which are fast here. The
     whole fc6 layer, forward + backward: 5.4 -> 3.2 ms fp32 under the caps; bf16 2.2-2.6 -> 1.8 ms.
-    Under autocast the backward runs in the dtype the forward's convolution ran in."""
+    The full kernel's gradient is the live taps' padded with zeros, in one pass (autograd's two
+    slices took two). Under autocast the backward runs in the dtype the forward's convolution ran in."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, int]) -> Tensor:
-        out = F.conv2d(x, weight, bias, 1, padding)
-        ctx.save_for_backward(x.to(out.dtype), weight.to(out.dtype))
-        ctx.padding, ctx.dtypes = padding, (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, crop: tuple[int, int], padding: tuple[int, int]):
+        live = _live_taps(weight, crop, x)
+        out = F.conv2d(x, live, bias, 1, padding)
+        ctx.save_for_backward(x.to(out.dtype), live.to(out.dtype))
+        ctx.crop, ctx.padding = crop, padding
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
         return out
 
     @staticmethod
@@ -264,10 +272,11 @@ class _WeightGradAsMatmulConv(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             taps = F.unfold(x, weight.shape[-2:], padding=ctx.padding)  # (N, C*kh*kw, H*W)
             grad_weight = (rows.t() @ taps.transpose(1, 2).reshape(n * h * w, -1)).view(weight.shape)
-            grad_weight = grad_weight.to(ctx.dtypes[1])
+            (ch, cw) = ctx.crop
+            grad_weight = F.pad(grad_weight.to(ctx.dtypes[1]), (cw, cw, ch, ch))
         if ctx.dtypes[2] is not None and ctx.needs_input_grad[2]:
             grad_bias = rows.sum(0, dtype=torch.promote_types(rows.dtype, torch.float32)).to(ctx.dtypes[2])
-        return grad_x, grad_weight, grad_bias, None
+        return grad_x, grad_weight, grad_bias, None, None
 
 
 class Dropout(nn.Dropout):
