@@ -221,7 +221,7 @@ class SameConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         if tracing():
             return super().forward(x)
-        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        ph, pw = self.padding
         ch, cw = max(0, ph - x.shape[-2] + 1), max(0, pw - x.shape[-1] + 1)
         if not (ch or cw):
             return super().forward(x)
