@@ -15,8 +15,11 @@ each step is forward + loss + backward + optimiser update:
 
   plain      what a plain PyTorch loop does: fp32, contiguous NCHW, torch's default optimiser
              implementation (on CPU: one parameter at a time), the workload's reference batch, and
-             plain nn.Conv2d layers (fcnseg's SameConv2d fc6, which skips the kernel taps that only
-             meet padding, swapped back for the nn.Conv2d it equals)
+             torch.nn's layers: fcnseg's faster forms (SameConv2d fc6, which skips the kernel taps
+             that only meet padding and takes its weight gradient as one matrix product; the narrow
+             BatchNorm2d path; Dropout's uniform-draw masks; the bilinear upsampler as matrix
+             products) swapped back for the nn.Conv2d / BatchNorm2d / Dropout / ConvTranspose2d
+             they equal
   fcnseg     `fcnseg train`'s step with the workload's preset settings: precision `auto` resolved
              for the class, channels_last, the fused optimiser update, the preset's batch size
 
@@ -96,18 +99,34 @@ def cpu_header() -> str:
     return f"{model}; {os.cpu_count()} cores; ISA: {' '.join(isa) or 'unknown'}"
 
 
-def plain_convs(model):
-    """``model`` with every SameConv2d replaced by the nn.Conv2d it equals (same weights)."""
+def to_plain_torch_layers(model):
+    """``model`` with fcnseg's faster layer forms replaced by the torch.nn layers they equal (same
+    weights): SameConv2d -> nn.Conv2d, BatchNorm2d -> nn.BatchNorm2d, Dropout -> nn.Dropout, and a
+    BilinearUpsample -> nn.ConvTranspose2d (no bias; a fixed one's weight does not train)."""
     from torch import nn
 
-    from fcnseg.models.layers import SameConv2d
+    from fcnseg.models.layers import BatchNorm2d, BilinearUpsample, Dropout, SameConv2d
+
+    def plain_twin(child):
+        if type(child) is SameConv2d:
+            return nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, padding=child.padding)
+        if type(child) is BatchNorm2d:
+            return nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+        if type(child) is Dropout:
+            return nn.Dropout(child.p, child.inplace)
+        if type(child) is BilinearUpsample:
+            classes = child.weight.shape[0]
+            twin = nn.ConvTranspose2d(classes, classes, child.kernel_size, child.stride, bias=False)
+            twin.weight.requires_grad_(child.learnable)
+            return twin
+        return None
 
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            if type(child) is SameConv2d:
-                plain = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, padding=child.padding)
-                plain.load_state_dict(child.state_dict())
-                setattr(parent, name, plain)
+            twin = plain_twin(child)
+            if twin is not None:
+                twin.load_state_dict(child.state_dict())
+                setattr(parent, name, twin.train(child.training))
     return model
 
 
@@ -128,7 +147,7 @@ def make_step(work: dict, *, precision: str, channels_last: bool, fused: bool, b
             if "score" in name and p.ndim > 1:
                 p.normal_(0, 0.01)
     if plain_layers:
-        plain_convs(model)
+        to_plain_torch_layers(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     model.train()
