@@ -245,7 +245,9 @@ class _WeightGradAsMatmulConv(torch.autograd.Function):
     5x5 live taps, 512 out) took 2.6 ms fp32 under the AVX2 caps, where the product of the output
     gradient (N*H*W x O) and the input's unfolded taps (N*H*W x C*kh*kw) takes 0.66 ms (bf16 natively:
     0.52 against 0.31 ms). The forward and the input gradient stay oneDNN's, which are fast here. The
-    whole fc6 layer, forward + backward: 5.4 -> 3.2 ms fp32 under the caps; bf16 2.2-2.6 -> 1.8 ms.
+    whole fc6 layer, forward + backward (medians of 300, alternating processes): 4.2-4.4 -> 3.1 ms fp32
+    under the caps; bf16 natively 4.1-5.2 -> 2.6-3.8 ms (both vary with the allocator's page faults
+    for the 7x7 gradient).
     The full kernel's gradient is the live taps' padded with zeros, in one pass (autograd's two
     slices took two). Under autocast the backward runs in the dtype the forward's convolution ran in."""
 
