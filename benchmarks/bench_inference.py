@@ -18,7 +18,7 @@ average, measured peaks, whether the fast path is on), a single-image table and 
 Single image (--size, default 500x500), variants timed side by side (rounds interleave them, so load
 from other processes hits them alike; --variants picks some):
 
-  naive fp32            model(x) under torch.no_grad, NCHW fp32: what a plain PyTorch user runs
+  naive fp32            model(x) under torch.no_grad, NCHW fp32, torch.nn's layers: what a plain PyTorch user runs
   fcnseg default        what Segmenter runs on this class: where the CPU has native bf16 the fast path
                         (bf16 weights, fp32 score head, split first conv), else fp32; both with
                         channels_last + inference_mode, fc6/fc7 as one packed GEMM, per-class upsamplers,
@@ -116,6 +116,11 @@ META = {"model_name": "fcn8s", "model_kwargs": {"num_classes": NUM_CLASSES}, "no
 
 
 def naive(model: nn.Module, args) -> Forward:
+    from fcnseg.models.layers import to_plain_torch_layers
+
+    model = to_plain_torch_layers(copy.deepcopy(model))  # torch.nn's layers; the caller's model is
+    # the one the other variants copy, so it keeps fcnseg's
+
     def run(x):
         with torch.no_grad():
             return model(x)

@@ -99,37 +99,6 @@ def cpu_header() -> str:
     return f"{model}; {os.cpu_count()} cores; ISA: {' '.join(isa) or 'unknown'}"
 
 
-def to_plain_torch_layers(model):
-    """``model`` with fcnseg's faster layer forms replaced by the torch.nn layers they equal (same
-    weights): SameConv2d -> nn.Conv2d, BatchNorm2d -> nn.BatchNorm2d, Dropout -> nn.Dropout, and a
-    BilinearUpsample -> nn.ConvTranspose2d (no bias; a fixed one's weight does not train)."""
-    from torch import nn
-
-    from fcnseg.models.layers import BatchNorm2d, BilinearUpsample, Dropout, SameConv2d
-
-    def plain_twin(child):
-        if type(child) is SameConv2d:
-            return nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, padding=child.padding)
-        if type(child) is BatchNorm2d:
-            return nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
-        if type(child) is Dropout:
-            return nn.Dropout(child.p, child.inplace)
-        if type(child) is BilinearUpsample:
-            classes = child.weight.shape[0]
-            twin = nn.ConvTranspose2d(classes, classes, child.kernel_size, child.stride, bias=False)
-            twin.weight.requires_grad_(child.learnable)
-            return twin
-        return None
-
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            twin = plain_twin(child)
-            if twin is not None:
-                twin.load_state_dict(child.state_dict())
-                setattr(parent, name, twin.train(child.training))
-    return model
-
-
 def make_step(work: dict, *, precision: str, channels_last: bool, fused: bool, batch: int, plain_layers: bool = False):
     import torch
 
@@ -147,6 +116,8 @@ def make_step(work: dict, *, precision: str, channels_last: bool, fused: bool, b
             if "score" in name and p.ndim > 1:
                 p.normal_(0, 0.01)
     if plain_layers:
+        from fcnseg.models.layers import to_plain_torch_layers
+
         to_plain_torch_layers(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)

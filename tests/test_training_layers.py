@@ -4,6 +4,8 @@ masks from uniform draws. Each is checked against the plain operation, and its d
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,10 +15,12 @@ from fcnseg.models import create_model
 from fcnseg.models.flops import count_flops
 from fcnseg.models.layers import (
     SEPARABLE_MAX_CELLS,
+    BatchNorm2d,
     BilinearUpsample,
     Dropout,
     SameConv2d,
     symbolic,
+    to_plain_torch_layers,
     tracing,
 )
 
@@ -163,3 +167,24 @@ def test_dropout_is_an_nn_dropout_for_code_that_asks():
     assert isinstance(Dropout(), nn.Dropout)
     head = create_model("fcn8s", 6, backbone="vgg16_bn", width=1 / 16, geometry="same").backbone.classifier
     assert sum(isinstance(m, Dropout) for m in head) == 2
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_plain_torch_layers_compute_what_fcnseg_layers_compute(training):
+    """The benchmarks' plain PyTorch baseline: every faster form swapped for its torch.nn twin, same
+    weights, dtype and mode, same scores (dropout off: its masks are drawn differently)."""
+    torch.manual_seed(0)
+    model = create_model("fcn8s", 6, backbone="vgg16_bn", width=1 / 16, geometry="same").double()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+
+    plain = to_plain_torch_layers(copy.deepcopy(model).train(training))
+    model.train(training)
+    kinds = {type(m) for m in plain.modules()}
+    assert not kinds & {SameConv2d, BatchNorm2d, Dropout, BilinearUpsample}
+    assert nn.ConvTranspose2d in kinds and nn.BatchNorm2d in kinds
+    assert all(p.dtype == torch.float64 for p in plain.parameters())
+    assert not plain.upscore8.weight.requires_grad and plain.upscore2.weight.requires_grad
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    torch.testing.assert_close(plain(x), model(x))

@@ -383,3 +383,39 @@ class LocalResponseNorm(nn.LocalResponseNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(x.float()).to(x.dtype)
+
+
+def to_plain_torch_layers(model: nn.Module) -> nn.Module:
+    """``model``, in place, with this module's faster layer forms swapped for the torch.nn layers they
+    equal, same weights and mode: SameConv2d -> nn.Conv2d, BatchNorm2d -> nn.BatchNorm2d, Dropout ->
+    nn.Dropout, BilinearUpsample -> nn.ConvTranspose2d (no bias; a fixed one's weight does not train).
+    For benchmarks that time what a plain PyTorch user runs, and tests that compare against it."""
+
+    def twin(child: nn.Module) -> nn.Module | None:
+        if type(child) is SameConv2d:
+            return nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, padding=child.padding)
+        if type(child) is BatchNorm2d:
+            return nn.BatchNorm2d(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
+        if type(child) is Dropout:
+            return nn.Dropout(child.p, child.inplace)
+        if type(child) is BilinearUpsample and not child.padding:
+            classes = child.weight.shape[0]
+            plain = nn.ConvTranspose2d(classes, classes, child.kernel_size, child.stride, bias=False)
+            plain.weight.requires_grad_(child.learnable)
+            return plain
+        return None
+
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            plain = twin(child)
+            if plain is None:
+                continue
+            state = child.state_dict()
+            floats = [t for t in state.values() if t.is_floating_point()]
+            if floats:  # the child's device and dtype before its values are copied in
+                plain = plain.to(device=floats[0].device, dtype=floats[0].dtype)
+            plain.load_state_dict(state)
+            setattr(parent, name, plain.train(child.training))
+    return model
