@@ -22,9 +22,12 @@ def test_demo_preset_resolves_to_the_bn_trunk_and_the_training_stream():
     )
     first, n = SPLITS[cfg.train_split]
     assert first >= sum(SPLITS["val"]) or first + n <= SPLITS["val"][0]
-    for model, backbone in [("fcn32s", "vgg16_bn"), ("fcn16s", "vgg16_bn"), ("unet", None)]:
+    preset = resolve_config("demo")
+    for model, backbone, batch in [("fcn32s", "vgg16_bn", 16), ("fcn16s", "vgg16_bn", 16), ("unet", None, 8)]:
         cfg = demo_config("runs/x", model=model)
-        assert (cfg.model, cfg.backbone, cfg.iterations) == (model, backbone, resolve_config("demo").iterations)
+        assert (cfg.model, cfg.backbone, cfg.batch_size) == (model, backbone, batch)
+        assert cfg.iterations * cfg.batch_size == preset.iterations * preset.batch_size  # the same images
+    assert demo_config("runs/x", model="unet", iterations=10).iterations == 10
 
 
 def _colours(region: np.ndarray) -> set:

@@ -40,9 +40,17 @@ def set_aside_previous_demo(out: Path) -> None:
     print(f"previous demo run moved to {previous}")
 
 
+# U-Net learns the demo's budget from more, smaller steps: on the preset's 1200 batches of 16 it reached
+# 45-58 mean IU over lr 3e-3 to 3e-2, on these 2400 batches of 8 68.1 (the same 19,200 images; one
+# torch thread, bf16). The FCNs go the other way (FCN-8s: 55.9 on the preset, 54.9 on this schedule).
+SMALL_STEP_SCHEDULE = {"batch_size": 8, "iterations": 2400, "lr": 3e-3, "warmup_iters": 100, "eval_every": 800}
+SMALL_STEP_MODELS = ("unet",)
+
+
 def demo_config(out: str, model: str | None = None, iterations: int | None = None, progress: bool = True):
-    """The demo preset with the command's options; another model keeps the budget and, if it cannot
-    use the preset's backbone (``--model unet``), gets its own encoder."""
+    """The demo preset with the command's options; another model keeps the budget in images and, if it
+    cannot use the preset's backbone (``--model unet``), gets its own encoder; U-Net trains on
+    ``SMALL_STEP_SCHEDULE``."""
     from fcnseg.config import resolve_config
     from fcnseg.models import model_entry
 
@@ -51,6 +59,8 @@ def demo_config(out: str, model: str | None = None, iterations: int | None = Non
         overrides["model"] = model
         if resolve_config("demo").backbone not in model_entry(model).backbones:
             overrides["backbone"] = None
+        if model in SMALL_STEP_MODELS:
+            overrides.update(SMALL_STEP_SCHEDULE)
     if iterations:
         overrides["iterations"] = iterations
     return resolve_config("demo", overrides=overrides)
