@@ -40,6 +40,8 @@ swing by several x while CPU time stays within ~10%; ratios between variants are
 (the images/s column is then per CPU-second of this process, not per wall-clock second). It runs
 every step on one thread: with two, a thread waiting for its descheduled partner spins, and the
 spinning counts as CPU time (on a loaded machine most of it). So it compares one-thread steps.
+The process keeps freed memory in its heap, as `fcnseg train` does (`devices.keep_freed_cpu_memory`);
+that is process-wide, so the plain variants get it too and 'vs plain' leaves its gain out.
 Random initialisation; score layers get N(0, 0.01) weights so the loss is not trivially log(C).
 """
 
@@ -180,6 +182,9 @@ def measure(class_name: str, workloads: list[str], reps: int, clock_name: str = 
     import torch
 
     clock = CLOCKS[clock_name]
+    from fcnseg.devices import keep_freed_cpu_memory
+
+    keep_freed_cpu_memory()  # as `fcnseg train` does; process-wide, so the plain variants get it too
     if clock_name == "cpu":
         torch.set_num_threads(1)  # see the module docstring
 

@@ -137,3 +137,56 @@ def test_auto_precision_is_fp32_when_onednn_is_capped_below_bf16(monkeypatch, ca
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     monkeypatch.setenv("DNNL_MAX_CPU_ISA", cap)  # the old name counts too
     assert devices.onednn_cap_allows_bf16() is allowed
+
+
+def test_keep_freed_cpu_memory_stops_the_page_faults_of_each_steps_allocations():
+    """Glibc hands large freed blocks back to the system, so the next step's tensors fault in again page
+    by page; after keep_freed_cpu_memory the heap keeps them. In a fresh process, so this one's heap
+    settings stay as they are."""
+    import subprocess
+    import sys
+
+    code = """
+import resource, torch
+from fcnseg.devices import keep_freed_cpu_memory
+
+def faults():
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):  # a step's worth of large activations, made and freed
+        blocks = [torch.ones(2 << 20) for _ in range(3)]  # 8 MiB each
+        del blocks
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+
+before = faults()
+took_effect = keep_freed_cpu_memory()
+faults()  # the heap grows to the working set once
+print(took_effect, before, faults())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    took_effect, before, after = out[0] == "True", int(out[1]), int(out[2])
+    if not took_effect:
+        pytest.skip("not glibc: its allocator is left as it is")
+    pages = 20 * 3 * (8 << 20) // 4096
+    assert before > pages // 4  # the default: most pages of every step faulted in again
+    assert after < pages // 100
+
+
+def test_training_keeps_freed_cpu_memory(tmp_path, monkeypatch):
+    import fcnseg.engine.trainer as trainer
+
+    calls = []
+    monkeypatch.setattr(trainer, "keep_freed_cpu_memory", lambda: calls.append(True) or True)
+    cfg = resolve_config(
+        "demo",
+        overrides=dict(
+            out=str(tmp_path / "run"),
+            iterations=1,
+            batch_size=2,
+            width=1 / 16,
+            eval_every=1,
+            max_val_images=2,
+            progress=False,
+        ),
+    )
+    train(cfg)
+    assert calls == [True]

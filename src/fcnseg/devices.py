@@ -1,12 +1,15 @@
 """Device and precision helpers shared by training, evaluation and inference (below engine/ and
 inference/, so neither reaches into the other for them): the one --device check, the autocast
-precision and whether bf16 is fast here, and moving a uint8 batch to the device normalised."""
+precision and whether bf16 is fast here, moving a uint8 batch to the device normalised, and how the
+CPU's heap treats the memory a training step frees."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -160,3 +163,33 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and (
         "DefaultCPUAllocator" in text or "can't allocate memory" in text or "out of memory" in text.lower()
     )
+
+
+# glibc's mallopt parameters (malloc.h) and the values keep_freed_cpu_memory sets
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_HEAP_SETTINGS = (
+    (_M_MMAP_THRESHOLD, 32 << 20),  # blocks under 32 MiB (glibc's largest allowed value) from the heap, not mmap
+    (_M_TRIM_THRESHOLD, 1 << 30),  # give freed heap back to the system only above 1 GiB free at its top
+    (_M_TOP_PAD, 64 << 20),  # grow the heap 64 MiB at a time
+)
+
+
+@functools.cache
+def keep_freed_cpu_memory() -> bool:
+    """Make glibc's allocator keep the memory a training step frees for the next step, instead of
+    handing it back to the system and faulting it in again, page by page, at the next step's
+    allocations. With glibc's default (dynamic mmap and trim thresholds) the demo's step (batch 16)
+    took 1,300-3,400 page faults and 2.4-7.1 ms of system CPU time under the AVX2 caps (2,200-2,700 and
+    4.2-6.4 ms natively, bf16); with these settings 0-92 faults and 0-0.5 ms. The step's median, three
+    alternating pairs of processes under the AVX2 caps: 60.8 -> 56.8 ms on average. Freed memory stays
+    in the process up to 1 GiB, so the resident size stays near its peak. Process-wide and idempotent;
+    True where it took effect (Linux with glibc), else False."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other C libraries: leave their allocator alone
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return all(mallopt(param, value) == 1 for param, value in _HEAP_SETTINGS)

@@ -23,7 +23,7 @@ from fcnseg.config import TrainConfig, config_from_dict, save_config
 from fcnseg.data import TrainTransform, load_dataset
 from fcnseg.data.base import WithTargets
 from fcnseg.data.normalize import mean_pixel
-from fcnseg.devices import is_out_of_memory
+from fcnseg.devices import is_out_of_memory, keep_freed_cpu_memory
 from fcnseg.engine.batches import training_batches
 from fcnseg.engine.checkpoint import (
     load_resume_checkpoint,
@@ -80,6 +80,8 @@ def train(config: TrainConfig | dict) -> dict:
     configure_if_unset()  # progress lines and the summary are log records (fcnseg.logs)
     device = resolve_device(cfg.device)
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
+    if device.type == "cpu":
+        keep_freed_cpu_memory()  # each step reuses the last one's memory (no page faults)
     world = init_distributed(device)
     resume = load_resume_checkpoint(cfg)
     run = Path(cfg.out)
