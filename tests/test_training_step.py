@@ -167,8 +167,10 @@ print(took_effect, before, faults())
     if not took_effect:
         pytest.skip("not glibc: its allocator is left as it is")
     pages = 20 * 3 * (8 << 20) // 4096
-    assert before > pages // 4  # the default: most pages of every step faulted in again
-    assert after < pages // 100
+    # glibc's default faults a share of the pages in again every round (seen: 15% or 70% of them,
+    # depending on where its dynamic thresholds settle); kept memory faults none of them
+    assert before > pages // 20
+    assert after < pages // 1000
 
 
 def test_training_keeps_freed_cpu_memory(tmp_path, monkeypatch):
