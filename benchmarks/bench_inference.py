@@ -51,6 +51,8 @@ relative to the largest score, setup seconds (preparation, quantization, compila
 --rss, the peak RSS of a fresh process. Random weights: FCN score layers start at zero (every argmax
 would be 0), so they get N(0, 0.01) weights here; calibration images are smooth random pictures.
 Agreement on trained models is what benchmarks/int8_agreement.py measures.
+The process keeps freed memory in its heap, as Segmenter does (`devices.keep_freed_cpu_memory`),
+so the plain torch rows get that too; onnxruntime and OpenVINO keep their own memory pools.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ import torch
 from torch import nn
 
 from fcnseg.data.normalize import normalize
+from fcnseg.devices import keep_freed_cpu_memory
 from fcnseg.inference import fastpath, runtimes
 from fcnseg.inference.export import onnx_bytes
 
@@ -328,6 +331,7 @@ def peak_rss_mb(variant: str, geometry: str, args: argparse.Namespace) -> float:
 
 
 def child(args: argparse.Namespace) -> None:
+    keep_freed_cpu_memory()  # as Segmenter does
     model = build_model(args.geometries[0], args.width)
     VARIANTS[args.child](model, args)(make_input(args.size))
     print(json.dumps({"rss_mb": peak_rss_self_mb()}))
@@ -583,6 +587,7 @@ def ort_avx2_bound_ms(gflop: float, peak_gflops: float) -> float:
 
 def measure_class(args: argparse.Namespace) -> None:
     """Header, the single-image table and the folder table for the CPU class this process runs as."""
+    keep_freed_cpu_memory()  # as Segmenter does; process-wide, so the plain torch rows get it too
     names = args.variants or [n for n in VARIANTS if args.extra or n not in EXTRA]
     names = ["naive fp32"] + [n for n in names if n != "naive fp32"]
     notes = []

@@ -337,3 +337,14 @@ def test_isolated_rng_seeds_and_restores_every_cpu_generator():
     np.random.seed(7)
     assert torch.equal(torch.rand(3), inside[0]) and np.array_equal(np.random.rand(2), inside[1])
     assert random.random() == inside[2]
+
+
+def test_evaluate_on_cpu_keeps_freed_memory(monkeypatch):
+    """Each batch reuses the last one's memory (devices.keep_freed_cpu_memory), as training does."""
+    import fcnseg.engine.evaluator as evaluator
+
+    calls = []
+    monkeypatch.setattr(evaluator, "keep_freed_cpu_memory", lambda: calls.append(True) or True)
+    meta = {"model_kwargs": {"num_classes": 3}, "normalization": "imagenet"}
+    evaluate(_ByIndex(), _Toy(2), meta=meta, device="cpu")
+    assert calls == [True]

@@ -139,21 +139,25 @@ def test_auto_precision_is_fp32_when_onednn_is_capped_below_bf16(monkeypatch, ca
     assert devices.onednn_cap_allows_bf16() is allowed
 
 
-def test_keep_freed_cpu_memory_stops_the_page_faults_of_each_steps_allocations():
+@pytest.mark.parametrize(
+    "block_mib, count, rounds",
+    [(8, 3, 20), (64, 2, 5)],  # a training step's activations; an fp32 forward's at 500x500 (over 32 MiB)
+)
+def test_keep_freed_cpu_memory_stops_the_page_faults_of_each_steps_allocations(block_mib, count, rounds):
     """Glibc hands large freed blocks back to the system, so the next step's tensors fault in again page
-    by page; after keep_freed_cpu_memory the heap keeps them. In a fresh process, so this one's heap
-    settings stay as they are."""
+    by page; after keep_freed_cpu_memory the heap keeps them. Blocks over 32 MiB, which glibc always
+    mmaps by default, too. In a fresh process, so this one's heap settings stay as they are."""
     import subprocess
     import sys
 
-    code = """
+    code = f"""
 import resource, torch
 from fcnseg.devices import keep_freed_cpu_memory
 
 def faults():
     start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(20):  # a step's worth of large activations, made and freed
-        blocks = [torch.ones(2 << 20) for _ in range(3)]  # 8 MiB each
+    for _ in range({rounds}):  # a step's worth of large activations, made and freed
+        blocks = [torch.ones({block_mib} << 18) for _ in range({count})]  # block_mib MiB each
         del blocks
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
 
@@ -166,9 +170,10 @@ print(took_effect, before, faults())
     took_effect, before, after = out[0] == "True", int(out[1]), int(out[2])
     if not took_effect:
         pytest.skip("not glibc: its allocator is left as it is")
-    pages = 20 * 3 * (8 << 20) // 4096
-    # glibc's default faults a share of the pages in again every round (seen: 15% or 70% of them,
-    # depending on where its dynamic thresholds settle); kept memory faults none of them
+    pages = rounds * count * (block_mib << 20) // 4096
+    # glibc's default faults a share of the pages in again every round (8 MiB blocks: seen 15% or 70%
+    # of them, depending on where its dynamic thresholds settle; 64 MiB blocks: all); kept memory faults
+    # none of them
     assert before > pages // 20
     assert after < pages // 1000
 

@@ -27,6 +27,7 @@ from fcnseg.engine.runtime import (
     resolve_precision,
     unwrap,
 )
+from fcnseg.devices import keep_freed_cpu_memory
 from fcnseg.errors import FcnsegError
 from fcnseg.weights.meta import ModelMeta, as_meta
 
@@ -136,6 +137,8 @@ def evaluate(
     ignore = dataset.ignore_index if ignore_index is None else ignore_index
     dev = resolve_device(device) if isinstance(device, str) else device
     precision = resolve_precision(precision, dev)
+    if dev.type == "cpu":
+        keep_freed_cpu_memory()  # each batch reuses the last one's memory (no page faults)
     net = unwrap(model)
     was_training = net.training
     net.eval()

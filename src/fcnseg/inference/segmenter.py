@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fcnseg.data.normalize import normalize
-from fcnseg.devices import autocast_dtype, resolve_device
+from fcnseg.devices import autocast_dtype, keep_freed_cpu_memory, resolve_device
 from fcnseg.errors import FcnsegError
 from fcnseg.inference import export, fastpath, runtimes
 from fcnseg.inference.image_io import DEFAULT_MAX_PIXELS, ImageInput, image_list, load_image
@@ -143,6 +143,8 @@ class Segmenter:
         self.fast = False
         self.compiled = compile and backend == "torch"
         self.device = _inference_device(device, backend)
+        if self.device.type == "cpu":
+            keep_freed_cpu_memory()  # each forward reuses the last one's memory (no page faults)
         self.int8_record = int8_record
         # the unpadded U-Net labels tile by tile from mirrored context (inference/overlap_tile.py)
         self.overlap_tile = backend == "torch" and not compile and hasattr(model, "forward_valid") and tile != 0
