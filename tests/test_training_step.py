@@ -12,6 +12,7 @@ from fcnseg.engine import train
 from fcnseg.engine.losses import segmentation_loss
 from fcnseg.engine.optim import build_optimizer
 from fcnseg.engine.rundir import read_metrics
+from fcnseg.errors import FcnsegError
 from fcnseg.models import create_model
 
 TORCH_HAS_CPU_FUSED = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
@@ -141,12 +142,14 @@ def test_auto_precision_is_fp32_when_onednn_is_capped_below_bf16(monkeypatch, ca
 
 @pytest.mark.parametrize(
     "block_mib, count, rounds",
-    [(8, 3, 20), (64, 2, 5)],  # a training step's activations; an fp32 forward's at 500x500 (over 32 MiB)
+    # a small training step's activations; an fp32 forward's at 500x500 (blocks over 32 MiB); a full-size
+    # training step's (over 1 GiB freed at the heap's top)
+    [(8, 3, 20), (64, 2, 5), (640, 2, 2)],
 )
 def test_keep_freed_cpu_memory_stops_the_page_faults_of_each_steps_allocations(block_mib, count, rounds):
     """Glibc hands large freed blocks back to the system, so the next step's tensors fault in again page
-    by page; after keep_freed_cpu_memory the heap keeps them. Blocks over 32 MiB, which glibc always
-    mmaps by default, too. In a fresh process, so this one's heap settings stay as they are."""
+    by page; after keep_freed_cpu_memory the heap keeps them: blocks over 32 MiB, which glibc mmaps by
+    default, and over 1 GiB freed at once too. In a fresh process, so this one's heap stays as it is."""
     import subprocess
     import sys
 
@@ -163,7 +166,8 @@ def faults():
 
 before = faults()
 took_effect = keep_freed_cpu_memory()
-faults()  # the heap grows to the working set once
+for _ in range(3):  # the heap grows to the working set (huge blocks settle in a few rounds)
+    faults()
 print(took_effect, before, faults())
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
@@ -172,10 +176,25 @@ print(took_effect, before, faults())
         pytest.skip("not glibc: its allocator is left as it is")
     pages = rounds * count * (block_mib << 20) // 4096
     # glibc's default faults a share of the pages in again every round (8 MiB blocks: seen 15% or 70%
-    # of them, depending on where its dynamic thresholds settle; 64 MiB blocks: all); kept memory faults
+    # of them, depending on where its dynamic thresholds settle; larger blocks: all); kept memory faults
     # none of them
     assert before > pages // 20
     assert after < pages // 1000
+
+
+def test_keep_freed_cpu_memory_can_be_switched_off_and_names_a_bad_value(monkeypatch):
+    from fcnseg import devices
+
+    try:
+        devices.keep_freed_cpu_memory.cache_clear()
+        monkeypatch.setenv(devices.KEEP_MEMORY_ENV, "0")
+        assert devices.keep_freed_cpu_memory() is False  # the allocator is left as it is
+        devices.keep_freed_cpu_memory.cache_clear()
+        monkeypatch.setenv(devices.KEEP_MEMORY_ENV, "yes please")
+        with pytest.raises(FcnsegError, match="FCNSEG_KEEP_FREED_MEMORY='yes please'.*use 1 .* or 0"):
+            devices.keep_freed_cpu_memory()
+    finally:
+        devices.keep_freed_cpu_memory.cache_clear()
 
 
 def test_training_keeps_freed_cpu_memory(tmp_path, monkeypatch):

@@ -170,27 +170,34 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 _HEAP_SETTINGS = (
     (_M_MMAP_MAX, 0),  # every block from the heap, none mmap'd on its own (glibc mmaps any block over
     # 32 MiB at the latest and unmaps it when freed: an fp32 VGG16 activation at 500x500 is 125 MB)
-    (_M_TRIM_THRESHOLD, 1 << 30),  # give freed heap back to the system only above 1 GiB free at its top
+    (_M_TRIM_THRESHOLD, -1),  # never give freed heap back to the system (a full-size training step
+    # frees over 2 GiB at the heap's top, more than any finite threshold mallopt accepts)
     (_M_TOP_PAD, 64 << 20),  # grow the heap 64 MiB at a time
 )
+KEEP_MEMORY_ENV = "FCNSEG_KEEP_FREED_MEMORY"  # 0 leaves the C library's allocator as it is
 
 
 @functools.cache
 def keep_freed_cpu_memory() -> bool:
     """Make glibc's allocator keep the memory that a training step or a forward pass frees for the
     next one, instead of handing it back to the system and faulting it in again, page by page, at the
-    next one's allocations. Training calls it, and so do evaluation and :class:`Segmenter` on CPU.
+    next one's allocations. `train`, `evaluate` and :class:`Segmenter` call it on CPU.
 
-    With glibc's default the demo's training step (batch 16) took 1,300-3,400 page faults and 2.4-7.1
-    ms of system CPU time under the AVX2 caps; with these settings 0-92 faults and 0-0.5 ms (step
-    median over three alternating process pairs: 60.8 -> 56.8 ms). An fp32 FCN-8s VGG16 forward at
-    500x500 (the fp32 path of CPUs without bf16) faulted 49,000 pages a call, 80 ms of system time;
-    with these settings none (median 727 -> 693 ms under the AVX2 caps, two process pairs); a folder of
-    20 photos in VOC's sizes 13.4 -> 12.4 s with a lower peak RSS (2.7 against 3.1 GB). Freed memory
-    stays in the process up to 1 GiB, so the resident size stays near its peak. Blocks come from the
-    heap only (glibc still mmaps where the heap cannot grow). Process-wide and idempotent; True where
-    it took effect (Linux with glibc), else False."""
-    if not sys.platform.startswith("linux"):
+    Measured in alternating processes, glibc's default against these settings, FCN-8s VGG16 at
+    500x500 in fp32 under the AVX2 caps: fcnseg's forward faulted 40,000-49,000 pages a call (70-80 ms
+    of system time), 727-765 -> 693-766 ms; plain PyTorch's 380,000-400,000, 2.37-2.39 -> 1.74-1.83 s
+    (natively 1.45-1.63 -> 1.07-1.10 s); a folder of 20 photos in VOC's sizes 13.3-15.5 -> 12.2-13.7 s;
+    a full-size training step (batch 1) 11.8-12.4 -> 10.2-10.3 s (natively 6.0 -> 3.6-3.8 s), 840,000
+    faults -> none. The demo's step (batch 16): 1,300-3,400 faults -> 0-92 (60.8 -> 56.8 ms). The
+    cost: memory a process has freed stays in it, so its resident size stays at its peak
+    ($FCNSEG_KEEP_FREED_MEMORY=0 leaves glibc's default). Process-wide and idempotent; True where it
+    took effect (Linux with glibc, the variable not 0), else False."""
+    choice = os.environ.get(KEEP_MEMORY_ENV, "1").strip().lower()
+    if choice not in ("0", "1"):
+        raise FcnsegError(
+            f"{KEEP_MEMORY_ENV}={choice!r}: use 1 (keep freed memory, the default) or 0 (leave the allocator as it is)"
+        )
+    if choice == "0" or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -14,6 +14,7 @@ from torch import nn
 from fcnseg.data import build_loader
 from fcnseg.data.base import WithTargets
 from fcnseg.data.normalize import mean_pixel
+from fcnseg.devices import keep_freed_cpu_memory
 from fcnseg.engine.checkpoint import model_from_checkpoint
 from fcnseg.engine.losses import segmentation_loss
 from fcnseg.engine.metrics import ConfusionMatrix
@@ -27,7 +28,6 @@ from fcnseg.engine.runtime import (
     resolve_precision,
     unwrap,
 )
-from fcnseg.devices import keep_freed_cpu_memory
 from fcnseg.errors import FcnsegError
 from fcnseg.weights.meta import ModelMeta, as_meta
 
