@@ -4,10 +4,10 @@ In the FCN reference geometry the first convolution pads the (normalised) image 
 Wherever a cell's receptive field lies wholly in that pad, its activation does not depend on the
 image, only on the input size: at 500x500 that is 31% of FCN-8s VGG16's FLOPs (about half of
 conv1, 41-46% of conv2-conv3, 29-37% of conv4). :class:`PadConstantTrunk` keeps, per input size,
-what the images of that size need of those cells. A new size takes them from one forward of a small
-all-zero input of the same size modulo the trunk's stride (constants depend only on a cell's place
-relative to the map's edges: see :meth:`PadConstantTrunk._plan_from_zeros`), about a fifth of a
-500x500 forward, so even its first image runs the partial forward (a folder of photos in many sizes
+what the images of that size need of those cells. A new size takes them from small all-zero maps
+of the same sizes modulo the trunk's stride (constants depend only on a cell's place relative to the
+map's edges: see :meth:`PadConstantTrunk._plan_from_zeros`), about a sixth of a 500x500 forward, so
+even its first image runs the partial forward (a folder of photos in many sizes
 gains from the cache at once); where that does not apply (small inputs), the first image's own
 plain forward, run layer by layer, captures them. Each image computes, layer by layer, only the
 *dependent rectangle* (the output cells whose receptive field touches the image), taking the halo
@@ -24,7 +24,6 @@ its photos reuses them.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -132,6 +131,20 @@ class _Layout:
         return _Step(spatial, self.tile[i], self.have[i], self.need[i], self.clip[i], self.out[i], frame, full)
 
 
+def _zero_map_side(geoms: list[_Spatial | None]) -> tuple[int, int]:
+    """The side a zero map needs for a uniform middle through the layers ``geoms`` (those after the
+    first map), and their total stride. An edge's effects reach, in first-map cells, each padded
+    layer's padding and each pool's kernel less one (its last window overhangs the edge), times the
+    stride before that layer; the side leaves that reach at both edges plus three cells of the last
+    map for the middle that the check compares."""
+    stride, reach = 1, 0
+    for geo in geoms:
+        if geo is not None:
+            reach += (geo.padding + (geo.kernel - 1 if geo.is_pool else 0)) * stride
+            stride *= geo.stride
+    return 2 * reach + 3 * stride, stride
+
+
 def _out_size(geo: _Spatial, n: int, ceil_mode: bool) -> int:
     """PyTorch's output length of a convolution / pooling (padding ``geo.padding``) on ``n`` cells."""
     span = n + 2 * geo.padding - geo.kernel
@@ -154,10 +167,9 @@ class PadConstantTrunk:
         max_bytes: int = 256 << 20,
         min_saving: float = 0.05,
         max_fraction: float = 0.9,
-        canonical_min: int = 64,
     ) -> None:
         self.trunk = trunk
-        self.canonical_min = canonical_min  # the smallest side of the zero image a new size's constants come from
+        self.zero_scale = 1  # zero maps this many times the size their geometry asks for (doubles when short)
         self.zero_runs = 0  # sizes whose constants came from a zero image (diagnostics, tests)
         self.max_fraction = max_fraction  # a convolution whose image-dependent share is larger runs whole
         self.layers = list(trunk.features)
@@ -287,41 +299,50 @@ class PadConstantTrunk:
         return out, (_Plan(steps, layout.stop) if plan_ok else None)
 
     def _plan_from_zeros(self, x: Tensor, layout: _Layout) -> _Plan | None:
-        """The plan for ``x``'s size from one small all-zero input instead of a whole forward.
+        """The plan for ``x``'s size from the maps of a small all-zero input instead of a whole forward.
 
         Outside the dependent rectangles a map's values depend only on where a cell sits relative to
         the map's edges (its receptive field holds nothing but padding), and only near an edge: a cell
-        farther from every edge than the edge effects reach (one cell per padded layer, halved by
-        each pool) has the value of the map's uniform interior. So a zero input of the same size
-        modulo the trunk's total stride (the pooling windows meet the bottom and right edges alike),
-        just large enough for a uniform middle, holds every constant: its top and left halves are
-        the real map's top and left bands, its bottom and right halves the real bottom and right
-        bands, and its middle row and column stand for everything in between. Costs a forward of
-        about ``canonical_min`` pixels a side (VGG16 at 375x500 in fp32 on the emulated AVX2 class:
-        about 0.2 s, where the capturing forward costs 1.1 s); None (the first image captures
-        instead) where the input is not larger than that, or where the zero maps' middles are not
-        uniform (then later sizes try zero images twice as large)."""
-        modulus = math.prod(g.stride for g in self.geoms[: layout.stop] if g is not None)
-        size = tuple(x.shape[-2:])
-        canon = tuple(
-            n if n <= self.canonical_min else self.canonical_min + (n - self.canonical_min) % modulus for n in size
-        )
+        farther from every edge than the edge effects reach has the value of the map's uniform
+        interior. So zero maps of the same sizes modulo the trunk's stride (the pooling windows meet
+        the bottom and right edges alike), just large enough for a uniform middle, hold every
+        constant: their top and left halves are the real maps' top and left bands, their bottom and
+        right halves the real bottom and right bands, and their middle row and column stand for
+        everything in between.
+
+        The first layer sees only zeros (the image and its padding), so its output is uniform: it is
+        computed on a kernel-sized zero input and spread over a first map whose side comes from the
+        geometry of the layers after it (:func:`_zero_map_side`); the later layers run on that. For
+        VGG16 in Caffe geometry at VOC's sizes that is 192 cells a side, where a zero image (its first
+        map the image plus 198 cells of padding) took 262 or more; a new size's constants took 165-200
+        ms on the emulated AVX2 class that way, now about 110 (the capturing forward: 1.1 s). None
+        (the first image captures instead) where the first map is not larger than that side, or
+        where the zero maps' middles are not uniform (then later sizes try zero maps twice as large)."""
+        side, modulus = _zero_map_side(self.geoms[1 : layout.stop])
+        side *= self.zero_scale
+        size = layout.sizes[1]  # the first layer's output
+        canon = tuple(n if n <= side else side + (n - side) % modulus for n in size)
         if canon == size:
             return None
-        z = x.new_zeros((1, x.shape[1], *canon)).contiguous(memory_format=_format(x))
-        maps, n = [z], canon
-        for layer, geo in zip(self.layers[: layout.stop], self.geoms[: layout.stop]):
+        kernel = self.geoms[0].kernel if self.geoms[0] is not None else 1
+        z = self.layers[0](x.new_zeros((1, x.shape[1], kernel, kernel)).contiguous(memory_format=_format(x)))
+        cell = z[..., :1, :1]
+        if not bool((z == cell).all()):  # a first layer that is not the same everywhere on zeros
+            return None
+        z = cell.expand(*z.shape[:2], *canon).contiguous(memory_format=_format(z))
+        maps, n = [None, z], canon
+        for layer, geo in zip(self.layers[1 : layout.stop], self.geoms[1 : layout.stop]):
             z = layer(z) if geo is not None else layer(z.clone())  # an in-place ReLU keeps its input
             if geo is not None:
                 n = tuple(_out_size(geo, k, geo.is_pool and layer.ceil_mode) for k in n)
             if tuple(z.shape[-2:]) != n:
                 return None
             maps.append(z)
-        index = []
-        for i, z in enumerate(maps):
+        index = [None]  # the input's: its tile is the image itself
+        for i, z in enumerate(maps[1:], start=1):
             rows, cols = (_edge_index(layout.sizes[i][a], z.shape[-2 + a]) for a in range(2))
             if not (_uniform_middle(z, -2, rows) and _uniform_middle(z, -1, cols)):
-                self.canonical_min *= 2  # edge effects reach further in this trunk: larger zero images
+                self.zero_scale *= 2  # edge effects reach further in this trunk: larger zero maps
                 return None
             index.append((rows, cols))
         steps = []
