@@ -192,7 +192,7 @@ def keep_freed_cpu_memory() -> bool:
     cost: memory a process has freed stays in it, so its resident size stays at its peak
     ($FCNSEG_KEEP_FREED_MEMORY=0 leaves glibc's default). Process-wide and idempotent; True where it
     took effect (Linux with glibc, the variable not 0), else False."""
-    choice = os.environ.get(KEEP_MEMORY_ENV, "1").strip().lower()
+    choice = os.environ.get(KEEP_MEMORY_ENV, "").strip().lower() or "1"  # unset or empty: the default
     if choice not in ("0", "1"):
         raise FcnsegError(
             f"{KEEP_MEMORY_ENV}={choice!r}: use 1 (keep freed memory, the default) or 0 (leave the allocator as it is)"
