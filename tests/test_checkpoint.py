@@ -5,6 +5,9 @@ import torch
 
 from fcnseg.engine.checkpoint import atomic_save, load_checkpoint, save_checkpoint
 from fcnseg.errors import FcnsegError
+from fcnseg.models import create_model
+from fcnseg.models.registry import list_models
+from fcnseg.weights.format import build_model
 
 
 def test_roundtrip(tmp_path):
@@ -87,3 +90,25 @@ def test_legacy_format_still_loads(tmp_path):
         _use_new_zipfile_serialization=False,
     )
     assert load_checkpoint(p)["version"] == 1
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [(name, {}) for name in list_models()]
+    + [("fcn32s", {"backbone": "alexnet", "geometry": "caffe"}), ("fcn8s", {"geometric_classes": 3})],
+)
+def test_a_model_opened_from_its_weights_is_the_model_that_wrote_them(name, kwargs):
+    """Opening builds the model on the meta device (no random initial weights) and takes the file's
+    tensors: every tensor real, the same outputs as the model that was saved, gradients as before."""
+    torch.manual_seed(0)
+    saved = create_model(name, 3, width=1 / 16, **kwargs).eval()
+    meta = {"model_name": name, "model_kwargs": {"num_classes": 3, "width": 1 / 16, **kwargs}}
+    state = {k: v.clone() for k, v in saved.state_dict().items()}
+    rng = torch.random.get_rng_state()
+    opened = build_model(meta, state, "model.pt").eval()
+    assert torch.equal(torch.random.get_rng_state(), rng)  # no random weights drawn to be overwritten
+    assert not any(t.is_meta for t in [*opened.parameters(), *opened.buffers()])
+    assert [p.requires_grad for p in opened.parameters()] == [p.requires_grad for p in saved.parameters()]
+    x = torch.randn(1, 6 if "fusion" in name else 3, 40, 44)  # late fusion takes RGB then HHA
+    with torch.no_grad():
+        assert torch.equal(opened(x), saved(x))

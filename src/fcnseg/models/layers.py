@@ -32,7 +32,8 @@ def bilinear_ramp(kernel_size: int) -> Tensor:
     product with itself."""
     factor = (kernel_size + 1) // 2
     centre = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
-    return 1 - (torch.arange(kernel_size, dtype=torch.float64) - centre).abs() / factor
+    # on the CPU, also where modules are being built on the meta device: a constant, cheap there
+    return 1 - (torch.arange(kernel_size, dtype=torch.float64, device="cpu") - centre).abs() / factor
 
 
 # Up to this many input cells a side, a fixed bilinear upsampler runs as two matrix products; beyond,
@@ -69,9 +70,11 @@ class BilinearUpsample(nn.Module):
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size or 2 * factor, factor, 0
         self.learnable = learnable
-        weight = torch.zeros(channels, channels, self.kernel_size, self.kernel_size)
-        index = torch.arange(channels)
+        # computed on the CPU, then put where modules are being built (the meta device: shapes only)
+        weight = torch.zeros(channels, channels, self.kernel_size, self.kernel_size, device="cpu")
+        index = torch.arange(channels, device="cpu")
         weight[index, index] = bilinear_kernel(self.kernel_size)
+        weight = weight.to(torch.get_default_device())
         if learnable:
             self.weight = nn.Parameter(weight)
         else:
