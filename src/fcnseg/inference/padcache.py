@@ -170,7 +170,7 @@ class PadConstantTrunk:
     ) -> None:
         self.trunk = trunk
         self.zero_scale = 1  # zero maps this many times the size their geometry asks for (doubles when short)
-        self.zero_runs = 0  # sizes whose constants came from a zero image (diagnostics, tests)
+        self.zero_runs = 0  # sizes whose constants came from zero maps (diagnostics, tests)
         self.max_fraction = max_fraction  # a convolution whose image-dependent share is larger runs whole
         self.layers = list(trunk.features)
         self.geoms = [_spatial(layer) for layer in self.layers]
@@ -314,8 +314,8 @@ class PadConstantTrunk:
         computed on a kernel-sized zero input and spread over a first map whose side comes from the
         geometry of the layers after it (:func:`_zero_map_side`); the later layers run on that. For
         VGG16 in Caffe geometry at VOC's sizes that is 192 cells a side, where a zero image (its first
-        map the image plus 198 cells of padding) took 262 or more; a new size's constants took 165-200
-        ms on the emulated AVX2 class that way, now about 110 (the capturing forward: 1.1 s). None
+        map the image plus 198 cells of padding) took 262 or more; a new size's constants took 156-177
+        ms on the emulated AVX2 class that way, now 127-177 (the capturing forward: 1.1 s). None
         (the first image captures instead) where the first map is not larger than that side, or
         where the zero maps' middles are not uniform (then later sizes try zero maps twice as large)."""
         side, modulus = _zero_map_side(self.geoms[1 : layout.stop])

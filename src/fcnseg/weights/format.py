@@ -107,7 +107,9 @@ def build_model(meta, state: dict, label: str):
 
     The model is built on the meta device (shapes only, about 10 ms) and takes ``state``'s tensors
     as its own: drawing random initial weights first, then copying over them, would be wasted (FCN-8s
-    VGG16: about 0.9 s of each command's start, and a second copy of the weights in memory)."""
+    VGG16: about 0.9 s of each command's start, and a second copy of the weights in memory). So the
+    model shares ``state``'s tensors (of the model's dtype): pass a state that is not kept for
+    anything else."""
     import torch
 
     from fcnseg.models import build_model as build
