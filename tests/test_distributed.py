@@ -68,10 +68,24 @@ def test_distributed_evaluation_equals_single_process(tmp_path):
         assert distributed[key] == pytest.approx(single[key], rel=1e-6), key  # loss: fp32 sums per process
 
 
+#: imported by every worker through PYTHONPATH: says so if the interpreter's teardown runs
+TEARDOWN_MARKER = "interpreter teardown ran in rank"
+SITECUSTOMIZE = f"""
+import atexit, os, sys
+if "LOCAL_RANK" in os.environ:  # a torchrun worker, not the launcher
+    atexit.register(lambda: print("{TEARDOWN_MARKER}", os.environ["LOCAL_RANK"], file=sys.stderr, flush=True))
+"""
+
+
 @pytest.mark.slow
 def test_torchrun_training_writes_one_run(tmp_path):
+    """...and each worker ends without the interpreter's teardown (where gloo's threads, kept alive by
+    DDP past destroy_process_group, sometimes aborted a finished run), its log lines flushed first."""
     run = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    path = os.pathsep.join(p for p in (str(tmp_path / "site"), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     cmd = [
         *TORCHRUN_FCNSEG,
         *TINY_DDP_TRAIN,
@@ -97,6 +111,8 @@ def test_torchrun_training_writes_one_run(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records if r["kind"] == "val"] == [2, 4]  # written once, by rank 0
     assert json.loads((run / "summary.json").read_text())["final"]["mean_iu"] >= 0
+    assert "best mean IU" in proc.stderr  # the last lines rank 0 logs reached the terminal
+    assert TEARDOWN_MARKER not in proc.stderr, proc.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -43,6 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `fcnseg ARGS`; the exit status. A process started by torchrun (WORLD_SIZE > 1) ends
+    here instead, once its command is done and its process group left (see
+    ``engine.runtime.exit_without_teardown``)."""
+    code = _main(argv)
+    if _distributed():
+        from fcnseg.engine.runtime import exit_without_teardown
+
+        exit_without_teardown(code)
+    return code
+
+
+def _distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from fcnseg.logs import configure
@@ -82,7 +98,7 @@ def _run_command(args: argparse.Namespace) -> int:
     """Run the subcommand. Under torchrun (WORLD_SIZE > 1) it runs inside ``fail_together``, so a fault
     on one process ends every process of every command (train, evaluate, predict) with that fault's
     one line, and the process group the command joined is left here, after that, in one place."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not _distributed():
         return int(args.func(args) or 0)
     from fcnseg.engine.runtime import fail_together, shutdown_distributed
 
