@@ -80,7 +80,8 @@ if "LOCAL_RANK" in os.environ:  # a torchrun worker, not the launcher
 @pytest.mark.slow
 def test_torchrun_training_writes_one_run(tmp_path):
     """...and each worker ends without the interpreter's teardown (where gloo's threads, kept alive by
-    DDP past destroy_process_group, sometimes aborted a finished run), its log lines flushed first."""
+    DDP past destroy_process_group, sometimes aborted a finished run), its log lines flushed first and
+    its data-loading processes ended with it."""
     run = tmp_path / "ddp"
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
@@ -99,20 +100,35 @@ def test_torchrun_training_writes_one_run(tmp_path):
         "3",
         "--num-samples",
         "1",
+        "--workers",
+        "1",
         "--no-progress",
         "--out",
         str(run),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    # output to files, not pipes: a leftover loader process would hold a pipe open and be waited for
+    with open(tmp_path / "out.txt", "w+") as out, open(tmp_path / "err.txt", "w+") as err:
+        returncode = subprocess.run(cmd, stdout=out, stderr=err, env=env, timeout=300).returncode
+        survivors = [pid for pid in os.listdir("/proc") if pid.isdigit() and str(run) in _cmdline(pid)]
+        err.seek(0)
+        stderr = err.read()
+    assert returncode == 0, stderr[-2000:]
+    assert survivors == []  # no data-loading process outlives the command
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["train_state"]["iteration"] == 4
     assert not any(k.startswith("module.") for k in ckpt["model"])  # the plain model, not the DDP wrapper
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records if r["kind"] == "val"] == [2, 4]  # written once, by rank 0
     assert json.loads((run / "summary.json").read_text())["final"]["mean_iu"] >= 0
-    assert "best mean IU" in proc.stderr  # the last lines rank 0 logs reached the terminal
-    assert TEARDOWN_MARKER not in proc.stderr, proc.stderr[-2000:]
+    assert "best mean IU" in stderr  # the last lines rank 0 logs reached the terminal
+    assert TEARDOWN_MARKER not in stderr, stderr[-2000:]
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:  # ended meanwhile
+        return ""
 
 
 @pytest.mark.slow
