@@ -86,8 +86,8 @@ def shutdown_distributed() -> None:
 
 
 def exit_without_teardown(code: int) -> None:
-    """End a process that was in a process group: flush logging and the standard streams, then
-    ``os._exit(code)``, skipping the interpreter's and C++'s teardown.
+    """End a process that was in a process group as Python's exit would, but with ``os._exit(code)``
+    at the end, which skips the interpreter's and C++'s teardown.
 
     Why: DistributedDataParallel keeps references to the process group that
     ``destroy_process_group`` cannot drop (torch 2.13), so gloo's threads outlive it and are torn
